@@ -1,0 +1,76 @@
+"""Shared fixtures: an isolated token cache, the built-in plugins, and a tiny spec document."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from toolkit.plugins import Plugins
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One token cache for the whole session (tokenizing once is the point of the cache), never
+    # the user's home; installed third-party plugins are not loaded into the tests.
+    monkeypatch.setenv("ABLATE_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.setenv("ABLATE_DISABLE_PLUGIN_AUTOLOAD", "1")
+
+
+@pytest.fixture(scope="session")
+def plugins() -> Plugins:
+    return Plugins(autoload=False)
+
+
+TINY = {
+    "name": "tiny",
+    "seeds": [0],
+    "data": {"corpus": "pydoc", "tokenizer": "bytes", "val_fraction": 0.1},
+    "model": {"context_length": 32, "emb_dim": 32, "n_heads": 2, "n_layers": 1, "drop_rate": 0.0},
+    "train": {"batch_size": 4, "max_steps": 6, "eval_interval": 3, "eval_batches": 2, "lr": 3e-3},
+    "sampling": {"sampler": "greedy", "max_new_tokens": 8},
+}
+
+
+@pytest.fixture
+def tiny_doc() -> dict:
+    """A spec document (as tomllib returns) that trains in well under a second."""
+    return copy.deepcopy(TINY)
+
+
+def write_spec(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+TINY_TOML = """
+name = "tiny"
+seeds = [0, 1]
+
+[data]
+tokenizer = "bytes"
+
+[model]
+context_length = 32
+emb_dim = 32
+n_heads = 2
+n_layers = 1
+drop_rate = 0.0
+
+[train]
+batch_size = 4
+max_steps = 6
+eval_interval = 3
+eval_batches = 2
+lr = 3e-3
+
+[sampling]
+sampler = "greedy"
+max_new_tokens = 8
+
+[grid]
+"model.norm" = ["layernorm", "rmsnorm"]
+"""

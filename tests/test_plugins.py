@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import sys
+import textwrap
+
+import pytest
+from torch import nn
+
+from toolkit import hookimpl
+from toolkit.errors import ComponentError, PluginError
+from toolkit.plugins import BUILTIN_PLUGINS, Plugins
+
+
+class Identity(nn.Module):
+    def __init__(self, dim, *, gain: float = 1.0):
+        super().__init__()
+
+    def forward(self, x):
+        return x
+
+
+class ThirdParty:
+    @hookimpl
+    def register_components(self, register):
+        register("normalization", "identity", Identity, description="no normalization")
+
+
+def test_builtins_are_ordinary_plugins_with_sources(plugins):
+    for module in BUILTIN_PLUGINS:
+        assert plugins.info[module].source == "builtin"
+        assert plugins.info[module].hooks == ["register_components"]
+    assert ("normalization", "rmsnorm") in plugins.info["plugins.normalization"].components
+
+
+def test_a_plugin_object_registers_components():
+    p = Plugins(autoload=False)
+    p.add(ThirdParty(), name="third")
+    c = p.registry.get("normalization", "identity")
+    assert c.plugin == "third" and c.description == "no normalization"
+    assert list(c.options) == ["gain"]
+
+
+def test_duplicate_registration_across_plugins_names_both():
+    p = Plugins(autoload=False)
+
+    class Clash:
+        @hookimpl
+        def register_components(self, register):
+            register("normalization", "rmsnorm", Identity)
+
+    with pytest.raises(ComponentError, match=r"'plugins\.normalization' and by plugin 'clash'"):
+        p.add(Clash(), name="clash")
+
+
+def test_plugin_raising_in_hook_is_named():
+    class Broken:
+        @hookimpl
+        def register_components(self, register):
+            raise RuntimeError("boom")
+
+    with pytest.raises(
+        PluginError, match="plugin 'broken' raised in register_components: RuntimeError: boom"
+    ):
+        Plugins(autoload=False).add(Broken(), name="broken")
+
+
+def test_module_named_plugin_loads_from_path(tmp_path, monkeypatch):
+    (tmp_path / "my_components.py").write_text(
+        textwrap.dedent("""
+        from torch import nn
+        from toolkit import hookimpl
+
+        @hookimpl
+        def register_components(register):
+            register("activation", "zero", lambda config: nn.Identity(), description="nothing")
+    """)
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    p = Plugins(["my_components"], autoload=False)
+    assert p.info["my_components"].source == "--plugin"
+    assert p.registry.get("activation", "zero").plugin == "my_components"
+    sys.modules.pop("my_components", None)
+
+
+def test_missing_and_failing_plugin_modules(tmp_path, monkeypatch):
+    with pytest.raises(PluginError, match=r"plugin module 'no_such_plugin_xyz' .* not found"):
+        Plugins(["no_such_plugin_xyz"], autoload=False)
+    (tmp_path / "bad_plugin_xyz.py").write_text("raise ValueError('broken on import')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(PluginError, match="failed to import: ValueError: broken on import"):
+        Plugins(["bad_plugin_xyz"], autoload=False)
+
+
+def test_entry_points_load_unless_disabled(monkeypatch, tmp_path):
+    # A real distribution on sys.path: a dist-info folder with entry_points.txt, as pip installs it.
+    dist = tmp_path / "demo_ablate_plugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: demo-ablate-plugin\nVersion: 1.0\n"
+    )
+    (dist / "entry_points.txt").write_text("[ablate]\ndemo = demo_ablate_plugin\n")
+    (tmp_path / "demo_ablate_plugin.py").write_text(
+        textwrap.dedent("""
+        from torch import nn
+        from toolkit import hookimpl
+
+        @hookimpl
+        def register_components(register):
+            register("activation", "demo-act", lambda config: nn.Identity())
+    """)
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    loaded = Plugins(autoload=True)
+    assert loaded.registry.get("activation", "demo-act").plugin == "demo_ablate_plugin"
+    assert loaded.info["demo_ablate_plugin"].source == "entry point of demo-ablate-plugin"
+    monkeypatch.setenv("ABLATE_DISABLE_PLUGIN_AUTOLOAD", "1")
+    assert ("activation", "demo-act") not in Plugins().registry
+    sys.modules.pop("demo_ablate_plugin", None)

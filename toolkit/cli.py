@@ -1,0 +1,195 @@
+"""`ablate`: the command line over the Python API.
+
+    ablate run SPEC [--out DIR] [--set KEY=VALUE ...] [--plugin MODULE ...] [--quiet]
+    ablate validate SPEC [--set ...] [--plugin ...]
+    ablate list [KIND]
+    ablate plugins
+    ablate report DIR
+
+Bad input (a ToolkitError) prints one line, `ablate: error: ...`, and exits with status 2;
+no traceback. A sweep in which some run failed or diverged exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from toolkit.errors import ToolkitError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ToolkitError as exc:
+        print(f"ablate: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "ablate: interrupted; finished runs are kept, run the same command to continue",
+            file=sys.stderr,
+        )
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ablate", description="Swap components of a GPT, train every variant x seed, compare."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def spec_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("spec", help="experiment spec (TOML)")
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a spec key, e.g. --set train.max_steps=50 (repeatable; TOML values)",
+        )
+        p.add_argument(
+            "--plugin",
+            dest="plugins",
+            action="append",
+            default=[],
+            metavar="MODULE",
+            help="import a plugin module by dotted name (repeatable)",
+        )
+
+    p = sub.add_parser("run", help="train every variant x seed of a spec and print the comparison")
+    spec_args(p)
+    p.add_argument("--out", help="output folder (default: runs/<spec name>)")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("validate", help="check a spec and list its variants with parameter counts")
+    spec_args(p)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("list", help="list registered components, by kind")
+    p.add_argument("kind", nargs="?", help="only this kind (attention, normalization, ...)")
+    p.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="MODULE")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser(
+        "plugins", help="list loaded plugins, where each came from, what it registers"
+    )
+    p.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="MODULE")
+    p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("report", help="print the comparison table of an experiment folder")
+    p.add_argument("dir", help="an experiment's output folder, e.g. runs/quickstart")
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from toolkit.plugins import load_plugins
+    from toolkit.report import report
+    from toolkit.runner import run
+    from toolkit.spec import load_spec
+
+    plugins = load_plugins(tuple(args.plugins))
+    spec = load_spec(args.spec, args.overrides, plugins=plugins)
+    out = args.out or f"runs/{spec.name}"
+    table = run(spec, out, plugins=plugins, progress=not args.quiet)
+    _, text = report(out)
+    print(text)
+    print(f"results: {out}/results.csv")
+    bad = table[table["status"] != "ok"]
+    if len(bad):
+        for _, row in bad.iterrows():
+            print(
+                f"ablate: {row['variant']} seed={row['seed']}: {row['status']}"
+                + (f" ({row['error']})" if isinstance(row.get("error"), str) else ""),
+                file=sys.stderr,
+            )
+        return 1
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from toolkit.model import count_params
+    from toolkit.plugins import load_plugins
+    from toolkit.runner import prepare_data
+    from toolkit.spec import load_spec
+
+    plugins = load_plugins(tuple(args.plugins))
+    spec = load_spec(args.spec, args.overrides, plugins=plugins)
+    datasets = prepare_data(spec, plugins)
+    print(
+        f"{spec.path}: ok. experiment {spec.name!r}: {len(spec.variants)} variants x "
+        f"{len(spec.seeds)} seeds = {len(spec.runs)} runs; baseline {spec.baseline!r}"
+    )
+    from toolkit.runner import _data_key
+
+    rows = []
+    for r in spec.runs[: len(spec.variants)]:
+        data = datasets[_data_key(r)][0]
+        total, non_emb = count_params(r.model_config(data.vocab_size), plugins)
+        choices = " ".join(f"{k}={v}" for k, v in r.choices().items())
+        rows.append(
+            (
+                ("*" if r.variant == spec.baseline else " "),
+                r.variant,
+                f"{total:,}",
+                f"{non_emb:,}",
+                choices,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    print(
+        f"  {'variant':<{widths[1]}}  {'params':>{widths[2]}}  {'non-emb':>{widths[3]}}  components"
+    )
+    for mark, name, total, non_emb, choices in rows:
+        print(
+            f"{mark} {name:<{widths[1]}}  {total:>{widths[2]}}  {non_emb:>{widths[3]}}  {choices}"
+        )
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from toolkit.plugins import load_plugins
+    from toolkit.registry import KINDS, suggest
+
+    plugins = load_plugins(tuple(args.plugins))
+    kinds = list(KINDS)
+    if args.kind:
+        if args.kind not in KINDS:
+            raise ToolkitError(
+                f"unknown kind {args.kind!r}{suggest(args.kind, KINDS)}; kinds: {', '.join(KINDS)}"
+            )
+        kinds = [args.kind]
+    for kind in kinds:
+        print(f"{kind}:")
+        for name in plugins.registry.names(kind):
+            c = plugins.registry.get(kind, name)
+            facts = "".join(f" [{k}={v}]" for k, v in c.facts.items())
+            print(f"  {name:<14} {c.description}{facts}")
+            if c.options:
+                print(f"  {'':<14} options: {', '.join(o.describe() for o in c.options.values())}")
+        print()
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from toolkit.plugins import load_plugins
+
+    plugins = load_plugins(tuple(args.plugins))
+    for info in plugins.info.values():
+        print(f"{info.name}  ({info.source}; hooks: {', '.join(info.hooks) or 'none'})")
+        for kind, name in info.components:
+            print(f"    {kind}: {name}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from toolkit.report import report
+
+    _, text = report(args.dir)
+    print(text)
+    return 0

@@ -1,0 +1,175 @@
+"""The GPT skeleton, assembled from registry components. Read it top to bottom.
+
+Shape and wiring are fixed here (token + positional embedding, dropout, pre-norm blocks of
+attention and feed-forward with residual connections, final norm, LM head); every component
+inside is looked up by kind and name once, at build time. There is no indirection in forward()
+beyond the modules themselves. Names follow "Build a Large Language Model From Scratch"
+(tok_emb, pos_emb, trf_blocks, att, ff, norm1, norm2, final_norm, out_head), so the book's
+state dicts line up.
+
+Not here: training (train.py), generation (generate.py), and the components (plugins/).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from toolkit.errors import ComponentError
+from toolkit.plugins import Plugins, load_plugins
+
+# A component choice: a registered name, or {name = "...", option = value, ...}.
+Choice = str | dict[str, Any]
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 50257  # ids the embedding and head cover; at least the tokenizer's vocab
+    context_length: int = 1024  # longest sequence the model sees (learned positions need it)
+    emb_dim: int = 768  # width of the residual stream
+    n_heads: int = 12  # attention heads; emb_dim must divide evenly among them
+    n_layers: int = 12  # transformer blocks
+    drop_rate: float = (
+        0.1  # dropout on embeddings, attention weights and residual branches; 0 is off
+    )
+    qkv_bias: bool = False  # biases on the query/key/value projections (GPT-2 has them)
+    tie_embeddings: bool = False  # head shares the token embedding matrix (GPT-2) or not (the book)
+    attention: Choice = "multihead"
+    norm: Choice = "layernorm"
+    activation: Choice = "gelu"
+    positional: Choice = "learned"
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes, ignored by the builder
+
+    @property
+    def head_dim(self) -> int:
+        return self.emb_dim // self.n_heads
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+COMPONENT_SLOTS = {
+    "attention": "attention",
+    "norm": "normalization",
+    "activation": "activation",
+    "positional": "positional",
+}
+
+# Architecture presets. GPT-2's are exact (FACTS: 124,439,808 parameters for gpt2-small);
+# the small ones train in minutes on a laptop CPU.
+PRESETS: dict[str, dict[str, Any]] = {
+    "gpt2-small": dict(emb_dim=768, n_layers=12, n_heads=12),
+    "gpt2-medium": dict(emb_dim=1024, n_layers=24, n_heads=16),
+    "gpt2-large": dict(emb_dim=1280, n_layers=36, n_heads=20),
+    "gpt2-xl": dict(emb_dim=1600, n_layers=48, n_heads=25),
+    "nano": dict(emb_dim=64, n_layers=2, n_heads=2, context_length=64),
+    "micro": dict(emb_dim=128, n_layers=4, n_heads=4, context_length=128),
+    "mini": dict(emb_dim=256, n_layers=6, n_heads=8, context_length=256),
+}
+for _name in ("gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl"):
+    PRESETS[_name].update(
+        vocab_size=50257, context_length=1024, qkv_bias=True, tie_embeddings=True, drop_rate=0.1
+    )
+
+
+def preset(name: str, **overrides: Any) -> ModelConfig:
+    """`preset("gpt2-small", drop_rate=0.0)` -> ModelConfig with GPT-2 small's sizes."""
+    if name not in PRESETS:
+        from toolkit.registry import suggest
+
+        raise ComponentError(
+            f"unknown preset {name!r}{suggest(name, PRESETS)}; choose one of: {', '.join(PRESETS)}"
+        )
+    return replace(ModelConfig(), **{**PRESETS[name], **overrides})
+
+
+def split_choice(choice: Choice) -> tuple[str, dict[str, Any]]:
+    """'rmsnorm' -> ('rmsnorm', {});  {'name': 'rmsnorm', 'eps': 1e-6} -> ('rmsnorm', {'eps': 1e-6})."""
+    if isinstance(choice, str):
+        return choice, {}
+    options = dict(choice)
+    return options.pop("name"), options
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + drop(att(norm1(x))), then x + drop(ff(norm2(x)))."""
+
+    def __init__(self, config: ModelConfig, plugins: Plugins) -> None:
+        super().__init__()
+        self.norm1 = _build(plugins, "norm", config.norm, config.emb_dim)
+        self.att = _build(plugins, "attention", config.attention, config)
+        self.norm2 = _build(plugins, "norm", config.norm, config.emb_dim)
+        self.ff = _build(plugins, "activation", config.activation, config)
+        self.drop_shortcut = nn.Dropout(config.drop_rate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, emb_dim) -> same
+        x = x + self.drop_shortcut(self.att(self.norm1(x)))
+        x = x + self.drop_shortcut(self.ff(self.norm2(x)))
+        return x
+
+
+class GPT(nn.Module):
+    def __init__(self, config: ModelConfig, plugins: Plugins) -> None:
+        super().__init__()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.emb_dim)
+        self.pos_emb = _build(plugins, "positional", config.positional, config)
+        self.drop_emb = nn.Dropout(config.drop_rate)
+        self.trf_blocks = nn.Sequential(*[Block(config, plugins) for _ in range(config.n_layers)])
+        self.final_norm = _build(plugins, "norm", config.norm, config.emb_dim)
+        self.out_head = nn.Linear(config.emb_dim, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.out_head.weight = self.tok_emb.weight  # one matrix, counted once
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, T) -> logits (B, T, vocab_size)."""
+        x = self.tok_emb(idx)  # (B, T, emb_dim)
+        x = self.pos_emb(x)
+        x = self.drop_emb(x)
+        x = self.trf_blocks(x)
+        x = self.final_norm(x)
+        return self.out_head(x)  # (B, T, vocab_size)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Unique parameters (a tied head counted once). non_embedding leaves out the token
+        embedding and the positional component's parameters."""
+        total = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            total -= self.tok_emb.weight.numel()
+            total -= sum(p.numel() for p in self.pos_emb.parameters())
+        return total
+
+
+def _build(plugins: Plugins, slot: str, choice: Choice, *args: Any) -> nn.Module:
+    name, options = split_choice(choice)
+    component = plugins.registry.get(COMPONENT_SLOTS[slot], name)
+    module = component.build(*args, **options)
+    if not isinstance(module, nn.Module):
+        raise ComponentError(
+            f"{component.kind} {name!r} (plugin {component.plugin!r}) returned {type(module).__name__}, "
+            f"not a torch.nn.Module"
+        )
+    return module
+
+
+def build_model(config: ModelConfig | dict[str, Any], plugins: Plugins | None = None) -> GPT:
+    """Assemble a GPT from registry components. Honours the current default device, so
+    `with torch.device("meta"): build_model(preset("gpt2-xl"))` counts parameters for free."""
+    if isinstance(config, dict):
+        known = {f.name for f in fields(ModelConfig)}
+        config = ModelConfig(**{k: v for k, v in config.items() if k in known})
+    if config.emb_dim % config.n_heads:
+        raise ComponentError(
+            f"emb_dim ({config.emb_dim}) must be divisible by n_heads ({config.n_heads})"
+        )
+    return GPT(config, plugins or load_plugins())
+
+
+def count_params(config: ModelConfig, plugins: Plugins | None = None) -> tuple[int, int]:
+    """(total, non-embedding) parameters of the model a config builds, without allocating."""
+    with torch.device("meta"):
+        model = build_model(config, plugins)
+    return model.num_params(), model.num_params(non_embedding=True)

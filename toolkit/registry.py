@@ -1,0 +1,270 @@
+"""The component registry: kind -> name -> factory + metadata.
+
+Plugins fill it through the `register_components(register)` hook; the model builder, data
+pipeline and sampler look components up here by the names a spec gives. The registry knows
+*kinds* of component and what each kind must provide, never a concrete component.
+
+A component's options are the keyword-only parameters of its factory, with their defaults and
+annotations: `def make_rmsnorm(dim, *, eps: float = 1e-5)` takes one option, `eps`, a float.
+It does not build anything or validate shapes; that is `model.py`'s and `testing.py`'s job.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import types
+import typing
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from toolkit.errors import ComponentError
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A family of interchangeable components and the contract its members honour."""
+
+    name: str
+    contract: str  # how the engine calls a factory and what it must return
+    required_facts: tuple[str, ...] = ()
+
+
+KINDS: dict[str, Kind] = {
+    k.name: k
+    for k in [
+        Kind(
+            "attention",
+            "factory(config: ModelConfig, **options) -> nn.Module mapping x (B, T, emb_dim) to "
+            "(B, T, emb_dim); `causal` says whether position t only sees positions <= t",
+            required_facts=("causal",),
+        ),
+        Kind(
+            "normalization",
+            "factory(dim: int, **options) -> nn.Module normalizing the last dimension of size dim",
+        ),
+        Kind(
+            "activation",
+            "factory(config: ModelConfig, **options) -> nn.Module, the position-wise "
+            "feed-forward block mapping (B, T, emb_dim) to (B, T, emb_dim)",
+        ),
+        Kind(
+            "positional",
+            "factory(config: ModelConfig, **options) -> nn.Module with forward(x, start=0) adding "
+            "position information to token embeddings x (B, T, emb_dim); its parameters count "
+            "as embedding parameters",
+        ),
+        Kind(
+            "sampler",
+            "factory(**options) -> callable(logits (B, V), generator) -> next token ids (B, 1)",
+        ),
+        Kind(
+            "tokenizer",
+            "factory(**options) -> Tokenizer with name, vocab_size, eot_id, encode(text), "
+            "decode(ids), token_byte_lengths() and fingerprint",
+        ),
+        Kind(
+            "corpus",
+            "factory(**options) -> Corpus with documents() yielding (name, text) pairs and "
+            "a description",
+        ),
+    ]
+}
+
+
+@dataclass(frozen=True)
+class Option:
+    """One keyword-only parameter of a factory: the spec may set it."""
+
+    name: str
+    type: Any  # a type, or a typing construct such as `int | None`; Any when not annotated
+    default: Any  # inspect.Parameter.empty when the option is required
+
+    @property
+    def required(self) -> bool:
+        return self.default is inspect.Parameter.empty
+
+    def describe(self) -> str:
+        type_name = getattr(self.type, "__name__", None) or str(self.type).replace("typing.", "")
+        return f"{self.name}: {type_name}" + ("" if self.required else f" = {self.default!r}")
+
+
+@dataclass(frozen=True)
+class Component:
+    """A registered component: what the engine needs to build it and describe it."""
+
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    description: str
+    plugin: str  # the plugin that registered it, for listings and error messages
+    options: dict[str, Option] = field(default_factory=dict)
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    def build(self, *args: Any, **options: Any) -> Any:
+        """Call the factory with the engine's positional arguments and validated options."""
+        return self.factory(*args, **self.check_options(options))
+
+    def check_options(self, options: dict[str, Any], where: str = "") -> dict[str, Any]:
+        """Return options with defaults filled in; raise ComponentError on unknown or mistyped
+        options, naming the allowed ones."""
+        where = where or f"{self.kind} {self.name!r}"
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            allowed = ", ".join(o.describe() for o in self.options.values()) or "none"
+            hint = suggest(unknown[0], self.options)
+            raise ComponentError(
+                f"{where} takes no option {unknown[0]!r}{hint}; its options: {allowed}"
+            )
+        resolved = {}
+        for opt in self.options.values():
+            if opt.name in options:
+                resolved[opt.name] = check_type(
+                    options[opt.name], opt.type, f"{where} option {opt.name!r}"
+                )
+            elif opt.required:
+                raise ComponentError(f"{where} needs option {opt.name!r} ({opt.describe()})")
+            else:
+                resolved[opt.name] = opt.default
+        return resolved
+
+
+def suggest(name: str, choices: typing.Iterable[str]) -> str:
+    """' (did you mean 'rmsnorm'?)' when a close match exists, else ''."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_type(
+    value: Any, expected: Any, where: str, error: type[Exception] = ComponentError
+) -> Any:
+    """Check a TOML value against a simple annotation (bool, int, float, str, list[...], X | None,
+    Any). Ints are accepted where floats are expected and converted. Returns the value.
+    `check_type(3, float, "lr") -> 3.0`; `check_type("3", int, "n")` raises `error`."""
+    _Err = error
+    if expected is Any or expected is inspect.Parameter.empty:
+        return value
+    origin = typing.get_origin(expected)
+    if origin in (typing.Union, types.UnionType):
+        for arm in typing.get_args(expected):
+            if arm is type(None) and value is None:
+                return None
+            try:
+                return check_type(value, arm, where, error)
+            except _Err:
+                continue
+        raise _Err(f"{where} must be {_type_name(expected)}, got {value!r}")
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise _Err(f"{where} must be a list, got {value!r}")
+        (arm, *_) = typing.get_args(expected) or (Any,)
+        items = [check_type(v, arm, where, error) for v in value]
+        return tuple(items) if origin is tuple else items
+    if expected is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _Err(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if expected is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Err(f"{where} must be an integer, got {value!r}")
+        return value
+    if expected in (bool, str) and not isinstance(value, expected):
+        raise _Err(f"{where} must be {_type_name(expected)}, got {value!r}")
+    return value
+
+
+def _type_name(t: Any) -> str:
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    if t in names:
+        return names[t]
+    args = typing.get_args(t)
+    if args:
+        return " or ".join("none" if a is type(None) else _type_name(a) for a in args)
+    return getattr(t, "__name__", str(t))
+
+
+def options_of(factory: Callable[..., Any]) -> dict[str, Option]:
+    """The keyword-only parameters of a factory (or a class's __init__) as options."""
+    target = factory.__init__ if inspect.isclass(factory) else factory
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:  # unresolvable annotations: fall back to no type checking
+        hints = {}
+    params = inspect.signature(factory).parameters.values()
+    return {
+        p.name: Option(p.name, hints.get(p.name, Any), p.default)
+        for p in params
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+
+
+class Registry:
+    """kind -> name -> Component. Filled once when plugins load; read when models are built."""
+
+    def __init__(self) -> None:
+        self._components: dict[str, dict[str, Component]] = {kind: {} for kind in KINDS}
+
+    def register(
+        self,
+        kind: str,
+        name: str,
+        factory: Callable[..., Any],
+        *,
+        plugin: str,
+        description: str | None = None,
+        **facts: Any,
+    ) -> Component:
+        if kind not in KINDS:
+            raise ComponentError(
+                f"plugin {plugin!r} registers {name!r} under unknown kind {kind!r}{suggest(kind, KINDS)}; "
+                f"kinds: {', '.join(KINDS)}"
+            )
+        if not isinstance(name, str) or not name or name != name.strip():
+            raise ComponentError(
+                f"plugin {plugin!r} registers a {kind} with an invalid name {name!r}"
+            )
+        if not callable(factory):
+            raise ComponentError(
+                f"plugin {plugin!r} registers {kind} {name!r} with a factory that is not callable"
+            )
+        existing = self._components[kind].get(name)
+        if existing is not None:
+            raise ComponentError(
+                f"{kind} {name!r} is registered twice: by plugin {existing.plugin!r} and by plugin "
+                f"{plugin!r}; rename one of them"
+            )
+        missing = [f for f in KINDS[kind].required_facts if f not in facts]
+        if missing:
+            raise ComponentError(
+                f"plugin {plugin!r} registers {kind} {name!r} without {missing[0]!r}; "
+                f"pass it to register(), e.g. register({kind!r}, {name!r}, factory, {missing[0]}=True)"
+            )
+        doc = description or (inspect.getdoc(factory) or "").split("\n", 1)[0] or "(no description)"
+        component = Component(kind, name, factory, doc, plugin, options_of(factory), dict(facts))
+        self._components[kind][name] = component
+        return component
+
+    def get(self, kind: str, name: str) -> Component:
+        if kind not in KINDS:
+            raise ComponentError(
+                f"unknown component kind {kind!r}{suggest(kind, KINDS)}; kinds: {', '.join(KINDS)}"
+            )
+        try:
+            return self._components[kind][name]
+        except (KeyError, TypeError):
+            choices = ", ".join(sorted(self._components[kind])) or "none registered"
+            raise ComponentError(
+                f"unknown {kind} {name!r}{suggest(str(name), self._components[kind])}; choose one of: {choices}"
+            ) from None
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self._components[kind])
+
+    def __iter__(self) -> Iterator[Component]:
+        for kind in KINDS:
+            yield from (self._components[kind][n] for n in sorted(self._components[kind]))
+
+    def __contains__(self, kind_name: tuple[str, str]) -> bool:
+        kind, name = kind_name
+        return name in self._components.get(kind, {})

@@ -1,0 +1,228 @@
+"""One training run: build the model, AdamW with warm-up and cosine decay, gradient clipping,
+evaluation on fixed batches, a generated sample, a checkpoint, and the run folder's files.
+
+The training step is plain PyTorch: no hook and no registry lookup inside the loop. Observers
+(`on_eval`) are called at evaluation intervals only. Same seed, same losses on CPU: the seed
+fixes initialisation, dropout and the data order. Not here: the sweep (runner.py).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from toolkit.data import TokenData, TrainBatches, eval_batches
+from toolkit.errors import DataError
+from toolkit.generate import generate
+from toolkit.model import build_model, split_choice
+from toolkit.plugins import Plugins
+from toolkit.results import RunInfo, environment, write_atomic, write_json
+from toolkit.spec import RunSpec
+
+# progress(step, total_steps, last_loss, metrics_or_None): the runner's display, not a hook.
+Progress = Callable[[int, int, float, dict[str, float] | None], None]
+
+
+def total_steps(run: RunSpec, batches_per_epoch: int) -> int:
+    """The budget in optimizer steps: max_steps, or max_tokens / tokens per step, or
+    epochs x batches per epoch (rounded up)."""
+    t = run.train
+    if t.max_tokens is not None:
+        return max(1, math.ceil(t.max_tokens / (t.batch_size * run.model.context_length)))
+    if t.epochs is not None:
+        return max(1, math.ceil(t.epochs * batches_per_epoch))
+    return t.max_steps
+
+
+def lr_at(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """Multiplier of the peak lr at a 0-based step: linear warm-up, then cosine to min_ratio.
+    lr_at(0, 100, 10, 0.1) -> 0.1;  lr_at(99, 100, 0, 0.1) -> ~0.1."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_optimizer(model: nn.Module, run: RunSpec, device: str) -> torch.optim.Optimizer:
+    """AdamW; weight decay on matrices and embeddings (dim >= 2) only, not norms or biases."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": run.train.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=run.train.lr, betas=tuple(run.train.betas))
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    token_bytes: torch.Tensor,
+    device: str,
+) -> tuple[float, float]:
+    """(mean cross-entropy in nats per token, bits per UTF-8 byte) over fixed batches."""
+    was_training = model.training
+    model.eval()
+    nats, tokens, n_bytes = 0.0, 0, 0
+    for x, y in batches:
+        x, y = x.to(device), y.to(device)
+        logits = model(x)
+        nats += F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum").item()
+        tokens += y.numel()
+        n_bytes += int(token_bytes[y.cpu()].sum())
+    model.train(was_training)
+    return nats / tokens, nats / (math.log(2) * max(1, n_bytes))
+
+
+def train_run(
+    run: RunSpec,
+    data: TokenData,
+    tokenizer: Any,
+    folder: Path,
+    plugins: Plugins,
+    progress: Progress | None = None,
+    columns: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train one run, writing its folder; returns the summary (also in summary.json)."""
+    t = run.train
+    started = time.perf_counter()
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    device = t.device
+    torch.manual_seed(run.seed)
+    config = run.model_config(data.vocab_size)
+    if config.vocab_size < data.vocab_size:
+        raise DataError(
+            f"model.vocab_size ({config.vocab_size}) is smaller than the tokenizer's "
+            f"vocabulary ({data.vocab_size}); leave it unset to use the tokenizer's"
+        )
+    model = build_model(config, plugins).to(device)
+    params, params_ne = model.num_params(), model.num_params(non_embedding=True)
+    info = RunInfo(run.experiment, run.variant, run.seed, run.config(), folder, params, params_ne)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in ("summary.json", "metrics.jsonl", "sample.txt", "checkpoint.pt"):
+        (folder / stale).unlink(missing_ok=True)
+    write_json(
+        folder / "config.json",
+        {**run.config(), "model_resolved": config.to_dict(), "config_hash": run.config_hash()},
+    )
+    write_json(folder / "env.json", environment(device, run.seed))
+
+    context = config.context_length
+    batches = TrainBatches(data.train, context, t.batch_size, run.seed, t.stride)
+    steps = total_steps(run, batches.batches_per_epoch)
+    train_eval = eval_batches(data.train, context, t.batch_size, t.eval_batches)
+    val_eval = eval_batches(data.val, context, t.batch_size, t.eval_batches)
+    token_bytes = torch.as_tensor(data.token_bytes, dtype=torch.long)
+    optimizer = make_optimizer(model, run, device)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_at(s, steps, t.warmup_steps, t.min_lr_ratio)
+    )
+    plugins.hook.on_run_start(run=info)
+
+    metrics_file = (folder / "metrics.jsonl").open("w", encoding="utf-8")
+    train_s, status, diverged_at, last = 0.0, "ok", None, {}
+    tokens_per_step = t.batch_size * context
+    model.train()
+    try:
+        for step in range(1, steps + 1):
+            tick = time.perf_counter()
+            x, y = next(batches)
+            x, y = x.to(device), y.to(device)
+            logits = model(x)
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if t.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+            optimizer.step()
+            schedule.step()
+            loss_value = loss.item()  # syncs, so the timing below is honest on GPUs too
+            train_s += time.perf_counter() - tick
+            if not math.isfinite(loss_value):
+                status, diverged_at = "diverged", step
+                break
+            metrics = None
+            if step % t.eval_interval == 0 or step == steps:
+                train_loss, _ = evaluate(model, train_eval, token_bytes, device)
+                val_loss, val_bpb = evaluate(model, val_eval, token_bytes, device)
+                metrics = {
+                    "step": step,
+                    "tokens": step * tokens_per_step,
+                    "train_loss": train_loss,
+                    "val_loss": val_loss,
+                    "val_perplexity": math.exp(min(val_loss, 700.0)),
+                    "val_bpb": val_bpb,
+                    "lr": schedule.get_last_lr()[0],
+                    "elapsed_s": time.perf_counter() - started,
+                }
+                metrics_file.write(json.dumps(metrics) + "\n")
+                metrics_file.flush()
+                plugins.hook.on_eval(run=info, step=step, metrics=metrics)
+                last = metrics
+            if progress:
+                progress(step, steps, loss_value, metrics)
+    finally:
+        metrics_file.close()
+
+    sample = ""
+    if status == "ok" and run.sampling.max_new_tokens > 0:
+        sample = _sample(model, run, tokenizer, plugins, context, device)
+        write_atomic(folder / "sample.txt", sample)
+    if status == "ok" and t.checkpoint:
+        # Tensors and plain data only, so torch.load(weights_only=True) reads it back.
+        buffer = io.BytesIO()
+        torch.save({"model": model.state_dict(), "config": config.to_dict()}, buffer)
+        write_atomic(folder / "checkpoint.pt", buffer.getvalue())
+
+    attention = split_choice(run.model.attention)[0]
+    summary = {
+        "experiment": run.experiment,
+        "variant": run.variant,
+        "seed": run.seed,
+        "status": status,
+        **run.choices(),
+        "causal": bool(plugins.registry.get("attention", attention).facts.get("causal")),
+        "params": params,
+        "params_non_embedding": params_ne,
+        "steps": last.get("step", diverged_at or 0),
+        "tokens": last.get("tokens", 0),
+        "train_loss": last.get("train_loss"),
+        "val_loss": last.get("val_loss"),
+        "val_perplexity": last.get("val_perplexity"),
+        "val_bpb": last.get("val_bpb"),
+        "tokens_per_s": (diverged_at or steps) * tokens_per_step / train_s if train_s else None,
+        "train_s": train_s,
+        "wall_s": time.perf_counter() - started,
+        "config_hash": run.config_hash(),
+        **({"diverged_at_step": diverged_at} if diverged_at else {}),
+        **(columns or {}),
+    }
+    write_json(folder / "summary.json", summary)
+    plugins.hook.on_run_end(run=info, summary=summary)
+    return summary
+
+
+def _sample(
+    model: nn.Module, run: RunSpec, tokenizer: Any, plugins: Plugins, context: int, device: str
+) -> str:
+    """The spec's prompt continued by the spec's sampler (seeded by the run's seed)."""
+    name, options = split_choice(run.sampling.sampler)
+    sampler = plugins.registry.get("sampler", name).build(**options)
+    prompt_ids = tokenizer.encode(run.sampling.prompt) or [tokenizer.eot_id]
+    idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)
+    generator = torch.Generator(device=device).manual_seed(run.seed)
+    out = generate(
+        model, idx, run.sampling.max_new_tokens, sampler, context, generator, tokenizer.eot_id
+    )
+    return tokenizer.decode(out[0].tolist())

@@ -20,7 +20,7 @@ def test_register_and_get_with_description_from_docstring():
     reg = Registry()
     reg.register("normalization", "mine", make_norm, plugin="p")
     component = reg.get("normalization", "mine")
-    assert component.description == "A test norm."
+    assert component.description == "A test norm"
     assert component.plugin == "p"
     assert ("normalization", "mine") in reg
 

@@ -143,3 +143,18 @@ def test_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path, tiny_doc):
     assert (
         "RuntimeError: kaboom" in (tmp_path / "activation=exploding/seed-0/error.txt").read_text()
     )
+
+
+def test_budget_in_epochs(tmp_path, tiny_doc, plugins):
+    from toolkit.data import TrainBatches, load_tokens
+
+    spec = parse_spec(
+        {**tiny_doc, "train": {**tiny_doc["train"], "max_steps": None, "epochs": 0.01}}
+    )
+    r = spec.runs[0]
+    corpus = plugins.registry.get("corpus", "pydoc").build()
+    data = load_tokens(corpus, plugins.registry.get("tokenizer", "bytes").build(), 0.1)
+    per_epoch = TrainBatches(data.train, 32, 4, 0).batches_per_epoch
+    table = run(spec, tmp_path, plugins=plugins, progress=False)
+    assert r.train.epochs == 0.01
+    assert table["steps"].iloc[0] == math.ceil(0.01 * per_epoch)

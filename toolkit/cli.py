@@ -122,8 +122,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec, args.overrides, plugins=plugins)
     datasets = prepare_data(spec, plugins)
     print(
-        f"{spec.path}: ok. experiment {spec.name!r}: {len(spec.variants)} variants x "
-        f"{len(spec.seeds)} seeds = {len(spec.runs)} runs; baseline {spec.baseline!r}"
+        f"{spec.path}: ok. experiment {spec.name!r}: {_plural(len(spec.variants), 'variant')} x "
+        f"{_plural(len(spec.seeds), 'seed')} = {_plural(len(spec.runs), 'run')}; "
+        f"baseline {spec.baseline!r}"
     )
     from toolkit.runner import _data_key
 
@@ -141,7 +142,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 choices,
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    header = ("", "variant", "params", "non-emb")
+    widths = [max(len(row[i]) for row in [*rows, header]) for i in range(4)]
     print(
         f"  {'variant':<{widths[1]}}  {'params':>{widths[2]}}  {'non-emb':>{widths[3]}}  components"
     )
@@ -150,6 +152,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
             f"{mark} {name:<{widths[1]}}  {total:>{widths[2]}}  {non_emb:>{widths[3]}}  {choices}"
         )
     return 0
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def cmd_list(args: argparse.Namespace) -> int:

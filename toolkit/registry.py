@@ -241,6 +241,7 @@ class Registry:
                 f"pass it to register(), e.g. register({kind!r}, {name!r}, factory, {missing[0]}=True)"
             )
         doc = description or (inspect.getdoc(factory) or "").split("\n", 1)[0] or "(no description)"
+        doc = doc.rstrip(".")  # listings read as one consistent column
         component = Component(kind, name, factory, doc, plugin, options_of(factory), dict(facts))
         self._components[kind][name] = component
         return component

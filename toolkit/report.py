@@ -86,12 +86,26 @@ def format_summary(summary: pd.DataFrame, title: str = "") -> str:
             "tokens/s": [num(x, ",.0f") for x in summary["tokens_per_s"]],
         }
     )
-    body = view.to_string(index=False)
+    body = _fixed_width(view, left=("", "variant"))
     notes = (
         "* baseline. val_loss: mean ± sample std over seeds (nats/token); ppl = exp(loss); "
         "bpb: bits per UTF-8 byte."
     )
     return "\n".join(filter(None, [title, body, notes]))
+
+
+def _fixed_width(view: pd.DataFrame, left: tuple[str, ...]) -> str:
+    """Columns padded to their widest cell: text columns left-aligned, numbers right-aligned."""
+    cells = [list(map(str, view.columns)), *view.astype(str).values.tolist()]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(view.columns))]
+    lines = []
+    for row in cells:
+        parts = [
+            cell.ljust(w) if col in left else cell.rjust(w)
+            for cell, w, col in zip(row, widths, view.columns, strict=True)
+        ]
+        lines.append(" ".join(parts).rstrip())
+    return "\n".join(lines)
 
 
 def report(out_dir: str | Path) -> tuple[pd.DataFrame, str]:

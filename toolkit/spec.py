@@ -85,10 +85,10 @@ SECTIONS: dict[str, type] = {
 }
 # Keys whose value is a component choice, and the registry kind they choose from.
 SLOTS: dict[str, str] = {
-    "data.corpus": "corpus",
-    "data.tokenizer": "tokenizer",
-    "sampling.sampler": "sampler",
     **{f"model.{slot}": kind for slot, kind in COMPONENT_SLOTS.items()},
+    "data.tokenizer": "tokenizer",
+    "data.corpus": "corpus",
+    "sampling.sampler": "sampler",
 }
 TOP_LEVEL = {"name", "description", "seeds", "plugins", "baseline", "grid", "variants", *SECTIONS}
 BUDGET_KEYS = ("max_steps", "max_tokens", "epochs")

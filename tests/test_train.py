@@ -158,3 +158,19 @@ def test_budget_in_epochs(tmp_path, tiny_doc, plugins):
     table = run(spec, tmp_path, plugins=plugins, progress=False)
     assert r.train.epochs == 0.01
     assert table["steps"].iloc[0] == math.ceil(0.01 * per_epoch)
+
+
+def test_table_ignores_folders_left_by_an_earlier_spec(tmp_path, tiny_doc, plugins):
+    tiny_doc["grid"] = {"model.norm": ["layernorm", "rmsnorm"]}
+    run(parse_spec(tiny_doc), tmp_path, plugins=plugins, progress=False)
+    tiny_doc["grid"] = {"model.norm": ["layernorm"]}
+    tiny_doc["train"]["lr"] = 1e-3  # changes the config: the old layernorm run is stale too
+    table = run(parse_spec(tiny_doc), tmp_path, plugins=plugins, progress=False)
+    assert table["variant"].tolist() == ["norm=layernorm"]
+    assert (
+        tmp_path / "norm=rmsnorm/seed-0/summary.json"
+    ).exists()  # kept on disk, not in the table
+    assert (
+        json.loads((tmp_path / "norm=layernorm/seed-0/config.json").read_text())["train"]["lr"]
+        == 1e-3
+    )

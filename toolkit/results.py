@@ -90,13 +90,25 @@ def environment(device: str, seed: int) -> dict[str, Any]:
 
 def collect(out_dir: str | Path) -> pd.DataFrame:
     """The tidy table of an experiment folder: one row per run that has a summary.json
-    (finished, diverged or failed), columns RESULT_COLUMNS then one per varied key."""
+    (finished, diverged or failed) and belongs to the experiment's current spec (same variant,
+    seed and config hash as experiment.json lists), columns RESULT_COLUMNS then one per varied
+    key."""
     out = Path(out_dir)
     rows = []
     for summary_path in sorted(out.glob("*/seed-*/summary.json")):
         summary = read_json(summary_path)
         if isinstance(summary, dict):
             rows.append(summary)
+    experiment = read_json(out / "experiment.json") or {}
+    expected = {(r["variant"], r["seed"]): r["config_hash"] for r in experiment.get("runs", [])}
+    if expected:
+        # Folders left by an earlier version of the spec (other variants, other configs) stay on
+        # disk but are not part of this experiment's table.
+        rows = [
+            r
+            for r in rows
+            if expected.get((r.get("variant"), r.get("seed"))) == r.get("config_hash")
+        ]
     table = pd.DataFrame(rows)
     if table.empty:
         return pd.DataFrame(columns=RESULT_COLUMNS)
@@ -104,7 +116,6 @@ def collect(out_dir: str | Path) -> pd.DataFrame:
     for column in RESULT_COLUMNS:
         if column not in table:
             table[column] = None
-    experiment = read_json(out / "experiment.json") or {}
     order = {name: i for i, name in enumerate(experiment.get("variants", []))}
     table["_order"] = table["variant"].map(lambda v: order.get(v, len(order)))
     table = table.sort_values(["_order", "seed"], kind="stable").drop(columns="_order")

@@ -1,4 +1,5 @@
-"""Built-in normalizations: the book's LayerNorm (`layernorm`) and RMSNorm (`rmsnorm`).
+"""Built-in normalizations: the book's LayerNorm (`layernorm`), PyTorch's (`torch-layernorm`),
+RMSNorm (`rmsnorm`), ScaleNorm (`scalenorm`) and no normalization at all (`none`).
 
 Each factory takes the normalized width and returns a module normalizing the last dimension.
 Not here: placement (pre/post/sandwich) belongs to the block, not to the norm.
@@ -6,10 +7,13 @@ Not here: placement (pre/post/sandwich) belongs to the block, not to the norm.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from toolkit.errors import ComponentError
 from toolkit.hookspecs import hookimpl
 
 
@@ -39,7 +43,51 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 
+class ScaleNorm(nn.Module):
+    """g * x / max(||x||_2, eps) with one learned scalar g, initialised to sqrt(dim)."""
+
+    def __init__(self, dim: int, *, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        # sqrt(dim) makes the output's RMS 1 at initialisation, as LayerNorm's and RMSNorm's is.
+        self.g = nn.Parameter(torch.tensor(math.sqrt(dim)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp(min=self.eps)
+        return self.g * x / norm
+
+    def extra_repr(self) -> str:
+        return f"eps={self.eps}"
+
+
+def _positive_eps(name: str, eps: float) -> None:
+    if not (math.isfinite(eps) and eps > 0):
+        raise ComponentError(
+            f"normalization {name!r}: eps must be a finite number > 0, got {eps!r}"
+        )
+
+
+def torch_layernorm(dim: int, *, eps: float = 1e-5) -> nn.LayerNorm:
+    """torch.nn.LayerNorm: the same maths as layernorm, parameters named weight and bias"""
+    _positive_eps("torch-layernorm", eps)
+    return nn.LayerNorm(dim, eps=eps)
+
+
+def scalenorm(dim: int, *, eps: float = 1e-5) -> ScaleNorm:
+    """g * x / max(||x||_2, eps), one learned scalar g, sqrt(dim) at init (Nguyen & Salazar 2019)"""
+    _positive_eps("scalenorm", eps)
+    return ScaleNorm(dim, eps=eps)
+
+
+def no_norm(dim: int) -> nn.Identity:
+    """identity: no normalization in the blocks nor before the head, no parameters"""
+    return nn.Identity()
+
+
 @hookimpl
 def register_components(register) -> None:
     register("normalization", "layernorm", LayerNorm)
+    register("normalization", "torch-layernorm", torch_layernorm)
     register("normalization", "rmsnorm", RMSNorm)
+    register("normalization", "scalenorm", scalenorm)
+    register("normalization", "none", no_norm)

@@ -19,9 +19,9 @@ def test_readme_plugin_example_runs_from_a_spec(tmp_path, monkeypatch, tiny_doc)
     monkeypatch.syspath_prepend(str(tmp_path))
     plugins = Plugins(autoload=False)
     doc = {**tiny_doc, "plugins": ["my_components"]}
-    doc["model"]["activation"] = {"name": "relu2", "hidden_mult": 3}
+    doc["model"]["activation"] = {"name": "bilinear", "hidden_mult": 2.0}
     spec = parse_spec(doc, plugins=plugins)
-    assert plugins.registry.get("activation", "relu2").plugin == "my_components"
+    assert plugins.registry.get("activation", "bilinear").plugin == "my_components"
     table = run(spec, tmp_path / "out", plugins=plugins, progress=False)
-    assert table["status"].tolist() == ["ok"] and table["activation"].tolist() == ["relu2"]
+    assert table["status"].tolist() == ["ok"] and table["activation"].tolist() == ["bilinear"]
     sys.modules.pop("my_components", None)

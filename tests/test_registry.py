@@ -71,6 +71,8 @@ def test_check_options_fills_defaults_and_rejects_bad_ones():
         (3, float, True),
         ("x", float, False),
         (None, int | None, True),
+        (3, int | None, True),
+        ("3", float | None, False),
         ([1, 2], list[int], True),
         ([1, "a"], list[int], False),
         ("s", str, True),

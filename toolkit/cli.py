@@ -170,14 +170,16 @@ def cmd_list(args: argparse.Namespace) -> int:
                 f"unknown kind {args.kind!r}{suggest(args.kind, KINDS)}; kinds: {', '.join(KINDS)}"
             )
         kinds = [args.kind]
+    width = max(len(c.name) for c in plugins.registry)
     for kind in kinds:
         print(f"{kind}:")
         for name in plugins.registry.names(kind):
             c = plugins.registry.get(kind, name)
             facts = "".join(f" [{k}={v}]" for k, v in c.facts.items())
-            print(f"  {name:<14} {c.description}{facts}")
+            print(f"  {name:<{width}}  {c.description}{facts}")
             if c.options:
-                print(f"  {'':<14} options: {', '.join(o.describe() for o in c.options.values())}")
+                options = ", ".join(o.describe() for o in c.options.values())
+                print(f"  {'':<{width}}  options: {options}")
         print()
     return 0
 

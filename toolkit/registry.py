@@ -148,8 +148,10 @@ def check_type(
     origin = typing.get_origin(expected)
     if origin in (typing.Union, types.UnionType):
         for arm in typing.get_args(expected):
-            if arm is type(None) and value is None:
-                return None
+            if arm is type(None):
+                if value is None:
+                    return None
+                continue
             try:
                 return check_type(value, arm, where, error)
             except _Err:

@@ -1,7 +1,8 @@
 """The GPT skeleton, assembled from registry components. Read it top to bottom.
 
-Shape and wiring are fixed here (token + positional embedding, dropout, pre-norm blocks of
-attention and feed-forward with residual connections, final norm, LM head); every component
+Shape and wiring are fixed here (token + positional embedding, dropout, blocks of attention
+and feed-forward with residual connections and norms placed pre, post or sandwich, final norm,
+LM head, initialisation); every component
 inside is looked up by kind and name once, at build time. There is no indirection in forward()
 beyond the modules themselves. Names follow "Build a Large Language Model From Scratch"
 (tok_emb, pos_emb, trf_blocks, att, ff, norm1, norm2, final_norm, out_head), so the book's
@@ -12,7 +13,7 @@ Not here: training (train.py), generation (generate.py), and the components (plu
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import torch
@@ -32,20 +33,27 @@ class ModelConfig:
     emb_dim: int = 768  # width of the residual stream
     n_heads: int = 12  # attention heads; emb_dim must divide evenly among them
     n_layers: int = 12  # transformer blocks
-    drop_rate: float = (
-        0.1  # dropout on embeddings, attention weights and residual branches; 0 is off
-    )
+    drop_rate: float = 0.1  # dropout at every site below that is not set on its own; 0 is off
+    drop_rate_emb: float | None = None  # after the embeddings (None: drop_rate)
+    drop_rate_attn: float | None = None  # on the attention weights (None: drop_rate)
+    drop_rate_resid: float | None = None  # on each residual branch (None: drop_rate)
     qkv_bias: bool = False  # biases on the query/key/value projections (GPT-2 has them)
     tie_embeddings: bool = False  # head shares the token embedding matrix (GPT-2) or not (the book)
+    norm_placement: str = "pre"  # "pre" (GPT-2, the book), "post" (2017 original), "sandwich"
     attention: Choice = "multihead"
     norm: Choice = "layernorm"
     activation: Choice = "gelu"
     positional: Choice = "learned"
-    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes, ignored by the builder
+    init: Choice = "default"  # "default": PyTorch's (as the book); "gpt2": normal(0.02), scaled
 
     @property
     def head_dim(self) -> int:
         return self.emb_dim // self.n_heads
+
+    def dropout(self, site: str) -> float:
+        """The dropout rate at a site ("emb", "attn" or "resid")."""
+        rate = getattr(self, f"drop_rate_{site}")
+        return self.drop_rate if rate is None else rate
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -56,7 +64,9 @@ COMPONENT_SLOTS = {
     "norm": "normalization",
     "activation": "activation",
     "positional": "positional",
+    "init": "init",
 }
+NORM_PLACEMENTS = ("pre", "post", "sandwich")
 
 # Architecture presets. GPT-2's are exact (FACTS: 124,439,808 parameters for gpt2-small);
 # the small ones train in minutes on a laptop CPU.
@@ -94,21 +104,48 @@ def split_choice(choice: Choice) -> tuple[str, dict[str, Any]]:
     return options.pop("name"), options
 
 
-class Block(nn.Module):
-    """Pre-norm transformer block: x + drop(att(norm1(x))), then x + drop(ff(norm2(x)))."""
+class PreNormBlock(nn.Module):
+    """x + drop(att(norm1(x))), then x + drop(ff(norm2(x))): GPT-2's and the book's block."""
 
-    def __init__(self, config: ModelConfig, plugins: Plugins) -> None:
+    def __init__(self, config: ModelConfig, plugins: Plugins, positional: nn.Module) -> None:
         super().__init__()
         self.norm1 = _build(plugins, "norm", config.norm, config.emb_dim)
-        self.att = _build(plugins, "attention", config.attention, config)
+        self.att = _build_attention(plugins, config, positional)
         self.norm2 = _build(plugins, "norm", config.norm, config.emb_dim)
         self.ff = _build(plugins, "activation", config.activation, config)
-        self.drop_shortcut = nn.Dropout(config.drop_rate)
+        self.drop_shortcut = nn.Dropout(config.dropout("resid"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, emb_dim) -> same
         x = x + self.drop_shortcut(self.att(self.norm1(x)))
         x = x + self.drop_shortcut(self.ff(self.norm2(x)))
         return x
+
+
+class PostNormBlock(PreNormBlock):
+    """norm1(x + drop(att(x))), then norm2(x + drop(ff(x))): the 2017 Transformer's block."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm1(x + self.drop_shortcut(self.att(x)))
+        x = self.norm2(x + self.drop_shortcut(self.ff(x)))
+        return x
+
+
+class SandwichBlock(PreNormBlock):
+    """Pre-norm plus a norm on each branch's output before it joins the residual stream
+    (Ding et al. 2021, CogView)."""
+
+    def __init__(self, config: ModelConfig, plugins: Plugins, positional: nn.Module) -> None:
+        super().__init__(config, plugins, positional)
+        self.norm1_out = _build(plugins, "norm", config.norm, config.emb_dim)
+        self.norm2_out = _build(plugins, "norm", config.norm, config.emb_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_shortcut(self.norm1_out(self.att(self.norm1(x))))
+        x = x + self.drop_shortcut(self.norm2_out(self.ff(self.norm2(x))))
+        return x
+
+
+BLOCKS = {"pre": PreNormBlock, "post": PostNormBlock, "sandwich": SandwichBlock}
 
 
 class GPT(nn.Module):
@@ -117,9 +154,17 @@ class GPT(nn.Module):
         self.config = config
         self.tok_emb = nn.Embedding(config.vocab_size, config.emb_dim)
         self.pos_emb = _build(plugins, "positional", config.positional, config)
-        self.drop_emb = nn.Dropout(config.drop_rate)
-        self.trf_blocks = nn.Sequential(*[Block(config, plugins) for _ in range(config.n_layers)])
-        self.final_norm = _build(plugins, "norm", config.norm, config.emb_dim)
+        self.drop_emb = nn.Dropout(config.dropout("emb"))
+        block = BLOCKS[config.norm_placement]
+        self.trf_blocks = nn.Sequential(
+            *[block(config, plugins, self.pos_emb) for _ in range(config.n_layers)]
+        )
+        # Post-norm blocks already end in a norm; a second one before the head adds nothing.
+        self.final_norm = (
+            nn.Identity()
+            if config.norm_placement == "post"
+            else _build(plugins, "norm", config.norm, config.emb_dim)
+        )
         self.out_head = nn.Linear(config.emb_dim, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.out_head.weight = self.tok_emb.weight  # one matrix, counted once
@@ -127,7 +172,7 @@ class GPT(nn.Module):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """Token ids (B, T) -> logits (B, T, vocab_size)."""
         x = self.tok_emb(idx)  # (B, T, emb_dim)
-        x = self.pos_emb(x)
+        x = self.pos_emb(x)  # schemes acting inside attention return x unchanged
         x = self.drop_emb(x)
         x = self.trf_blocks(x)
         x = self.final_norm(x)
@@ -141,6 +186,16 @@ class GPT(nn.Module):
             total -= self.tok_emb.weight.numel()
             total -= sum(p.numel() for p in self.pos_emb.parameters())
         return total
+
+
+def _build_attention(plugins: Plugins, config: ModelConfig, positional: nn.Module) -> nn.Module:
+    """Build the attention component; hand it the positional module when that scheme acts
+    inside attention (RoPE rotates queries and keys, ALiBi biases the scores)."""
+    att = _build(plugins, "attention", config.attention, config)
+    pos_name = split_choice(config.positional)[0]
+    if plugins.registry.get("positional", pos_name).facts.get("inside_attention"):
+        att.bind_positional(positional)  # checked to exist by check_compatible()
+    return att
 
 
 def _build(plugins: Plugins, slot: str, choice: Choice, *args: Any) -> nn.Module:
@@ -161,11 +216,39 @@ def build_model(config: ModelConfig | dict[str, Any], plugins: Plugins | None = 
     if isinstance(config, dict):
         known = {f.name for f in fields(ModelConfig)}
         config = ModelConfig(**{k: v for k, v in config.items() if k in known})
+    plugins = plugins or load_plugins()
     if config.emb_dim % config.n_heads:
         raise ComponentError(
             f"emb_dim ({config.emb_dim}) must be divisible by n_heads ({config.n_heads})"
         )
-    return GPT(config, plugins or load_plugins())
+    if config.norm_placement not in BLOCKS:
+        raise ComponentError(
+            f"norm_placement {config.norm_placement!r} is not one of {', '.join(BLOCKS)}"
+        )
+    check_compatible(config, plugins)
+    model = GPT(config, plugins)
+    init_name, init_options = split_choice(config.init)
+    plugins.registry.get("init", init_name).build(model, config, **init_options)
+    return model
+
+
+def check_compatible(config: ModelConfig, plugins: Plugins) -> None:
+    """Reject component combinations that cannot work, naming the ones that would."""
+    pos_name = split_choice(config.positional)[0]
+    att_name = split_choice(config.attention)[0]
+    if plugins.registry.get("positional", pos_name).facts.get("inside_attention"):
+        attention = plugins.registry.get("attention", att_name)
+        if not attention.facts.get("positional_inside"):
+            able = [
+                c.name
+                for c in plugins.registry
+                if c.kind == "attention" and c.facts.get("positional_inside")
+            ]
+            raise ComponentError(
+                f"positional {pos_name!r} acts inside attention, which attention {att_name!r} "
+                f"cannot apply; choose an attention that can ({', '.join(able) or 'none'}) or "
+                f"a positional scheme acting on the embeddings"
+            )
 
 
 def count_params(config: ModelConfig, plugins: Plugins | None = None) -> tuple[int, int]:

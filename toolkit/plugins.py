@@ -26,6 +26,7 @@ BUILTIN_PLUGINS = (
     "plugins.normalization",
     "plugins.activations",
     "plugins.positional",
+    "plugins.initialization",
     "plugins.sampling",
     "plugins.tokenizers",
     "plugins.corpora",

@@ -37,7 +37,10 @@ KINDS: dict[str, Kind] = {
         Kind(
             "attention",
             "factory(config: ModelConfig, **options) -> nn.Module mapping x (B, T, emb_dim) to "
-            "(B, T, emb_dim); `causal` says whether position t only sees positions <= t",
+            "(B, T, emb_dim). Facts: `causal` (required) says whether position t only sees "
+            "positions <= t; `positional_inside=True` says the module has "
+            "bind_positional(module) and applies that module's rotate(q, k, start) and "
+            "score_bias(t_q, t_k, start) (needed for RoPE and ALiBi)",
             required_facts=("causal",),
         ),
         Kind(
@@ -47,13 +50,22 @@ KINDS: dict[str, Kind] = {
         Kind(
             "activation",
             "factory(config: ModelConfig, **options) -> nn.Module, the position-wise "
-            "feed-forward block mapping (B, T, emb_dim) to (B, T, emb_dim)",
+            "feed-forward block mapping (B, T, emb_dim) to (B, T, emb_dim); its last nn.Linear "
+            "is the residual output projection (the gpt2 init scales it)",
         ),
         Kind(
             "positional",
             "factory(config: ModelConfig, **options) -> nn.Module with forward(x, start=0) adding "
-            "position information to token embeddings x (B, T, emb_dim); its parameters count "
-            "as embedding parameters",
+            "position information to token embeddings x (B, T, emb_dim) for positions start.. "
+            "start+T-1; its parameters count as embedding parameters. With the fact "
+            "`inside_attention=True` forward returns x unchanged and the module provides "
+            "rotate(q, k, start=0) -> (q, k) on (B, heads, T, head_dim) tensors and "
+            "score_bias(t_q, t_k, start=0) -> (heads, t_q, t_k) tensor or None",
+        ),
+        Kind(
+            "init",
+            "factory(model: nn.Module, config: ModelConfig, **options) -> None, initialising the "
+            "freshly built model's parameters in place (under the run's seed)",
         ),
         Kind(
             "sampler",

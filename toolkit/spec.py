@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.errors import SpecError, ToolkitError
-from toolkit.model import COMPONENT_SLOTS, PRESETS, Choice, ModelConfig, count_params, split_choice
+from toolkit.model import (
+    COMPONENT_SLOTS,
+    NORM_PLACEMENTS,
+    PRESETS,
+    Choice,
+    ModelConfig,
+    count_params,
+    split_choice,
+)
 from toolkit.plugins import Plugins, load_plugins
 from toolkit.registry import check_type, suggest
 
@@ -34,20 +42,15 @@ class DataSpec:
 
 
 @dataclass
-class ModelSpec:
-    preset: str | None = None  # fills the sizes below; keys set here override it
+class ModelSpec(ModelConfig):
+    """[model]: every ModelConfig field (see toolkit/model.py), smaller defaults, and a preset."""
+
     vocab_size: int | None = None  # None: the tokenizer's vocabulary size
     context_length: int = 256
     emb_dim: int = 128
     n_heads: int = 4
     n_layers: int = 4
-    drop_rate: float = 0.1
-    qkv_bias: bool = False
-    tie_embeddings: bool = False
-    attention: Choice = "multihead"
-    norm: Choice = "layernorm"
-    activation: Choice = "gelu"
-    positional: Choice = "learned"
+    preset: str | None = None  # fills the sizes; keys set in the spec override it
 
 
 @dataclass
@@ -584,7 +587,14 @@ def _check_values(s: dict[str, Any], where: str) -> None:
         f"model.emb_dim ({m.emb_dim}) must be divisible by model.n_heads ({m.n_heads}); "
         f"e.g. n_heads = {max(h for h in range(1, m.n_heads + 1) if m.emb_dim % h == 0)}",
     )
-    need(0 <= m.drop_rate < 1, f"model.drop_rate must be in [0, 1), got {m.drop_rate}")
+    for key in ("drop_rate", "drop_rate_emb", "drop_rate_attn", "drop_rate_resid"):
+        rate = getattr(m, key)
+        need(rate is None or 0 <= rate < 1, f"model.{key} must be in [0, 1), got {rate}")
+    need(
+        m.norm_placement in NORM_PLACEMENTS,
+        f"model.norm_placement must be one of {', '.join(NORM_PLACEMENTS)}, "
+        f"got {m.norm_placement!r}",
+    )
     need(
         0 < d.val_fraction < 1,
         f"data.val_fraction must be between 0 and 1 (exclusive), got {d.val_fraction}",

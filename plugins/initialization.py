@@ -1,0 +1,45 @@
+"""Built-in initialisations: `default` (PyTorch's own, as the book leaves it) and `gpt2`
+(normal(0, 0.02) weights, zero biases, residual output projections scaled by 1/sqrt(2 x
+n_layers), as GPT-2 does).
+
+An init is applied once, right after the model is built, under the run's seed. The residual
+output projection of an attention or feed-forward module is its last nn.Linear: the contract
+every built-in follows and the kinds' documentation asks of plugins. Not here: norm parameters,
+which keep their ones and zeros.
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch import nn
+
+from toolkit.hookspecs import hookimpl
+
+
+def default_init(model: nn.Module, config) -> None:
+    """PyTorch's default initialisation, untouched (the book's choice)"""
+
+
+def gpt2_init(model: nn.Module, config, *, std: float = 0.02) -> None:
+    """GPT-2's: normal(0, std) weights and embeddings, zero biases, residual projections / sqrt(2L)"""
+    for module in model.modules():
+        if isinstance(module, nn.Linear | nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+    for param in model.pos_emb.parameters():
+        if param.dim() >= 2:  # learned positions; sinusoidal tables are buffers, not parameters
+            nn.init.normal_(param, mean=0.0, std=std)
+    residual_std = std / math.sqrt(2 * config.n_layers)
+    for block in model.trf_blocks:
+        for branch in (block.att, block.ff):
+            linears = [m for m in branch.modules() if isinstance(m, nn.Linear)]
+            if linears:
+                nn.init.normal_(linears[-1].weight, mean=0.0, std=residual_std)
+
+
+@hookimpl
+def register_components(register) -> None:
+    register("init", "default", default_init)
+    register("init", "gpt2", gpt2_init)

@@ -72,3 +72,27 @@ def test_permuting_runs_does_not_change_the_summary(rows, rnd):
     b = summarize(shuffled).sort_values("variant").reset_index(drop=True)
     pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-12)
     assert a["runs"].sum() == len(rows)
+
+
+def test_mixed_tokenizers_compare_by_bits_per_byte():
+    t = table(
+        [
+            {
+                "variant": "bytes",
+                "seed": 0,
+                "val_loss": 1.0,
+                "val_bpb": 1.44,
+                "tokenizer": "bytes",
+                "baseline": True,
+            },
+            {"variant": "gpt2", "seed": 0, "val_loss": 3.0, "val_bpb": 1.20, "tokenizer": "gpt2"},
+        ]
+    )
+    s = summarize(t)
+    assert s.attrs["metric"] == "val_bpb"
+    assert s["variant"].tolist() == ["gpt2", "bytes"]  # lower bpb first despite higher loss
+    assert s.iloc[0]["delta_val_bpb"] == pytest.approx(-0.24)
+    text = format_summary(s)
+    assert "compared by val_bpb" in text and text.index("val_bpb") < text.index("val_loss")
+    same = summarize(table([{"variant": "a", "seed": 0, "val_loss": 1.0, "tokenizer": "bytes"}]))
+    assert same.attrs["metric"] == "val_loss"

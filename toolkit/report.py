@@ -14,13 +14,22 @@ from toolkit.errors import ToolkitError
 from toolkit.results import collect, read_json
 
 
+def comparison_metric(table: pd.DataFrame) -> str:
+    """'val_loss', or 'val_bpb' when the runs use different tokenizers: loss is per token and
+    only bits per byte compares across vocabularies."""
+    if "tokenizer" in table and table["tokenizer"].dropna().nunique() > 1:
+        return "val_bpb"
+    return "val_loss"
+
+
 def summarize(table: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
-    """One row per variant over its finished (status ok) runs, sorted by mean validation loss.
+    """One row per variant over its finished (status ok) runs, sorted by the comparison metric
+    (mean validation loss; bits per byte when tokenizers differ).
 
     Columns: variant, baseline (bool), runs, ok, val_loss_mean, val_loss_std, delta_val_loss
-    (mean minus the baseline's), val_perplexity_mean, val_bpb_mean, train_loss_mean, params,
-    params_non_embedding, tokens_per_s, causal. std is the sample standard deviation (n - 1),
-    NaN with one seed.
+    (mean minus the baseline's), val_perplexity_mean, val_bpb_mean, val_bpb_std, delta_val_bpb,
+    train_loss_mean, params, params_non_embedding, tokens_per_s, causal. std is the sample
+    standard deviation (n - 1), NaN with one seed. `summary.attrs["metric"]` names the metric.
     """
     if table.empty:
         return pd.DataFrame()
@@ -39,6 +48,7 @@ def summarize(table: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
                 "val_loss_std": ok["val_loss"].astype(float).std(ddof=1),
                 "val_perplexity_mean": ok["val_perplexity"].astype(float).mean(),
                 "val_bpb_mean": ok["val_bpb"].astype(float).mean(),
+                "val_bpb_std": ok["val_bpb"].astype(float).std(ddof=1),
                 "train_loss_mean": ok["train_loss"].astype(float).mean(),
                 "params": group["params"].dropna().iloc[0]
                 if group["params"].notna().any()
@@ -51,13 +61,16 @@ def summarize(table: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
             }
         )
     summary = pd.DataFrame(rows)
-    base = summary.loc[summary["baseline"], "val_loss_mean"]
-    summary["delta_val_loss"] = summary["val_loss_mean"] - (
-        base.iloc[0] if len(base) else float("nan")
-    )
-    return summary.sort_values("val_loss_mean", na_position="last", kind="stable").reset_index(
-        drop=True
-    )
+    for metric in ("val_loss", "val_bpb"):
+        base = summary.loc[summary["baseline"], f"{metric}_mean"]
+        summary[f"delta_{metric}"] = summary[f"{metric}_mean"] - (
+            base.iloc[0] if len(base) else float("nan")
+        )
+    metric = comparison_metric(table)
+    summary = summary.sort_values(f"{metric}_mean", na_position="last", kind="stable")
+    summary = summary.reset_index(drop=True)
+    summary.attrs["metric"] = metric
+    return summary
 
 
 def format_summary(summary: pd.DataFrame, title: str = "") -> str:
@@ -68,30 +81,42 @@ def format_summary(summary: pd.DataFrame, title: str = "") -> str:
     def num(x: float, spec: str) -> str:
         return "-" if pd.isna(x) else format(x, spec)
 
-    view = pd.DataFrame(
-        {
-            "": ["*" if b else "" for b in summary["baseline"]],
-            "variant": summary["variant"]
-            + ["" if c else " [non-causal]" for c in summary["causal"]],
-            "seeds": [f"{o}/{r}" for o, r in zip(summary["ok"], summary["runs"], strict=True)],
-            "val_loss": [
-                f"{num(m, '.4f')} ± {num(s, '.4f')}"
-                for m, s in zip(summary["val_loss_mean"], summary["val_loss_std"], strict=True)
-            ],
-            "Δ vs base": [num(d, "+.4f") for d in summary["delta_val_loss"]],
-            "ppl": [num(x, ".2f") for x in summary["val_perplexity_mean"]],
-            "bpb": [num(x, ".3f") for x in summary["val_bpb_mean"]],
-            "train_loss": [num(x, ".4f") for x in summary["train_loss_mean"]],
-            "params": [num(x, ",.0f") for x in summary["params"]],
-            "tokens/s": [num(x, ",.0f") for x in summary["tokens_per_s"]],
-        }
-    )
-    body = _fixed_width(view, left=("", "variant"))
-    notes = (
-        "* baseline. val_loss: mean ± sample std over seeds (nats/token); ppl = exp(loss); "
-        "bpb: bits per UTF-8 byte."
-    )
-    return "\n".join(filter(None, [title, body, notes]))
+    by_bpb = summary.attrs.get("metric") == "val_bpb"
+    columns: dict[str, list[str]] = {
+        "": ["*" if b else "" for b in summary["baseline"]],
+        "variant": [
+            v + ("" if c else " [non-causal]")
+            for v, c in zip(summary["variant"], summary["causal"], strict=True)
+        ],
+        "seeds": [f"{o}/{r}" for o, r in zip(summary["ok"], summary["runs"], strict=True)],
+    }
+    first, second = ("val_bpb", "val_loss") if by_bpb else ("val_loss", "val_bpb")
+    columns[first] = [
+        f"{num(m, '.4f')} ± {num(s, '.4f')}"
+        for m, s in zip(summary[f"{first}_mean"], summary[f"{first}_std"], strict=True)
+    ]
+    columns["Δ vs base"] = [num(d, "+.4f") for d in summary[f"delta_{first}"]]
+    columns[second] = [num(x, ".4f") for x in summary[f"{second}_mean"]]
+    columns["ppl"] = [num(x, ".2f") for x in summary["val_perplexity_mean"]]
+    columns["train_loss"] = [num(x, ".4f") for x in summary["train_loss_mean"]]
+    columns["params"] = [num(x, ",.0f") for x in summary["params"]]
+    columns["tokens/s"] = [num(x, ",.0f") for x in summary["tokens_per_s"]]
+    body = _fixed_width(pd.DataFrame(columns), left=("", "variant"))
+    notes = [
+        "* baseline. mean ± sample std over seeds. val_loss: nats/token; ppl = exp(loss); "
+        "val_bpb: bits per UTF-8 byte."
+    ]
+    if by_bpb:
+        notes.append(
+            "The variants use different tokenizers, so they are compared by val_bpb: loss and "
+            "perplexity are per token and do not compare across vocabularies."
+        )
+    if not summary["causal"].all():
+        notes.append(
+            "[non-causal]: the attention sees the tokens it predicts; its loss is not a language "
+            "model's loss."
+        )
+    return "\n".join(filter(None, [title, body, *notes]))
 
 
 def _fixed_width(view: pd.DataFrame, left: tuple[str, ...]) -> str:

@@ -1,10 +1,23 @@
-"""Built-in attention components: causal multi-head attention as the book builds it (`multihead`)
-and the same maths through PyTorch's fused kernel (`sdpa`).
+"""Built-in attention components, each mapping (B, T, emb_dim) to (B, T, emb_dim).
 
-Both take the model config (emb_dim, n_heads, context_length, drop_rate, qkv_bias) and map
-(B, T, emb_dim) to (B, T, emb_dim). They share parameter names (W_query, W_key, W_value,
-out_proj), so one's state dict loads into the other. Not here: positional schemes that act
-inside attention, grouped key/value heads, KV caching (later additions to this family).
+The book's four mechanisms, as chapter 3 of "Build a Large Language Model From Scratch" builds
+them: `simplified` (no weights: softmax(x x^T) x), `self` (trainable query/key/value, scaled:
+SelfAttention_v2), `causal` (one causal head with dropout: CausalAttention) and
+`multihead-wrapper` (n_heads causal heads of head_dim, concatenated: MultiHeadAttentionWrapper).
+`simplified` and `self` have no mask, so position t sees later positions; they are registered
+with causal=False, and a language model trained with them learns to copy the next token.
+
+For GPTs: `multihead` (the book's MultiHeadAttention: W_query, W_key, W_value, out_proj and a
+causal mask), `sdpa` (the same maths through F.scaled_dot_product_attention), `sliding-window`
+(each position sees its last `window` positions), `gqa` and `mqa` (keys and values in fewer
+heads than the queries, shared by groups of query heads). `multihead`, `sdpa` and
+`sliding-window` share parameter names and shapes, so their state dicts load into each other,
+and into `gqa` when n_kv_heads == n_heads.
+
+Every attention with per-head queries and keys (all but `simplified` and `self`) takes the
+option `qk_norm` and applies positional schemes that act inside attention (RoPE rotates queries
+and keys, ALiBi biases the scores) once the model hands it one through bind_positional(); that
+shared machinery lives in HeadAttention. Not here: KV caching, other sparse patterns.
 """
 
 from __future__ import annotations
@@ -13,71 +26,306 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from toolkit.errors import ComponentError
 from toolkit.hookspecs import hookimpl
 
+# enable_gqa arrived in torch 2.5; older ones (the project allows 2.4) get expanded keys/values.
+_SDPA_HAS_GQA = torch.__version__ >= (2, 5)
+QK_NORM_EPS = 1e-6
 
-class MultiHeadAttention(nn.Module):
-    """Causal multi-head attention with separate query/key/value projections (the book's)."""
+
+class HeadRMSNorm(nn.Module):
+    """RMS norm over the last (head) dimension with a learnable gain shared by all heads"""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Cast the gain so bf16 activations keep the fused kernel and their dtype.
+        return F.rms_norm(x, (x.shape[-1],), self.weight.to(x.dtype), eps=QK_NORM_EPS)
+
+
+class HeadAttention(nn.Module):
+    """Causal attention over per-head queries and keys: what the registered ones share
+
+    Holds the causal mask, the dropout on the attention weights, the optional query/key norm
+    (Henry et al. 2020; Dehghani et al. 2023; here RMS norm over head_dim) and the positional
+    module bound by the model. Subclasses project and split heads; attend() (explicit, the
+    book's maths) and attend_fused() (F.scaled_dot_product_attention) do the rest. Unbound and
+    without qk_norm they add nothing to the computation.
+    """
+
+    def __init__(
+        self, config, *, head_dim: int, qk_norm: bool, bias_head: int | None = None
+    ) -> None:
+        super().__init__()
+        self.head_dim = head_dim
+        self.q_norm = HeadRMSNorm(head_dim) if qk_norm else None
+        self.k_norm = HeadRMSNorm(head_dim) if qk_norm else None
+        self.dropout = nn.Dropout(config.dropout("attn"))
+        # True above the diagonal: position t may not look at t+1, t+2, ...
+        # Not persistent: it is derived from context_length and need not be in checkpoints.
+        n = config.context_length
+        self.register_buffer(
+            "mask", torch.triu(torch.ones(n, n, dtype=torch.bool), diagonal=1), persistent=False
+        )
+        # A single head (the wrapper's, or `causal`) takes one row of a per-head score bias.
+        self._bias_heads = slice(None) if bias_head is None else slice(bias_head, bias_head + 1)
+        self._positional: tuple[nn.Module, ...] = ()
+
+    def bind_positional(self, module: nn.Module) -> None:
+        """Apply `module`'s rotate() and score_bias() from now on."""
+        # Kept in a tuple so nn.Module does not register it: the model owns it as pos_emb, and a
+        # submodule here would be counted, initialised and saved once per layer.
+        self._positional = (module,)
+
+    def queries_keys(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Norm (qk_norm) and rotate (a bound RoPE) q (B, nh, T, hs) and k (B, n_kv, T, hs)."""
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self._positional:
+            q, k = self._positional[0].rotate(q, k, start=0)
+        return q, k
+
+    def positional_bias(self, t: int) -> torch.Tensor | None:
+        """The bound positional's bias on the (T, T) scores, (nh, T, T), or None."""
+        if not self._positional:
+            return None
+        bias = self._positional[0].score_bias(t, t, start=0)
+        return None if bias is None else bias[self._bias_heads]
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """softmax(q k^T / sqrt(hs) + bias, causally masked) v with dropout on the weights."""
+        t = q.shape[-2]
+        scores = q @ k.transpose(-2, -1) / self.head_dim**0.5  # (B, nh, T, T)
+        bias = self.positional_bias(t)
+        if bias is not None:
+            scores = scores + bias
+        scores = scores.masked_fill(self.mask[:t, :t], float("-inf"))
+        weights = self.dropout(torch.softmax(scores, dim=-1))
+        return weights @ v  # (B, nh, T, hs)
+
+    def attend_fused(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None = None
+    ) -> torch.Tensor:
+        """The same maths through F.scaled_dot_product_attention; k and v may have fewer heads
+        than q (grouped), and `window` limits each position to its last `window` positions."""
+        t = q.shape[-2]
+        p = self.dropout.p if self.training else 0.0
+        extra = {}
+        if k.shape[1] != q.shape[1]:
+            if _SDPA_HAS_GQA:
+                extra["enable_gqa"] = True
+            else:  # query head h reads key/value head h // group, as enable_gqa does
+                group = q.shape[1] // k.shape[1]
+                k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+        bias = self.positional_bias(t)
+        windowed = window is not None and window < t
+        if bias is None and not windowed:
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True, **extra)
+        # is_causal cannot be combined with attn_mask, so the mask carries the causality.
+        hidden = self.mask[:t, :t]  # (T, T), True where a position may not look
+        if windowed:
+            # Also hide keys window or more positions back: j <= i - window.
+            hidden = hidden | torch.ones_like(hidden).tril(diagonal=-window)
+        # Boolean (True where allowed) without a bias; else the bias, -inf where hidden.
+        attn_mask = (
+            ~hidden if bias is None else bias.to(q.dtype).masked_fill(hidden, float("-inf"))
+        )  # (T, T) or (nh, T, T)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p, **extra)
+
+
+class ProjectedAttention(HeadAttention):
+    """Multi-head attention's projections, head splitting and output projection
+
+    W_query (d -> d), W_key and W_value (d -> n_kv_heads x head_dim) and out_proj (d -> d),
+    registered last so the gpt2 init finds it as the residual projection. Forward is the
+    subclasses'.
+    """
+
+    def __init__(self, config, *, n_kv_heads: int, qk_norm: bool) -> None:
+        super().__init__(config, head_dim=config.head_dim, qk_norm=qk_norm)
+        d, kv = config.emb_dim, n_kv_heads * config.head_dim
+        self.n_heads, self.n_kv_heads = config.n_heads, n_kv_heads
+        self.W_query = nn.Linear(d, d, bias=config.qkv_bias)
+        self.W_key = nn.Linear(d, kv, bias=config.qkv_bias)
+        self.W_value = nn.Linear(d, kv, bias=config.qkv_bias)
+        self.out_proj = nn.Linear(d, d)
+
+    def split_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Project x (B, T, d) to q (B, nh, T, hs) and k, v (B, n_kv, T, hs), normed and rotated
+        when asked."""
+        b, t, _ = x.shape
+        q = self.W_query(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.W_key(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.W_value(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = self.queries_keys(q, k)
+        return q, k, v
+
+    def merge_heads(self, context: torch.Tensor) -> torch.Tensor:
+        b, _, t, _ = context.shape
+        context = context.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim)  # (B, T, d)
+        return self.out_proj(context)
+
+
+class MultiHeadAttention(ProjectedAttention):
+    """Causal multi-head attention as the book builds it: explicit mask and softmax"""
+
+    def __init__(self, config, *, qk_norm: bool = False) -> None:
+        super().__init__(config, n_kv_heads=config.n_heads, qk_norm=qk_norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.split_heads(x)
+        return self.merge_heads(self.attend(q, k, v))
+
+
+class SDPAttention(MultiHeadAttention):
+    """The same causal multi-head maths through torch's fused scaled_dot_product_attention"""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.split_heads(x)
+        return self.merge_heads(self.attend_fused(q, k, v))
+
+
+class SlidingWindowAttention(MultiHeadAttention):
+    """Causal multi-head attention where each position sees only its last `window` positions
+
+    The window includes the position itself, as in Longformer (Beltagy et al. 2020) and Mistral
+    7B (Jiang et al. 2023). With window >= T it is `sdpa`.
+    """
+
+    def __init__(self, config, *, window: int = 64, qk_norm: bool = False) -> None:
+        if window < 1:
+            raise ComponentError(
+                f"attention 'sliding-window': window must be at least 1 (a position sees "
+                f"itself), got {window}"
+            )
+        super().__init__(config, qk_norm=qk_norm)
+        self.window = window
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.split_heads(x)
+        return self.merge_heads(self.attend_fused(q, k, v, window=self.window))
+
+
+class GroupedQueryAttention(ProjectedAttention):
+    """Grouped-query attention: n_kv_heads key/value heads, each shared by a group of query heads
+
+    Ainslie et al. 2023. Keys and values take n_kv_heads/n_heads of multihead's parameters and,
+    at generation time, of its KV cache; with n_kv_heads == n_heads it is `sdpa`.
+    """
+
+    def __init__(self, config, *, n_kv_heads: int = 2, qk_norm: bool = False) -> None:
+        n_heads = config.n_heads
+        if not 1 <= n_kv_heads <= n_heads or n_heads % n_kv_heads:
+            divisors = [str(n) for n in range(1, n_heads + 1) if n_heads % n == 0]
+            raise ComponentError(
+                f"attention 'gqa': n_kv_heads ({n_kv_heads}) must divide n_heads ({n_heads}); "
+                f"choose one of {', '.join(divisors)}"
+            )
+        super().__init__(config, n_kv_heads=n_kv_heads, qk_norm=qk_norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.split_heads(x)  # k, v: (B, n_kv, T, hs)
+        return self.merge_heads(self.attend_fused(q, k, v))
+
+
+class MultiQueryAttention(GroupedQueryAttention):
+    """Multi-query attention: one key/value head shared by all query heads (Shazeer 2019)"""
+
+    def __init__(self, config, *, qk_norm: bool = False) -> None:
+        super().__init__(config, n_kv_heads=1, qk_norm=qk_norm)
+
+
+class SimplifiedAttention(nn.Module):
+    """The book's first: no trainable weights, softmax(x x^T) x, every position sees every other"""
+
+    def __init__(self, config) -> None:
+        super().__init__()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scores = x @ x.transpose(1, 2)  # (B, T, T): unscaled dot products, as in section 3.3
+        weights = torch.softmax(scores, dim=-1)
+        return weights @ x  # (B, T, emb_dim)
+
+
+class SelfAttention(nn.Module):
+    """Trainable query/key/value, scaled, no mask: sees the future (the book's SelfAttention_v2)"""
 
     def __init__(self, config) -> None:
         super().__init__()
         d = config.emb_dim
-        self.n_heads, self.head_dim = config.n_heads, config.emb_dim // config.n_heads
         self.W_query = nn.Linear(d, d, bias=config.qkv_bias)
         self.W_key = nn.Linear(d, d, bias=config.qkv_bias)
         self.W_value = nn.Linear(d, d, bias=config.qkv_bias)
-        self.out_proj = nn.Linear(d, d)
-        self.dropout = nn.Dropout(config.drop_rate)
-        # True above the diagonal: position t may not look at t+1, t+2, ...
-        # Not persistent: it is derived from context_length and need not be in checkpoints.
-        mask = torch.triu(
-            torch.ones(config.context_length, config.context_length, dtype=torch.bool), diagonal=1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.W_query(x), self.W_key(x), self.W_value(x)
+        scores = q @ k.transpose(1, 2)  # (B, T, T)
+        weights = torch.softmax(scores / k.shape[-1] ** 0.5, dim=-1)
+        return weights @ v  # (B, T, emb_dim)
+
+
+class CausalAttention(HeadAttention):
+    """One causal head with trainable query/key/value and dropout on the weights (CausalAttention)
+
+    d_out defaults to emb_dim; the wrapper builds n_heads of them with d_out = head_dim and
+    passes each its index `head`, the row of a per-head score bias (ALiBi) it takes. Alone it
+    takes row 0, ALiBi's steepest slope. Like the book's, it has no output projection.
+    """
+
+    def __init__(
+        self, config, d_out: int | None = None, head: int = 0, *, qk_norm: bool = False
+    ) -> None:
+        d_out = config.emb_dim if d_out is None else d_out
+        super().__init__(config, head_dim=d_out, qk_norm=qk_norm, bias_head=head)
+        self.W_query = nn.Linear(config.emb_dim, d_out, bias=config.qkv_bias)
+        self.W_key = nn.Linear(config.emb_dim, d_out, bias=config.qkv_bias)
+        self.W_value = nn.Linear(config.emb_dim, d_out, bias=config.qkv_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (B, T, d) -> (B, 1, T, d_out): a head axis, so norms and positionals see their usual shape
+        q = self.W_query(x).unsqueeze(1)
+        k = self.W_key(x).unsqueeze(1)
+        v = self.W_value(x).unsqueeze(1)
+        q, k = self.queries_keys(q, k)
+        return self.attend(q, k, v).squeeze(1)  # (B, T, d_out)
+
+
+class MultiHeadAttentionWrapper(nn.Module):
+    """n_heads independent causal heads of head_dim, outputs concatenated (the book's wrapper)"""
+
+    def __init__(self, config, *, qk_norm: bool = False) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList(
+            CausalAttention(config, config.head_dim, h, qk_norm=qk_norm)
+            for h in range(config.n_heads)
         )
-        self.register_buffer("mask", mask, persistent=False)
 
-    def split_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        b, t, _ = x.shape
-        # (B, T, d) -> (B, nh, T, hs)
-        q = self.W_query(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.W_key(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        v = self.W_value(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        return q, k, v
+    def bind_positional(self, module: nn.Module) -> None:
+        """Apply `module`'s rotate() and score_bias() in every head."""
+        for head in self.heads:
+            head.bind_positional(module)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        q, k, v = self.split_heads(x)
-        scores = q @ k.transpose(2, 3)  # (B, nh, T, T)
-        scores = scores.masked_fill(self.mask[:t, :t], float("-inf"))
-        weights = torch.softmax(scores / self.head_dim**0.5, dim=-1)
-        weights = self.dropout(weights)
-        context = (weights @ v).transpose(1, 2).reshape(b, t, d)  # (B, T, d)
-        return self.out_proj(context)
-
-
-class SDPAttention(MultiHeadAttention):
-    """Causal multi-head attention through torch's fused scaled_dot_product_attention."""
+    def residual_projections(self) -> list[nn.Linear]:
+        """Every head's value projection writes to the residual stream (there is no out_proj)."""
+        return [head.W_value for head in self.heads]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        q, k, v = self.split_heads(x)
-        p = self.dropout.p if self.training else 0.0
-        context = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
-        return self.out_proj(context.transpose(1, 2).reshape(b, t, d))
+        return torch.cat([head(x) for head in self.heads], dim=-1)  # (B, T, n_heads * head_dim)
 
 
 @hookimpl
 def register_components(register) -> None:
-    register(
-        "attention",
-        "multihead",
-        MultiHeadAttention,
-        causal=True,
-        description="causal multi-head attention as the book builds it: explicit mask and softmax",
-    )
-    register(
-        "attention",
-        "sdpa",
-        SDPAttention,
-        causal=True,
-        description="the same causal multi-head maths through torch's fused scaled_dot_product_attention",
-    )
+    # The book's chapter 3, in its order.
+    register("attention", "simplified", SimplifiedAttention, causal=False)
+    register("attention", "self", SelfAttention, causal=False)
+    inside = dict(causal=True, positional_inside=True)
+    register("attention", "causal", CausalAttention, **inside)
+    register("attention", "multihead-wrapper", MultiHeadAttentionWrapper, **inside)
+    register("attention", "multihead", MultiHeadAttention, **inside)
+    register("attention", "sdpa", SDPAttention, **inside)
+    register("attention", "sliding-window", SlidingWindowAttention, **inside)
+    register("attention", "gqa", GroupedQueryAttention, **inside)
+    register("attention", "mqa", MultiQueryAttention, **inside)

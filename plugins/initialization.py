@@ -3,8 +3,9 @@
 n_layers), as GPT-2 does).
 
 An init is applied once, right after the model is built, under the run's seed. The residual
-output projection of an attention or feed-forward module is its last nn.Linear: the contract
-every built-in follows and the kinds' documentation asks of plugins. Not here: norm parameters,
+output projections of an attention or feed-forward module are what its optional
+`residual_projections()` method returns, else its last nn.Linear (the kinds' documentation
+asks plugins to follow this). Not here: norm parameters,
 which keep their ones and zeros.
 """
 
@@ -34,9 +35,17 @@ def gpt2_init(model: nn.Module, config, *, std: float = 0.02) -> None:
     residual_std = std / math.sqrt(2 * config.n_layers)
     for block in model.trf_blocks:
         for branch in (block.att, block.ff):
-            linears = [m for m in branch.modules() if isinstance(m, nn.Linear)]
-            if linears:
-                nn.init.normal_(linears[-1].weight, mean=0.0, std=residual_std)
+            for linear in residual_projections(branch):
+                nn.init.normal_(linear.weight, mean=0.0, std=residual_std)
+
+
+def residual_projections(branch: nn.Module) -> list[nn.Linear]:
+    """The layers of an attention or feed-forward module that write into the residual stream:
+    what its `residual_projections()` returns, else its last nn.Linear."""
+    if hasattr(branch, "residual_projections"):
+        return list(branch.residual_projections())
+    linears = [m for m in branch.modules() if isinstance(m, nn.Linear)]
+    return linears[-1:]
 
 
 @hookimpl

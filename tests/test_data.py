@@ -1,5 +1,6 @@
 """The token pipeline: character split, end-of-text placement, dtype, the on-disk cache (hits,
-corruption), and deterministic, resumable batching."""
+corruption), trainable tokenizers (trained on the training split only, learned state cached),
+and deterministic, resumable batching."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from plugins.corpora import PydocCorpus
-from plugins.tokenizers import ByteTokenizer, GPT2Tokenizer
+from plugins.tokenizers import BPETokenizer, ByteTokenizer, GPT2Tokenizer
 from toolkit import data
 from toolkit.data import TrainBatches, count_windows, eval_batches, load_tokens
 from toolkit.errors import DataError
@@ -158,6 +159,125 @@ def test_bad_inputs_are_data_errors(tmp_path: Path) -> None:
     for docs in ([], [("a", ""), ("b", " \n\t")]):
         with pytest.raises(DataError, match="empty"):
             _load(docs, cache_dir=tmp_path)
+
+
+class CountingBPE(BPETokenizer):
+    """bpe, counting train calls."""
+
+    def __init__(self, vocab_size: int = 320) -> None:
+        super().__init__(vocab_size=vocab_size)
+        self.trainings = 0
+
+    def train(self, texts) -> None:
+        self.trainings += 1
+        super().train(texts)
+
+
+# "zyxwv" occurs only in the validation part (the last quarter of the characters).
+SPLIT_DOCS = [
+    ("a", "the cat sat on the mat, " * 30),
+    ("b", "a dog and the cat ran; " * 20),
+    ("c", "the validation text. " + " zyxwv" * 60),
+]
+
+
+def _train_text(docs, val_fraction: float) -> list[str]:
+    n_train = round(sum(len(t) for _, t in docs) * (1 - val_fraction))
+    return [text for is_train, text in data._split(ListCorpus(docs), n_train) if is_train]
+
+
+def test_trainable_tokenizer_learns_from_the_training_split_only(tmp_path: Path) -> None:
+    tok = CountingBPE(400)
+    d = _load(SPLIT_DOCS, tok, cache_dir=tmp_path)
+    assert tok.trainings == 1 and tok.trained
+    alone = BPETokenizer(vocab_size=400)
+    alone.train(_train_text(SPLIT_DOCS, 0.25))
+    assert tok.merges == alone.merges and tok.fingerprint == alone.fingerprint
+    assert "zyxwv" not in "".join(_train_text(SPLIT_DOCS, 0.25))
+    everything = BPETokenizer(vocab_size=400)
+    everything.train(text for _, text in SPLIT_DOCS)
+    assert len(everything.encode(" zyxwv")) == 1  # as if it had seen the validation text
+    learned = {tok.decode([i]) for i in range(256, tok.eot_id)}
+    assert not [t for t in learned if "zy" in t or "xw" in t]
+    assert len(tok.encode(" zyxwv")) == 6
+    # The arrays are the trained tokenizer's, and it still encodes and decodes afterwards.
+    assert d.vocab_size == tok.vocab_size and d.eot_id == tok.eot_id
+    np.testing.assert_array_equal(
+        d.train[: len(tok.encode(SPLIT_DOCS[0][1]))], tok.encode(SPLIT_DOCS[0][1])
+    )
+    val_text = tok.decode(d.val).replace("<|endoftext|>", "")
+    assert "".join(_train_text(SPLIT_DOCS, 0.25)) + val_text == "".join(t for _, t in SPLIT_DOCS)
+    assert d.train_bytes == int(d.token_bytes[d.train].sum())
+    assert d.val_bytes == int(d.token_bytes[d.val].sum())
+
+
+def test_learned_state_is_cached_and_reused(tmp_path: Path) -> None:
+    tok = CountingBPE()
+    first = _load(DOCS, tok, cache_dir=tmp_path)
+    assert tok.trainings == 1
+    again = _load(DOCS, tok, cache_dir=tmp_path)  # same process: memo
+    assert tok.trainings == 1 and again is first
+    data.clear_memo()  # as a new process would: only the files remain
+    fresh = CountingBPE()
+    assert not fresh.trained
+    reloaded = _load(DOCS, fresh, cache_dir=tmp_path)
+    assert fresh.trainings == 0 and fresh.merges == tok.merges
+    assert fresh.fingerprint == tok.fingerprint and reloaded.key == first.key
+    np.testing.assert_array_equal(reloaded.train, first.train)
+    np.testing.assert_array_equal(reloaded.val, first.val)
+    assert fresh.decode(fresh.encode("ünïcode — x")) == "ünïcode — x"
+    suffixes = sorted(f.name.split(".", 1)[1] for f in (tmp_path / "tokens").iterdir())
+    assert suffixes == ["json", "npy", "trained.json"]
+    # Another vocab_size or another training text is trained anew, under its own keys.
+    other = CountingBPE(260)
+    assert _load(DOCS, other, cache_dir=tmp_path).key != first.key and other.trainings == 1
+    assert other.vocab_size == 260 and tok.vocab_size > 260
+    longer = CountingBPE()
+    assert _load(DOCS, longer, val_fraction=0.1, cache_dir=tmp_path).key != first.key
+    assert longer.trainings == 1 and longer.fingerprint != tok.fingerprint
+
+
+def test_damaged_learned_state_is_retrained(tmp_path: Path) -> None:
+    tok = CountingBPE()
+    good = _load(DOCS, tok, cache_dir=tmp_path)
+    (state_file,) = (tmp_path / "tokens").glob("*.trained.json")
+    for damage in ["{", '{"merges": [[1, 2], [999, 3]]}', "[]"]:
+        state_file.write_text(damage, encoding="utf-8")
+        data.clear_memo()
+        fresh = CountingBPE()
+        again = _load(DOCS, fresh, cache_dir=tmp_path)
+        assert fresh.trainings == 1 and fresh.merges == tok.merges and again.key == good.key
+
+
+def test_learned_state_kept_in_memory_when_the_cache_is_read_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(data, "_write_text_atomic", refuse)
+    monkeypatch.setattr(data, "_write_cache", refuse)
+    tok = CountingBPE()
+    with pytest.warns(UserWarning, match="not written"):
+        d = _load(DOCS, tok, cache_dir=tmp_path)
+    fresh = CountingBPE()
+    data._MEMO.clear()  # token arrays forgotten, learned state kept
+    with pytest.warns(UserWarning, match="token cache not written"):
+        again = _load(DOCS, fresh, cache_dir=tmp_path)
+    assert fresh.trainings == 0 and fresh.merges == tok.merges
+    np.testing.assert_array_equal(again.train, d.train)
+
+
+def test_untrainable_tokenizers_are_not_trained(tmp_path: Path) -> None:
+    d = _load(DOCS, CountingTokenizer(), cache_dir=tmp_path)
+    assert not list((tmp_path / "tokens").glob("*.trained.json")) and d.vocab_size == 257
+
+
+def test_trainable_tokenizer_on_an_empty_corpus_is_a_data_error(tmp_path: Path) -> None:
+    tok = CountingBPE()
+    with pytest.raises(DataError, match="empty"):
+        _load([("a", "  ")], tok, cache_dir=tmp_path)
+    assert tok.trainings == 0
 
 
 def test_count_windows_examples() -> None:

@@ -112,3 +112,77 @@ def test_initial_loss_is_near_uniform(plugins):
     x = torch.randint(0, 257, (4, 16))
     loss = torch.nn.functional.cross_entropy(model(x).flatten(0, 1), x.flatten())
     assert abs(loss.item() - math.log(257)) < 1.5
+
+
+def small(**overrides) -> ModelConfig:
+    base = dict(vocab_size=40, context_length=8, emb_dim=16, n_heads=2, n_layers=2, drop_rate=0.0)
+    return ModelConfig(**{**base, **overrides})
+
+
+def test_norm_placements_wire_the_block_as_named(plugins):
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 16)
+    pre = build_model(small(), plugins).trf_blocks[0]
+    with torch.no_grad():
+        h = x + pre.att(pre.norm1(x))
+        torch.testing.assert_close(pre(x), h + pre.ff(pre.norm2(h)))
+    post_model = build_model(small(norm_placement="post"), plugins)
+    post = post_model.trf_blocks[0]
+    with torch.no_grad():
+        h = post.norm1(x + post.att(x))
+        torch.testing.assert_close(post(x), post.norm2(h + post.ff(h)))
+    assert isinstance(post_model.final_norm, torch.nn.Identity)  # the block already ends in a norm
+    sandwich = build_model(small(norm_placement="sandwich"), plugins).trf_blocks[0]
+    with torch.no_grad():
+        h = x + sandwich.norm1_out(sandwich.att(sandwich.norm1(x)))
+        torch.testing.assert_close(
+            sandwich(x), h + sandwich.norm2_out(sandwich.ff(sandwich.norm2(h)))
+        )
+    with pytest.raises(
+        ComponentError, match="norm_placement 'middle' is not one of pre, post, sandwich"
+    ):
+        build_model(small(norm_placement="middle"), plugins)
+
+
+def test_dropout_rate_per_site_falls_back_to_drop_rate(plugins):
+    cfg = small(drop_rate=0.1, drop_rate_attn=0.0, drop_rate_resid=0.3)
+    assert (cfg.dropout("emb"), cfg.dropout("attn"), cfg.dropout("resid")) == (0.1, 0.0, 0.3)
+    model = build_model(cfg, plugins)
+    assert model.drop_emb.p == 0.1
+    assert model.trf_blocks[0].drop_shortcut.p == 0.3
+    assert model.trf_blocks[0].att.dropout.p == 0.0
+
+
+def test_gpt2_init_scales_residual_projections(plugins):
+    torch.manual_seed(0)
+    cfg = small(emb_dim=256, n_heads=4, n_layers=8, vocab_size=1000, init="gpt2")
+    model = build_model(cfg, plugins)
+    block = model.trf_blocks[0]
+    assert block.att.W_query.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert block.att.out_proj.weight.std().item() == pytest.approx(0.02 / 4, rel=0.05)  # sqrt(2*8)
+    assert block.ff.layers[2].weight.std().item() == pytest.approx(0.02 / 4, rel=0.05)
+    assert model.tok_emb.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert torch.count_nonzero(block.att.out_proj.bias) == 0
+    assert torch.all(block.norm1.scale == 1)  # norms keep ones and zeros
+    default = build_model(small(emb_dim=256, n_heads=4, n_layers=8, vocab_size=1000), plugins)
+    assert default.tok_emb.weight.std().item() == pytest.approx(
+        1.0, rel=0.05
+    )  # nn.Embedding's N(0, 1)
+
+
+def test_same_seed_same_initial_weights(plugins):
+    for init in ("default", "gpt2"):
+        torch.manual_seed(3)
+        a = build_model(small(init=init), plugins).state_dict()
+        torch.manual_seed(3)
+        b = build_model(small(init=init), plugins).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_gpt2_init_scales_every_heads_output_in_the_wrapper(plugins):
+    torch.manual_seed(0)
+    cfg = small(emb_dim=256, n_heads=4, n_layers=8, attention="multihead-wrapper", init="gpt2")
+    heads = build_model(cfg, plugins).trf_blocks[0].att.heads
+    for head in heads:
+        assert head.W_value.weight.std().item() == pytest.approx(0.02 / 4, rel=0.1)
+        assert head.W_query.weight.std().item() == pytest.approx(0.02, rel=0.1)

@@ -76,7 +76,8 @@ def test_set_overrides_are_toml_values(tmp_path, plugins):
         plugins=plugins,
     )
     r = spec.runs[0]
-    assert (r.train.lr, r.seed, r.model.attention, r.sampling.prompt) == (0.01, 5, "sdpa", "Hi")
+    assert (r.train.lr, r.seed, r.sampling.prompt) == (0.01, 5, "Hi")
+    assert r.model.attention == {"name": "sdpa", "qk_norm": False}  # options resolved to defaults
     assert parse_override("model.qkv_bias=true") == ("model.qkv_bias", True)
     assert parse_override("train.betas=[0.9, 0.99]") == ("train.betas", [0.9, 0.99])
 
@@ -121,7 +122,10 @@ BAD = [
     ({"train": {"betas": [0.9]}}, r"train.betas must be two numbers"),
     ({"train": {"device": "tpu"}}, r"train.device must be"),
     ({"data": {"val_fraction": 1.0}}, r"val_fraction must be between 0 and 1"),
-    ({"data": {"tokenizer": "gpt3"}}, r"unknown tokenizer 'gpt3'.*choose one of: bytes, gpt2"),
+    (
+        {"data": {"tokenizer": "gpt3"}},
+        r"unknown tokenizer 'gpt3' \(did you mean 'gpt2'\?\); choose one of: .*bytes, gpt2",
+    ),
     ({"data": {"corpus": "pydoc", "path": "x.txt"}}, r"either path .* or corpus, not both"),
     ({"sampling": {"sampler": {"name": "top-k", "k": 0}}}, r"k must be at least 1"),
     ({"seeds": []}, r"seeds is empty"),

@@ -1,5 +1,6 @@
-"""The built-in tokenizers: GPT-2 matches tiktoken's ids, both round-trip any text, byte counts
-add up, corpus text never turns into the special id, and both register through the hook."""
+"""The built-in tokenizers: GPT-2 matches tiktoken's ids, all round-trip any text, byte counts
+add up, corpus text never turns into the special id, and all register through the hook. A `bpe`
+trained on a slice of pydoc takes every generic test; tests/test_bpe.py has its own."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from plugins import tokenizers
-from plugins.tokenizers import ByteTokenizer, GPT2Tokenizer
+from plugins.corpora import PydocCorpus
+from plugins.tokenizers import BPETokenizer, ByteTokenizer, GPT2Tokenizer
 from toolkit.errors import DataError
 from toolkit.registry import Registry
 
@@ -31,7 +33,9 @@ def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 
 GPT2 = GPT2Tokenizer()
-TOKENIZERS = [GPT2, ByteTokenizer()]
+BPE = BPETokenizer(vocab_size=400)
+BPE.train(text[:5000] for _, text in PydocCorpus().documents())
+TOKENIZERS = [GPT2, ByteTokenizer(), BPE]
 IDS = [t.name for t in TOKENIZERS]
 
 
@@ -61,6 +65,7 @@ def test_gpt2_matches_known_ids() -> None:
 def test_vocab_sizes_and_eot() -> None:
     assert (GPT2.vocab_size, GPT2.eot_id) == (50257, 50256)
     assert (ByteTokenizer.vocab_size, ByteTokenizer.eot_id) == (257, 256)
+    assert (BPE.vocab_size, BPE.eot_id) == (400, 399)
     assert GPT2.encoding.n_vocab == 50257
 
 
@@ -108,6 +113,7 @@ def test_decode_never_raises(tok) -> None:
 def test_fingerprints_are_short_stable_and_distinct() -> None:
     assert GPT2.fingerprint == GPT2Tokenizer().fingerprint
     assert GPT2.fingerprint != ByteTokenizer().fingerprint
+    assert BPE.fingerprint not in (GPT2.fingerprint, ByteTokenizer.fingerprint)
     assert all(0 < len(t.fingerprint) <= 64 for t in TOKENIZERS)
 
 
@@ -131,12 +137,13 @@ def test_registered_through_the_hook() -> None:
             kind, name, factory, plugin="test", **meta
         )
     )
-    assert reg.names("tokenizer") == ["bytes", "gpt2"]
-    for name, cls in [("gpt2", GPT2Tokenizer), ("bytes", ByteTokenizer)]:
+    assert reg.names("tokenizer") == ["bpe", "bytes", "gpt2"]
+    for name, cls in [("gpt2", GPT2Tokenizer), ("bytes", ByteTokenizer), ("bpe", BPETokenizer)]:
         component = reg.get("tokenizer", name)
-        assert component.options == {}
+        assert list(component.options) == (["vocab_size"] if name == "bpe" else [])
         tok = component.build()
         assert isinstance(tok, cls) and tok.name == name
+        assert getattr(tok, "needs_training", False) == (name == "bpe")
 
 
 def test_missing_vocabulary_files_is_a_data_error(monkeypatch: pytest.MonkeyPatch) -> None:

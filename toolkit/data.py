@@ -4,7 +4,16 @@
 content-keyed cache of .npy files that later runs memory-map. `TrainBatches` and `eval_batches`
 cut (x, y) next-token windows out of those arrays, deterministically and resumably.
 It works with any corpus and tokenizer object honouring the registry's contracts and imports no
-concrete component. Deliberately not here: choosing components (the runner does), model code,
+concrete component.
+
+Tokenizers that learn their vocabulary (`needs_training = True`; see `TrainableTokenizer`) are
+trained here, on the training split's text only (after the character split, never the
+validation text), before anything is encoded. What they learn (`tokenizer.state()`) is cached
+as `<key>.trained.json` next to the token arrays, keyed by the training text's hash, the
+tokenizer's name and `training_config` and TRAINED_FORMAT; later loads, in this process or
+another, restore it with `load_state` instead of retraining. The token arrays' own key uses the
+trained tokenizer's fingerprint, which reflects what it learned, so caches never mix.
+Deliberately not here: choosing components (the runner does), model code,
 and text cleaning (corpora yield text as they want it modelled).
 """
 
@@ -15,8 +24,9 @@ import json
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import takewhile
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,6 +39,9 @@ CACHE_ENV = "ABLATE_CACHE_DIR"
 # Part of every cache key: bump it whenever splitting, tokenizing or the file layout changes, so
 # stale caches are simply never looked up again.
 CACHE_FORMAT = 1
+# Part of every learned-state cache key (see load_tokens): bump it when what counts as the
+# training text or the file layout changes.
+TRAINED_FORMAT = 1
 # Texts handed to a tokenizer's encode_batch at once: big enough for its threads to pay off,
 # small enough that the Python lists of ids it returns stay modest.
 _BATCH_CHARS = 1 << 20
@@ -49,6 +62,26 @@ class Tokenizer(Protocol):
     def encode(self, text: str) -> list[int]: ...
 
     def token_byte_lengths(self) -> np.ndarray: ...
+
+
+class TrainableTokenizer(Tokenizer, Protocol):
+    """A tokenizer that learns its vocabulary from text before it can encode.
+
+    `train(texts)` learns from the training split's pieces (each a separate text; afterwards
+    vocab_size, eot_id and fingerprint describe what was learned). `training_config` names
+    everything besides the text that training depends on (name, options, algorithm version).
+    `state()` returns what was learned as JSON-serializable data and `load_state(state)`
+    restores it (raising DataError or ValueError when it cannot).
+    """
+
+    needs_training: bool  # True
+    training_config: str
+
+    def train(self, texts: Iterable[str]) -> None: ...
+
+    def state(self) -> dict[str, Any]: ...
+
+    def load_state(self, state: dict[str, Any]) -> None: ...
 
 
 @dataclass
@@ -81,11 +114,16 @@ def token_dtype(vocab_size: int) -> np.dtype:
 # (cache folder, key) -> TokenData. The documents are still read and hashed on every call (they
 # are the key), but a repeat in the same process skips loading and validating the cache files.
 _MEMO: dict[tuple[str, str], TokenData] = {}
+# (cache folder, learned-state key) -> state: a trainable tokenizer's state learned or loaded in
+# this process, so a repeat neither retrains nor rereads the file.
+_TRAINED: dict[tuple[str, str], dict[str, Any]] = {}
 
 
 def clear_memo() -> None:
-    """Forget token arrays loaded in this process (the files on disk stay)."""
+    """Forget token arrays and learned tokenizer states loaded in this process (the files on
+    disk stay)."""
     _MEMO.clear()
+    _TRAINED.clear()
 
 
 def load_tokens(
@@ -101,6 +139,9 @@ def load_tokens(
     Each split holds its documents' ids with `tokenizer.eot_id` between documents.
     The corpus's documents are read on every call (they are the cache key), and once more to
     tokenize them when no valid cache file exists, so documents() must yield the same each time.
+    A tokenizer with `needs_training = True` is first trained on the training split (or given
+    its cached learned state), and is left trained for encode/decode after this returns; that
+    reads the documents twice more (three times when it must train).
     """
     if (
         isinstance(val_fraction, bool)
@@ -110,9 +151,11 @@ def load_tokens(
         raise DataError(
             f"val_fraction must be a number strictly between 0 and 1 (e.g. 0.1), got {val_fraction!r}"
         )
-    key, n_chars = _cache_key(corpus, tokenizer, float(val_fraction))
     folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     folder = folder / "tokens"
+    if getattr(tokenizer, "needs_training", False):
+        _train_tokenizer(corpus, tokenizer, float(val_fraction), folder)
+    key, n_chars = _cache_key(corpus, tokenizer, float(val_fraction))
     memo_key = (str(folder.absolute()), key)
     if memo_key in _MEMO:
         return _MEMO[memo_key]
@@ -152,7 +195,24 @@ def _cache_key(corpus: Corpus, tokenizer: Tokenizer, val_fraction: float) -> tup
         val_fraction.hex(),
     ]
     h.update(json.dumps(header).encode())
-    n_chars = n_docs = 0
+    n_chars = 0
+    for name, text in _checked_documents(corpus):
+        # Length prefixes keep ("ab", "c") and ("a", "bc") from hashing alike.
+        for part in (name, text):
+            _hash_part(h, part)
+        n_chars += len(text)
+    return h.hexdigest(), n_chars
+
+
+def _hash_part(h: Any, text: str) -> None:
+    data = text.encode("utf-8", "surrogatepass")
+    h.update(len(data).to_bytes(8, "little") + data)
+
+
+def _checked_documents(corpus: Corpus) -> Iterator[tuple[str, str]]:
+    """corpus.documents(), checking each is a pair of strings and, at the end, that some text
+    is not blank."""
+    n_docs = 0
     has_text = False
     for name, text in corpus.documents():
         if not isinstance(name, str) or not isinstance(text, str):
@@ -160,17 +220,73 @@ def _cache_key(corpus: Corpus, tokenizer: Tokenizer, val_fraction: float) -> tup
                 f"corpus {_describe(corpus)} yielded {type(name).__name__}/{type(text).__name__}"
                 f" instead of a (name, text) pair of strings; fix its documents()"
             )
-        # Length prefixes keep ("ab", "c") and ("a", "bc") from hashing alike.
-        for part in (name, text):
-            data = part.encode("utf-8", "surrogatepass")
-            h.update(len(data).to_bytes(8, "little") + data)
-        n_chars += len(text)
         n_docs += 1
         has_text = has_text or bool(text.strip())
+        yield name, text
     if not has_text:
         what = "no documents" if n_docs == 0 else f"{n_docs} document(s), all blank"
         raise DataError(f"corpus {_describe(corpus)} is empty ({what}); point it at some text")
-    return h.hexdigest(), n_chars
+
+
+def _train_tokenizer(
+    corpus: Corpus, tokenizer: TrainableTokenizer, val_fraction: float, folder: Path
+) -> None:
+    """Give a trainable tokenizer the state learned from this corpus's training split: from this
+    process's memo, else the cache file, else by training it (and caching what it learned)."""
+    n_chars = sum(len(text) for _, text in _checked_documents(corpus))
+    n_train_chars = round(n_chars * (1 - val_fraction))
+
+    def train_texts() -> Iterator[str]:
+        # The training pieces come first; stop reading at the first validation piece.
+        return (text for _, text in takewhile(lambda p: p[0], _split(corpus, n_train_chars)))
+
+    h = hashlib.sha256()
+    for text in train_texts():
+        _hash_part(h, text)
+    header = [TRAINED_FORMAT, tokenizer.name, tokenizer.training_config, h.hexdigest()]
+    key = hashlib.sha256(json.dumps(header).encode()).hexdigest()
+    memo_key = (str(folder.absolute()), key)
+    path = folder / f"{key}.trained.json"
+    state = _TRAINED.get(memo_key)
+    if not _restore(tokenizer, state):
+        state = _read_trained(path)
+        if not _restore(tokenizer, state):
+            state = None
+    if state is not None:
+        _TRAINED[memo_key] = state
+        return
+    tokenizer.train(train_texts())
+    state = tokenizer.state()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_text_atomic(path, json.dumps(state))
+    except OSError as exc:
+        warnings.warn(
+            f"learned tokenizer state not written to {folder} ({exc}); keeping it in memory",
+            stacklevel=3,
+        )
+    _TRAINED[memo_key] = state
+
+
+def _restore(tokenizer: TrainableTokenizer, state: dict[str, Any] | None) -> bool:
+    """Load a learned state into the tokenizer; False when there is none or it is unusable
+    (another version, a hand-edited file): the caller then trains."""
+    if state is None:
+        return False
+    try:
+        tokenizer.load_state(state)
+    except (DataError, ValueError, TypeError, KeyError):
+        return False
+    return True
+
+
+def _read_trained(path: Path) -> dict[str, Any] | None:
+    """A cached learned state, or None when absent or unreadable."""
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
 
 
 def _describe(corpus: Corpus) -> str:

@@ -51,7 +51,8 @@ KINDS: dict[str, Kind] = {
             "activation",
             "factory(config: ModelConfig, **options) -> nn.Module, the position-wise "
             "feed-forward block mapping (B, T, emb_dim) to (B, T, emb_dim); its last nn.Linear "
-            "is the residual output projection (the gpt2 init scales it)",
+            "is the residual output projection (the gpt2 init scales it) unless it defines "
+            "residual_projections() returning the Linear layers that are",
         ),
         Kind(
             "positional",
@@ -74,7 +75,9 @@ KINDS: dict[str, Kind] = {
         Kind(
             "tokenizer",
             "factory(**options) -> Tokenizer with name, vocab_size, eot_id, encode(text), "
-            "decode(ids), token_byte_lengths() and fingerprint",
+            "decode(ids), token_byte_lengths() and fingerprint. One learned from data sets "
+            "needs_training = True and provides train(texts), training_config, state() and "
+            "load_state(state); the data pipeline trains it on the training split only",
         ),
         Kind(
             "corpus",

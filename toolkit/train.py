@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -123,7 +124,9 @@ def train_run(
     steps = total_steps(run, batches.batches_per_epoch)
     train_eval = eval_batches(data.train, context, t.batch_size, t.eval_batches)
     val_eval = eval_batches(data.val, context, t.batch_size, t.eval_batches)
-    token_bytes = torch.as_tensor(data.token_bytes, dtype=torch.long)
+    token_bytes = torch.tensor(
+        np.asarray(data.token_bytes), dtype=torch.long
+    )  # a copy: may be read-only
     optimizer = make_optimizer(model, run, device)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_at(s, steps, t.warmup_steps, t.min_lr_ratio)

@@ -1,13 +1,17 @@
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 from torch import nn
 
+from tests.conftest import TINY_TOML
 from toolkit import hookimpl
-from toolkit.errors import ComponentError, PluginError
+from toolkit.errors import ComponentError, PluginError, SpecError
 from toolkit.plugins import BUILTIN_PLUGINS, Plugins
 
 
@@ -116,3 +120,83 @@ def test_entry_points_load_unless_disabled(monkeypatch, tmp_path):
     monkeypatch.setenv("ABLATE_DISABLE_PLUGIN_AUTOLOAD", "1")
     assert ("activation", "demo-act") not in Plugins().registry
     sys.modules.pop("demo_ablate_plugin", None)
+
+
+def test_a_factory_that_raises_is_named_with_its_plugin(tiny_doc):
+    from toolkit.spec import parse_spec
+
+    class Faulty:
+        @hookimpl
+        def register_components(self, register):
+            def broken(config):
+                raise ZeroDivisionError("division by zero")
+
+            register("activation", "faulty", broken)
+
+    p = Plugins(autoload=False)
+    p.add(Faulty(), name="faulty-plugin")
+    tiny_doc["model"]["activation"] = "faulty"
+    with pytest.raises(
+        SpecError,
+        match=r"activation 'faulty' \(plugin 'faulty-plugin'\) failed to build: ZeroDivisionError",
+    ):
+        parse_spec(tiny_doc, plugins=p)
+
+
+def test_an_installed_plugin_shows_in_ablate_list_and_runs_from_a_spec(tmp_path):
+    # A real installed distribution (dist-info with an entry point) on the path of a fresh
+    # `ablate` process: the plugin is found without being named anywhere.
+    site = tmp_path / "site"
+    dist = site / "demo_ff_plugin-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: demo-ff-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[ablate]\ndemo = demo_ff_plugin\n")
+    (site / "demo_ff_plugin.py").write_text(
+        textwrap.dedent("""
+        from torch import nn
+        from toolkit import hookimpl
+
+        class Tanh(nn.Module):
+            \"\"\"Feed-forward with tanh, installed from a package\"\"\"
+            def __init__(self, config):
+                super().__init__()
+                self.up = nn.Linear(config.emb_dim, 4 * config.emb_dim)
+                self.down = nn.Linear(4 * config.emb_dim, config.emb_dim)
+            def forward(self, x):
+                return self.down(self.up(x).tanh())
+
+        @hookimpl
+        def register_components(register):
+            register("activation", "tanh-ff", Tanh)
+    """)
+    )
+    spec = tmp_path / "spec.toml"
+    spec.write_text(
+        TINY_TOML.replace(
+            '[grid]\n"model.norm" = ["layernorm", "rmsnorm"]',
+            '[grid]\n"model.activation" = ["gelu", "tanh-ff"]',
+        )
+    )
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{root}"}
+    env.pop("ABLATE_DISABLE_PLUGIN_AUTOLOAD", None)
+
+    def ablate(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "toolkit", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=300,
+        )
+
+    listing = ablate("list", "activation")
+    assert "tanh-ff" in listing.stdout and "installed from a package" in listing.stdout
+    plugins_out = ablate("plugins").stdout
+    assert "demo_ff_plugin  (entry point of demo-ff-plugin" in plugins_out
+    result = ablate("run", str(spec), "--out", str(tmp_path / "out"), "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "activation=tanh-ff" in result.stdout
+    env["ABLATE_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+    assert "tanh-ff" not in ablate("list", "activation").stdout

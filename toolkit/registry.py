@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from toolkit.errors import ComponentError
+from toolkit.errors import ComponentError, ToolkitError
 
 
 @dataclass(frozen=True)
@@ -118,8 +118,18 @@ class Component:
     facts: dict[str, Any] = field(default_factory=dict)
 
     def build(self, *args: Any, **options: Any) -> Any:
-        """Call the factory with the engine's positional arguments and validated options."""
-        return self.factory(*args, **self.check_options(options))
+        """Call the factory with the engine's positional arguments and validated options.
+        A factory that raises becomes a ComponentError naming the component and its plugin."""
+        options = self.check_options(options)
+        try:
+            return self.factory(*args, **options)
+        except ToolkitError:
+            raise
+        except Exception as exc:
+            detail = " ".join(f"{type(exc).__name__}: {exc}".split())
+            raise ComponentError(
+                f"{self.kind} {self.name!r} (plugin {self.plugin!r}) failed to build: {detail}"
+            ) from exc
 
     def check_options(self, options: dict[str, Any], where: str = "") -> dict[str, Any]:
         """Return options with defaults filled in; raise ComponentError on unknown or mistyped

@@ -27,6 +27,8 @@ _LAZY = {
     "run": "toolkit.runner",
     "collect": "toolkit.results",
     "summarize": "toolkit.report",
+    "compare": "toolkit.report",
+    "write_report": "toolkit.report",
     "Plugins": "toolkit.plugins",
     "load_plugins": "toolkit.plugins",
 }

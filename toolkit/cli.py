@@ -4,7 +4,7 @@
     ablate validate SPEC [--set ...] [--plugin ...]
     ablate list [KIND]
     ablate plugins
-    ablate report DIR
+    ablate report DIR [DIR ...] [--out REPORT_DIR]
 
 Bad input (a ToolkitError) prints one line, `ablate: error: ...`, and exits with status 2;
 no traceback. A sweep in which some run failed or diverged exits with status 1.
@@ -81,8 +81,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="MODULE")
     p.set_defaults(func=cmd_plugins)
 
-    p = sub.add_parser("report", help="print the comparison table of an experiment folder")
-    p.add_argument("dir", help="an experiment's output folder, e.g. runs/quickstart")
+    p = sub.add_parser(
+        "report",
+        help="compare the variants of experiment folders: table, statistics, figures, report",
+        description="Print the comparison table of one or several experiment folders (finished, "
+        "running or interrupted) and write report.md, report.html, figures/*.png and the data "
+        "behind them (report_runs.csv, report_summary.csv, report_curves.csv). Several folders "
+        "must share a baseline.",
+    )
+    p.add_argument(
+        "dirs", nargs="+", metavar="DIR", help="experiment output folders, e.g. runs/quickstart"
+    )
+    p.add_argument(
+        "--out",
+        metavar="REPORT_DIR",
+        help="where to write the report (default: DIR; for several, report-<a>+<b> beside the "
+        "first)",
+    )
     p.set_defaults(func=cmd_report)
     return parser
 
@@ -196,8 +211,9 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from toolkit.report import report
+    from toolkit.report import write_report
 
-    _, text = report(args.dir)
-    print(text)
+    result = write_report(args.dirs, args.out)
+    print(result.text)
+    print(f"report: {result.markdown} and {result.html} ({len(result.figures)} figures)")
     return 0

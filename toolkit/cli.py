@@ -1,6 +1,6 @@
 """`ablate`: the command line over the Python API.
 
-    ablate run SPEC [--out DIR] [--set KEY=VALUE ...] [--plugin MODULE ...] [--quiet]
+    ablate run SPEC [--out DIR] [--set KEY=VALUE ...] [--plugin MODULE ...] [--quiet] [--restart]
     ablate validate SPEC [--set ...] [--plugin ...]
     ablate list [KIND]
     ablate plugins
@@ -64,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     spec_args(p)
     p.add_argument("--out", help="output folder (default: runs/<spec name>)")
     p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="discard this spec's earlier runs in the output folder and train them again",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("validate", help="check a spec and list its variants with parameter counts")
@@ -111,7 +116,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     plugins = load_plugins(tuple(args.plugins))
     spec = load_spec(args.spec, args.overrides, plugins=plugins)
     out = args.out or f"runs/{spec.name}"
-    table = run(spec, out, plugins=plugins, progress=not args.quiet)
+    table = run(spec, out, plugins=plugins, progress=not args.quiet, restart=args.restart)
     _, text = report(out)
     print(text)
     print(f"results: {out}/results.csv")

@@ -11,6 +11,8 @@ hash) is skipped, so re-running a sweep continues it. A run that raises is recor
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 import time
 import traceback
@@ -35,9 +37,11 @@ def run(
     overrides: list[str] | tuple[str, ...] = (),
     plugins: Plugins | None = None,
     progress: bool = True,
+    restart: bool = False,
 ) -> pd.DataFrame:
     """Train every run of a spec; return the results table (also in <out_dir>/results.csv).
-    out_dir defaults to runs/<spec name>."""
+    out_dir defaults to runs/<spec name>. Runs already finished with the same config are
+    skipped and interrupted ones resume from their last evaluation, unless `restart`."""
     if not isinstance(spec, Spec):
         spec = load_spec(spec, overrides, plugins=plugins)
     elif overrides:
@@ -50,6 +54,27 @@ def run(
         raise SpecError(f"output path {out} is a file; give a folder with --out")
     datasets = prepare_data(spec, plugins)  # every check passes before anything is written
     check_output_dir(out)
+    with OutputLock(out):
+        return _sweep(spec, out, plugins, datasets, progress, restart)
+
+
+def _sweep(
+    spec: Spec,
+    out: Path,
+    plugins: Plugins,
+    datasets: dict[str, tuple[TokenData, Any]],
+    progress: bool,
+    restart: bool,
+) -> pd.DataFrame:
+    if restart:
+        earlier = [out / r.folder for r in spec.runs if (out / r.folder).exists()]
+        if progress or earlier:
+            print(
+                f"restart: discarding {len(earlier)} earlier run folder(s) in {out}",
+                file=sys.stderr,
+            )
+        for folder in earlier:
+            shutil.rmtree(folder)
 
     write_json(
         out / "experiment.json",
@@ -89,7 +114,7 @@ def run(
             "baseline": r.variant == spec.baseline,
             **{axis: _cell(r.get(axis)) for axis in spec.axes()},
         }
-        display.start(i, r)
+        display.start(i, r, resumable_step(folder, r))
         from toolkit.train import train_run  # imported here: torch-heavy, and only runs need it
 
         try:
@@ -102,6 +127,46 @@ def run(
         write_table(out)
     display.close()
     return write_table(out)
+
+
+def resumable_step(folder: Path, r: RunSpec) -> int | None:
+    """The step an interrupted run of this config would resume after, if any."""
+    from toolkit.train import read_resume_state
+
+    state = read_resume_state(folder, r.config_hash())
+    return state["step"] if state else None
+
+
+class OutputLock:
+    """An exclusive lock on an output folder, so two sweeps never write one folder at once.
+    The operating system drops it when the process ends, even when killed outright."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / ".ablate.lock"
+        self.file: Any = None
+
+    def __enter__(self) -> OutputLock:
+        import fcntl
+
+        self.file = self.path.open("a+")
+        try:
+            fcntl.flock(self.file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "?"
+            self.file.close()
+            raise ToolkitError(
+                f"output folder {self.path.parent} is in use by another ablate run (pid "
+                f"{holder}); wait for it to finish or choose another --out"
+            ) from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(str(os.getpid()))
+        self.file.flush()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.file.close()  # closing releases the lock
 
 
 def check_output_dir(out: Path) -> None:
@@ -208,9 +273,11 @@ class SweepDisplay:
     def skip(self, i: int, r: RunSpec) -> None:
         self._print(f"[{i + 1}/{self.n}] {r.variant} seed={r.seed}: already finished, skipped")
 
-    def start(self, i: int, r: RunSpec) -> None:
+    def start(self, i: int, r: RunSpec, resume_step: int | None = None) -> None:
         self.started = time.perf_counter()
         self.label = f"[{i + 1}/{self.n}] {r.variant} seed={r.seed}"
+        if resume_step:
+            self._print(f"{self.label}: resuming after step {resume_step}")
         remaining = self.n - i
         eta = ""
         if self.run_times:

@@ -111,8 +111,10 @@ def train_run(
     info = RunInfo(run.experiment, run.variant, run.seed, run.config(), folder, params, params_ne)
 
     folder.mkdir(parents=True, exist_ok=True)
-    for stale in ("summary.json", "metrics.jsonl", "sample.txt", "checkpoint.pt"):
-        (folder / stale).unlink(missing_ok=True)
+    resume = read_resume_state(folder, run.config_hash())
+    stale = ["summary.json", "sample.txt", "checkpoint.pt", "error.txt"]
+    for name in stale if resume else [*stale, "metrics.jsonl", RESUME_FILE]:
+        (folder / name).unlink(missing_ok=True)
     write_json(
         folder / "config.json",
         {**run.config(), "model_resolved": config.to_dict(), "config_hash": run.config_hash()},
@@ -131,15 +133,28 @@ def train_run(
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_at(s, steps, t.warmup_steps, t.min_lr_ratio)
     )
-    plugins.hook.on_run_start(run=info)
-
-    metrics_file = (folder / "metrics.jsonl").open("w", encoding="utf-8")
     train_s, status, diverged_at, last = 0.0, "ok", None, {}
     first_step_s = 0.0  # one-time set-up (allocations, thread pools) lands in step 1
+    start_step, elapsed_before = 1, 0.0
+    if resume:
+        # Everything the next step depends on comes back exactly, so a resumed run ends with
+        # the same metrics as one never interrupted (on CPU, same seed).
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        schedule.load_state_dict(resume["schedule"])
+        batches.load_state(resume["batches"])
+        torch.set_rng_state(resume["rng"])
+        start_step = resume["step"] + 1
+        train_s, first_step_s = resume["train_s"], resume["first_step_s"]
+        elapsed_before = resume["elapsed_s"]
+        last = _truncate_metrics(folder / "metrics.jsonl", resume["step"])
+    plugins.hook.on_run_start(run=info)
+
+    metrics_file = (folder / "metrics.jsonl").open("a" if resume else "w", encoding="utf-8")
     tokens_per_step = t.batch_size * context
     model.train()
     try:
-        for step in range(1, steps + 1):
+        for step in range(start_step, steps + 1):
             tick = time.perf_counter()
             x, y = next(batches)
             x, y = x.to(device), y.to(device)
@@ -170,10 +185,23 @@ def train_run(
                     "val_perplexity": math.exp(min(val_loss, 700.0)),
                     "val_bpb": val_bpb,
                     "lr": schedule.get_last_lr()[0],
-                    "elapsed_s": time.perf_counter() - started,
+                    "elapsed_s": elapsed_before + time.perf_counter() - started,
                 }
                 metrics_file.write(json.dumps(metrics) + "\n")
                 metrics_file.flush()
+                if step < steps:
+                    write_resume_state(folder, {
+                        "config_hash": run.config_hash(),
+                        "step": step,
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "schedule": schedule.state_dict(),
+                        "batches": batches.state(),
+                        "rng": torch.get_rng_state(),
+                        "train_s": train_s,
+                        "first_step_s": first_step_s,
+                        "elapsed_s": metrics["elapsed_s"],
+                    })  # fmt: skip
                 plugins.hook.on_eval(run=info, step=step, metrics=metrics)
                 last = metrics
             if progress:
@@ -209,14 +237,92 @@ def train_run(
         "val_bpb": last.get("val_bpb"),
         "tokens_per_s": _throughput(diverged_at or steps, tokens_per_step, train_s, first_step_s),
         "train_s": train_s,
-        "wall_s": time.perf_counter() - started,
+        "wall_s": elapsed_before + time.perf_counter() - started,
+        **({"resumed_at_step": start_step - 1} if resume else {}),
         "config_hash": run.config_hash(),
         **({"diverged_at_step": diverged_at} if diverged_at else {}),
         **(columns or {}),
     }
     write_json(folder / "summary.json", summary)
+    (folder / RESUME_FILE).unlink(missing_ok=True)  # finished: the summary and weights remain
     plugins.hook.on_run_end(run=info, summary=summary)
     return summary
+
+
+RESUME_FILE = "resume.pt"
+
+
+def write_resume_state(folder: Path, state: dict[str, Any]) -> None:
+    """Save what resuming needs (tensors and plain data only), atomically."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_atomic(folder / RESUME_FILE, buffer.getvalue())
+
+
+def read_resume_state(folder: Path, config_hash: str) -> dict[str, Any] | None:
+    """The saved state of an interrupted run of this exact config, or None. A state file that
+    does not load (or belongs to another config) is ignored: the run starts over."""
+    path = folder / RESUME_FILE
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception:
+        return None
+    if not isinstance(state, dict) or state.get("config_hash") != config_hash:
+        return None
+    return state
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A run's checkpoint.pt: {"model": state_dict, "config": ModelConfig fields}. Loads
+    tensors and plain data only (weights_only): never arbitrary pickled objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"checkpoint {path} not found")
+    try:
+        checkpoint = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as exc:
+        raise DataError(
+            f"checkpoint {path} cannot be read ({type(exc).__name__}); it is corrupt or not a "
+            f"toolkit checkpoint: retrain the run or point to another file"
+        ) from None
+    if not isinstance(checkpoint, dict) or not {"model", "config"} <= set(checkpoint):
+        raise DataError(f"checkpoint {path} is not a toolkit checkpoint (no model and config)")
+    return checkpoint
+
+
+def load_model(path: str | Path, plugins: Plugins) -> nn.Module:
+    """Build the model a checkpoint describes and load its weights; a mismatch between the
+    weights and the config is a clear error."""
+    checkpoint = load_checkpoint(path)
+    model = build_model(checkpoint["config"], plugins)
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = " ".join(first[1].split()) if len(first) > 1 else "shapes differ"
+        raise DataError(
+            f"checkpoint {path}: the weights do not match its config ({detail})"
+        ) from None
+    return model
+
+
+def _truncate_metrics(path: Path, step: int) -> dict[str, Any]:
+    """Keep the metrics lines up to `step` (a killed run may have written later ones, or half
+    a line); return the last kept record."""
+    kept: list[dict[str, Any]] = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                break
+            if record.get("step", 0) > step:
+                break
+            kept.append(record)
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
+    return kept[-1] if kept else {}
 
 
 def _throughput(

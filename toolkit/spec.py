@@ -95,6 +95,9 @@ SLOTS: dict[str, str] = {
 }
 TOP_LEVEL = {"name", "description", "seeds", "plugins", "baseline", "grid", "variants", *SECTIONS}
 BUDGET_KEYS = ("max_steps", "max_tokens", "epochs")
+# Far beyond any model trained with this toolkit, and low enough that validation (which builds
+# every variant on the meta device) never hangs on a typo such as n_layers = 1200000.
+LIMITS = {"context_length": 1 << 20, "emb_dim": 1 << 16, "n_heads": 1 << 10, "n_layers": 1 << 10}
 DEFAULT_MAX_STEPS = 200
 
 
@@ -576,11 +579,13 @@ def _check_values(s: dict[str, Any], where: str) -> None:
         if not ok:
             raise SpecError(f"{where} {message}")
 
-    for key in ("context_length", "emb_dim", "n_heads", "n_layers"):
-        need(getattr(m, key) >= 1, f"model.{key} must be at least 1, got {getattr(m, key)}")
+    for key, most in LIMITS.items():
+        value = getattr(m, key)
+        need(value >= 1, f"model.{key} must be at least 1, got {value}")
+        need(value <= most, f"model.{key} = {value} is beyond what this toolkit builds (<= {most})")
     need(
-        m.vocab_size is None or m.vocab_size >= 1,
-        f"model.vocab_size must be at least 1, got {m.vocab_size}",
+        m.vocab_size is None or 1 <= m.vocab_size <= 1 << 24,
+        f"model.vocab_size must be between 1 and {1 << 24}, got {m.vocab_size}",
     )
     need(
         m.emb_dim % m.n_heads == 0,

@@ -26,7 +26,7 @@ from toolkit.data import TokenData, count_windows, load_tokens
 from toolkit.errors import DataError, SpecError, ToolkitError
 from toolkit.model import split_choice
 from toolkit.plugins import Plugins, load_plugins
-from toolkit.results import read_json, write_json, write_table
+from toolkit.results import read_json, write_atomic, write_json, write_table
 from toolkit.spec import RunSpec, Spec, load_spec
 
 
@@ -230,7 +230,7 @@ def record_failure(
     r: RunSpec, folder: Path, exc: BaseException, columns: dict[str, Any]
 ) -> dict[str, Any]:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "error.txt").write_text("".join(traceback.format_exception(exc)), encoding="utf-8")
+    write_atomic(folder / "error.txt", "".join(traceback.format_exception(exc)))
     message = str(exc) if isinstance(exc, ToolkitError) else f"{type(exc).__name__}: {exc}"
     summary = {
         "experiment": r.experiment,

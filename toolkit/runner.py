@@ -201,6 +201,8 @@ def prepare_data(spec: Spec, plugins: Plugins) -> dict[str, tuple[TokenData, Any
             datasets[key] = (load_tokens(corpus, tokenizer, r.data.val_fraction), tokenizer)
         data = datasets[key][0]
         check_fits(r, data, spec.path)
+        if r.model.init_from:
+            check_init_from(r, data, spec.path, plugins)
     return datasets
 
 
@@ -224,6 +226,21 @@ def check_fits(r: RunSpec, data: TokenData, source: str) -> None:
             f"{where} the training split holds {windows} windows of {ctx + 1} tokens, fewer "
             f"than train.batch_size ({batch}); lower batch_size, stride or context_length"
         )
+
+
+def check_init_from(r: RunSpec, data: TokenData, source: str, plugins: Plugins) -> None:
+    """The checkpoint's weights fit this variant's model (checked on the meta device)."""
+    import torch
+
+    from toolkit.model import build_model
+    from toolkit.train import initial_weights
+
+    with torch.device("meta"):
+        model = build_model(r.model_config(data.vocab_size), plugins)
+    try:
+        initial_weights(model, r.model.init_from)
+    except ToolkitError as exc:
+        raise SpecError(f"{source}: variant {r.variant!r}: {exc}") from None
 
 
 def record_failure(

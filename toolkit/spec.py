@@ -51,6 +51,9 @@ class ModelSpec(ModelConfig):
     n_heads: int = 4
     n_layers: int = 4
     preset: str | None = None  # fills the sizes; keys set in the spec override it
+    # Start from a checkpoint (a checkpoint.pt, or a run folder holding one): its config is the
+    # base, like a preset; keys set here may change what keeps the weights' shapes.
+    init_from: str | None = None
 
 
 @dataclass
@@ -137,10 +140,7 @@ class RunSpec:
         ]
 
     def model_config(self, vocab_size: int) -> ModelConfig:
-        m = asdict(self.model)
-        m.pop("preset")
-        m["vocab_size"] = m["vocab_size"] or vocab_size
-        return ModelConfig(**m)
+        return to_model_config(self.model, vocab_size)
 
     def choices(self) -> dict[str, str]:
         """Component names by slot, e.g. {'attention': 'sdpa', 'norm': 'rmsnorm', ...}."""
@@ -531,6 +531,19 @@ def _validate(doc: dict[str, Any], where: str, plugins: Plugins) -> dict[str, An
                 f"choose one of: {', '.join(PRESETS)}"
             )
         model_doc = {**PRESETS[preset_name], **model_doc}
+    init_from = model_doc.get("init_from")
+    if init_from is not None:
+        if preset_name is not None:
+            raise SpecError(f"{where} [model] give either preset or init_from, not both")
+        if not isinstance(init_from, str):
+            raise SpecError(f"{where} model.init_from must be a path (a string), got {init_from!r}")
+        from toolkit.train import checkpoint_path, load_checkpoint
+
+        try:
+            base = load_checkpoint(checkpoint_path(init_from))["config"]
+        except ToolkitError as exc:
+            raise SpecError(f"{where} model.init_from: {exc}") from None
+        model_doc = {**base, **model_doc}
     sections = {
         "data": _typed(DataSpec, data_doc, where, "data"),
         "model": _typed(ModelSpec, model_doc, where, "model"),
@@ -549,11 +562,17 @@ def _validate(doc: dict[str, Any], where: str, plugins: Plugins) -> dict[str, An
     # rejects its options fails now, not after an hour of training.
     name, options = split_choice(sections["sampling"].sampler)
     plugins.registry.get("sampler", name).build(**options)
-    m = asdict(sections["model"])
-    m.pop("preset")
-    m["vocab_size"] = m["vocab_size"] or 256
-    count_params(ModelConfig(**m), plugins)
+    count_params(to_model_config(sections["model"], 256), plugins)
     return sections
+
+
+def to_model_config(model: ModelSpec, vocab_size: int) -> ModelConfig:
+    """The [model] section as what build_model takes; vocab_size fills an unset one."""
+    m = asdict(model)
+    for key in ("preset", "init_from"):
+        m.pop(key)
+    m["vocab_size"] = m["vocab_size"] or vocab_size
+    return ModelConfig(**m)
 
 
 def _typed(cls: type, table: dict[str, Any], where: str, section: str) -> Any:

@@ -106,7 +106,10 @@ def train_run(
             f"model.vocab_size ({config.vocab_size}) is smaller than the tokenizer's "
             f"vocabulary ({data.vocab_size}); leave it unset to use the tokenizer's"
         )
-    model = build_model(config, plugins).to(device)
+    model = build_model(config, plugins)
+    if run.model.init_from:
+        load_initial_weights(model, run.model.init_from)
+    model = model.to(device)
     params, params_ne = model.num_params(), model.num_params(non_embedding=True)
     info = RunInfo(run.experiment, run.variant, run.seed, run.config(), folder, params, params_ne)
 
@@ -281,7 +284,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise DataError(f"checkpoint {path} not found")
     try:
-        checkpoint = torch.load(path, weights_only=True, map_location="cpu")
+        checkpoint = torch.load(path, weights_only=True, map_location="cpu", mmap=True)
     except Exception as exc:
         raise DataError(
             f"checkpoint {path} cannot be read ({type(exc).__name__}); it is corrupt or not a "
@@ -290,6 +293,49 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(checkpoint, dict) or not {"model", "config"} <= set(checkpoint):
         raise DataError(f"checkpoint {path} is not a toolkit checkpoint (no model and config)")
     return checkpoint
+
+
+def checkpoint_path(path: str | Path) -> Path:
+    """A checkpoint file, or a run folder's checkpoint.pt."""
+    path = Path(path).expanduser()
+    return path / "checkpoint.pt" if path.is_dir() else path
+
+
+def initial_weights(model: nn.Module, path: str | Path) -> dict[str, torch.Tensor]:
+    """The checkpoint's weights arranged for `model`, or a DataError saying which parameter
+    does not fit. Untying is allowed (the head starts as a copy of the embedding); tying keeps
+    the embedding; anything that changes a weight's shape (emb_dim, n_heads with gqa, the
+    vocabulary) or the set of weights (another norm or attention) is not."""
+    state = dict(load_checkpoint(checkpoint_path(path))["model"])
+    target = model.state_dict()
+    tied = model.config.tie_embeddings
+    if tied:
+        state.pop("out_head.weight", None)
+    elif "out_head.weight" not in state and "tok_emb.weight" in state:
+        state["out_head.weight"] = state["tok_emb.weight"]
+    wanted = set(target) - ({"out_head.weight"} if tied else set())
+    missing, unexpected = sorted(wanted - set(state)), sorted(set(state) - set(target))
+    where = f"model.init_from {path}"
+    if missing or unexpected:
+        names = ", ".join((missing or unexpected)[:3])
+        raise DataError(
+            f"{where}: the checkpoint {'lacks' if missing else 'has extra'} weights ({names}); "
+            f"the components differ from the checkpoint's, so its weights cannot be reused"
+        )
+    for key, value in state.items():
+        if tuple(value.shape) != tuple(target[key].shape):
+            raise DataError(
+                f"{where}: {key} is {tuple(value.shape)} in the checkpoint but "
+                f"{tuple(target[key].shape)} here; only changes that keep every weight's shape "
+                f"(dropout, tying, sampler, training) can start from it"
+            )
+    return state
+
+
+def load_initial_weights(model: nn.Module, path: str | Path) -> None:
+    """Start `model` from a checkpoint's weights (see initial_weights)."""
+    state = initial_weights(model, path)
+    model.load_state_dict(state, strict=not model.config.tie_embeddings)
 
 
 def load_model(path: str | Path, plugins: Plugins) -> nn.Module:

@@ -25,7 +25,7 @@ RESULT_COLUMNS = [
     "attention", "norm", "activation", "positional", "tokenizer", "sampler", "causal",
     "params", "params_non_embedding", "steps", "tokens",
     "train_loss", "val_loss", "val_perplexity", "val_bpb",
-    "tokens_per_s", "train_s", "wall_s", "config_hash",
+    "tokens_per_s", "flops_per_token", "mfu", "train_s", "wall_s", "config_hash",
 ]  # fmt: skip
 
 

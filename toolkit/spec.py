@@ -31,6 +31,7 @@ from toolkit.model import (
 )
 from toolkit.plugins import Plugins, load_plugins
 from toolkit.registry import check_type, suggest
+from toolkit.throughput import PRECISIONS
 
 
 @dataclass
@@ -71,7 +72,10 @@ class TrainSpec:
     stride: int | None = None  # step between training windows; None: context_length
     eval_interval: int = 50  # evaluate every N optimizer steps (and at the end)
     eval_batches: int = 10  # fixed batches per evaluation, per split
-    device: str = "cpu"
+    device: str = "auto"  # cuda, then mps, then cpu; or name one
+    precision: str = "fp32"  # or "bf16-mixed": bfloat16 autocast on CPU and GPU
+    compile: bool = False  # torch.compile the model (falls back to eager, saying why)
+    peak_tflops: float | None = None  # hardware peak for MFU; None: measured at the start
     threads: int | None = None  # torch CPU threads; None: torch's default
     checkpoint: bool = True  # save the final weights to checkpoint.pt
 
@@ -644,7 +648,15 @@ def _check_values(s: dict[str, Any], where: str) -> None:
         f"train.betas must be two numbers in [0, 1), got {t.betas}",
     )
     need(
-        t.device in ("cpu", "cuda", "mps") or t.device.startswith("cuda:"),
-        f"train.device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {t.device!r}",
+        t.device in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:\d+", t.device),
+        f"train.device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {t.device!r}",
+    )
+    need(
+        t.precision in PRECISIONS,
+        f"train.precision must be one of {', '.join(PRECISIONS)}, got {t.precision!r}",
+    )
+    need(
+        t.peak_tflops is None or t.peak_tflops > 0,
+        f"train.peak_tflops must be positive, got {t.peak_tflops}",
     )
     need(g.max_new_tokens >= 0, f"sampling.max_new_tokens must be >= 0, got {g.max_new_tokens}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +29,7 @@ from toolkit.model import build_model, split_choice
 from toolkit.plugins import Plugins
 from toolkit.results import RunInfo, environment, write_atomic, write_json
 from toolkit.spec import RunSpec
+from toolkit.throughput import flops_per_token, peak_flops, resolve_device
 
 # progress(step, total_steps, last_loss, metrics_or_None): the runner's display, not a hook.
 Progress = Callable[[int, int, float, dict[str, float] | None], None]
@@ -60,7 +62,16 @@ def make_optimizer(model: nn.Module, run: RunSpec, device: str) -> torch.optim.O
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": run.train.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=run.train.lr, betas=tuple(run.train.betas))
+    # The fused CUDA kernel updates every parameter in one launch; same maths.
+    fused = {"fused": True} if device.startswith("cuda") else {}
+    return torch.optim.AdamW(groups, lr=run.train.lr, betas=tuple(run.train.betas), **fused)
+
+
+def autocast(device: str, precision: str) -> torch.autocast:
+    """bfloat16 autocast for "bf16-mixed" (weights, optimizer and loss stay float32)."""
+    return torch.autocast(
+        device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16-mixed"
+    )
 
 
 @torch.no_grad()
@@ -69,6 +80,7 @@ def evaluate(
     batches: list[tuple[torch.Tensor, torch.Tensor]],
     token_bytes: torch.Tensor,
     device: str,
+    precision: str = "fp32",
 ) -> tuple[float, float]:
     """(mean cross-entropy in nats per token, bits per UTF-8 byte) over fixed batches."""
     was_training = model.training
@@ -76,7 +88,8 @@ def evaluate(
     nats, tokens, n_bytes = 0.0, 0, 0
     for x, y in batches:
         x, y = x.to(device), y.to(device)
-        logits = model(x)
+        with autocast(device, precision):
+            logits = model(x)
         nats += F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum").item()
         tokens += y.numel()
         n_bytes += int(token_bytes[y.cpu()].sum())
@@ -98,7 +111,10 @@ def train_run(
     started = time.perf_counter()
     if t.threads:
         torch.set_num_threads(t.threads)
-    device = t.device
+    device = resolve_device(t.device)
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 tensor cores for float32 matmuls
+        torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(run.seed)
     config = run.model_config(data.vocab_size)
     if config.vocab_size < data.vocab_size:
@@ -152,6 +168,8 @@ def train_run(
         elapsed_before = resume["elapsed_s"]
         last = _truncate_metrics(folder / "metrics.jsonl", resume["step"])
     plugins.hook.on_run_start(run=info)
+    step_model = _compiled(model) if t.compile else model
+    fallback_rng = torch.get_rng_state()  # to redo step 1 eagerly if compiling fails there
 
     metrics_file = (folder / "metrics.jsonl").open("a" if resume else "w", encoding="utf-8")
     tokens_per_step = t.batch_size * context
@@ -161,10 +179,20 @@ def train_run(
             tick = time.perf_counter()
             x, y = next(batches)
             x, y = x.to(device), y.to(device)
-            logits = model(x)
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            try:
+                loss = _forward_backward(step_model, optimizer, x, y, device, t.precision)
+            except Exception as exc:
+                if step_model is model or step != start_step:
+                    raise
+                # torch.compile fails at the first call when a component cannot be compiled
+                # (or no compiler is installed): say so once and train eagerly instead.
+                print(
+                    f"train.compile: torch.compile failed ({_one_line(exc)}); training eagerly",
+                    file=sys.stderr,
+                )
+                step_model = model
+                torch.set_rng_state(fallback_rng)
+                loss = _forward_backward(step_model, optimizer, x, y, device, t.precision)
             if t.grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
             optimizer.step()
@@ -178,8 +206,8 @@ def train_run(
                 break
             metrics = None
             if step % t.eval_interval == 0 or step == steps:
-                train_loss, _ = evaluate(model, train_eval, token_bytes, device)
-                val_loss, val_bpb = evaluate(model, val_eval, token_bytes, device)
+                train_loss, _ = evaluate(step_model, train_eval, token_bytes, device, t.precision)
+                val_loss, val_bpb = evaluate(step_model, val_eval, token_bytes, device, t.precision)
                 metrics = {
                     "step": step,
                     "tokens": step * tokens_per_step,
@@ -223,6 +251,9 @@ def train_run(
         write_atomic(folder / "checkpoint.pt", buffer.getvalue())
 
     attention = split_choice(run.model.attention)[0]
+    tokens_per_s = _throughput(diverged_at or steps, tokens_per_step, train_s, first_step_s)
+    flops = flops_per_token(model)
+    peak = t.peak_tflops * 1e12 if t.peak_tflops else peak_flops(device, t.precision)
     summary = {
         "experiment": run.experiment,
         "variant": run.variant,
@@ -238,7 +269,13 @@ def train_run(
         "val_loss": last.get("val_loss"),
         "val_perplexity": last.get("val_perplexity"),
         "val_bpb": last.get("val_bpb"),
-        "tokens_per_s": _throughput(diverged_at or steps, tokens_per_step, train_s, first_step_s),
+        "tokens_per_s": tokens_per_s,
+        "flops_per_token": flops,
+        "mfu": flops * tokens_per_s / peak if tokens_per_s else None,
+        "peak_flops": peak,
+        "device": device,
+        "precision": t.precision,
+        "compiled": step_model is not model,
         "train_s": train_s,
         "wall_s": elapsed_before + time.perf_counter() - started,
         **({"resumed_at_step": start_step - 1} if resume else {}),
@@ -250,6 +287,37 @@ def train_run(
     (folder / RESUME_FILE).unlink(missing_ok=True)  # finished: the summary and weights remain
     plugins.hook.on_run_end(run=info, summary=summary)
     return summary
+
+
+def _forward_backward(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    device: str,
+    precision: str,
+) -> torch.Tensor:
+    with autocast(device, precision):
+        logits = model(x)
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    return loss
+
+
+def _compiled(model: nn.Module) -> nn.Module:
+    try:
+        return torch.compile(model)
+    except Exception as exc:  # e.g. an unsupported Python or platform
+        print(
+            f"train.compile: torch.compile unavailable ({_one_line(exc)}); training eagerly",
+            file=sys.stderr,
+        )
+        return model
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
 
 
 RESUME_FILE = "resume.pt"

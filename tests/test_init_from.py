@@ -83,3 +83,54 @@ def test_changes_that_do_not_fit_the_weights_fail_before_training(
 def test_a_missing_checkpoint_is_a_spec_error():
     with pytest.raises(SpecError, match=r"model.init_from: checkpoint .*nothing.pt not found"):
         parse_spec({"data": {"tokenizer": "bytes"}, "model": {"init_from": "nothing.pt"}})
+
+
+def test_fine_tune_ablation_from_an_imported_hf_checkpoint(tmp_path, plugins, capsys):
+    transformers = pytest.importorskip("transformers")
+    from toolkit.cli import main
+
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=257)
+    )
+    hf.save_pretrained(tmp_path / "hf")
+    imported = tmp_path / "gpt2-tiny.pt"
+    assert (
+        main(["import", "--format", "hf-gpt2", str(tmp_path / "hf"), "--out", str(imported)]) == 0
+    )
+    spec = tmp_path / "finetune.toml"
+    spec.write_text(f"""
+name = "finetune"
+[data]
+tokenizer = "bytes"
+[model]
+init_from = "{imported}"
+context_length = 64
+[train]
+max_steps = 3
+eval_interval = 3
+eval_batches = 2
+batch_size = 2
+[sampling]
+max_new_tokens = 4
+[grid]
+"model.tie_embeddings" = [true, false]
+"model.drop_rate" = [0.0, 0.1]
+""")
+    assert main(["run", str(spec), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    table = __import__("pandas").read_csv(tmp_path / "out/results.csv")
+    assert len(table) == 4 and set(table["status"]) == {"ok"}
+    assert set(table["params"]) == {hf.num_parameters(), hf.num_parameters() + 257 * 32}
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "eval",
+                str(tmp_path / "out/tie_embeddings=true,drop_rate=0.0/seed-0"),
+                "--split",
+                "val",
+            ]
+        )
+        == 0
+    )
+    assert "perplexity" in capsys.readouterr().out

@@ -5,6 +5,9 @@
     ablate list [KIND]
     ablate plugins
     ablate report DIR [DIR ...] [--out REPORT_DIR]
+    ablate import --format hf-gpt2|book SOURCE --out FILE.pt [--n-heads N] [--tokenizer NAME] [--force]
+    ablate export --format hf-gpt2|book CHECKPOINT|RUN_DIR --out PATH [--force]
+    ablate eval CHECKPOINT|RUN_DIR [--data PATH | --corpus NAME] [--tokenizer NAME] [--split all|train|val]
 
 Bad input (a ToolkitError) prints one line, `ablate: error: ...`, and exits with status 2;
 no traceback. A sweep in which some run failed or diverged exits with status 1.
@@ -104,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
         "first)",
     )
     p.set_defaults(func=cmd_report)
+
+    from toolkit import checkpoints, evaluate
+
+    checkpoints.add_parser(sub)  # ablate import, ablate export
+    evaluate.add_parser(sub)  # ablate eval
     return parser
 
 

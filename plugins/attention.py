@@ -17,7 +17,15 @@ and into `gqa` when n_kv_heads == n_heads.
 Every attention with per-head queries and keys (all but `simplified` and `self`) takes the
 option `qk_norm` and applies positional schemes that act inside attention (RoPE rotates queries
 and keys, ALiBi biases the scores) once the model hands it one through bind_positional(); that
-shared machinery lives in HeadAttention. Not here: KV caching, other sparse patterns.
+shared machinery lives in HeadAttention.
+
+KV cache (generation): every causal attention here is registered with `kv_cache=True` and has
+forward_cached(x, cache, start), a separate path that the training forward never takes: x holds
+the new positions start .. start+T-1, `cache` is a dict the module owns across calls (keys and
+values after qk_norm and RoPE at their own positions; gqa/mqa keep only n_kv_heads; the wrapper
+one dict per head), and the queries attend to every cached key causally, with ALiBi's
+score_bias(T, start+T, start) and, for sliding-window, only the last `window` keys. start = 0
+refills the cache. Not here: other sparse patterns.
 """
 
 from __future__ import annotations
@@ -80,12 +88,15 @@ class HeadAttention(nn.Module):
         # submodule here would be counted, initialised and saved once per layer.
         self._positional = (module,)
 
-    def queries_keys(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Norm (qk_norm) and rotate (a bound RoPE) q (B, nh, T, hs) and k (B, n_kv, T, hs)."""
+    def queries_keys(
+        self, q: torch.Tensor, k: torch.Tensor, start: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Norm (qk_norm) and rotate (a bound RoPE) q (B, nh, T, hs) and k (B, n_kv, T, hs) at
+        positions start .. start+T-1."""
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if self._positional:
-            q, k = self._positional[0].rotate(q, k, start=0)
+            q, k = self._positional[0].rotate(q, k, start=start)
         return q, k
 
     def positional_bias(self, t: int) -> torch.Tensor | None:
@@ -135,14 +146,101 @@ class HeadAttention(nn.Module):
         )  # (T, T) or (nh, T, T)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p, **extra)
 
+    # -- the KV cache: generation only (forward_cached), never on the training path ----------
+    @staticmethod
+    def cache_keys_values(
+        cache: dict, k: torch.Tensor, v: torch.Tensor, start: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, n_kv, T, hs) of positions start .. start+T-1 in `cache` (a dict this
+        module owns) and return the keys and values of positions 0 .. start+T-1. start = 0
+        starts afresh. Keys go into a buffer that doubles when full, so a step copies only its
+        own keys (no torch.cat of the whole past)."""
+        end = start + k.shape[-2]
+        if start != cache.get("length", 0) and start != 0:
+            raise ValueError(f"KV cache holds {cache.get('length', 0)} positions, not {start}")
+        buf_k, buf_v = cache.get("k"), cache.get("v")
+        if (
+            buf_k is None
+            or buf_k.shape[-2] < end
+            or buf_k.shape[:2] != k.shape[:2]
+            or buf_k.dtype != k.dtype
+            or buf_k.device != k.device
+        ):
+            size = max(end, 2 * buf_k.shape[-2] if buf_k is not None and start else end)
+            new_k = k.new_empty(*k.shape[:2], size, k.shape[-1])
+            new_v = v.new_empty(*v.shape[:2], size, v.shape[-1])
+            if start:  # growing: keep the past
+                new_k[:, :, :start], new_v[:, :, :start] = buf_k[:, :, :start], buf_v[:, :, :start]
+            buf_k, buf_v = cache["k"], cache["v"] = new_k, new_v
+        buf_k[:, :, start:end] = k
+        buf_v[:, :, start:end] = v
+        cache["length"] = end
+        return buf_k[:, :, :end], buf_v[:, :, :end]
+
+    def attend_cached(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        start: int,
+        window: int | None = None,
+        fused: bool = True,
+    ) -> torch.Tensor:
+        """Queries q (B, nh, t_q, hs) at positions start .. start+t_q-1 against all cached keys
+        and values (B, n_kv, t_k, hs) at 0 .. t_k-1 (t_k = start + t_q): causal, the bound
+        positional's score_bias(t_q, t_k, start), and `window` limiting each query to its last
+        `window` positions. fused: F.scaled_dot_product_attention (k, v may have fewer heads);
+        else attend()'s explicit maths."""
+        t_q, t_k = q.shape[-2], k.shape[-2]
+        first = 0 if window is None else max(0, start - window + 1)  # no query sees before it
+        k, v = k[:, :, first:], v[:, :, first:]
+        bias = None
+        if self._positional:
+            bias = self._positional[0].score_bias(t_q, t_k, start=start)
+            bias = None if bias is None else bias[self._bias_heads][..., first:]
+        hidden = None  # (t_q, t_k - first), True where a query may not look
+        if t_q > 1:  # one query (a decoding step) sees every key it is given
+            q_pos = torch.arange(start, start + t_q, device=q.device)[:, None]
+            k_pos = torch.arange(first, t_k, device=q.device)[None, :]
+            hidden = k_pos > q_pos
+            if window is not None:
+                hidden = hidden | (k_pos <= q_pos - window)
+        if not fused:
+            scores = q @ k.transpose(-2, -1) / self.head_dim**0.5  # (B, nh, t_q, t_k - first)
+            if bias is not None:
+                scores = scores + bias
+            if hidden is not None:
+                scores = scores.masked_fill(hidden, float("-inf"))
+            return self.dropout(torch.softmax(scores, dim=-1)) @ v
+        extra = {}
+        if k.shape[1] != q.shape[1]:
+            if _SDPA_HAS_GQA:
+                extra["enable_gqa"] = True
+            else:
+                group = q.shape[1] // k.shape[1]
+                k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+        attn_mask = None
+        if bias is not None:
+            attn_mask = bias.to(q.dtype)
+            if hidden is not None:
+                attn_mask = attn_mask.masked_fill(hidden, float("-inf"))
+        elif hidden is not None:
+            attn_mask = ~hidden
+        p = self.dropout.p if self.training else 0.0
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p, **extra)
+
 
 class ProjectedAttention(HeadAttention):
     """Multi-head attention's projections, head splitting and output projection
 
     W_query (d -> d), W_key and W_value (d -> n_kv_heads x head_dim) and out_proj (d -> d),
     registered last so the gpt2 init finds it as the residual projection. Forward is the
-    subclasses'.
+    subclasses'; forward_cached (generation with a KV cache) is shared, with the subclass's
+    `window` and `fused_cache` (F.scaled_dot_product_attention or attend()'s explicit maths).
     """
+
+    window: int | None = None  # sliding-window sets its own
+    fused_cache = True
 
     def __init__(self, config, *, n_kv_heads: int, qk_norm: bool) -> None:
         super().__init__(config, head_dim=config.head_dim, qk_norm=qk_norm)
@@ -153,15 +251,24 @@ class ProjectedAttention(HeadAttention):
         self.W_value = nn.Linear(d, kv, bias=config.qkv_bias)
         self.out_proj = nn.Linear(d, d)
 
-    def split_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Project x (B, T, d) to q (B, nh, T, hs) and k, v (B, n_kv, T, hs), normed and rotated
-        when asked."""
+    def split_heads(
+        self, x: torch.Tensor, start: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Project x (B, T, d) at positions start.. to q (B, nh, T, hs) and k, v (B, n_kv, T,
+        hs), normed and rotated when asked."""
         b, t, _ = x.shape
         q = self.W_query(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.W_key(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.W_value(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = self.queries_keys(q, k)
+        q, k = self.queries_keys(q, k, start)
         return q, k, v
+
+    def forward_cached(self, x: torch.Tensor, cache: dict, start: int) -> torch.Tensor:
+        """forward() for x (B, T, d) at positions start .. start+T-1, attending also to the
+        keys and values that earlier calls left in `cache` (only n_kv_heads of them)."""
+        q, k, v = self.split_heads(x, start)
+        k, v = self.cache_keys_values(cache, k, v, start)
+        return self.merge_heads(self.attend_cached(q, k, v, start, self.window, self.fused_cache))
 
     def merge_heads(self, context: torch.Tensor) -> torch.Tensor:
         b, _, t, _ = context.shape
@@ -171,6 +278,8 @@ class ProjectedAttention(HeadAttention):
 
 class MultiHeadAttention(ProjectedAttention):
     """Causal multi-head attention as the book builds it: explicit mask and softmax"""
+
+    fused_cache = False  # forward_cached uses attend()'s explicit maths, as forward does
 
     def __init__(self, config, *, qk_norm: bool = False) -> None:
         super().__init__(config, n_kv_heads=config.n_heads, qk_norm=qk_norm)
@@ -182,6 +291,8 @@ class MultiHeadAttention(ProjectedAttention):
 
 class SDPAttention(MultiHeadAttention):
     """The same causal multi-head maths through torch's fused scaled_dot_product_attention"""
+
+    fused_cache = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.split_heads(x)
@@ -292,6 +403,15 @@ class CausalAttention(HeadAttention):
         q, k = self.queries_keys(q, k)
         return self.attend(q, k, v).squeeze(1)  # (B, T, d_out)
 
+    def forward_cached(self, x: torch.Tensor, cache: dict, start: int) -> torch.Tensor:
+        """forward() for x at positions start.., with the keys and values kept in `cache`."""
+        q = self.W_query(x).unsqueeze(1)
+        k = self.W_key(x).unsqueeze(1)
+        v = self.W_value(x).unsqueeze(1)
+        q, k = self.queries_keys(q, k, start)
+        k, v = self.cache_keys_values(cache, k, v, start)
+        return self.attend_cached(q, k, v, start, fused=False).squeeze(1)
+
 
 class MultiHeadAttentionWrapper(nn.Module):
     """n_heads independent causal heads of head_dim, outputs concatenated (the book's wrapper)"""
@@ -315,13 +435,23 @@ class MultiHeadAttentionWrapper(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([head(x) for head in self.heads], dim=-1)  # (B, T, n_heads * head_dim)
 
+    def forward_cached(self, x: torch.Tensor, cache: dict, start: int) -> torch.Tensor:
+        """forward() with a KV cache: each head keeps its own keys and values in cache[h]."""
+        return torch.cat(
+            [
+                head.forward_cached(x, cache.setdefault(h, {}), start)
+                for h, head in enumerate(self.heads)
+            ],
+            dim=-1,
+        )
+
 
 @hookimpl
 def register_components(register) -> None:
     # The book's chapter 3, in its order.
     register("attention", "simplified", SimplifiedAttention, causal=False)
     register("attention", "self", SelfAttention, causal=False)
-    inside = dict(causal=True, positional_inside=True)
+    inside = dict(causal=True, positional_inside=True, kv_cache=True)
     register("attention", "causal", CausalAttention, **inside)
     register("attention", "multihead-wrapper", MultiHeadAttentionWrapper, **inside)
     register("attention", "multihead", MultiHeadAttention, **inside)

@@ -231,3 +231,28 @@ def test_check_all_lists_every_failing_component_and_only_those() -> None:
 def test_non_default_options_conform(name: str, options: dict) -> None:
     # The defaults do not exercise everything: a window of 64 is wider than any drawn context.
     check_component("attention", name, PLUGINS, options=options)
+
+
+def test_a_kv_cache_that_forgets_earlier_chunks_fails() -> None:
+    from plugins.attention import SDPAttention
+
+    class Forgetful(SDPAttention):
+        def forward_cached(self, x, cache, start):
+            return self.forward(x)  # ignores what came before: wrong for every chunk but the first
+
+    class Plugin:
+        @hookimpl
+        def register_components(self, register):
+            register(
+                "attention",
+                "forgetful",
+                Forgetful,
+                causal=True,
+                positional_inside=True,
+                kv_cache=True,
+            )
+
+    plugins = Plugins(autoload=False)
+    plugins.add(Plugin(), name="forgetful-plugin")
+    with pytest.raises(ConformanceError, match="fails check 'kv_cache'"):
+        check_component("attention", "forgetful", plugins)

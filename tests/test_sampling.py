@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from toolkit.errors import ComponentError
@@ -10,11 +12,36 @@ from toolkit.generate import generate
 from toolkit.plugins import Plugins
 
 PLUGINS = Plugins(autoload=False)
+SAMPLERS = PLUGINS.registry.names("sampler")
 logits_strategy = st.lists(st.floats(-20, 20), min_size=2, max_size=40)
+p_strategy = st.floats(0.01, 1.0)
+TOL = 1e-5
 
 
 def build(name: str, **options):
     return PLUGINS.registry.get("sampler", name).build(**options)
+
+
+def most(values: torch.Tensor, empty: float = 0.0) -> float:
+    return values.max().item() if values.numel() else empty
+
+
+def least(values: torch.Tensor, empty: float = float("inf")) -> float:
+    return values.min().item() if values.numel() else empty
+
+
+def draws(sampler, logits: torch.Tensor, seed: int, n: int = 5) -> list[int]:
+    g = torch.Generator().manual_seed(seed)
+    return [sampler(logits, g).flatten().tolist() for _ in range(n)]
+
+
+def test_registered_samplers_and_options():
+    assert set(SAMPLERS) >= {"greedy", "temperature", "top-k", "top-p", "min-p", "typical", "chain"}
+    for name in ("top-p", "min-p", "typical"):
+        assert set(PLUGINS.registry.get("sampler", name).options) == {"p", "temperature"}
+    chain = PLUGINS.registry.get("sampler", "chain").options
+    assert set(chain) == {"top_k", "top_p", "min_p", "typical_p", "temperature", "order"}
+    assert chain["order"].default[:4] == ["top_k", "temperature", "top_p", "min_p"]
 
 
 @settings(max_examples=50, deadline=None)
@@ -29,36 +56,152 @@ def test_greedy_is_argmax(values):
 def test_top_k_never_draws_outside_the_k_most_likely(values, k, seed):
     logits = torch.tensor([values])
     allowed = set(torch.topk(logits, min(k, len(values))).values[0].tolist())
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(5):
-        token = build("top-k", k=k)(logits, g).item()
+    for (token,) in draws(build("top-k", k=k), logits, seed):
         assert logits[0, token].item() in allowed
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=60, deadline=None)
+@given(logits_strategy, p_strategy, st.integers(0, 2**16))
+def test_top_p_keeps_the_smallest_set_reaching_p(values, p, seed):
+    logits = torch.tensor([values])
+    sampler = build("top-p", p=p)
+    probs = torch.softmax(logits, -1)[0]
+    kept = sampler.probs(logits)[0] > 0
+    # The kept tokens are the most likely ones, reach p, and would not without the least one.
+    assert least(probs[kept]) >= most(probs[~kept]) - TOL
+    assert probs[kept].sum() >= p - TOL
+    assert probs[kept].sum() - probs[kept].min() < p + TOL
+    for (token,) in draws(sampler, logits, seed):
+        assert probs[probs > probs[token]].sum() < p + TOL  # the mass ranked above it is < p
+
+
+@settings(max_examples=60, deadline=None)
+@given(logits_strategy, p_strategy, st.integers(0, 2**16))
+def test_min_p_never_draws_below_its_threshold(values, p, seed):
+    logits = torch.tensor([values])
+    sampler = build("min-p", p=p)
+    probs = torch.softmax(logits, -1)[0]
+    threshold = p * probs.max()
+    for (token,) in draws(sampler, logits, seed):
+        assert probs[token] >= threshold * (1 - TOL)
+    kept = sampler.probs(logits)[0] > 0
+    assert (probs[~kept] < threshold * (1 + TOL)).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(logits_strategy, p_strategy, st.integers(0, 2**16))
+def test_typical_keeps_the_tokens_closest_to_the_entropy(values, p, seed):
+    logits = torch.tensor([values], dtype=torch.float64)
+    sampler = build("typical", p=p)
+    logp = torch.log_softmax(logits, -1)[0]
+    probs = logp.exp()
+    deviation = (-logp - (-(probs * logp).sum())).abs()
+    kept = sampler.probs(logits)[0] > 0
+    assert most(deviation[kept]) <= least(deviation[~kept]) + 1e-4
+    assert probs[kept].sum() >= p - 1e-4  # the typical set reaches p ...
+    # ... and is the smallest in that order to do so: without the last one it would not.
+    last = kept & (deviation >= most(deviation[kept]) - 1e-4)
+    assert probs[kept].sum() - most(probs[last]) < p + 1e-4
+    for (token,) in draws(sampler, logits, seed):
+        assert kept[token]
+
+
+@settings(max_examples=40, deadline=None)
 @given(logits_strategy, st.integers(0, 2**16))
-def test_temperature_zero_is_greedy_and_samples_are_valid_ids(values, seed):
-    logits = torch.tensor([values, values])
-    g = torch.Generator().manual_seed(seed)
-    ids = build("temperature", temperature=0.0)(logits, g)
-    assert ids.shape == (2, 1) and ids[0].item() == int(torch.argmax(logits[0]))
-    drawn = build("temperature", temperature=1.0)(logits, g)
-    assert ((drawn >= 0) & (drawn < len(values))).all()
+def test_temperature_towards_zero_converges_to_greedy(values, seed):
+    logits = torch.tensor([values])
+    top2 = torch.topk(logits[0], 2).values
+    assume(top2[0] - top2[1] > 0.05)
+    best = int(logits.argmax())
+    mass = [build("temperature", temperature=t).probs(logits)[0, best] for t in (2, 1, 0.1, 1e-3)]
+    assert all(a <= b + TOL for a, b in itertools.pairwise(mass))
+    assert mass[-1] > 0.999
+    for name in ("temperature", "top-k", "top-p", "min-p", "typical", "chain"):
+        sampler = build(name, temperature=0.0)
+        assert draws(sampler, logits, seed, n=2) == [[best], [best]]
+        assert sampler.probs(logits)[0, best] == 1
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+@settings(max_examples=25, deadline=None)
+@given(
+    rows=st.lists(logits_strategy.filter(lambda v: len(v) == 12), min_size=1, max_size=3),
+    scale=st.sampled_from((0.01, 1.0, 100.0)),
+    seed=st.integers(0, 2**16),
+)
+def test_every_sampler_gives_valid_ids_a_distribution_and_replays(name, rows, scale, seed):
+    logits = torch.tensor(rows) * scale
+    given_logits = logits.clone()
+    sampler = build(name)
+    ids = sampler(logits, torch.Generator().manual_seed(seed))
+    assert ids.shape == (len(rows), 1) and ids.dtype == torch.int64
+    assert ((ids >= 0) & (ids < 12)).all()
+    probs = sampler.probs(logits)
+    assert probs.shape == logits.shape and (probs >= 0).all()
+    torch.testing.assert_close(probs.sum(-1), torch.ones(len(rows)))
+    assert (probs.gather(1, ids) > 0).all()  # drawn from the distribution it reports
+    assert torch.equal(logits, given_logits)  # nothing changed in place
+    assert torch.equal(ids, sampler(logits, torch.Generator().manual_seed(seed)))
 
 
 def test_same_seed_same_draws():
     logits = torch.randn(4, 30)
-    a = build("top-k", k=10)(logits, torch.Generator().manual_seed(3))
-    b = build("top-k", k=10)(logits, torch.Generator().manual_seed(3))
-    assert torch.equal(a, b)
+    for name in SAMPLERS:
+        a = build(name)(logits, torch.Generator().manual_seed(3))
+        b = build(name)(logits, torch.Generator().manual_seed(3))
+        assert torch.equal(a, b), name
+
+
+@settings(max_examples=30, deadline=None)
+@given(logits_strategy, st.integers(1, 6), st.floats(0.1, 3.0), st.integers(0, 2**16))
+def test_chain_in_the_books_order_is_top_k_then_temperature(values, k, t, seed):
+    logits = torch.tensor([values, values[::-1]])
+    chain = build("chain", top_k=k, temperature=t, order=["top_k", "temperature"])
+    top_k = build("top-k", k=k, temperature=t)
+    assert torch.equal(chain.probs(logits), top_k.probs(logits))
+    assert draws(chain, logits, seed) == draws(top_k, logits, seed)
+    # Each single sampler is the chain with its one filter, in the default order.
+    for name, option in (("top-p", "top_p"), ("min-p", "min_p"), ("typical", "typical_p")):
+        single = build(name, p=0.7, temperature=t)
+        chained = build("chain", **{option: 0.7}, temperature=t)
+        assert torch.equal(single.probs(logits), chained.probs(logits))
+
+
+def test_chain_applies_its_filters_in_the_order_given():
+    logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]])
+    # min-p 0.5 at temperature 1 keeps logits within log(2) of the best: only the first. After
+    # temperature 5 the logits are 0.8, 0.6, 0.4, 0.2, 0 and min-p keeps four.
+    before = build("chain", min_p=0.5, temperature=5.0, order=["min_p", "temperature"])
+    after = build("chain", min_p=0.5, temperature=5.0, order=["temperature", "min_p"])
+    assert (before.probs(logits) > 0).sum() == 1
+    assert (after.probs(logits) > 0).sum() == 4
+    both = build("chain", top_k=3, top_p=0.99, min_p=0.01)
+    assert (both.probs(logits) > 0).sum() == 3  # top-k caps what the others keep
 
 
 @pytest.mark.parametrize(
-    ("options", "message"), [({"k": 0}, "at least 1"), ({"temperature": -1.0}, ">= 0")]
+    ("name", "options", "message"),
+    [
+        ("top-k", {"k": 0}, "option k must be at least 1"),
+        ("top-k", {"temperature": -1.0}, ">= 0"),
+        ("top-p", {"p": 0.0}, r"'top-p' option p must be in \(0, 1\]"),
+        ("top-p", {"p": 1.5}, r"must be in \(0, 1\]"),
+        ("min-p", {"p": -0.1}, r"must be in \(0, 1\]"),
+        ("typical", {"p": 2.0}, r"must be in \(0, 1\]"),
+        ("typical", {"temperature": -0.5}, ">= 0"),
+        ("chain", {"top_k": 0}, "option top_k must be at least 1"),
+        ("chain", {"top_p": 1.01}, "option top_p must be in"),
+        ("chain", {"order": ["top_k", "top_q"]}, "unknown filter 'top_q'"),
+        ("chain", {"order": ["top_k", "top_k"]}, "'top_k' appears twice"),
+        ("chain", {"min_p": 0.1, "order": ["top_k"]}, "min_p is set but"),
+        ("chain", {"temperature": 0.5, "order": ["top_p"]}, "temperature is set but"),
+        ("top-p", {"q": 0.5}, "takes no option 'q'"),
+    ],
 )
-def test_bad_sampler_options(options, message):
-    with pytest.raises(ComponentError, match=message):
-        build("top-k", **options)
+def test_bad_sampler_options(name, options, message):
+    with pytest.raises(ComponentError, match=message) as info:
+        build(name, **options)
+    assert "\n" not in str(info.value)
 
 
 def test_generate_crops_context_and_stops_at_eot():

@@ -5,6 +5,8 @@
     ablate list [KIND]
     ablate plugins
     ablate report DIR [DIR ...] [--out REPORT_DIR]
+    ablate generate RUN_DIR|CHECKPOINT [--prompt TEXT] [--sampler NAME] [--set sampling.KEY=VALUE]...
+                    [--max-new-tokens N] [--seed S] [--no-cache]
     ablate import --format hf-gpt2|book SOURCE --out FILE.pt [--n-heads N] [--tokenizer NAME] [--force]
     ablate export --format hf-gpt2|book CHECKPOINT|RUN_DIR --out PATH [--force]
     ablate eval CHECKPOINT|RUN_DIR [--data PATH | --corpus NAME] [--tokenizer NAME] [--split all|train|val]
@@ -31,10 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ablate: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(
-            "ablate: interrupted; finished runs are kept, run the same command to continue",
-            file=sys.stderr,
-        )
+        note = "; finished runs are kept, run the same command to continue"
+        print(f"ablate: interrupted{note if args.command == 'run' else ''}", file=sys.stderr)
         return 130
 
 
@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     checkpoints.add_parser(sub)  # ablate import, ablate export
     evaluate.add_parser(sub)  # ablate eval
+    from toolkit.generate import add_parser as add_generate_parser  # torch-free import
+
+    add_generate_parser(sub)  # ablate generate
     return parser
 
 

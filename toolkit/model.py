@@ -8,6 +8,10 @@ beyond the modules themselves. Names follow "Build a Large Language Model From S
 (tok_emb, pos_emb, trf_blocks, att, ff, norm1, norm2, final_norm, out_head), so the book's
 state dicts line up.
 
+forward_cached() is the same network for generation with a KV cache: a separate method, so
+the training forward() has no cache argument or branch. It needs an attention registered with
+`kv_cache=True` (GPT.supports_kv_cache); generate.py falls back to forward() otherwise.
+
 Not here: training (train.py), generation (generate.py), and the components (plugins/).
 """
 
@@ -120,12 +124,23 @@ class PreNormBlock(nn.Module):
         x = x + self.drop_shortcut(self.ff(self.norm2(x)))
         return x
 
+    def forward_cached(self, x: torch.Tensor, cache: dict, start: int) -> torch.Tensor:
+        """forward() for positions start.., the attention using and filling its KV cache."""
+        x = x + self.drop_shortcut(self.att.forward_cached(self.norm1(x), cache, start))
+        x = x + self.drop_shortcut(self.ff(self.norm2(x)))
+        return x
+
 
 class PostNormBlock(PreNormBlock):
     """norm1(x + drop(att(x))), then norm2(x + drop(ff(x))): the 2017 Transformer's block."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm1(x + self.drop_shortcut(self.att(x)))
+        x = self.norm2(x + self.drop_shortcut(self.ff(x)))
+        return x
+
+    def forward_cached(self, x: torch.Tensor, cache: dict, start: int) -> torch.Tensor:
+        x = self.norm1(x + self.drop_shortcut(self.att.forward_cached(x, cache, start)))
         x = self.norm2(x + self.drop_shortcut(self.ff(x)))
         return x
 
@@ -144,8 +159,24 @@ class SandwichBlock(PreNormBlock):
         x = x + self.drop_shortcut(self.norm2_out(self.ff(self.norm2(x))))
         return x
 
+    def forward_cached(self, x: torch.Tensor, cache: dict, start: int) -> torch.Tensor:
+        att = self.att.forward_cached(self.norm1(x), cache, start)
+        x = x + self.drop_shortcut(self.norm1_out(att))
+        x = x + self.drop_shortcut(self.norm2_out(self.ff(self.norm2(x))))
+        return x
+
 
 BLOCKS = {"pre": PreNormBlock, "post": PostNormBlock, "sandwich": SandwichBlock}
+
+
+class KVCache:
+    """What a KV cache holds between generation steps: one dict per block, which that block's
+    attention fills with its keys and values (its own layout), and how many positions it holds.
+    Made by GPT.new_cache(); used through GPT.forward_cached()."""
+
+    def __init__(self, n_layers: int) -> None:
+        self.layers: list[dict] = [{} for _ in range(n_layers)]
+        self.length = 0  # positions 0 .. length-1 are cached
 
 
 class GPT(nn.Module):
@@ -168,6 +199,9 @@ class GPT(nn.Module):
         self.out_head = nn.Linear(config.emb_dim, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.out_head.weight = self.tok_emb.weight  # one matrix, counted once
+        # The attention's registry fact: it has forward_cached(), so generation can cache.
+        attention = plugins.registry.get("attention", split_choice(config.attention)[0])
+        self.supports_kv_cache = bool(attention.facts.get("kv_cache"))
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """Token ids (B, T) -> logits (B, T, vocab_size)."""
@@ -177,6 +211,33 @@ class GPT(nn.Module):
         x = self.trf_blocks(x)
         x = self.final_norm(x)
         return self.out_head(x)  # (B, T, vocab_size)
+
+    # -- generation with a KV cache: a separate path, so forward() above stays as it is -------
+    def new_cache(self) -> KVCache:
+        """An empty KV cache for forward_cached() (needs `supports_kv_cache`)."""
+        return KVCache(len(self.trf_blocks))
+
+    def forward_cached(
+        self, idx: torch.Tensor, cache: KVCache, start: int, last_only: bool = False
+    ) -> torch.Tensor:
+        """Token ids (B, T) at positions start .. start+T-1 -> logits (B, T, vocab_size) (only
+        the last position's, (B, 1, vocab_size), with last_only), attending also to the
+        positions 0 .. start-1 held in `cache`, which then holds start+T. start = 0 refills the
+        cache (the prompt, or the cropped window past context_length); otherwise start must be
+        cache.length. Inference only (no autograd through the cache). Equals
+        forward(all ids)[:, start:] up to float rounding."""
+        if start not in (0, cache.length):
+            raise ValueError(f"the cache holds {cache.length} positions; start is {start}")
+        x = self.tok_emb(idx)
+        x = self.pos_emb(x, start)
+        x = self.drop_emb(x)
+        for block, layer in zip(self.trf_blocks, cache.layers, strict=True):
+            x = block.forward_cached(x, layer, start)
+        cache.length = start + idx.shape[1]
+        if last_only:
+            x = x[:, -1:]
+        x = self.final_norm(x)
+        return self.out_head(x)
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Unique parameters (a tied head counted once). non_embedding leaves out the token

@@ -40,7 +40,11 @@ KINDS: dict[str, Kind] = {
             "(B, T, emb_dim). Facts: `causal` (required) says whether position t only sees "
             "positions <= t; `positional_inside=True` says the module has "
             "bind_positional(module) and applies that module's rotate(q, k, start) and "
-            "score_bias(t_q, t_k, start) (needed for RoPE and ALiBi)",
+            "score_bias(t_q, t_k, start) (needed for RoPE and ALiBi); `kv_cache=True` says it "
+            "has forward_cached(x, cache: dict, start) for generation: x holds positions "
+            "start..start+T-1, the dict (the module's own between calls; start=0 refills it) "
+            "keeps its keys and values, and the output equals forward() over all positions, "
+            "last T rows",
             required_facts=("causal",),
         ),
         Kind(
@@ -70,7 +74,9 @@ KINDS: dict[str, Kind] = {
         ),
         Kind(
             "sampler",
-            "factory(**options) -> callable(logits (B, V), generator) -> next token ids (B, 1)",
+            "factory(**options) -> callable(logits (B, V), generator) -> next token ids (B, 1), "
+            "never changing the logits; optionally probs(logits) -> the (B, V) distribution it "
+            "draws from",
         ),
         Kind(
             "tokenizer",

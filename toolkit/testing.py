@@ -330,6 +330,8 @@ def _attention_battery(
     x = torch.randn(b, t, dim, generator=gen)
     _deterministic(case, lambda: att(x))
     _causal(case, att, pos, d, causal, gen)
+    if case.component.facts.get("kv_cache"):
+        _kv_cache(case, att, x, gen)
     xb = torch.randn(max(b, 2), t, dim, generator=gen)
     keep = torch.zeros(xb.shape[:2], dtype=torch.bool)
     keep[0] = True
@@ -340,6 +342,28 @@ def _attention_battery(
     with case.check("bfloat16"), torch.no_grad():
         out = att16(x.bfloat16())
     _expect(case, "bfloat16", out, (b, t, dim), torch.bfloat16)
+
+
+def _kv_cache(case: _Case, att: nn.Module, x: torch.Tensor, gen: torch.Generator) -> None:
+    """A module declaring `kv_cache` gives, fed in chunks through forward_cached(), what
+    forward() gives over the whole sequence."""
+    if not callable(getattr(att, "forward_cached", None)):
+        case.fail("kv_cache", "declared, but it has no forward_cached()")
+    t = x.shape[1]
+    cuts = sorted({0, t, *torch.randint(1, max(2, t), (2,), generator=gen).tolist()} - {t + 1})
+    cuts = [c for c in cuts if c <= t]
+    cache: dict = {}
+    with case.check("kv_cache"), torch.no_grad():
+        parts = [
+            att.forward_cached(x[:, a:b], cache, a) for a, b in itertools.pairwise(cuts) if b > a
+        ]
+        whole = att(x)
+    chunked = torch.cat(parts, dim=1)
+    if chunked.shape != whole.shape or not torch.allclose(chunked, whole, atol=1e-5, rtol=1e-4):
+        case.fail(
+            "kv_cache",
+            f"forward_cached() in chunks {cuts} differs from forward() by {_gap(chunked, whole):.2e}",
+        )
 
 
 def _causal(

@@ -119,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import pandas as pd
+
     from toolkit.plugins import load_plugins
     from toolkit.report import report
     from toolkit.runner import run
@@ -131,6 +133,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     _, text = report(out)
     print(text)
     print(f"results: {out}/results.csv")
+    if spec.sampling_ablation is not None:
+        from toolkit import sampling_ablation
+
+        summary = pd.read_csv(f"{out}/sampling/summary.csv")
+        print(sampling_ablation.format_summary(summary))
+        print(f"sampling: {out}/sampling/results.csv, summary.csv, samples.md")
     bad = table[table["status"] != "ok"]
     if len(bad):
         for _, row in bad.iterrows():

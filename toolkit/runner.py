@@ -126,7 +126,15 @@ def _sweep(
         display.end(summary)
         write_table(out)
     display.close()
-    return write_table(out)
+    table = write_table(out)
+    if spec.sampling_ablation is not None:
+        from toolkit import sampling_ablation
+
+        runs = sampling_ablation.model_runs(
+            spec.sampling_ablation, [out / r.folder for r in spec.runs]
+        )
+        sampling_ablation.run_ablation(spec.sampling_ablation, runs, out, plugins, progress)
+    return table
 
 
 def resumable_step(folder: Path, r: RunSpec) -> int | None:

@@ -100,7 +100,10 @@ SLOTS: dict[str, str] = {
     "data.corpus": "corpus",
     "sampling.sampler": "sampler",
 }
-TOP_LEVEL = {"name", "description", "seeds", "plugins", "baseline", "grid", "variants", *SECTIONS}
+TOP_LEVEL = {
+    "name", "description", "seeds", "plugins", "baseline", "grid", "variants", "sampling_ablation",
+    *SECTIONS,
+}  # fmt: skip
 BUDGET_KEYS = ("max_steps", "max_tokens", "epochs")
 # Far beyond any model trained with this toolkit, and low enough that validation (which builds
 # every variant on the meta device) never hangs on a typo such as n_layers = 1200000.
@@ -174,6 +177,7 @@ class Spec:
     variants: list[Variant]
     runs: list[RunSpec]  # variant x seed, seed-major so an interrupted sweep has whole seeds
     base: dict[str, Any] = field(repr=False)  # the normalized base document (after --set)
+    sampling_ablation: Any = None  # a toolkit.sampling_ablation.SamplingAblation, if asked for
 
     def run_named(self, variant: str, seed: int) -> RunSpec:
         return next(r for r in self.runs if r.variant == variant and r.seed == seed)
@@ -285,7 +289,14 @@ def parse_spec(
         for seed in seeds
         for v in variants
     ]
-    return Spec(name, source, description, seeds, plugin_modules, baseline, variants, runs, base)
+    ablation = None
+    if "sampling_ablation" in raw:
+        from toolkit import sampling_ablation
+
+        ablation = sampling_ablation.parse(raw["sampling_ablation"], source, plugins)
+    return Spec(
+        name, source, description, seeds, plugin_modules, baseline, variants, runs, base, ablation
+    )
 
 
 def parse_override(item: str, source: str = "--set") -> tuple[str, Any]:
@@ -314,7 +325,7 @@ def _top(raw: dict[str, Any], key: str, typ: Any, default: Any, source: str) -> 
 def _set_raw(raw: dict[str, Any], dotted: str, value: Any, source: str) -> None:
     """Apply one --set to the raw document, before validation."""
     parts = dotted.split(".")
-    if parts[0] not in TOP_LEVEL - {"grid", "variants"}:
+    if parts[0] not in TOP_LEVEL - {"grid", "variants", "sampling_ablation"}:
         raise SpecError(f"--set {dotted}: unknown key {parts[0]!r}{suggest(parts[0], TOP_LEVEL)}")
     if len(parts) == 1:
         raw[dotted] = value

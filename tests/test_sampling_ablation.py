@@ -1,0 +1,96 @@
+"""Sampling ablations: vary the sampler over trained models without retraining."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from toolkit.errors import SpecError
+from toolkit.runner import run
+from toolkit.sampling_ablation import distinct_n, repetition
+from toolkit.spec import parse_spec
+
+
+def test_metrics_by_hand():
+    assert distinct_n([[1, 2, 1, 2]], 1) == 2 / 4
+    assert distinct_n([[1, 2, 1, 2]], 2) == 2 / 3
+    assert distinct_n([[1, 2], [1, 2]], 2) == 1 / 2  # pooled over continuations
+    assert repetition([1, 2, 1, 2, 1, 2], n=2) == 3 / 5
+    assert repetition([1, 2, 3, 4, 5], n=4) == 0.0
+
+
+def ablation_doc(tiny_doc):
+    tiny_doc["seeds"] = [0, 1]
+    tiny_doc["sampling_ablation"] = {
+        "samplers": [
+            "greedy",
+            {"name": "top-k", "k": 5},
+            {"name": "temperature", "temperature": 2.0},
+        ],
+        "seeds": [0, 1],
+        "n_prompts": 3,
+        "prompt_tokens": 8,
+        "max_new_tokens": 12,
+    }
+    return tiny_doc
+
+
+def test_sampling_ablation_scores_every_model_sampler_and_seed(tmp_path, tiny_doc, plugins):
+    run(parse_spec(ablation_doc(tiny_doc)), tmp_path, plugins=plugins, progress=False)
+    table = pd.read_csv(tmp_path / "sampling/results.csv")
+    assert len(table) == 2 * 3 * 2  # model seeds x samplers x sampling seeds
+    greedy = table[table["sampler"] == "greedy"]
+    # Greedy ignores the sampling seed; a hot temperature writes less likely, more varied text.
+    for _, group in greedy.groupby("model_seed"):
+        assert group["distinct_2"].nunique() == 1 and group["mean_logprob"].nunique() == 1
+    hot = table[table["sampler"].str.startswith("temperature")]
+    assert hot["mean_logprob"].mean() < greedy["mean_logprob"].mean()
+    assert (
+        table["gen_perplexity"] - (-table["mean_logprob"]).map(__import__("math").exp)
+    ).abs().max() < 1e-9
+    summary = pd.read_csv(tmp_path / "sampling/summary.csv")
+    assert set(summary["n"]) == {4} and "distinct_1_std" in summary
+    samples = (tmp_path / "sampling/samples.md").read_text()
+    assert "| greedy |" in samples and "continuation of prompt 2" in samples
+
+
+def test_sampling_from_named_runs_without_retraining(tmp_path, tiny_doc, plugins):
+    run(parse_spec(tiny_doc), tmp_path / "trained", plugins=plugins, progress=False)
+    doc = {
+        "data": {"tokenizer": "bytes"},
+        "model": {"context_length": 32},
+        "train": {"max_steps": 1},
+        "sampling_ablation": {
+            "runs": [str(tmp_path / "trained")],
+            "samplers": ["greedy", "top-p"],
+            "n_prompts": 2,
+            "prompt_tokens": 4,
+            "max_new_tokens": 4,
+        },
+    }
+    spec = parse_spec(doc)
+    from toolkit import sampling_ablation
+
+    runs = sampling_ablation.model_runs(spec.sampling_ablation, [])
+    assert runs == [tmp_path / "trained/base/seed-0"]
+    table = sampling_ablation.run_ablation(
+        spec.sampling_ablation, runs, tmp_path / "s", plugins, False
+    )
+    assert table["sampler"].tolist() == ["greedy", "top-p"]
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"samplers": []}, "non-empty list"),
+        ({"samplers": ["top-q"]}, "did you mean 'top-p'"),
+        ({"samplers": [{"name": "top-p", "p": 1.5}]}, "p must be"),
+        ({"samplers": ["greedy"], "n_prompt": 3}, "did you mean 'n_prompts'"),
+        ({"samplers": ["greedy", "greedy"]}, "same sampler twice"),
+        ({"samplers": ["greedy"], "seeds": []}, "non-empty list of distinct"),
+    ],
+)
+def test_bad_sampling_ablations(tiny_doc, section, message):
+    tiny_doc["sampling_ablation"] = section
+    with pytest.raises(SpecError, match=message):
+        parse_spec(tiny_doc)

@@ -154,6 +154,7 @@ def train_run(
     )
     train_s, status, diverged_at, last = 0.0, "ok", None, {}
     first_step_s = 0.0  # one-time set-up (allocations, thread pools) lands in step 1
+    eval_s = 0.0
     start_step, elapsed_before = 1, 0.0
     if resume:
         # Everything the next step depends on comes back exactly, so a resumed run ends with
@@ -165,6 +166,7 @@ def train_run(
         torch.set_rng_state(resume["rng"])
         start_step = resume["step"] + 1
         train_s, first_step_s = resume["train_s"], resume["first_step_s"]
+        eval_s = resume.get("eval_s", 0.0)
         elapsed_before = resume["elapsed_s"]
         last = _truncate_metrics(folder / "metrics.jsonl", resume["step"])
     plugins.hook.on_run_start(run=info)
@@ -206,6 +208,7 @@ def train_run(
                 break
             metrics = None
             if step % t.eval_interval == 0 or step == steps:
+                eval_tick = time.perf_counter()
                 train_loss, _ = evaluate(step_model, train_eval, token_bytes, device, t.precision)
                 val_loss, val_bpb = evaluate(step_model, val_eval, token_bytes, device, t.precision)
                 metrics = {
@@ -218,6 +221,7 @@ def train_run(
                     "lr": schedule.get_last_lr()[0],
                     "elapsed_s": elapsed_before + time.perf_counter() - started,
                 }
+                eval_s += time.perf_counter() - eval_tick
                 metrics_file.write(json.dumps(metrics) + "\n")
                 metrics_file.flush()
                 if step < steps:
@@ -231,6 +235,7 @@ def train_run(
                         "rng": torch.get_rng_state(),
                         "train_s": train_s,
                         "first_step_s": first_step_s,
+                        "eval_s": eval_s,
                         "elapsed_s": metrics["elapsed_s"],
                     })  # fmt: skip
                 plugins.hook.on_eval(run=info, step=step, metrics=metrics)
@@ -277,6 +282,7 @@ def train_run(
         "precision": t.precision,
         "compiled": step_model is not model,
         "train_s": train_s,
+        "eval_s": eval_s,
         "wall_s": elapsed_before + time.perf_counter() - started,
         **({"resumed_at_step": start_step - 1} if resume else {}),
         "config_hash": run.config_hash(),

@@ -174,7 +174,7 @@ def test_sampler_options_follow_the_chosen_sampler() -> None:
         (["{run}", "--set", "sampling.k=two"], "must be an integer"),
         (["{run}", "--set", "sampling.max_new_tokens=-1"], "must be >= 0"),
         (["{run}", "--set", "sampling.sampler=3"], "expected a sampler name"),
-        (["{bad}"], "cannot read checkpoint"),
+        (["{bad}"], "cannot be read"),
         (["{alone}"], "pass --tokenizer gpt2 or --tokenizer bytes"),
     ],
 )

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -146,8 +145,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     """`ablate generate`: stream the continuation of the prompt to stdout."""
     import torch
 
+    from toolkit.checkpoints import locate_checkpoint
     from toolkit.model import build_model, split_choice
     from toolkit.plugins import load_plugins
+    from toolkit.train import load_checkpoint
 
     plugins = load_plugins(tuple(args.plugins))
     try:
@@ -155,11 +156,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     except (RuntimeError, AssertionError) as exc:
         detail = " ".join(str(exc).split())[:200]
         raise SpecError(f"--device {args.device}: {detail}") from None
-    checkpoint_path, config = _locate(Path(args.source))
+    checkpoint_path, config = locate_checkpoint(Path(args.source))
     sampling = _sampling(config, args, plugins)
     name, options = split_choice(sampling["sampler"])
     sampler = plugins.registry.get("sampler", name).build(**options)
-    checkpoint = _load_checkpoint(checkpoint_path, args.device)
+    checkpoint = load_checkpoint(checkpoint_path)  # weights only, memory-mapped on the CPU
     tokenizer = _tokenizer(config, checkpoint, args.tokenizer, checkpoint_path, plugins)
 
     model_config = checkpoint["config"]
@@ -231,51 +232,6 @@ class IncrementalDecoder:
         new = text[len(self.printed) :] if text.startswith(self.printed) else ""
         self.printed += new
         return new
-
-
-def _locate(source: Path) -> tuple[Path, dict[str, Any] | None]:
-    """(checkpoint path, the run's config.json or None) for a run folder or a checkpoint file."""
-    if source.is_dir():
-        checkpoint, config_path = source / "checkpoint.pt", source / "config.json"
-        if not checkpoint.is_file():
-            why = (
-                "its run failed or has not finished, or ran with train.checkpoint = false"
-                if config_path.is_file()
-                else "it is not a run folder (no config.json either)"
-            )
-            raise DataError(f"no checkpoint.pt in {source}: {why}")
-    elif source.is_file():
-        checkpoint, config_path = source, source.parent / "config.json"
-    else:
-        raise DataError(f"{source} does not exist; give a run folder or a checkpoint.pt")
-    config = None
-    if config_path.is_file():
-        try:
-            config = json.loads(config_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise DataError(f"cannot read {config_path}: {exc}") from None
-        if not isinstance(config, dict):
-            raise DataError(f"{config_path} does not hold a run's config")
-    return checkpoint, config
-
-
-def _load_checkpoint(path: Path, device: str) -> dict[str, Any]:
-    import torch
-
-    try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:
-        detail = " ".join(str(exc).split())[:200]
-        raise DataError(f"cannot read checkpoint {path}: {type(exc).__name__}: {detail}") from None
-    if not (
-        isinstance(checkpoint, dict)
-        and isinstance(checkpoint.get("model"), dict)
-        and isinstance(checkpoint.get("config"), dict)
-    ):
-        raise DataError(
-            f"{path} is not an ablate checkpoint (a dict with 'model' and 'config' entries)"
-        )
-    return checkpoint
 
 
 def _sampling(

@@ -161,10 +161,12 @@ def run_ablation(
 
     import torch
 
+    from toolkit.checkpoints import locate_checkpoint
     from toolkit.data import load_tokens
-    from toolkit.generate import _load_checkpoint, _locate, _tokenizer, generate
+    from toolkit.generate import _tokenizer, generate
     from toolkit.model import build_model, split_choice
     from toolkit.results import write_atomic
+    from toolkit.train import load_checkpoint
 
     if not runs:
         raise SpecError(
@@ -172,8 +174,8 @@ def run_ablation(
         )
     rows, samples = [], []
     for k, folder in enumerate(runs):
-        checkpoint_path, config = _locate(folder)
-        checkpoint = _load_checkpoint(checkpoint_path, "cpu")
+        checkpoint_path, config = locate_checkpoint(folder)
+        checkpoint = load_checkpoint(checkpoint_path)
         tokenizer = _tokenizer(config, checkpoint, None, checkpoint_path, plugins)
         model = build_model(checkpoint["config"], plugins).eval()
         model.load_state_dict(checkpoint["model"])

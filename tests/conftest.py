@@ -18,6 +18,8 @@ def _isolated_cache(
     # the user's home; installed third-party plugins are not loaded into the tests.
     monkeypatch.setenv("ABLATE_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
     monkeypatch.setenv("ABLATE_DISABLE_PLUGIN_AUTOLOAD", "1")
+    monkeypatch.delenv("ABLATE_TENSORBOARD", raising=False)  # a developer's own logging setup
+    monkeypatch.delenv("ABLATE_MLFLOW", raising=False)
 
 
 @pytest.fixture(scope="session")

@@ -32,7 +32,9 @@ class ThirdParty:
 def test_builtins_are_ordinary_plugins_with_sources(plugins):
     for module in BUILTIN_PLUGINS:
         assert plugins.info[module].source == "builtin"
-        assert plugins.info[module].hooks == ["register_components"]
+        observer = ["on_eval", "on_run_end", "on_run_start"]
+        hooks = observer if module == "plugins.loggers" else ["register_components"]
+        assert plugins.info[module].hooks == hooks
     assert ("normalization", "rmsnorm") in plugins.info["plugins.normalization"].components
 
 

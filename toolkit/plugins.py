@@ -30,6 +30,7 @@ BUILTIN_PLUGINS = (
     "plugins.sampling",
     "plugins.tokenizers",
     "plugins.corpora",
+    "plugins.loggers",
 )
 ENTRY_POINT_GROUP = hookspecs.PROJECT
 AUTOLOAD_ENV = "ABLATE_DISABLE_PLUGIN_AUTOLOAD"

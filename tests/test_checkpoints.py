@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from toolkit import checkpoints
 from toolkit.checkpoints import (
     export_book,
     export_hf_gpt2,
@@ -22,6 +21,7 @@ from toolkit.checkpoints import (
     load_imported,
     save_toolkit_checkpoint,
 )
+from toolkit.cli import main as cli_main
 from toolkit.errors import ComponentError, DataError
 from toolkit.model import ModelConfig, build_model
 from toolkit.train import load_checkpoint, load_model
@@ -407,34 +407,28 @@ def test_import_and_export_commands(tmp_path, capsys):
     folder = save_hf(hf, tmp_path / "hf")
     out = tmp_path / "new" / "gpt.pt"
     argv = ["import", "--format", "hf-gpt2", str(folder), "--out", str(out)]
-    assert checkpoints.main([*argv, "--tokenizer", "bytes"]) == 0
+    assert cli_main([*argv, "--tokenizer", "bytes"]) == 0
     assert "parameters" in capsys.readouterr().out
     assert load_checkpoint(out)["tokenizer"] == "bytes"
-    assert checkpoints.main(argv) == 2
+    assert cli_main(argv) == 2
     assert capsys.readouterr().err.strip().endswith("exists; pass --force to overwrite it")
-    assert checkpoints.main([*argv, "--force"]) == 0
+    assert cli_main([*argv, "--force"]) == 0
 
-    assert (
-        checkpoints.main(["export", "--format", "hf-gpt2", str(out), "--out", str(tmp_path / "e")])
-        == 0
-    )
+    assert cli_main(["export", "--format", "hf-gpt2", str(out), "--out", str(tmp_path / "e")]) == 0
     back = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "e").eval()
     x = ids(257)
     assert (hf_logits(back, x) - hf_logits(hf, x)).abs().max() <= 1e-4
-    assert (
-        checkpoints.main(["export", "--format", "hf-gpt2", str(out), "--out", str(tmp_path / "e")])
-        == 2
-    )
+    assert cli_main(["export", "--format", "hf-gpt2", str(out), "--out", str(tmp_path / "e")]) == 2
     err = capsys.readouterr().err
     assert "already holds config.json, model.safetensors; pass --force" in err
 
     book = tmp_path / "book" / "model.pth"
-    assert checkpoints.main(["export", "--format", "book", str(out), "--out", str(book)]) == 0
+    assert cli_main(["export", "--format", "book", str(out), "--out", str(book)]) == 0
     assert '"n_heads": 2' in capsys.readouterr().out
     argv = ["import", "--format", "book", str(book), "--out", str(tmp_path / "b.pt")]
-    assert checkpoints.main(argv) == 2
+    assert cli_main(argv) == 2
     assert "--n-heads" in capsys.readouterr().err
-    assert checkpoints.main([*argv, "--n-heads", "2"]) == 0
+    assert cli_main([*argv, "--n-heads", "2"]) == 0
 
 
 def test_command_errors_are_one_line(tmp_path, capsys):
@@ -453,20 +447,17 @@ def test_command_errors_are_one_line(tmp_path, capsys):
         ["export", "--format", "book", str(tmp_path), "--out", str(tmp_path / "b.pth")],
     ]
     for argv in cases:
-        assert checkpoints.main(argv) == 2, argv
+        assert cli_main(argv) == 2, argv
         err = capsys.readouterr().err
         assert err.startswith("ablate: error: ") and err.count("\n") == 1, err
     rms = tmp_path / "rms.pt"
     save_toolkit_checkpoint(
         tiny_config(norm="rmsnorm"), build_model(tiny_config(norm="rmsnorm")).state_dict(), rms
     )
-    assert (
-        checkpoints.main(["export", "--format", "hf-gpt2", str(rms), "--out", str(tmp_path / "o")])
-        == 2
-    )
+    assert cli_main(["export", "--format", "hf-gpt2", str(rms), "--out", str(tmp_path / "o")]) == 2
     assert "norm 'rmsnorm'" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:
-        checkpoints.main(["import", "--format", "llama", str(tmp_path), "--out", "x.pt"])
+        cli_main(["import", "--format", "llama", str(tmp_path), "--out", "x.pt"])
     assert exit_.value.code == 2
 
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from toolkit import checkpoints, evaluate
+from toolkit.cli import main as cli_main
 from toolkit.data import load_tokens
 from toolkit.errors import DataError
 from toolkit.evaluate import combine, evaluate_corpus
@@ -155,7 +155,7 @@ def parse(out: str) -> dict[str, dict[str, float]]:
 def test_eval_a_run_folder(trained, capsys):
     folder, text = trained
     before = {p: p.stat().st_mtime_ns for p in folder.iterdir()}
-    assert evaluate.main(["eval", str(folder), "--batch-size", "64"]) == 0
+    assert cli_main(["eval", str(folder), "--batch-size", "64"]) == 0
     out = capsys.readouterr().out
     rows = parse(out)
     assert list(rows) == ["val"] and "tokenizer bytes" in out  # a run folder: its held-out text
@@ -177,9 +177,7 @@ def test_eval_a_run_folder(trained, capsys):
     assert rows["val"]["bpb"] == pytest.approx(expected["val"]["bpb"], abs=6e-5)
 
     assert (
-        evaluate.main(
-            ["eval", str(folder / "checkpoint.pt"), "--split", "all", "--batch-size", "32"]
-        )
+        cli_main(["eval", str(folder / "checkpoint.pt"), "--split", "all", "--batch-size", "32"])
         == 0
     )
     rows = parse(capsys.readouterr().out)
@@ -190,7 +188,7 @@ def test_eval_a_run_folder(trained, capsys):
     assert rows["train"]["loss"] == pytest.approx(expected["train"]["loss"], abs=6e-5)
 
     argv = ["eval", str(folder), "--context", "5", "--split", "train", "--batch-size", "64"]
-    assert evaluate.main(argv) == 0
+    assert cli_main(argv) == 0
     rows = parse(capsys.readouterr().out)
     assert rows["train"]["loss"] == pytest.approx(
         evaluate_corpus(model, data.train, data.token_bytes, 5, 32)["loss"], abs=6e-5
@@ -201,7 +199,7 @@ def test_eval_a_run_folder(trained, capsys):
 def test_eval_other_text_and_errors(trained, tmp_path, capsys):
     folder, _ = trained
     other = write_text(tmp_path / "other.txt", n_words=300, seed=1)
-    assert evaluate.main(["eval", str(folder), "--data", str(other), "--split", "all"]) == 0
+    assert cli_main(["eval", str(folder), "--data", str(other), "--split", "all"]) == 0
     assert parse(capsys.readouterr().out)["all"]["tokens"] == len(other.read_bytes()) - 2
     cases = {
         ("--context", "17"): "longer than the model's context_length (16)",
@@ -212,13 +210,13 @@ def test_eval_other_text_and_errors(trained, tmp_path, capsys):
         ("--val-fraction", "1.5"): "val_fraction",
     }
     for flags, message in cases.items():
-        assert evaluate.main(["eval", str(folder), *flags]) == 2, flags
+        assert cli_main(["eval", str(folder), *flags]) == 2, flags
         err = capsys.readouterr().err
         assert err.startswith("ablate: error: ") and err.count("\n") == 1, err
         assert message in err, (flags, err)
-    assert evaluate.main(["eval", str(tmp_path / "nothing")]) == 2
+    assert cli_main(["eval", str(tmp_path / "nothing")]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert evaluate.main(["eval", str(folder.parent.parent)]) == 2  # the experiment folder
+    assert cli_main(["eval", str(folder.parent.parent)]) == 2  # the experiment folder
     assert "give one of its run folders" in capsys.readouterr().err
 
 
@@ -232,14 +230,14 @@ def test_eval_an_imported_hf_checkpoint(tmp_path, capsys):
     hf.save_pretrained(tmp_path / "hf")
     checkpoint = tmp_path / "gpt.pt"
     argv = ["import", "--format", "hf-gpt2", str(tmp_path / "hf"), "--out", str(checkpoint)]
-    assert checkpoints.main(argv) == 0
+    assert cli_main(argv) == 0
     text = write_text(tmp_path / "text.txt", n_words=400)
     capsys.readouterr()
 
-    assert evaluate.main(["eval", str(checkpoint), "--data", str(text)]) == 2  # vocab 257
+    assert cli_main(["eval", str(checkpoint), "--data", str(text)]) == 2  # vocab 257
     assert "pass --tokenizer" in capsys.readouterr().err
     argv = ["eval", str(checkpoint), "--data", str(text), "--tokenizer", "bytes"]
-    assert evaluate.main([*argv, "--context", "20", "--batch-size", "64"]) == 0
+    assert cli_main([*argv, "--context", "20", "--batch-size", "64"]) == 0
     rows = parse(capsys.readouterr().out)
     assert list(rows) == ["train", "val", "all"]  # a bare checkpoint: all of the text
 
@@ -274,7 +272,7 @@ def test_a_learned_tokenizer_is_the_runs_even_on_other_text(tmp_path, capsys):
     folder = tmp_path / "out" / "base" / "seed-0"
     other = write_text(tmp_path / "other.txt", n_words=300, seed=3)
     argv = ["eval", str(folder), "--data", str(other), "--split", "all", "--batch-size", "64"]
-    assert evaluate.main(argv) == 0
+    assert cli_main(argv) == 0
     rows = parse(capsys.readouterr().out)
 
     from toolkit.plugins import Plugins
@@ -288,5 +286,5 @@ def test_a_learned_tokenizer_is_the_runs_even_on_other_text(tmp_path, capsys):
     assert rows["all"]["tokens"] == n_tokens - 2
 
     torch.save(torch.load(folder / "checkpoint.pt", weights_only=True), tmp_path / "bare.pt")
-    assert evaluate.main(["eval", str(tmp_path / "bare.pt"), "--tokenizer", "bpe"]) == 2
+    assert cli_main(["eval", str(tmp_path / "bare.pt"), "--tokenizer", "bpe"]) == 2
     assert "give the run folder" in capsys.readouterr().err

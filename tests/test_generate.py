@@ -14,8 +14,9 @@ import torch
 
 from plugins.tokenizers import ByteTokenizer, GPT2Tokenizer
 from tests.conftest import TINY
+from toolkit.cli import main
 from toolkit.errors import SpecError
-from toolkit.generate import IncrementalDecoder, _sampling, generate, main, stream
+from toolkit.generate import IncrementalDecoder, _sampling, generate, stream
 from toolkit.model import ModelConfig, build_model
 from toolkit.plugins import Plugins
 from toolkit.runner import run

@@ -41,7 +41,6 @@ import io
 import json
 import os
 import re
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -868,19 +867,6 @@ def _check_fits(config: ModelConfig, state: dict[str, Any], plugins: Plugins | N
             else f"shape of {', '.join(wrong[:3])}"
         )  # fmt: skip
         raise DataError(f"the weights do not fit the model their config builds ({what})")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`ablate import|export ...` on its own, as the CLI runs it: ToolkitErrors print one line
-    and return 2."""
-    parser = argparse.ArgumentParser(prog="ablate")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except ToolkitError as exc:
-        print(f"ablate: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
 
 
 __all__ = [

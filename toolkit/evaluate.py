@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from toolkit.errors import DataError, ToolkitError
+from toolkit.errors import DataError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -363,17 +363,9 @@ class _Display:
             self.bar.close()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`ablate eval ...` on its own, as the CLI runs it: ToolkitErrors print one line and
-    return 2."""
-    parser = argparse.ArgumentParser(prog="ablate")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except ToolkitError as exc:
-        print(f"ablate: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
-
-
-__all__ = ["add_parser", "cmd_eval", "combine", "evaluate_corpus", "main"]
+__all__ = [
+    "add_parser",
+    "cmd_eval",
+    "combine",
+    "evaluate_corpus",
+]

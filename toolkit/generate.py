@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from toolkit.errors import DataError, SpecError, ToolkitError
+from toolkit.errors import DataError, SpecError
 
 if TYPE_CHECKING:
     import torch
@@ -332,16 +332,3 @@ def _tokenizer(
         corpus = plugins.registry.get("corpus", corpus_name).build(**corpus_options)
         load_tokens(corpus, tokenizer, data.get("val_fraction", 0.1))  # restores what it learned
     return tokenizer
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`ablate generate ...` on its own, as the CLI runs it: ToolkitErrors print one line and
-    return 2."""
-    parser = argparse.ArgumentParser(prog="ablate")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except ToolkitError as exc:
-        print(f"ablate: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2

@@ -135,37 +135,12 @@ def test_generate_streams_text_from_a_trained_run(tmp_path):
     spec = write_spec(tmp_path / "tiny.toml", TINY_TOML)
     assert ablate("run", str(spec), "--out", str(tmp_path / "out"), "--quiet").returncode == 0
     run_dir = tmp_path / "out/norm=rmsnorm/seed-0"
-    result = ablate(
-        "generate",
-        str(run_dir),
-        "--prompt",
-        "The ",
-        "--sampler",
-        "top-p",
-        "--set",
-        "sampling.p=0.9",
-        "--max-new-tokens",
-        "12",
-        "--seed",
-        "3",
-    )
+    args = ["generate", str(run_dir), "--prompt", "The ", "--sampler", "top-p",
+            "--set", "sampling.p=0.9", "--max-new-tokens", "12", "--seed", "3"]  # fmt: skip
+    result = ablate(*args)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("The ") and len(result.stdout) > len("The ")
-    again = ablate(
-        "generate",
-        str(run_dir),
-        "--prompt",
-        "The ",
-        "--sampler",
-        "top-p",
-        "--set",
-        "sampling.p=0.9",
-        "--max-new-tokens",
-        "12",
-        "--seed",
-        "3",
-        "--no-cache",
-    )
+    again = ablate(*args, "--no-cache")
     assert again.stdout == result.stdout  # same seed, same text, cache or not
     bad = ablate("generate", str(run_dir), "--sampler", "top-q")
     assert (

@@ -4,10 +4,17 @@ evaluation on fixed batches, a generated sample, a checkpoint, and the run folde
 The training step is plain PyTorch: no hook and no registry lookup inside the loop. Observers
 (`on_eval`) are called at evaluation intervals only. Same seed, same losses on CPU: the seed
 fixes initialisation, dropout and the data order. Not here: the sweep (runner.py).
+
+Under torchrun every process calls train_run with the same run (see distributed.py): the batch
+of train.batch_size rows is the global one, each process trains on its contiguous share through
+DistributedDataParallel, losses and evaluation sums are added up across processes, and rank 0
+alone writes the run folder and calls the observers. A single process takes the same path with
+every collective a no-op.
 """
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import math
@@ -22,8 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from toolkit import distributed
 from toolkit.data import TokenData, TrainBatches, eval_batches
-from toolkit.errors import DataError
+from toolkit.distributed import World
+from toolkit.errors import DataError, SpecError, ToolkitError
 from toolkit.generate import generate
 from toolkit.model import build_model, split_choice
 from toolkit.plugins import Plugins
@@ -81,12 +90,21 @@ def evaluate(
     token_bytes: torch.Tensor,
     device: str,
     precision: str = "fp32",
+    *,
+    world: World | None = None,
 ) -> tuple[float, float]:
-    """(mean cross-entropy in nats per token, bits per UTF-8 byte) over fixed batches."""
+    """(mean cross-entropy in nats per token, bits per UTF-8 byte) over fixed batches. Given a
+    `world` of several processes, each scores its share of every batch's rows (as many as it
+    trains on, so memory is no worse than training's) and the sums are added up across
+    processes: every process gets what one process scoring every row would."""
+    world = world or World()
     was_training = model.training
     model.eval()
     nats, tokens, n_bytes = 0.0, 0, 0
     for x, y in batches:
+        x, y = _share(x, world), _share(y, world)
+        if not len(y):  # a last batch with fewer rows than processes
+            continue
         x, y = x.to(device), y.to(device)
         with autocast(device, precision):
             logits = model(x)
@@ -94,6 +112,8 @@ def evaluate(
         tokens += y.numel()
         n_bytes += int(token_bytes[y.cpu()].sum())
     model.train(was_training)
+    if world.active:
+        nats, tokens, n_bytes = distributed.all_reduce_sum([nats, tokens, n_bytes])
     return nats / tokens, nats / (math.log(2) * max(1, n_bytes))
 
 
@@ -106,12 +126,15 @@ def train_run(
     progress: Progress | None = None,
     columns: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train one run, writing its folder; returns the summary (also in summary.json)."""
+    """Train one run, writing its folder; returns the summary (also in summary.json). Under
+    torchrun every process calls it with the same arguments and gets rank 0's summary."""
     t = run.train
+    world = distributed.current()
     started = time.perf_counter()
     if t.threads:
         torch.set_num_threads(t.threads)
-    device = resolve_device(t.device)
+    device = _device(t.device, world)
+    check_world(run, world)
     if device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 tensor cores for float32 matmuls
         torch.backends.cudnn.allow_tf32 = True
@@ -126,19 +149,22 @@ def train_run(
     if run.model.init_from:
         load_initial_weights(model, run.model.init_from)
     model = model.to(device)
+    if world.active:  # the same initial weights everywhere, then each process its own dropout
+        torch.manual_seed(_seed(run.seed, world.rank))
     params, params_ne = model.num_params(), model.num_params(non_embedding=True)
     info = RunInfo(run.experiment, run.variant, run.seed, run.config(), folder, params, params_ne)
 
     folder.mkdir(parents=True, exist_ok=True)
-    resume = read_resume_state(folder, run.config_hash())
-    stale = ["summary.json", "sample.txt", "checkpoint.pt", "error.txt"]
-    for name in stale if resume else [*stale, "metrics.jsonl", RESUME_FILE]:
-        (folder / name).unlink(missing_ok=True)
-    write_json(
-        folder / "config.json",
-        {**run.config(), "model_resolved": config.to_dict(), "config_hash": run.config_hash()},
-    )
-    write_json(folder / "env.json", environment(device, run.seed))
+    resume = _read_resume_everywhere(folder, run.config_hash(), world)
+    if world.main:
+        stale = ["summary.json", "sample.txt", "checkpoint.pt", "error.txt"]
+        for name in stale if resume else [*stale, "metrics.jsonl", RESUME_FILE]:
+            (folder / name).unlink(missing_ok=True)
+        write_json(
+            folder / "config.json",
+            {**run.config(), "model_resolved": config.to_dict(), "config_hash": run.config_hash()},
+        )
+        write_json(folder / "env.json", {**environment(device, run.seed), "world_size": world.size})
 
     context = config.context_length
     batches = TrainBatches(data.train, context, t.batch_size, run.seed, t.stride)
@@ -163,28 +189,34 @@ def train_run(
         optimizer.load_state_dict(resume["optimizer"])
         schedule.load_state_dict(resume["schedule"])
         batches.load_state(resume["batches"])
-        torch.set_rng_state(resume["rng"])
+        torch.set_rng_state(_saved_rng(resume, world, run.seed))
         start_step = resume["step"] + 1
         train_s, first_step_s = resume["train_s"], resume["first_step_s"]
         eval_s = resume.get("eval_s", 0.0)
         elapsed_before = resume["elapsed_s"]
-        last = _truncate_metrics(folder / "metrics.jsonl", resume["step"])
-    plugins.hook.on_run_start(run=info)
-    step_model = _compiled(model) if t.compile else model
+        if world.main:  # the other processes return rank 0's summary: they need no `last`
+            last = _truncate_metrics(folder / "metrics.jsonl", resume["step"])
+    if world.main:
+        plugins.hook.on_run_start(run=info)
+    ddp = _data_parallel(model, world, device)  # `model` itself in a single process
+    step_model = _compiled(ddp) if t.compile else ddp
+    eval_model = _eval_model(model, ddp, step_model)
     fallback_rng = torch.get_rng_state()  # to redo step 1 eagerly if compiling fails there
 
-    metrics_file = (folder / "metrics.jsonl").open("a" if resume else "w", encoding="utf-8")
-    tokens_per_step = t.batch_size * context
+    metrics_file = None
+    if world.main:
+        metrics_file = (folder / "metrics.jsonl").open("a" if resume else "w", encoding="utf-8")
+    tokens_per_step = t.batch_size * context  # the global batch: every process's rows
     model.train()
     try:
         for step in range(start_step, steps + 1):
             tick = time.perf_counter()
             x, y = next(batches)
-            x, y = x.to(device), y.to(device)
+            x, y = _share(x, world).to(device), _share(y, world).to(device)
             try:
                 loss = _forward_backward(step_model, optimizer, x, y, device, t.precision)
             except Exception as exc:
-                if step_model is model or step != start_step:
+                if step_model is ddp or step != start_step:
                     raise
                 # torch.compile fails at the first call when a component cannot be compiled
                 # (or no compiler is installed): say so once and train eagerly instead.
@@ -192,7 +224,7 @@ def train_run(
                     f"train.compile: torch.compile failed ({_one_line(exc)}); training eagerly",
                     file=sys.stderr,
                 )
-                step_model = model
+                step_model, eval_model = ddp, model
                 torch.set_rng_state(fallback_rng)
                 loss = _forward_backward(step_model, optimizer, x, y, device, t.precision)
             if t.grad_clip > 0:
@@ -200,6 +232,8 @@ def train_run(
             optimizer.step()
             schedule.step()
             loss_value = loss.item()  # syncs, so the timing below is honest on GPUs too
+            if world.active:  # the mean over processes, so all see the same (finite?) loss
+                loss_value = distributed.all_reduce_sum([loss_value])[0] / world.size
             train_s += time.perf_counter() - tick
             if step == 1:
                 first_step_s = train_s
@@ -209,8 +243,12 @@ def train_run(
             metrics = None
             if step % t.eval_interval == 0 or step == steps:
                 eval_tick = time.perf_counter()
-                train_loss, _ = evaluate(step_model, train_eval, token_bytes, device, t.precision)
-                val_loss, val_bpb = evaluate(step_model, val_eval, token_bytes, device, t.precision)
+                train_loss, _ = evaluate(
+                    eval_model, train_eval, token_bytes, device, t.precision, world=world
+                )
+                val_loss, val_bpb = evaluate(
+                    eval_model, val_eval, token_bytes, device, t.precision, world=world
+                )
                 metrics = {
                     "step": step,
                     "tokens": step * tokens_per_step,
@@ -222,34 +260,38 @@ def train_run(
                     "elapsed_s": elapsed_before + time.perf_counter() - started,
                 }
                 eval_s += time.perf_counter() - eval_tick
-                metrics_file.write(json.dumps(metrics) + "\n")
-                metrics_file.flush()
-                if step < steps:
-                    write_resume_state(folder, {
-                        "config_hash": run.config_hash(),
-                        "step": step,
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "schedule": schedule.state_dict(),
-                        "batches": batches.state(),
-                        "rng": torch.get_rng_state(),
-                        "train_s": train_s,
-                        "first_step_s": first_step_s,
-                        "eval_s": eval_s,
-                        "elapsed_s": metrics["elapsed_s"],
-                    })  # fmt: skip
-                plugins.hook.on_eval(run=info, step=step, metrics=metrics)
+                # Every process's RNG state (dropout), so a resumed run draws the same masks.
+                rngs = distributed.all_gather_object(torch.get_rng_state()) if step < steps else []
+                if world.main:
+                    metrics_file.write(json.dumps(metrics) + "\n")
+                    metrics_file.flush()
+                    if step < steps:
+                        write_resume_state(folder, {
+                            "config_hash": run.config_hash(),
+                            "step": step,
+                            "model": model.state_dict(),
+                            "optimizer": optimizer.state_dict(),
+                            "schedule": schedule.state_dict(),
+                            "batches": batches.state(),
+                            "rng": rngs[0],
+                            **({"rng_ranks": rngs} if world.active else {}),
+                            "train_s": train_s,
+                            "first_step_s": first_step_s,
+                            "eval_s": eval_s,
+                            "elapsed_s": metrics["elapsed_s"],
+                        })  # fmt: skip
+                    plugins.hook.on_eval(run=info, step=step, metrics=metrics)
                 last = metrics
-            if progress:
+            if progress and world.main:
                 progress(step, steps, loss_value, metrics)
     finally:
-        metrics_file.close()
+        if metrics_file is not None:
+            metrics_file.close()
 
-    sample = ""
-    if status == "ok" and run.sampling.max_new_tokens > 0:
+    if world.main and status == "ok" and run.sampling.max_new_tokens > 0:
         sample = _sample(model, run, tokenizer, plugins, context, device)
         write_atomic(folder / "sample.txt", sample)
-    if status == "ok" and t.checkpoint:
+    if world.main and status == "ok" and t.checkpoint:
         # Tensors and plain data only, so torch.load(weights_only=True) reads it back.
         buffer = io.BytesIO()
         torch.save({"model": model.state_dict(), "config": config.to_dict()}, buffer)
@@ -276,11 +318,12 @@ def train_run(
         "val_bpb": last.get("val_bpb"),
         "tokens_per_s": tokens_per_s,
         "flops_per_token": flops,
-        "mfu": flops * tokens_per_s / peak if tokens_per_s else None,
-        "peak_flops": peak,
+        "mfu": flops * tokens_per_s / (peak * world.size) if tokens_per_s else None,
+        "peak_flops": peak,  # of one device
         "device": device,
         "precision": t.precision,
-        "compiled": step_model is not model,
+        "world_size": world.size,
+        "compiled": step_model is not ddp,
         "train_s": train_s,
         "eval_s": eval_s,
         "wall_s": elapsed_before + time.perf_counter() - started,
@@ -289,10 +332,98 @@ def train_run(
         **({"diverged_at_step": diverged_at} if diverged_at else {}),
         **(columns or {}),
     }
-    write_json(folder / "summary.json", summary)
-    (folder / RESUME_FILE).unlink(missing_ok=True)  # finished: the summary and weights remain
-    plugins.hook.on_run_end(run=info, summary=summary)
+    if world.main:
+        write_json(folder / "summary.json", summary)
+        (folder / RESUME_FILE).unlink(missing_ok=True)  # finished: the summary and weights remain
+    # Rank 0's summary everywhere; waiting for it also keeps every process here until
+    # summary.json is written.
+    summary = distributed.broadcast_object(summary)
+    if world.main:
+        plugins.hook.on_run_end(run=info, summary=summary)
     return summary
+
+
+def check_world(run: RunSpec, world: World) -> None:
+    """A run can be split across the processes of `world`: its global batch divides evenly
+    among them, and its device is one each process can have its own of (not mps)."""
+    if not world.active:
+        return
+    if run.train.batch_size % world.size:
+        raise SpecError(
+            f"variant {run.variant!r}: train.batch_size ({run.train.batch_size}) is the global "
+            f"batch and must divide evenly among the {world.size} processes; use a multiple of "
+            f"{world.size}"
+        )
+    if resolve_device(run.train.device).startswith("mps"):
+        raise SpecError(
+            "train.device mps cannot be shared by several processes; use cpu or cuda with torchrun"
+        )
+
+
+def _device(name: str, world: World) -> str:
+    """resolve_device, with each process of a multi-process run on its own GPU (the one
+    torchrun's LOCAL_RANK names), whatever index the spec gives."""
+    device = resolve_device(name)
+    if world.active and device.startswith("cuda"):
+        return f"cuda:{world.local_rank}"
+    return device
+
+
+def _seed(*words: int) -> int:
+    """A seed mixed from several integers (the run's seed, a rank, ...); any ints work."""
+    return int(np.random.SeedSequence([w % 2**64 for w in words]).generate_state(1)[0])
+
+
+def _share(batch: torch.Tensor, world: World) -> torch.Tensor:
+    """This process's contiguous share of a batch's rows: all of them in a single process."""
+    return batch.tensor_split(world.size)[world.rank] if world.active else batch
+
+
+def _data_parallel(model: nn.Module, world: World, device: str) -> nn.Module:
+    """The model in DistributedDataParallel, which averages gradients across processes during
+    backward; the model itself in a single process."""
+    if not world.active:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    # Buffers (attention masks, rotary tables) are the same everywhere and training changes
+    # none, so they are not re-sent at every forward; torch 2.13 renamed that switch.
+    options = inspect.signature(DistributedDataParallel).parameters
+    no_resend = "forward_sync_buffers" if "forward_sync_buffers" in options else "broadcast_buffers"
+    device_ids = [torch.device(device).index] if device.startswith("cuda") else None
+    return DistributedDataParallel(model, device_ids=device_ids, **{no_resend: False})
+
+
+def _eval_model(model: nn.Module, ddp: nn.Module, step_model: nn.Module) -> nn.Module:
+    """The module evaluation runs: compiled when training is, and never the DDP wrapper, whose
+    forward may join collectives while processes score different rows."""
+    if step_model is ddp:  # eager
+        return model
+    return step_model if ddp is model else _compiled(model)
+
+
+def _read_resume_everywhere(folder: Path, config_hash: str, world: World) -> dict[str, Any] | None:
+    """read_resume_state in every process, which must agree. Returning also means every
+    process has read resume.pt, so rank 0 may delete it (or other stale files) after."""
+    resume = read_resume_state(folder, config_hash)
+    seen = distributed.all_gather_object(resume["step"] if resume else None)
+    if len(set(seen)) > 1:
+        raise ToolkitError(
+            f"{folder}: the processes see different resume states (steps {seen}); the output "
+            f"folder must be on a filesystem that every node shares"
+        )
+    return resume
+
+
+def _saved_rng(resume: dict[str, Any], world: World, seed: int) -> torch.Tensor:
+    """This process's RNG state from a resume state. One saved by another number of processes
+    gives rank 0 the saved main state and the others fresh streams (from seed, rank, step)."""
+    states = resume.get("rng_ranks")
+    if world.active and states is not None and len(states) == world.size:
+        return states[world.rank]
+    if world.main:
+        return resume["rng"]
+    return torch.Generator().manual_seed(_seed(seed, world.rank, resume["step"])).get_state()
 
 
 def _forward_backward(

@@ -221,6 +221,20 @@ CASES = [
         "cannot write to output folder",
     ),
     ("plugin-missing", GOOD, ["--plugin", "no_such_plugin_module"], "not found"),
+    ("unknown-executor", GOOD, ["--executor", "rey"], "did you mean 'ray'"),
+    (
+        "jobs-zero",
+        GOOD,
+        ["--executor", "processes", "--jobs", "0"],
+        "--jobs must be at least 1",
+    ),
+    ("jobs-with-local", GOOD, ["--jobs", "2"], "--jobs does not apply to the local executor"),
+    (
+        "address-with-processes",
+        GOOD,
+        ["--executor", "processes", "--address", "auto"],
+        "--address does not apply to the processes executor; it is for --executor ray",
+    ),
     (
         "plugin-raises",
         GOOD,

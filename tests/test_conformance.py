@@ -256,3 +256,25 @@ def test_a_kv_cache_that_forgets_earlier_chunks_fails() -> None:
     plugins.add(Plugin(), name="forgetful-plugin")
     with pytest.raises(ConformanceError, match="fails check 'kv_cache'"):
         check_component("attention", "forgetful", plugins)
+
+
+class _SeedShiftingExecutor:
+    """Trains every run with the next seed: a subtly wrong executor."""
+
+    def prepare(self, jobs, plugins):
+        pass
+
+    def execute(self, jobs, sweep):
+        from dataclasses import replace
+
+        from toolkit.executors import run_job
+
+        for job in jobs:
+            shifted = replace(job, run=replace(job.run, seed=job.run.seed + 1))
+            yield job, run_job(shifted, sweep)
+
+
+def test_an_executor_that_trains_something_else_fails_same_losses() -> None:
+    broken = plugins_with("executor", "shifty", lambda: _SeedShiftingExecutor())
+    with pytest.raises(ConformanceError, match=r"executor 'shifty' .* fails check 'same losses'"):
+        check_component("executor", "shifty", broken)

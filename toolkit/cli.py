@@ -1,6 +1,7 @@
 """`ablate`: the command line over the Python API.
 
     ablate run SPEC [--out DIR] [--set KEY=VALUE ...] [--plugin MODULE ...] [--quiet] [--restart]
+               [--executor local|processes|ray] [--jobs N] [--address ADDR]
     ablate validate SPEC [--set ...] [--plugin ...]
     ablate list [KIND]
     ablate plugins
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from toolkit.errors import ToolkitError
 
@@ -71,6 +73,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--restart",
         action="store_true",
         help="discard this spec's earlier runs in the output folder and train them again",
+    )
+    p.add_argument(
+        "--executor",
+        default="local",
+        metavar="NAME",
+        help="where runs train: local (default, one after another here), processes (a process "
+        "per run, --jobs at a time) or ray (Ray tasks; --address for a cluster)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        metavar="N",
+        help="processes executor: runs at a time (default: one per core; cores are shared out)",
+    )
+    p.add_argument(
+        "--address",
+        metavar="ADDR",
+        help="ray executor: the cluster to join (auto, HOST:6379, ray://HOST:10001); default: "
+        "start a local Ray instance",
     )
     p.set_defaults(func=cmd_run)
 
@@ -127,9 +148,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     from toolkit.spec import load_spec
 
     plugins = load_plugins(tuple(args.plugins))
+    executor = executor_choice(args, plugins)
     spec = load_spec(args.spec, args.overrides, plugins=plugins)
     out = args.out or f"runs/{spec.name}"
-    table = run(spec, out, plugins=plugins, progress=not args.quiet, restart=args.restart)
+    from toolkit import distributed
+
+    try:
+        table = run(
+            spec,
+            out,
+            plugins=plugins,
+            progress=not args.quiet,
+            restart=args.restart,
+            executor=executor,
+        )
+    finally:
+        distributed.shutdown()  # under torchrun: leave the process group (a no-op otherwise)
+    if not distributed.current().main:
+        return 0  # under torchrun, rank 0 prints the comparison
     _, text = report(out)
     print(text)
     print(f"results: {out}/results.csv")
@@ -151,6 +187,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def executor_choice(args: argparse.Namespace, plugins: Any) -> dict[str, Any]:
+    """--executor NAME with --jobs/--address as its options; a flag the executor does not take
+    is an error naming the ones it does."""
+    component = plugins.registry.get("executor", args.executor)
+    choice: dict[str, Any] = {"name": args.executor}
+    for flag, option in (("--jobs", "jobs"), ("--address", "address")):
+        value = getattr(args, option)
+        if value is None:
+            continue
+        if option not in component.options:
+            takers = [
+                name
+                for name in plugins.registry.names("executor")
+                if option in plugins.registry.get("executor", name).options
+            ]
+            raise ToolkitError(
+                f"{flag} does not apply to the {args.executor} executor; it is for "
+                f"--executor {' or '.join(takers) or '(none installed)'}"
+            )
+        choice[option] = value
+    return choice
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from toolkit.model import count_params
     from toolkit.plugins import load_plugins
@@ -165,11 +224,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
         f"{_plural(len(spec.seeds), 'seed')} = {_plural(len(spec.runs), 'run')}; "
         f"baseline {spec.baseline!r}"
     )
-    from toolkit.runner import _data_key
+    from toolkit.runner import data_key
 
     rows = []
     for r in spec.runs[: len(spec.variants)]:
-        data = datasets[_data_key(r)][0]
+        data = datasets[data_key(r)][0]
         total, non_emb = count_params(r.model_config(data.vocab_size), plugins)
         choices = " ".join(f"{k}={v}" for k, v in r.choices().items())
         rows.append(

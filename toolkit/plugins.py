@@ -31,6 +31,7 @@ BUILTIN_PLUGINS = (
     "plugins.tokenizers",
     "plugins.corpora",
     "plugins.loggers",
+    "plugins.executors",
 )
 ENTRY_POINT_GROUP = hookspecs.PROJECT
 AUTOLOAD_ENV = "ABLATE_DISABLE_PLUGIN_AUTOLOAD"

@@ -90,6 +90,13 @@ KINDS: dict[str, Kind] = {
             "factory(**options) -> Corpus with documents() yielding (name, text) pairs and "
             "a description",
         ),
+        Kind(
+            "executor",
+            "factory(**options) -> Executor with prepare(jobs, plugins), checking before any "
+            "write (raise ToolkitError), and execute(jobs, sweep) yielding (job, summary) once "
+            "per toolkit.executors.RunJob as runs finish, training each with "
+            "toolkit.executors.run_job(job) (see toolkit/executors.py)",
+        ),
     ]
 }
 

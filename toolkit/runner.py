@@ -1,20 +1,22 @@
-"""The sweep: every variant x seed of a spec, one after another, with a progress display.
+"""The sweep: every variant x seed of a spec, trained by an executor, with a progress display.
 
 `run(spec, out_dir)` prepares everything first (plugins, corpora tokenized once per distinct
-data config, every run's context checked against the data) so a mistake fails before any
-training; then trains each run into its own folder and rebuilds `results.csv` after each, so
-results land as they are produced. A run already finished with the same config (same config
-hash) is skipped, so re-running a sweep continues it. A run that raises is recorded as
-`failed` (error.txt holds the traceback) and the sweep goes on.
+data config, every run's context checked against the data, the executor's own checks) so a
+mistake fails before any training; then the executor trains each run into its own folder (in
+this process, in worker processes or on Ray: toolkit/executors.py) and `results.csv` is rebuilt
+after each, so results land as they are produced. A run already finished with the same config
+(same config hash) is skipped, so re-running a sweep continues it. A run that raises is
+recorded as `failed` (error.txt holds the traceback) and the sweep goes on. Under torchrun
+every rank runs the sweep and rank 0 alone writes the experiment's files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import sys
-import time
 import traceback
 from dataclasses import asdict
 from pathlib import Path
@@ -23,10 +25,12 @@ from typing import Any
 import pandas as pd
 
 from toolkit.data import TokenData, count_windows, load_tokens
+from toolkit.display import SweepDisplay
 from toolkit.errors import DataError, SpecError, ToolkitError
+from toolkit.executors import RunJob, Sweep
 from toolkit.model import split_choice
 from toolkit.plugins import Plugins, load_plugins
-from toolkit.results import read_json, write_atomic, write_json, write_table
+from toolkit.results import collect, read_json, write_atomic, write_json, write_table
 from toolkit.spec import RunSpec, Spec, load_spec
 
 
@@ -38,10 +42,17 @@ def run(
     plugins: Plugins | None = None,
     progress: bool = True,
     restart: bool = False,
+    executor: str | dict[str, Any] | Any = "local",
 ) -> pd.DataFrame:
     """Train every run of a spec; return the results table (also in <out_dir>/results.csv).
     out_dir defaults to runs/<spec name>. Runs already finished with the same config are
-    skipped and interrupted ones resume from their last evaluation, unless `restart`."""
+    skipped and interrupted ones resume from their last evaluation, unless `restart`.
+    `executor` names a registered executor ("local", "processes", "ray"), gives one with its
+    options ({"name": "processes", "jobs": 4}), or is an executor object (toolkit/executors.py).
+    Under torchrun every rank calls this and each run is trained across all of them (DDP)."""
+    from toolkit import distributed
+
+    world = distributed.setup()
     if not isinstance(spec, Spec):
         spec = load_spec(spec, overrides, plugins=plugins)
     elif overrides:
@@ -49,13 +60,55 @@ def run(
     plugins = plugins or load_plugins()
     for module in spec.plugins:
         plugins.load_module(module, source=f"spec {spec.path}")
+    name, runner = resolve_executor(executor, plugins)
+    if world.active:
+        check_distributed(spec, world.size, name)
     out = Path(out_dir) if out_dir is not None else Path("runs") / spec.name
     if out.exists() and not out.is_dir():
         raise SpecError(f"output path {out} is a file; give a folder with --out")
-    datasets = prepare_data(spec, plugins)  # every check passes before anything is written
-    check_output_dir(out)
-    with OutputLock(out):
-        return _sweep(spec, out, plugins, datasets, progress, restart)
+    # Every check passes before anything is written. Under torchrun, rank 0 tokenizes into the
+    # cache first and the other ranks then read it.
+    if world.main:
+        datasets = prepare_data(spec, plugins)
+        check_output_dir(out)
+    distributed.barrier()
+    if not world.main:
+        datasets = prepare_data(spec, plugins)
+    with OutputLock(out) if world.main else contextlib.nullcontext():
+        table = _sweep(spec, out, plugins, datasets, progress and world.main, restart, runner)
+    distributed.barrier()  # every rank returns the finished table
+    return table if world.main else collect(out)
+
+
+def resolve_executor(executor: str | dict[str, Any] | Any, plugins: Plugins) -> tuple[str, Any]:
+    """(name, executor object) from a name, a {"name": ..., option: ...} choice, or an object
+    that already has prepare() and execute()."""
+    if hasattr(executor, "execute") and hasattr(executor, "prepare"):
+        return type(executor).__name__, executor
+    if not isinstance(executor, str | dict):
+        raise SpecError(
+            f"executor must be a name such as 'processes', a {{name=..., option=...}} choice "
+            f"or an executor object, got {type(executor).__name__}"
+        )
+    name, options = split_choice(executor)
+    return name, plugins.registry.get("executor", name).build(**options)
+
+
+def check_distributed(spec: Spec, world_size: int, executor: str) -> None:
+    """What a sweep under torchrun needs: the local executor, and a global batch each rank
+    can take an equal share of."""
+    if executor != "local":
+        raise SpecError(
+            f"under torchrun every run spans all {world_size} processes, so runs go one after "
+            f"another: leave out --executor (got {executor!r})"
+        )
+    for r in spec.runs:
+        if r.train.batch_size % world_size:
+            raise SpecError(
+                f"{spec.path}: variant {r.variant!r}: train.batch_size ({r.train.batch_size}) "
+                f"must be a multiple of the number of processes ({world_size}): each trains an "
+                f"equal share of the global batch"
+            )
 
 
 def _sweep(
@@ -65,8 +118,29 @@ def _sweep(
     datasets: dict[str, tuple[TokenData, Any]],
     progress: bool,
     restart: bool,
+    executor: Any,
 ) -> pd.DataFrame:
-    if restart:
+    from toolkit import distributed
+
+    world = distributed.current()
+    todo = [
+        i
+        for i, r in enumerate(spec.runs)
+        if restart or not finished(out / r.folder, r.config_hash())
+    ]
+    todo = distributed.broadcast_object(todo)  # rank 0 decides, so all ranks train the same
+    jobs = [
+        RunJob(
+            index=i,
+            total=len(spec.runs),
+            run=spec.runs[i],
+            folder=str((out / spec.runs[i].folder).resolve()),
+            columns=_columns(spec, spec.runs[i]),
+        )
+        for i in todo
+    ]
+    executor.prepare(jobs, plugins)  # a missing package or resource fails before any write
+    if restart and world.main:
         earlier = [out / r.folder for r in spec.runs if (out / r.folder).exists()]
         if progress or earlier:
             print(
@@ -75,7 +149,56 @@ def _sweep(
             )
         for folder in earlier:
             shutil.rmtree(folder)
+    distributed.barrier()
+    if world.main:
+        write_experiment(spec, out)
 
+    display = SweepDisplay(len(spec.runs), enabled=progress)
+    for i, r in enumerate(spec.runs):
+        if i not in todo:
+            display.skip(i, r.variant, r.seed)
+    finished_runs: set[int] = set()
+    try:
+        for job, summary in executor.execute(jobs, Sweep(display, plugins, datasets)):
+            if job.index in finished_runs or job.index not in todo:
+                raise ToolkitError(f"the executor returned {job.label} twice or unasked")
+            finished_runs.add(job.index)
+            display.end(job, summary)
+            if world.main:
+                write_table(out)
+    finally:
+        display.close()
+    missing = [spec.runs[i] for i in todo if i not in finished_runs]
+    if missing:
+        raise ToolkitError(
+            f"the executor ended without {len(missing)} run(s) ({missing[0].variant} "
+            f"seed={missing[0].seed} first); run the same command to train them"
+        )
+    if not world.main:
+        return pd.DataFrame()
+    table = write_table(out)
+    if spec.sampling_ablation is not None:
+        from toolkit import sampling_ablation
+
+        runs = sampling_ablation.model_runs(
+            spec.sampling_ablation, [out / r.folder for r in spec.runs]
+        )
+        sampling_ablation.run_ablation(spec.sampling_ablation, runs, out, plugins, progress)
+    return table
+
+
+def finished(folder: Path, config_hash: str) -> bool:
+    """Whether this folder holds a finished run of exactly this config."""
+    done = read_json(folder / "summary.json")
+    return (
+        isinstance(done, dict)
+        and done.get("status") == "ok"
+        and done.get("config_hash") == config_hash
+    )
+
+
+def write_experiment(spec: Spec, out: Path) -> None:
+    """experiment.json: what the folder's table gathers (runs by variant, seed and hash)."""
     write_json(
         out / "experiment.json",
         {
@@ -98,43 +221,14 @@ def _sweep(
             "base": spec.base,
         },
     )
-    display = SweepDisplay(len(spec.runs), enabled=progress)
-    for i, r in enumerate(spec.runs):
-        folder = out / r.folder
-        done = read_json(folder / "summary.json")
-        if (
-            isinstance(done, dict)
-            and done.get("status") == "ok"
-            and done.get("config_hash") == r.config_hash()
-        ):
-            display.skip(i, r)
-            continue
-        data, tokenizer = datasets[_data_key(r)]
-        columns = {
-            "baseline": r.variant == spec.baseline,
-            **{axis: _cell(r.get(axis)) for axis in spec.axes()},
-        }
-        display.start(i, r, resumable_step(folder, r))
-        from toolkit.train import train_run  # imported here: torch-heavy, and only runs need it
 
-        try:
-            summary = train_run(r, data, tokenizer, folder, plugins, display.step, columns)
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:
-            summary = record_failure(r, folder, exc, columns)
-        display.end(summary)
-        write_table(out)
-    display.close()
-    table = write_table(out)
-    if spec.sampling_ablation is not None:
-        from toolkit import sampling_ablation
 
-        runs = sampling_ablation.model_runs(
-            spec.sampling_ablation, [out / r.folder for r in spec.runs]
-        )
-        sampling_ablation.run_ablation(spec.sampling_ablation, runs, out, plugins, progress)
-    return table
+def _columns(spec: Spec, r: RunSpec) -> dict[str, Any]:
+    """The table cells a run's summary carries besides its own: baseline flag, grid axes."""
+    return {
+        "baseline": r.variant == spec.baseline,
+        **{axis: _cell(r.get(axis)) for axis in spec.axes()},
+    }
 
 
 def resumable_step(folder: Path, r: RunSpec) -> int | None:
@@ -192,21 +286,27 @@ def check_output_dir(out: Path) -> None:
         ) from None
 
 
-def _data_key(r: RunSpec) -> str:
+def data_key(r: RunSpec) -> str:
+    """Runs with equal keys train on the same tokens."""
     return json.dumps(asdict(r.data), sort_keys=True, default=str)
+
+
+def load_run_data(r: RunSpec, plugins: Plugins) -> tuple[TokenData, Any]:
+    """A run's tokens (through the content-keyed cache) and its tokenizer."""
+    corpus_name, corpus_options = split_choice(r.data.corpus)
+    tok_name, tok_options = split_choice(r.data.tokenizer)
+    corpus = plugins.registry.get("corpus", corpus_name).build(**corpus_options)
+    tokenizer = plugins.registry.get("tokenizer", tok_name).build(**tok_options)
+    return load_tokens(corpus, tokenizer, r.data.val_fraction), tokenizer
 
 
 def prepare_data(spec: Spec, plugins: Plugins) -> dict[str, tuple[TokenData, Any]]:
     """Tokenize each distinct corpus/tokenizer/split once and check every run fits its data."""
     datasets: dict[str, tuple[TokenData, Any]] = {}
     for r in spec.runs:
-        key = _data_key(r)
+        key = data_key(r)
         if key not in datasets:
-            corpus_name, corpus_options = split_choice(r.data.corpus)
-            tok_name, tok_options = split_choice(r.data.tokenizer)
-            corpus = plugins.registry.get("corpus", corpus_name).build(**corpus_options)
-            tokenizer = plugins.registry.get("tokenizer", tok_name).build(**tok_options)
-            datasets[key] = (load_tokens(corpus, tokenizer, r.data.val_fraction), tokenizer)
+            datasets[key] = load_run_data(r, plugins)
         data = datasets[key][0]
         check_fits(r, data, spec.path)
         if r.model.init_from:
@@ -256,19 +356,24 @@ def record_failure(
 ) -> dict[str, Any]:
     folder.mkdir(parents=True, exist_ok=True)
     write_atomic(folder / "error.txt", "".join(traceback.format_exception(exc)))
-    message = str(exc) if isinstance(exc, ToolkitError) else f"{type(exc).__name__}: {exc}"
     summary = {
         "experiment": r.experiment,
         "variant": r.variant,
         "seed": r.seed,
         "status": "failed",
         **r.choices(),
-        "error": " ".join(message.split()),
+        "error": one_line(exc),
         "config_hash": r.config_hash(),
         **columns,
     }
     write_json(folder / "summary.json", summary)
     return summary
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: its message for our errors, with its type for others."""
+    message = str(exc) if isinstance(exc, ToolkitError) else f"{type(exc).__name__}: {exc}"
+    return " ".join(message.split())
 
 
 def _cell(value: Any) -> Any:
@@ -278,91 +383,3 @@ def _cell(value: Any) -> Any:
 
         return _label(value)
     return value
-
-
-class SweepDisplay:
-    """Run i of n, step, loss and ETA: a live bar on a terminal, a line per evaluation otherwise."""
-
-    def __init__(self, n_runs: int, enabled: bool = True) -> None:
-        self.n, self.enabled = n_runs, enabled
-        self.tty = enabled and sys.stderr.isatty()
-        self.bar: Any = None
-        self.run_times: list[float] = []
-        self.started = 0.0
-        self.label = ""
-
-    def _print(self, text: str) -> None:
-        if self.enabled:
-            print(text, file=sys.stderr, flush=True)
-
-    def skip(self, i: int, r: RunSpec) -> None:
-        self._print(f"[{i + 1}/{self.n}] {r.variant} seed={r.seed}: already finished, skipped")
-
-    def start(self, i: int, r: RunSpec, resume_step: int | None = None) -> None:
-        self.started = time.perf_counter()
-        self.label = f"[{i + 1}/{self.n}] {r.variant} seed={r.seed}"
-        if resume_step:
-            self._print(f"{self.label}: resuming after step {resume_step}")
-        remaining = self.n - i
-        eta = ""
-        if self.run_times:
-            eta = f" (sweep ETA {_duration(remaining * sum(self.run_times) / len(self.run_times))})"
-        if self.tty:
-            from tqdm import tqdm
-
-            self.bar = tqdm(
-                total=None,
-                desc=self.label,
-                unit="step",
-                leave=True,
-                dynamic_ncols=True,
-                file=sys.stderr,
-            )
-            if eta:
-                self.bar.write(f"{self.label}{eta}", file=sys.stderr)
-        else:
-            self._print(f"{self.label}: training{eta}")
-
-    def step(self, step: int, total: int, loss: float, metrics: dict[str, float] | None) -> None:
-        if self.bar is not None:
-            if self.bar.total != total:
-                self.bar.total = total
-            self.bar.update(step - self.bar.n)
-            if metrics or step % 10 == 0:
-                post = {"loss": f"{loss:.3f}"}
-                if metrics:
-                    post["val"] = f"{metrics['val_loss']:.3f}"
-                self.bar.set_postfix(post, refresh=False)
-        elif metrics and self.enabled:
-            elapsed = time.perf_counter() - self.started
-            eta = elapsed / step * (total - step)
-            self._print(
-                f"{self.label} step {step}/{total} train {metrics['train_loss']:.4f} "
-                f"val {metrics['val_loss']:.4f} (run ETA {_duration(eta)})"
-            )
-
-    def end(self, summary: dict[str, Any]) -> None:
-        self.run_times.append(time.perf_counter() - self.started)
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-        status = summary.get("status")
-        if status == "ok":
-            self._print(
-                f"{self.label}: val_loss {summary['val_loss']:.4f} "
-                f"({summary['tokens_per_s']:.0f} tokens/s)"
-            )
-        else:
-            self._print(
-                f"{self.label}: {status}"
-                + (f" ({summary['error']})" if summary.get("error") else "")
-            )
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"

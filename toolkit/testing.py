@@ -51,6 +51,7 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, NoReturn
 
 import numpy as np
@@ -67,7 +68,7 @@ except ImportError as exc:  # a dev dependency: only plugin authors' tests need 
         "toolkit.testing needs hypothesis: pip install hypothesis (or gpt-ablate[dev])"
     ) from exc
 
-from toolkit.errors import ComponentError
+from toolkit.errors import ComponentError, ToolkitError
 from toolkit.model import NORM_PLACEMENTS, ModelConfig, build_model, check_compatible
 from toolkit.plugins import Plugins, load_plugins
 from toolkit.registry import Component
@@ -749,6 +750,57 @@ def _check_corpus(case: _Case, max_examples: int) -> None:
         case.fail("documents", "documents() yields different documents the second time")
 
 
+def _check_executor(case: _Case, max_examples: int) -> None:
+    """A 2-run sweep trained by the executor equals the same sweep trained locally: every run
+    once, same status, same metrics line for line (one thread each, so bit for bit)."""
+    import tempfile
+
+    from toolkit.runner import run
+    from toolkit.spec import parse_spec
+
+    doc = {
+        "name": "conformance",
+        "seeds": [0],
+        "data": {"tokenizer": "bytes"},
+        "model": {"context_length": 16, "emb_dim": 16, "n_heads": 2, "n_layers": 1},
+        "train": {"batch_size": 2, "max_steps": 4, "eval_interval": 2, "eval_batches": 1,
+                  "threads": 1, "checkpoint": False},
+        "sampling": {"max_new_tokens": 0},
+        "grid": {"model.norm": ["layernorm", "rmsnorm"]},
+    }  # fmt: skip
+    # The sweep uses built-in components only, loaded by module name, so executors that train
+    # in other processes can load them there (whatever else the caller's plugins hold).
+    plugins = Plugins(autoload=False)
+    spec = parse_spec(doc, plugins=plugins)
+    case.inputs = "a sweep of 2 runs of a 1-layer model, 4 steps each"
+    executor = case.component.build(**case.options)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        run(spec, out / "local", plugins=plugins, progress=False)
+        try:
+            table = run(spec, out / "other", plugins=plugins, progress=False,
+                        executor=executor)  # fmt: skip
+        except ToolkitError as exc:
+            raise case.error("execute", str(exc)) from exc
+        except Exception as exc:
+            raise case.error("execute", f"raised {type(exc).__name__}: {exc}") from exc
+        bad = table[table["status"] != "ok"]
+        if len(bad):
+            raise case.error("execute", f"run {bad['variant'].iloc[0]!r}: {bad['error'].iloc[0]}")
+        for r in spec.runs:
+            mine, local = (
+                [
+                    {k: v for k, v in json.loads(line).items() if k != "elapsed_s"}
+                    for line in (out / side / r.folder / "metrics.jsonl").read_text().splitlines()
+                ]
+                for side in ("other", "local")
+            )
+            if mine != local:
+                raise case.error(
+                    "same losses", f"run {r.variant!r} logged {mine} where local gave {local}"
+                )
+
+
 CHECKS: dict[str, Callable[[_Case, int], None]] = {
     "attention": _check_attention,
     "normalization": _check_positionwise,
@@ -758,6 +810,7 @@ CHECKS: dict[str, Callable[[_Case, int], None]] = {
     "sampler": _check_sampler,
     "tokenizer": _check_tokenizer,
     "corpus": _check_corpus,
+    "executor": _check_executor,
 }
 
 

@@ -1,0 +1,35 @@
+"""Components the executor tests train in worker processes (loaded there by module name): one
+that raises in training, one that kills the process training it."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from torch import nn
+
+from toolkit import hookimpl
+
+
+class Raising(nn.Module):
+    """A feed-forward block whose forward raises: the run fails, the worker survives."""
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        self.proj = nn.Linear(config.emb_dim, config.emb_dim)
+
+    def forward(self, x):
+        raise RuntimeError("deliberate failure in forward")
+
+
+class Dying(Raising):
+    """A feed-forward block whose forward kills its own process, as the OOM killer would."""
+
+    def forward(self, x):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@hookimpl
+def register_components(register) -> None:
+    register("activation", "raising", Raising, description="raises in forward (tests)")
+    register("activation", "dying", Dying, description="SIGKILLs its process (tests)")

@@ -91,6 +91,7 @@ class ProcessesExecutor:
         waiting = deque(jobs)
         free = list(range(min(self.jobs, len(jobs))))
         running: dict[Any, tuple[RunJob, Any, Any, int]] = {}
+        sweep.display.concurrent()
         try:
             while waiting or running:
                 while waiting and free:

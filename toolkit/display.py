@@ -36,6 +36,7 @@ class SweepDisplay:
         self.active: dict[int, _Active] = {}
         self.run_times: list[float] = []
         self.done = 0
+        self.several = False  # runs train several at a time
 
     def _print(self, text: str) -> None:
         if not self.enabled:
@@ -79,6 +80,11 @@ class SweepDisplay:
         self.bar = self.overall = None
 
     # -- called by executors -----------------------------------------------------------------
+    def concurrent(self) -> None:
+        """Runs will train several at a time (in workers): show the overall bar and lines."""
+        self.several = True
+        self._ensure_overall()
+
     def start(self, job: RunJob) -> None:
         """A run starts now (in this process or a worker)."""
         now = time.perf_counter()
@@ -88,7 +94,7 @@ class SweepDisplay:
     def queue(self, job: RunJob) -> None:
         """A run is submitted; `poll` notices when it starts (its config.json appears)."""
         self.active[job.index] = _Active(job, None, time.time())
-        self._ensure_overall()
+        self.concurrent()
 
     def progress(self, job: RunJob) -> Callable[[int, int, float, dict | None], None] | None:
         """The step callback of a run trained in this process."""
@@ -145,9 +151,7 @@ class SweepDisplay:
     def _announce(self, job: RunJob) -> None:
         step = _resumable_step(job)
         note = f"resuming after step {step}" if step else "training"
-        parallel = len(self.active) > 1 or self.overall is not None
-        if parallel:
-            self._ensure_overall()
+        parallel = self.several or len(self.active) > 1
         eta = ""
         if self.run_times:
             mean = sum(self.run_times) / len(self.run_times)

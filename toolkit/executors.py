@@ -21,9 +21,9 @@ An executor is any object with two methods:
 - ``prepare(jobs, plugins) -> None``: checks before anything is written or trained (a missing
   package, plugins a worker cannot load, resources a cluster lacks); raise ToolkitError.
 - ``execute(jobs, sweep) -> Iterator[(job, summary)]``: train every job, yielding each once.
-  ``sweep`` (a `Sweep`) gives the display (call ``sweep.display.start(job)`` when a run starts,
-  or ``queue(job)`` when it is only submitted, and ``sweep.display.poll()`` about once a second
-  while waiting) and, to in-process executors, the loaded plugins and data. On interruption
+  ``sweep`` (a `Sweep`) gives the display (call ``sweep.display.concurrent()`` first when runs
+  train several at a time, ``start(job)`` when a run starts or ``queue(job)`` when it is only
+  submitted, and ``poll()`` about once a second while waiting) and, to in-process executors, the loaded plugins and data. On interruption
   (the generator is closed or raises), stop the workers: resume.pt lets the next sweep go on.
 """
 
@@ -81,6 +81,7 @@ class RunJob:
 
 
 class Display(Protocol):
+    def concurrent(self) -> None: ...
     def start(self, job: RunJob) -> None: ...
     def queue(self, job: RunJob) -> None: ...
     def poll(self) -> None: ...

@@ -185,7 +185,14 @@ def test_the_cli_runs_a_sweep_in_processes_and_continues_it(tmp_path):
     assert first.returncode == 0, first.stderr
     assert "rmsnorm" in first.stdout and "results:" in first.stdout
     assert first.stderr.count(": val_loss ") == 2  # each run's end is shown once
-    assert "step 6 train" in first.stderr  # evaluations are read from the workers' metrics
+    # Evaluations are read from the workers' metrics.jsonl, each shown once.
+    assert first.stderr.count("step 6 train") == 2 and first.stderr.count("step 3 train") == 2
+    local = subprocess.run(
+        [*command[:-1], str(tmp_path / "local")],
+        capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert local.returncode == 0, local.stderr
+    assert local.stderr.count("step 3/6 train") == 2 and local.stderr.count("step 3") == 2
     again = subprocess.run(
         [*command, "--executor", "processes"],
         capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path,

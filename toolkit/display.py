@@ -25,6 +25,7 @@ class _Active:
     started: float | None  # None while only queued (a Ray task waiting for resources)
     queued: float
     read: int = 0  # bytes of metrics.jsonl already shown
+    in_process: bool = False  # reports through progress(), not through its metrics.jsonl
 
 
 class SweepDisplay:
@@ -101,6 +102,7 @@ class SweepDisplay:
         if not self.enabled:
             return None
         state = self.active[job.index]
+        state.in_process = True
         if self.tty:
             from tqdm import tqdm
 
@@ -178,8 +180,8 @@ class SweepDisplay:
 
     def _show_new_evaluations(self, state: _Active) -> None:
         """Print the evaluation lines a worker appended to its metrics.jsonl since last time."""
-        if self.bar is not None or state.started is None:
-            return  # an in-process run reports through progress()
+        if state.in_process or state.started is None:
+            return
         path = Path(state.job.folder) / "metrics.jsonl"
         try:
             with path.open("rb") as f:

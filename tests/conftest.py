@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from toolkit.hookspecs import hookimpl
 from toolkit.plugins import Plugins
 
 
@@ -41,6 +42,22 @@ TINY = {
 def tiny_doc() -> dict:
     """A spec document (as tomllib returns) that trains in well under a second."""
     return copy.deepcopy(TINY)
+
+
+def interrupting_plugins(step: int) -> Plugins:
+    """The built-ins plus an observer that interrupts (KeyboardInterrupt, as Ctrl-C does) the
+    run at its evaluation of `step`, after resume.pt is written."""
+
+    class Interrupt:
+        @hookimpl
+        def on_eval(self, run, step: int, metrics) -> None:
+            if step == at:
+                raise KeyboardInterrupt
+
+    at = step
+    plugins = Plugins(autoload=False)
+    plugins.add(Interrupt(), name="interrupt")
+    return plugins
 
 
 def write_spec(path: Path, text: str) -> Path:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import TINY, write_spec
+from tests.conftest import TINY, interrupting_plugins, write_spec
 from toolkit.cli import main
 from toolkit.errors import SpecError, ToolkitError
 from toolkit.hookspecs import hookimpl
@@ -154,18 +154,10 @@ def test_an_interrupted_sweep_resumes_on_another_executor(tmp_path, plugins, ray
     spec = parse_spec(doc)
     whole = run(spec, tmp_path / "whole", plugins=plugins, progress=False)
 
-    class Interrupt:
-        @hookimpl
-        def on_eval(self, run, step, metrics):
-            if step == 6:
-                raise KeyboardInterrupt
-
     for executor in ("processes", "ray"):
         out = tmp_path / executor
-        stopping = Plugins(autoload=False)
-        stopping.add(Interrupt(), name="interrupt")
         with pytest.raises(KeyboardInterrupt):
-            run(spec, out, plugins=stopping, progress=False)
+            run(spec, out, plugins=interrupting_plugins(6), progress=False)
         assert (out / "norm=layernorm/seed-0/resume.pt").exists()
         resumed = run(spec, out, plugins=plugins, progress=False, executor=executor)
         assert all_metrics(out) == all_metrics(tmp_path / "whole"), executor

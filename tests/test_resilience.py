@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.conftest import write_spec
+from tests.conftest import interrupting_plugins, write_spec
 from toolkit.cli import main
 from toolkit.errors import DataError
 from toolkit.hookspecs import hookimpl
@@ -43,16 +43,8 @@ def test_interrupted_run_resumes_to_the_same_metrics(tmp_path, tiny_doc, plugins
     spec = parse_spec(resumable_doc(tiny_doc))
     whole = run(spec, tmp_path / "whole", plugins=plugins, progress=False)
 
-    class Interrupt:
-        @hookimpl
-        def on_eval(self, run, step, metrics):
-            if step == 6:
-                raise KeyboardInterrupt
-
-    stopping = Plugins(autoload=False)
-    stopping.add(Interrupt(), name="interrupt")
     with pytest.raises(KeyboardInterrupt):
-        run(spec, tmp_path / "cut", plugins=stopping, progress=False)
+        run(spec, tmp_path / "cut", plugins=interrupting_plugins(6), progress=False)
     folder = tmp_path / "cut/base/seed-0"
     assert (folder / RESUME_FILE).exists() and not (folder / "summary.json").exists()
     assert [m["step"] for m in metrics(folder)] == [3, 6]

@@ -13,6 +13,7 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import socket
 import sys
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -204,6 +205,8 @@ class RayExecutor:
         ray = self.ray
         if ray.is_initialized():
             return  # the caller's own ray.init(): use it as it is
+        if self.address:
+            _check_reachable(self.address)
         try:
             ray.init(
                 address=self.address,
@@ -288,6 +291,20 @@ class RayExecutor:
             for ref in pending:
                 ray.cancel(ref, force=True)
             self._disconnect()
+
+
+def _check_reachable(address: str) -> None:
+    """Fail at once on a HOST:PORT nobody listens at: Ray itself retries for minutes."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto" and other forms: Ray finds the cluster, or says it found none
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise ToolkitError(
+            f"no Ray cluster answers at {address} ({exc.strerror or exc}); check the address "
+            f"(`ray status` on the head node), or leave --address out for a local instance"
+        ) from None
 
 
 def _ray_main(job: RunJob) -> dict[str, Any]:

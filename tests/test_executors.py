@@ -209,6 +209,15 @@ def test_the_cli_starts_its_own_ray_instance(tmp_path):
     assert table["status"].tolist() == ["ok", "ok"]
 
 
+def test_ray_options_are_checked(plugins, tmp_path):
+    if not os.environ.get("ABLATE_TEST_REQUIRE_RAY"):
+        pytest.importorskip("ray", reason="the ray extra is not installed")
+    spec = parse_spec(sweep_doc())
+    for options in ({"num_cpus": 0}, {"num_cpus": 2, "address": "auto"}):
+        with pytest.raises(ToolkitError, match="num_cpus sizes a local Ray instance"):
+            run(spec, tmp_path, plugins=plugins, executor={"name": "ray", **options})
+
+
 def test_a_missing_ray_is_one_clear_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
     spec = write_spec(tmp_path / "tiny.toml", _toml(sweep_doc()))
@@ -220,6 +229,37 @@ def test_a_missing_ray_is_one_clear_line(tmp_path, monkeypatch, capsys):
         "pip install 'gpt-ablate[ray]' (or pip install ray)\n"
     )
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("executor", "expected"),
+    [
+        (
+            ["--executor", "ray", "--address", "127.0.0.1:1"],
+            "no Ray cluster answers at 127.0.0.1:1 (Connection refused); check the address",
+        ),
+        (
+            ["--executor", "ray", "--set", "train.threads=64"],
+            "asks for 64 CPUs (train.threads) but the largest Ray node has",
+        ),
+    ],
+    ids=["unreachable-address", "too-many-cpus"],
+)
+def test_a_ray_sweep_that_cannot_start_writes_nothing(executor, expected, tmp_path):
+    if not os.environ.get("ABLATE_TEST_REQUIRE_RAY"):
+        pytest.importorskip("ray", reason="the ray extra is not installed")
+    spec = write_spec(tmp_path / "tiny.toml", _toml(sweep_doc()))
+    # A fresh process: this module's own Ray instance would be used, whatever --address says.
+    result = subprocess.run(
+        [sys.executable, "-m", "toolkit", "run", str(spec), "--out", str(tmp_path / "o"),
+         *executor],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    errors = [line for line in result.stderr.splitlines() if line.startswith("ablate: ")]
+    assert result.returncode == 2 and len(errors) == 1 and expected in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "o").exists()  # not even the output folder
 
 
 def test_a_plugin_object_cannot_travel_to_workers(tmp_path):

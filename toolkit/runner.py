@@ -70,6 +70,8 @@ def run(
     # cache first and the other ranks then read it.
     if world.main:
         datasets = prepare_data(spec, plugins)
+        # The executor's checks (a package, a cluster, its resources) cover every run.
+        runner.prepare(make_jobs(spec, out, range(len(spec.runs))), plugins)
         check_output_dir(out)
     distributed.barrier()
     if not world.main:
@@ -129,17 +131,7 @@ def _sweep(
         if restart or not finished(out / r.folder, r.config_hash())
     ]
     todo = distributed.broadcast_object(todo)  # rank 0 decides, so all ranks train the same
-    jobs = [
-        RunJob(
-            index=i,
-            total=len(spec.runs),
-            run=spec.runs[i],
-            folder=str((out / spec.runs[i].folder).resolve()),
-            columns=_columns(spec, spec.runs[i]),
-        )
-        for i in todo
-    ]
-    executor.prepare(jobs, plugins)  # a missing package or resource fails before any write
+    jobs = make_jobs(spec, out, todo)
     if restart and world.main:
         earlier = [out / r.folder for r in spec.runs if (out / r.folder).exists()]
         if progress or earlier:
@@ -185,6 +177,20 @@ def _sweep(
         )
         sampling_ablation.run_ablation(spec.sampling_ablation, runs, out, plugins, progress)
     return table
+
+
+def make_jobs(spec: Spec, out: Path, indices: Any) -> list[RunJob]:
+    """The runs at these positions of the sweep, as jobs for an executor."""
+    return [
+        RunJob(
+            index=i,
+            total=len(spec.runs),
+            run=spec.runs[i],
+            folder=str((out / spec.runs[i].folder).resolve()),
+            columns=_columns(spec, spec.runs[i]),
+        )
+        for i in indices
+    ]
 
 
 def finished(folder: Path, config_hash: str) -> bool:

@@ -19,10 +19,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from toolkit.executors import usable_cores  # noqa: E402
-from toolkit.plugins import Plugins  # noqa: E402
-from toolkit.runner import run  # noqa: E402
-from toolkit.spec import parse_spec  # noqa: E402
+from toolkit.api.manager import Plugins  # noqa: E402
+from toolkit.spec.parse import parse_spec  # noqa: E402
+from toolkit.sweep.jobs import usable_cores  # noqa: E402
+from toolkit.sweep.runner import run  # noqa: E402
 
 
 def sweep_doc(runs: int, steps: int, threads: int | None) -> dict:

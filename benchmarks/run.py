@@ -1,7 +1,7 @@
 """Speed and memory benchmarks: `python benchmarks/run.py [--quick] [--json FILE]`.
 
 Prints one table. The fixed config (issue 7): emb_dim 256, 6 layers, 8 heads, context 256,
-vocab 4096, batch 8, dropout 0. FLOPs per token and the peak come from toolkit.throughput: the
+vocab 4096, batch 8, dropout 0. FLOPs per token and the peak come from toolkit.training.throughput: the
 peak is a large matrix product in each precision on as many threads as training uses.
 
 1. training tokens/s of the toolkit's model (sdpa) vs benchmarks/minimal_gpt.py (target >= 0.98)
@@ -33,9 +33,10 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from benchmarks.minimal_gpt import MinimalGPT  # noqa: E402
-from toolkit.model import ModelConfig, build_model  # noqa: E402
-from toolkit.plugins import Plugins  # noqa: E402
-from toolkit.throughput import PRECISIONS, flops_per_token, peak_flops  # noqa: E402
+from toolkit.api.manager import Plugins  # noqa: E402
+from toolkit.model.config import ModelConfig  # noqa: E402
+from toolkit.model.gpt import build_model  # noqa: E402
+from toolkit.training.throughput import DTYPES, flops_per_token, peak_flops  # noqa: E402
 
 CONFIG = dict(
     vocab_size=4096, context_length=256, emb_dim=256, n_heads=8, n_layers=6, drop_rate=0.0
@@ -51,7 +52,7 @@ def step_times(model: torch.nn.Module, steps: int, precision: str = "fp32") -> l
     times = []
     for i in range(steps + 2):
         tick = time.perf_counter()
-        with torch.autocast("cpu", dtype=PRECISIONS[precision], enabled=precision != "fp32"):
+        with torch.autocast("cpu", dtype=DTYPES[precision], enabled=precision != "fp32"):
             logits = model(x)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
         opt.zero_grad(set_to_none=True)
@@ -134,7 +135,7 @@ def bench_tokenizers(plugins: Plugins) -> dict[str, float]:
 
 
 def bench_generation(plugins: Plugins) -> dict[str, float]:
-    from toolkit.generate import generate
+    from toolkit.inference.generate import generate
 
     torch.manual_seed(0)
     cfg = ModelConfig(**{**CONFIG, "context_length": 512}, attention="sdpa")
@@ -171,7 +172,7 @@ def bench_sweep(steps: int) -> dict[str, float]:
         "sampling": {"max_new_tokens": 32},
         "grid": {"model.norm": ["layernorm", "rmsnorm"]},
     }
-    from toolkit.spec import parse_spec
+    from toolkit.spec.parse import parse_spec
 
     with tempfile.TemporaryDirectory() as out:
         tick = time.perf_counter()

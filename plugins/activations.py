@@ -17,8 +17,8 @@ import math
 import torch
 from torch import nn
 
+from toolkit.api.hookspecs import hookimpl
 from toolkit.errors import ComponentError
-from toolkit.hookspecs import hookimpl
 
 
 class FeedForward(nn.Module):

@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from toolkit.api.hookspecs import hookimpl
 from toolkit.errors import ComponentError
-from toolkit.hookspecs import hookimpl
 
 # enable_gqa arrived in torch 2.5; older ones (the project allows 2.4) get expanded keys/values.
 _SDPA_HAS_GQA = torch.__version__ >= (2, 5)

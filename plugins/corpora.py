@@ -1,7 +1,7 @@
 """Built-in corpora: Python's own documentation (`pydoc`) and the user's text files (`files`).
 
 A corpus only yields (name, text) documents in a stable order; splitting, tokenizing and caching
-are `toolkit.data`'s job. `pydoc` ships with every CPython, so the quick start never downloads.
+are `toolkit.data.tokens`'s job. `pydoc` ships with every CPython, so the quick start never downloads.
 Deliberately not here: downloading data sets, cleaning or deduplicating text, and formats other
 than plain UTF-8 text (convert PDFs, HTML or JSONL to .txt first).
 """
@@ -13,8 +13,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from toolkit.api.hookspecs import hookimpl
 from toolkit.errors import DataError
-from toolkit.hookspecs import hookimpl
 
 FOLDER_SUFFIXES = (".txt", ".md")
 

@@ -1,5 +1,5 @@
 """Built-in executors: local (in this process), processes (a process per run), ray (a Ray task
-per run). They honour the contract in `toolkit/executors.py`; a third-party executor (a batch
+per run). They honour the contract in `toolkit/sweep/jobs.py`; a third-party executor (a batch
 scheduler, say) registers under the same kind.
 
     ablate run spec.toml                                  # local
@@ -21,8 +21,8 @@ from dataclasses import replace
 from typing import Any
 
 from toolkit import hookimpl
-from toolkit.errors import ToolkitError
-from toolkit.executors import (
+from toolkit.errors import ToolkitError, one_line
+from toolkit.sweep.jobs import (
     RunJob,
     Sweep,
     describe_exit,
@@ -218,7 +218,7 @@ class RayExecutor:
         except (ConnectionError, ValueError, RuntimeError) as exc:
             where = f"at {self.address!r}" if self.address else "locally"
             raise ToolkitError(
-                f"cannot start or reach a Ray cluster {where} ({' '.join(str(exc).split())}); "
+                f"cannot start or reach a Ray cluster {where} ({one_line(exc)}); "
                 f"start one with `ray start --head` and pass --address auto, or leave "
                 f"--address out for a local instance"
             ) from None

@@ -15,7 +15,7 @@ import math
 
 from torch import nn
 
-from toolkit.hookspecs import hookimpl
+from toolkit.api.hookspecs import hookimpl
 
 
 def default_init(model: nn.Module, config) -> None:

@@ -35,10 +35,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from toolkit import hookimpl
-from toolkit.errors import PluginError
+from toolkit.errors import PluginError, one_line
+from toolkit.names import slug
 
 if TYPE_CHECKING:
-    from toolkit.results import RunInfo
+    from toolkit.api.contracts import RunInfo
 
 TENSORBOARD_ENV = "ABLATE_TENSORBOARD"
 MLFLOW_ENV = "ABLATE_MLFLOW"
@@ -152,8 +153,6 @@ class TensorBoardLogger:
     def __init__(self, run: RunInfo, root: Path, history: list[dict[str, Any]]) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        from toolkit.spec import slug
-
         self.config = run.config
         self.folder = root / slug(run.experiment) / slug(run.variant) / f"seed-{run.seed}"
         self.failed = False
@@ -167,7 +166,7 @@ class TensorBoardLogger:
             self.writer.add_text("config", _markdown_table(_flatten(run.config)), 0)
         except Exception as exc:
             raise PluginError(
-                f"{TENSORBOARD_ENV}: cannot write to {self.folder} ({_one_line(exc)})"
+                f"{TENSORBOARD_ENV}: cannot write to {self.folder} ({one_line(exc, 300)})"
             ) from None
         for record in history:
             self.log(record["step"], record)
@@ -267,7 +266,7 @@ class MlflowLogger:
             raise
         except Exception as exc:
             raise PluginError(
-                f"{MLFLOW_ENV}={uri}: cannot log to MLflow ({_one_line(exc)})"
+                f"{MLFLOW_ENV}={uri}: cannot log to MLflow ({one_line(exc, 300)})"
             ) from None
 
     def _experiment(self, name: str, uri: str) -> str:
@@ -422,13 +421,8 @@ def _read_json(path: Path) -> Any:
 
 
 def _warn(name: str, exc: BaseException) -> bool:
-    print(f"{name}: logging failed ({_one_line(exc)}); training goes on", file=sys.stderr)
+    print(f"{name}: logging failed ({one_line(exc, 300)}); training goes on", file=sys.stderr)
     return True
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(f"{type(exc).__name__}: {exc}".split())
-    return text if len(text) <= 300 else text[:297] + "..."
 
 
 __all__ = ["MLFLOW_ENV", "TENSORBOARD_ENV", "MlflowLogger", "TensorBoardLogger", "close_all"]

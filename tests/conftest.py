@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.hookspecs import hookimpl
-from toolkit.plugins import Plugins
+from toolkit.api.hookspecs import hookimpl
+from toolkit.api.manager import Plugins
 
 
 @pytest.fixture(autouse=True)

@@ -11,9 +11,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from toolkit.api.manager import Plugins
 from toolkit.errors import ComponentError
-from toolkit.model import ModelConfig
-from toolkit.plugins import Plugins
+from toolkit.model.config import ModelConfig
 
 PLUGINS = Plugins(autoload=False)
 CFG = ModelConfig(vocab_size=61, context_length=12, emb_dim=16, n_heads=4, n_layers=1)

@@ -15,9 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import plugins.attention as attention_plugin
+from toolkit.api.manager import Plugins
 from toolkit.errors import ComponentError
-from toolkit.model import ModelConfig, build_model, check_compatible
-from toolkit.plugins import Plugins
+from toolkit.model.config import ModelConfig
+from toolkit.model.gpt import build_model, check_compatible
 
 PLUGINS = Plugins(autoload=False)
 CFG = ModelConfig(

@@ -13,10 +13,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import toolkit.plugins
+import toolkit.api.manager
 from toolkit.cli import main
 from toolkit.errors import SpecError
-from toolkit.spec import SECTIONS, parse_spec
+from toolkit.spec.parse import parse_spec
+from toolkit.spec.schema import SECTIONS
 
 GOOD = """
 name = "cat"
@@ -254,7 +255,7 @@ CASES = [
 @pytest.fixture(autouse=True)
 def _fresh_plugins(monkeypatch):
     # A plugin loaded by one case must not linger in the process-wide plugin cache.
-    monkeypatch.setattr(toolkit.plugins, "_DEFAULT", {})
+    monkeypatch.setattr(toolkit.api.manager, "_DEFAULT", {})
 
 
 def snapshot(root: Path) -> dict[str, str]:

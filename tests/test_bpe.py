@@ -16,11 +16,11 @@ from hypothesis import strategies as st
 
 from plugins.corpora import PydocCorpus
 from plugins.tokenizers import GPT2_PATTERN, BPETokenizer, learn_merges
-from toolkit import data
+from toolkit.api.manager import Plugins
+from toolkit.data import tokens as data
 from toolkit.errors import ComponentError, DataError
-from toolkit.plugins import Plugins
-from toolkit.runner import run
-from toolkit.spec import parse_spec
+from toolkit.spec.parse import parse_spec
+from toolkit.sweep.runner import run
 
 SETTINGS = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]

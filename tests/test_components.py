@@ -10,8 +10,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from toolkit.model import ModelConfig, build_model
-from toolkit.plugins import Plugins
+from toolkit.api.manager import Plugins
+from toolkit.model.config import ModelConfig
+from toolkit.model.gpt import build_model
 
 PLUGINS = Plugins(autoload=False)
 CFG = ModelConfig(

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from toolkit import hookimpl
-from toolkit.plugins import Plugins
-from toolkit.registry import KINDS
+from toolkit.api.manager import Plugins
+from toolkit.api.registry import KINDS
 from toolkit.testing import (
     CHECKS,
     ConformanceError,
@@ -267,7 +267,7 @@ class _SeedShiftingExecutor:
     def execute(self, jobs, sweep):
         from dataclasses import replace
 
-        from toolkit.executors import run_job
+        from toolkit.sweep.jobs import run_job
 
         for job in jobs:
             shifted = replace(job, run=replace(job.run, seed=job.run.seed + 1))

@@ -11,8 +11,8 @@ import pytest
 
 from plugins import corpora
 from plugins.corpora import FilesCorpus, PydocCorpus
+from toolkit.api.registry import Registry
 from toolkit.errors import DataError
-from toolkit.registry import Registry
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from plugins.corpora import PydocCorpus
 from plugins.tokenizers import BPETokenizer, ByteTokenizer, GPT2Tokenizer
-from toolkit import data
-from toolkit.data import TrainBatches, count_windows, eval_batches, load_tokens
+from toolkit.data import tokens as data
+from toolkit.data.tokens import TrainBatches, count_windows, eval_batches, load_tokens
 from toolkit.errors import DataError
 
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from toolkit import distributed
-from toolkit.distributed import World
 from toolkit.errors import SpecError, ToolkitError
-from toolkit.spec import parse_spec
-from toolkit.train import check_world
+from toolkit.spec.parse import parse_spec
+from toolkit.training import distributed
+from toolkit.training.distributed import World
+from toolkit.training.loop import check_world
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]

@@ -14,12 +14,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from toolkit.cli import main as cli_main
-from toolkit.data import load_tokens
+from toolkit.data.tokens import load_tokens
 from toolkit.errors import DataError
-from toolkit.evaluate import combine, evaluate_corpus
-from toolkit.model import ModelConfig, build_model
-from toolkit.runner import run
-from toolkit.spec import parse_spec
+from toolkit.inference.evaluate import combine, evaluate_corpus
+from toolkit.model.config import ModelConfig
+from toolkit.model.gpt import build_model
+from toolkit.spec.parse import parse_spec
+from toolkit.sweep.runner import run
 
 CONTEXT = 8
 
@@ -160,8 +161,8 @@ def test_eval_a_run_folder(trained, capsys):
     rows = parse(out)
     assert list(rows) == ["val"] and "tokenizer bytes" in out  # a run folder: its held-out text
 
-    from toolkit.plugins import Plugins
-    from toolkit.train import load_model
+    from toolkit.api.manager import Plugins
+    from toolkit.model.checkpoint import load_model
 
     plugins = Plugins(autoload=False)
     tok = plugins.registry.get("tokenizer", "bytes").build()
@@ -245,7 +246,7 @@ def test_eval_an_imported_hf_checkpoint(tmp_path, capsys):
         def forward(self, x):
             return hf(x).logits
 
-    from toolkit.plugins import Plugins
+    from toolkit.api.manager import Plugins
 
     plugins = Plugins(autoload=False)
     tok = plugins.registry.get("tokenizer", "bytes").build()
@@ -275,7 +276,7 @@ def test_a_learned_tokenizer_is_the_runs_even_on_other_text(tmp_path, capsys):
     assert cli_main(argv) == 0
     rows = parse(capsys.readouterr().out)
 
-    from toolkit.plugins import Plugins
+    from toolkit.api.manager import Plugins
 
     plugins = Plugins(autoload=False)
     tok = plugins.registry.get("tokenizer", "bpe").build(vocab_size=280)

@@ -15,12 +15,12 @@ import pandas as pd
 import pytest
 
 from tests.conftest import TINY, interrupting_plugins, write_spec
+from toolkit.api.hookspecs import hookimpl
+from toolkit.api.manager import Plugins
 from toolkit.cli import main
 from toolkit.errors import SpecError, ToolkitError
-from toolkit.hookspecs import hookimpl
-from toolkit.plugins import Plugins
-from toolkit.runner import check_distributed, run
-from toolkit.spec import parse_spec
+from toolkit.spec.parse import parse_spec
+from toolkit.sweep.runner import check_distributed, run
 
 ROOT = Path(__file__).resolve().parents[1]
 LOSSES = ["train_loss", "val_loss", "val_perplexity", "val_bpb"]
@@ -311,7 +311,7 @@ def test_executor_objects_and_bad_values(tmp_path, plugins):
             self.n = len(jobs)
 
         def execute(self, jobs, sweep):
-            from toolkit.executors import run_job
+            from toolkit.sweep.jobs import run_job
 
             for job in reversed(jobs):
                 yield job, run_job(job, sweep)

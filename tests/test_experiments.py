@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.runner import prepare_data
-from toolkit.spec import load_spec
+from toolkit.spec.parse import load_spec
+from toolkit.sweep.runner import prepare_data
 
 EXPERIMENTS = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.toml"))
 

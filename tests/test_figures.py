@@ -16,11 +16,11 @@ import pandas as pd
 import pytest
 
 from tests.conftest import TINY
-from toolkit.figures import make_figures
-from toolkit.plugins import Plugins
-from toolkit.report import load, summarize, write_report
-from toolkit.runner import run
-from toolkit.spec import parse_spec
+from toolkit.analysis.figures import make_figures
+from toolkit.analysis.report import load, summarize, write_report
+from toolkit.api.manager import Plugins
+from toolkit.spec.parse import parse_spec
+from toolkit.sweep.runner import run
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """generate(): per-sequence stopping and streaming; `ablate generate` on tiny trained run folders
-(through toolkit.generate.main, which runs the command as the CLI does)."""
+(through toolkit.inference.generate.main, which runs the command as the CLI does)."""
 
 from __future__ import annotations
 
@@ -14,13 +14,15 @@ import torch
 
 from plugins.tokenizers import ByteTokenizer, GPT2Tokenizer
 from tests.conftest import TINY
+from toolkit.api.manager import Plugins
 from toolkit.cli import main
+from toolkit.cli.generate import _sampling
 from toolkit.errors import SpecError
-from toolkit.generate import IncrementalDecoder, _sampling, generate, stream
-from toolkit.model import ModelConfig, build_model
-from toolkit.plugins import Plugins
-from toolkit.runner import run
-from toolkit.spec import parse_spec
+from toolkit.inference.generate import IncrementalDecoder, generate, stream
+from toolkit.model.config import ModelConfig
+from toolkit.model.gpt import build_model
+from toolkit.spec.parse import parse_spec
+from toolkit.sweep.runner import run
 
 PLUGINS = Plugins(autoload=False)
 SAMPLERS = PLUGINS.registry.names("sampler")
@@ -142,7 +144,7 @@ def test_sampler_options_follow_the_chosen_sampler() -> None:
 
     def resolve(*argv: str) -> dict:
         parser = argparse.ArgumentParser()
-        from toolkit.generate import add_parser
+        from toolkit.cli.generate import add_parser
 
         add_parser(parser.add_subparsers())
         return _sampling(config, parser.parse_args(["generate", "x", *argv]), PLUGINS)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from toolkit.errors import SpecError
-from toolkit.runner import run
-from toolkit.spec import parse_spec
+from toolkit.spec.parse import parse_spec
+from toolkit.sweep.runner import run
 
 
 @pytest.fixture
@@ -65,15 +65,15 @@ def test_fine_tune_variants_start_from_the_checkpoint(trained, tmp_path, plugins
 @pytest.mark.parametrize(
     ("model", "message"),
     [
-        ({"emb_dim": 64}, r"tok_emb.weight is \(257, 32\) in the checkpoint but \(257, 64\) here"),
-        ({"norm": "rmsnorm"}, "the components differ from the checkpoint's"),
+        ({"emb_dim": 64}, r"tok_emb.weight: \(257, 32\) in the weights, \(257, 64\) in the model"),
+        ({"norm": "rmsnorm"}, r"do not fit this model \((missing|unexpected) "),
         ({"preset": "nano"}, "either preset or init_from"),
     ],
 )
 def test_changes_that_do_not_fit_the_weights_fail_before_training(
     trained, tmp_path, plugins, model, message
 ):
-    from toolkit.runner import prepare_data
+    from toolkit.sweep.runner import prepare_data
 
     doc = {"data": {"tokenizer": "bytes"}, "model": {"init_from": str(trained), **model}}
     with pytest.raises(SpecError, match=message):
@@ -81,7 +81,7 @@ def test_changes_that_do_not_fit_the_weights_fail_before_training(
 
 
 def test_a_missing_checkpoint_is_a_spec_error():
-    with pytest.raises(SpecError, match=r"model.init_from: checkpoint .*nothing.pt not found"):
+    with pytest.raises(SpecError, match=r"model.init_from: .*nothing.pt does not exist"):
         parse_spec({"data": {"tokenizer": "bytes"}, "model": {"init_from": "nothing.pt"}})
 
 

@@ -10,9 +10,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from toolkit.generate import generate
-from toolkit.model import NORM_PLACEMENTS, ModelConfig, build_model
-from toolkit.plugins import Plugins
+from toolkit.api.manager import Plugins
+from toolkit.inference.generate import generate
+from toolkit.model.config import NORM_PLACEMENTS, ModelConfig
+from toolkit.model.gpt import build_model
 
 PLUGINS = Plugins(autoload=False)
 CACHED = [c.name for c in PLUGINS.registry if c.kind == "attention" and c.facts.get("kv_cache")]

@@ -14,11 +14,11 @@ import pytest
 
 from plugins import loggers
 from toolkit import hookimpl
+from toolkit.api.contracts import RunInfo
+from toolkit.api.manager import Plugins
 from toolkit.errors import PluginError
-from toolkit.plugins import Plugins
-from toolkit.results import RunInfo
-from toolkit.runner import run
-from toolkit.spec import parse_spec
+from toolkit.spec.parse import parse_spec
+from toolkit.sweep.runner import run
 
 ROOT = Path(__file__).resolve().parents[1]
 # MLflow's SQL store uses an option SQLAlchemy 2.1 deprecates: theirs, not ours.
@@ -202,9 +202,9 @@ def test_a_run_that_raises_is_failed_when_the_next_starts_and_both_loggers_work_
 INTERRUPTED_SWEEP = """
 import json, sys
 from toolkit import hookimpl
-from toolkit.plugins import Plugins
-from toolkit.runner import run
-from toolkit.spec import parse_spec
+from toolkit.api.manager import Plugins
+from toolkit.sweep.runner import run
+from toolkit.spec.parse import parse_spec
 
 class Interrupt:
     @hookimpl
@@ -262,9 +262,9 @@ def test_an_interrupted_run_is_killed_at_exit_and_its_resume_continues_the_same_
 
 NO_TRACKING = """
 import json, sys
-from toolkit.plugins import Plugins
-from toolkit.runner import run
-from toolkit.spec import parse_spec
+from toolkit.api.manager import Plugins
+from toolkit.sweep.runner import run
+from toolkit.spec.parse import parse_spec
 
 plugins = Plugins(autoload=False)
 plugins.load_module("plugins.loggers", source="builtin")

@@ -6,7 +6,10 @@ import pytest
 import torch
 
 from toolkit.errors import ComponentError
-from toolkit.model import ModelConfig, build_model, count_params, preset
+from toolkit.model.config import ModelConfig, preset
+
+# FACTS.md: GPT-2 parameter counts (tied embeddings, biases on).
+from toolkit.model.gpt import build_model, count_params
 
 # FACTS.md: GPT-2 parameter counts (tied embeddings, biases on).
 GPT2 = {

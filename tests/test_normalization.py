@@ -10,9 +10,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from toolkit.api.manager import Plugins
 from toolkit.errors import ComponentError
-from toolkit.model import ModelConfig, build_model
-from toolkit.plugins import Plugins
+from toolkit.model.config import ModelConfig
+from toolkit.model.gpt import build_model
 
 PLUGINS = Plugins(autoload=False)
 ROWS = st.lists(st.floats(-100, 100), min_size=2, max_size=16)

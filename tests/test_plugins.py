@@ -11,8 +11,8 @@ from torch import nn
 
 from tests.conftest import TINY_TOML
 from toolkit import hookimpl
+from toolkit.api.manager import BUILTIN_PLUGINS, Plugins
 from toolkit.errors import ComponentError, PluginError, SpecError
-from toolkit.plugins import BUILTIN_PLUGINS, Plugins
 
 
 class Identity(nn.Module):
@@ -125,7 +125,7 @@ def test_entry_points_load_unless_disabled(monkeypatch, tmp_path):
 
 
 def test_a_factory_that_raises_is_named_with_its_plugin(tiny_doc):
-    from toolkit.spec import parse_spec
+    from toolkit.spec.parse import parse_spec
 
     class Faulty:
         @hookimpl

@@ -11,9 +11,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from toolkit.api.manager import Plugins
 from toolkit.errors import ComponentError
-from toolkit.model import ModelConfig, count_params
-from toolkit.plugins import Plugins
+from toolkit.model.config import ModelConfig
+from toolkit.model.gpt import count_params
 
 PLUGINS = Plugins(autoload=False)
 CFG = ModelConfig(

@@ -6,9 +6,9 @@ import re
 import sys
 from pathlib import Path
 
-from toolkit.plugins import Plugins
-from toolkit.runner import run
-from toolkit.spec import parse_spec
+from toolkit.api.manager import Plugins
+from toolkit.spec.parse import parse_spec
+from toolkit.sweep.runner import run
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
+from toolkit.api.registry import KINDS, Registry, check_type, options_of
 from toolkit.errors import ComponentError
-from toolkit.registry import KINDS, Registry, check_type, options_of
 
 
 def make_norm(dim, *, eps: float = 1e-5, learnable: bool = True):

@@ -12,9 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats as sp
 
-from toolkit.cli import main
-from toolkit.errors import ToolkitError
-from toolkit.report import (
+from toolkit.analysis.report import (
     compare,
     flops_per_token,
     format_summary,
@@ -23,7 +21,9 @@ from toolkit.report import (
     summarize,
     write_report,
 )
-from toolkit.results import write_json
+from toolkit.cli import main
+from toolkit.errors import ToolkitError
+from toolkit.files import write_json
 
 
 def table(rows):

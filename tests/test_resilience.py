@@ -16,14 +16,15 @@ import torch
 from torch import nn
 
 from tests.conftest import interrupting_plugins, write_spec
+from toolkit.analysis.report import report
+from toolkit.api.hookspecs import hookimpl
+from toolkit.api.manager import Plugins
 from toolkit.cli import main
 from toolkit.errors import DataError
-from toolkit.hookspecs import hookimpl
-from toolkit.plugins import Plugins
-from toolkit.report import report
-from toolkit.runner import OutputLock, run
-from toolkit.spec import parse_spec
-from toolkit.train import RESUME_FILE, load_checkpoint, load_model
+from toolkit.model.checkpoint import load_model, read_checkpoint
+from toolkit.spec.parse import parse_spec
+from toolkit.sweep.runner import OutputLock, run
+from toolkit.training.loop import RESUME_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -205,7 +206,7 @@ def test_checkpoints_load_weights_only_and_bad_ones_are_clear_errors(tmp_path, t
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(path.read_bytes()[:100])
     with pytest.raises(DataError, match="corrupt or not a toolkit checkpoint"):
-        load_checkpoint(corrupt)
+        read_checkpoint(corrupt)
     checkpoint = torch.load(path, weights_only=True)
     checkpoint["config"]["emb_dim"] = 64
     checkpoint["config"]["n_heads"] = 2
@@ -214,7 +215,7 @@ def test_checkpoints_load_weights_only_and_bad_ones_are_clear_errors(tmp_path, t
     with pytest.raises(DataError, match="weights do not match its config"):
         load_model(mismatched, plugins)
     with pytest.raises(DataError, match="not found"):
-        load_checkpoint(tmp_path / "nope.pt")
+        read_checkpoint(tmp_path / "nope.pt")
 
 
 def test_a_corrupt_resume_state_means_the_run_starts_over(tmp_path, tiny_doc, plugins):

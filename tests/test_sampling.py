@@ -7,9 +7,9 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from toolkit.api.manager import Plugins
 from toolkit.errors import ComponentError
-from toolkit.generate import generate
-from toolkit.plugins import Plugins
+from toolkit.inference.generate import generate
 
 PLUGINS = Plugins(autoload=False)
 SAMPLERS = PLUGINS.registry.names("sampler")

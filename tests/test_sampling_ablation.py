@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 
 from toolkit.errors import SpecError
-from toolkit.runner import run
-from toolkit.sampling_ablation import distinct_n, repetition
-from toolkit.spec import parse_spec
+from toolkit.inference.sampling_ablation import distinct_n, repetition
+from toolkit.spec.parse import parse_spec
+from toolkit.sweep.runner import run
 
 
 def test_metrics_by_hand():
@@ -69,7 +69,7 @@ def test_sampling_from_named_runs_without_retraining(tmp_path, tiny_doc, plugins
         },
     }
     spec = parse_spec(doc)
-    from toolkit import sampling_ablation
+    from toolkit.inference import sampling_ablation
 
     runs = sampling_ablation.model_runs(spec.sampling_ablation, [])
     assert runs == [tmp_path / "trained/base/seed-0"]

@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from toolkit.model import ModelConfig, build_model
-from toolkit.runner import run
-from toolkit.spec import parse_spec
-from toolkit.throughput import flops_per_token, matmul_params, peak_flops, resolve_device
+from toolkit.model.config import ModelConfig
+from toolkit.model.gpt import build_model
+from toolkit.spec.parse import parse_spec
+from toolkit.sweep.runner import run
+from toolkit.training.throughput import flops_per_token, matmul_params, peak_flops, resolve_device
 
 
 def test_flops_per_token_counts_matrix_weights_and_attention(plugins):

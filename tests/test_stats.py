@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats as sp
 
-from toolkit import stats
+from toolkit.analysis import stats
 
 values = st.lists(st.floats(0.5, 10, allow_nan=False), min_size=2, max_size=8)
 

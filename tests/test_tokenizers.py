@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from plugins import tokenizers
 from plugins.corpora import PydocCorpus
 from plugins.tokenizers import BPETokenizer, ByteTokenizer, GPT2Tokenizer
+from toolkit.api.registry import Registry
 from toolkit.errors import DataError
-from toolkit.registry import Registry
 
 # Hypothesis examples share nothing per test, so function-scoped autouse fixtures are harmless.
 SETTINGS = settings(

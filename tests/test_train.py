@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from toolkit.hookspecs import hookimpl
-from toolkit.plugins import Plugins
-from toolkit.runner import run
-from toolkit.spec import parse_spec
-from toolkit.train import lr_at
+from toolkit.api.hookspecs import hookimpl
+from toolkit.api.manager import Plugins
+from toolkit.spec.parse import parse_spec
+from toolkit.sweep.runner import run
+from toolkit.training.loop import lr_at
 
 
 def read_metrics(folder):
@@ -146,7 +146,7 @@ def test_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path, tiny_doc):
 
 
 def test_budget_in_epochs(tmp_path, tiny_doc, plugins):
-    from toolkit.data import TrainBatches, load_tokens
+    from toolkit.data.tokens import TrainBatches, load_tokens
 
     spec = parse_spec(
         {**tiny_doc, "train": {**tiny_doc["train"], "max_steps": None, "epochs": 0.01}}

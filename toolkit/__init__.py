@@ -12,25 +12,25 @@ from __future__ import annotations
 
 from typing import Any
 
+from toolkit.api.hookspecs import hookimpl
 from toolkit.errors import ComponentError, DataError, PluginError, SpecError, ToolkitError
-from toolkit.hookspecs import hookimpl
 
 __version__ = "0.1.0"
 
 # Heavier modules load on first use, so `import toolkit` in a plugin stays cheap and cycle-free.
 _LAZY = {
-    "ModelConfig": "toolkit.model",
-    "build_model": "toolkit.model",
-    "preset": "toolkit.model",
-    "Spec": "toolkit.spec",
-    "load_spec": "toolkit.spec",
-    "run": "toolkit.runner",
-    "collect": "toolkit.results",
-    "summarize": "toolkit.report",
-    "compare": "toolkit.report",
-    "write_report": "toolkit.report",
-    "Plugins": "toolkit.plugins",
-    "load_plugins": "toolkit.plugins",
+    "ModelConfig": "toolkit.model.gpt",
+    "build_model": "toolkit.model.gpt",
+    "preset": "toolkit.model.gpt",
+    "Spec": "toolkit.spec.schema",
+    "load_spec": "toolkit.spec.schema",
+    "run": "toolkit.sweep.runner",
+    "collect": "toolkit.sweep.results",
+    "summarize": "toolkit.analysis.report",
+    "compare": "toolkit.analysis.report",
+    "write_report": "toolkit.analysis.report",
+    "Plugins": "toolkit.api.manager",
+    "load_plugins": "toolkit.api.manager",
 }
 
 

@@ -22,3 +22,15 @@ class PluginError(ToolkitError):
 
 class DataError(ToolkitError):
     """A corpus or tokenizer input is missing, empty, unreadable or too small."""
+
+
+def one_line(exc: BaseException, limit: int | None = None) -> str:
+    """An exception as one line for a message: its text alone for the toolkit's own errors
+    (they are written for users), with its type for any other; runs of whitespace become one
+    space, and text longer than `limit` characters ends in "...".
+    `one_line(KeyError("a\\n b"))` -> "KeyError: 'a\\n b'"; `one_line(SpecError("x\\n y"))` -> "x y"."""
+    text = str(exc) if isinstance(exc, ToolkitError) else f"{type(exc).__name__}: {exc}"
+    text = " ".join(text.split())
+    if limit is not None and len(text) > limit:
+        text = text[: max(0, limit - 3)] + "..."
+    return text

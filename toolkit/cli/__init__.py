@@ -1,0 +1,50 @@
+"""`ablate`: the command line over the Python API.
+
+    ablate run SPEC [--out DIR] [--set KEY=VALUE ...] [--plugin MODULE ...] [--quiet] [--restart]
+               [--executor local|processes|ray] [--jobs N] [--address ADDR]
+    ablate validate SPEC [--set ...] [--plugin ...]
+    ablate list [KIND]
+    ablate plugins
+    ablate report DIR [DIR ...] [--out REPORT_DIR]
+    ablate generate RUN_DIR|CHECKPOINT [--prompt TEXT] [--sampler NAME] [--set sampling.KEY=VALUE]...
+                    [--max-new-tokens N] [--seed S] [--no-cache]
+    ablate import --format hf-gpt2|book SOURCE --out FILE.pt [--n-heads N] [--tokenizer NAME] [--force]
+    ablate export --format hf-gpt2|book CHECKPOINT|RUN_DIR --out PATH [--force]
+    ablate eval CHECKPOINT|RUN_DIR [--data PATH | --corpus NAME] [--tokenizer NAME] [--split all|train|val]
+
+Bad input (a ToolkitError) prints one line, `ablate: error: ...`, and exits with status 2;
+no traceback. A sweep in which some run failed or diverged exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from toolkit.cli import checkpoints, components, evaluate, generate, report, sweep
+from toolkit.errors import ToolkitError, one_line
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ToolkitError as exc:
+        print(f"ablate: error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        note = "; finished runs are kept, run the same command to continue"
+        print(f"ablate: interrupted{note if args.command == 'run' else ''}", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ablate", description="Swap components of a GPT, train every variant x seed, compare."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for commands in (sweep, components, report, generate, checkpoints, evaluate):
+        commands.add_parser(sub)
+    return parser

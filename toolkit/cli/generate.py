@@ -1,0 +1,174 @@
+"""`ablate generate RUN_DIR|CHECKPOINT --prompt ...`: load a run's checkpoint and tokenizer and
+stream the continuation of the prompt to stdout (toolkit.inference.generate does the work)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from typing import Any
+
+from toolkit.api.registry import check_type, split_choice, suggest
+from toolkit.cli.common import (
+    add_device_option,
+    add_plugin_option,
+    add_set_option,
+    check_device,
+    plugins_of,
+)
+from toolkit.errors import SpecError
+from toolkit.spec.schema import SamplingSpec
+
+SAMPLING_KEYS = ("sampler", "prompt", "max_new_tokens")
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "generate",
+        help="continue a prompt with a trained run's model, streaming the text",
+        description="Load a run folder's checkpoint.pt and config.json (or a checkpoint file "
+        "with config.json beside it) and print the prompt, then its continuation as it is "
+        "generated, up to max_new_tokens or the end-of-text token. Defaults (sampler, prompt, "
+        "max_new_tokens, seed) come from the run's config. Uses a KV cache when the model's "
+        "attention has one.",
+    )
+    p.add_argument("source", metavar="RUN_DIR|CHECKPOINT", help="a run folder or checkpoint.pt")
+    p.add_argument("--prompt", help="text to continue (default: the run's sampling.prompt)")
+    p.add_argument("--sampler", help="sampler name, e.g. top-p (ablate list sampler)")
+    add_set_option(
+        p,
+        "sampling.<option of the sampler>, sampling.max_new_tokens or sampling.prompt, "
+        "e.g. --set sampling.p=0.9 (repeatable; TOML values)",
+    )
+    p.add_argument("--max-new-tokens", type=int, help="default: the run's")
+    p.add_argument("--seed", type=int, help="seed of the draws (default: the run's seed)")
+    p.add_argument("--no-cache", action="store_true", help="re-run the context at every step")
+    p.add_argument(
+        "--tokenizer", help="tokenizer of a checkpoint without a config.json: gpt2 or bytes"
+    )
+    add_device_option(p)
+    add_plugin_option(p)
+    p.set_defaults(func=cmd_generate)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """`ablate generate`: stream the continuation of the prompt to stdout."""
+    # torch-heavy imports, on first use: `ablate --help` stays quick.
+    import torch
+
+    from toolkit.data.resolve import check_vocab, run_tokenizer
+    from toolkit.inference.generate import IncrementalDecoder, stream
+    from toolkit.model.checkpoint import open_checkpoint
+
+    plugins = plugins_of(args)
+    device = check_device(args.device)
+    checkpoint = open_checkpoint(args.source)  # weights only, memory-mapped on the CPU
+    config = checkpoint.run
+    sampling = _sampling(config, args, plugins)
+    sampler = plugins.registry.build("sampler", sampling["sampler"])
+    model = checkpoint.model(plugins).to(device)
+    tokenizer = run_tokenizer(
+        config,
+        plugins,
+        recorded=checkpoint.tokenizer,
+        choice=args.tokenizer,
+        where=checkpoint.path,
+        vocab_size=model.config.vocab_size,
+    )
+    check_vocab(tokenizer, model.config.vocab_size, "give the run's tokenizer (--tokenizer)")
+
+    prompt = sampling["prompt"]
+    ids = tokenizer.encode(prompt) or [tokenizer.eot_id]
+    idx = torch.tensor([ids], dtype=torch.long, device=device)
+    seed = args.seed if args.seed is not None else int((config or {}).get("seed", 0))
+    generator = torch.Generator(device=device).manual_seed(seed)
+    steps = stream(
+        model,
+        idx,
+        sampling["max_new_tokens"],
+        sampler,
+        model.config.context_length,
+        generator,
+        tokenizer.eot_id,
+        use_cache=not args.no_cache,
+    )
+    out = sys.stdout
+    try:
+        out.write(prompt)
+        out.flush()
+        decoder = IncrementalDecoder(tokenizer.decode)
+        for next_ids in steps:
+            token = int(next_ids[0, 0])
+            if token == tokenizer.eot_id:
+                break
+            out.write(decoder.add(token))
+            out.flush()
+        out.write(decoder.flush() + "\n")
+        out.flush()
+    except BrokenPipeError:  # `ablate generate ... | head`: the reader has gone; so do we
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+    return 0
+
+
+def _sampling(
+    config: dict[str, Any] | None, args: argparse.Namespace, plugins: Any
+) -> dict[str, Any]:
+    """The run's [sampling] section (or the defaults) with --sampler, --set sampling.* and the
+    flags applied: {"sampler": choice, "prompt": str, "max_new_tokens": int}. A different
+    sampler starts from its own defaults; the run's sampler keeps the run's options."""
+    from toolkit.spec.parse import parse_override  # builds models: not at `ablate --help`
+
+    base = (config or {}).get("sampling") or {}
+    defaults = SamplingSpec()
+    name, options = split_choice(base.get("sampler", defaults.sampler))
+    prompt = base.get("prompt", defaults.prompt)
+    max_new = base.get("max_new_tokens", defaults.max_new_tokens)
+
+    def choose(choice: Any, where: str) -> None:
+        nonlocal name, options
+        if isinstance(choice, dict) and isinstance(choice.get("name"), str):
+            name, options = split_choice(choice)
+        elif isinstance(choice, str) and choice:
+            if choice != name:
+                name, options = choice, {}
+        else:
+            raise SpecError(f"{where}: expected a sampler name, got {choice!r}")
+        plugins.registry.get("sampler", name)  # unknown: a one-line ComponentError
+
+    set_options: dict[str, Any] = {}
+    for item in args.overrides:
+        key, value = parse_override(item)
+        section, _, rest = key.partition(".")
+        if section != "sampling" or not rest:
+            raise SpecError(
+                f"--set {key}: generate takes sampling.* keys only, e.g. --set sampling.p=0.9"
+            )
+        rest = rest.removeprefix("sampler.")
+        if rest == "sampler":
+            choose(value, f"--set {key}")
+        elif rest == "prompt":
+            prompt = check_type(value, str, f"--set {key}", SpecError)
+        elif rest == "max_new_tokens":
+            max_new = check_type(value, int, f"--set {key}", SpecError)
+        else:
+            set_options[rest] = (key, value)
+    if args.sampler is not None:
+        choose(args.sampler, "--sampler")
+    component = plugins.registry.get("sampler", name)
+    for option, (key, value) in set_options.items():
+        if option not in component.options:
+            allowed = [*SAMPLING_KEYS, *component.options]
+            raise SpecError(
+                f"--set {key}: sampler {name!r} has no option {option!r}"
+                f"{suggest(option, allowed)}; sampling keys: {', '.join(allowed)}"
+            )
+        options[option] = value
+    if args.prompt is not None:
+        prompt = args.prompt
+    if args.max_new_tokens is not None:
+        max_new = args.max_new_tokens
+    if max_new < 0:
+        raise SpecError(f"max_new_tokens must be >= 0, got {max_new}")
+    return {"sampler": {"name": name, **options}, "prompt": prompt, "max_new_tokens": max_new}

@@ -1,0 +1,167 @@
+"""`ablate run` and `ablate validate`: train every variant x seed of a spec (or only check it)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from toolkit.cli.common import add_plugin_option, add_set_option, plural
+from toolkit.errors import ToolkitError
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("run", help="train every variant x seed of a spec and print the comparison")
+    _spec_args(p)
+    p.add_argument("--out", help="output folder (default: runs/<spec name>)")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="discard this spec's earlier runs in the output folder and train them again",
+    )
+    p.add_argument(
+        "--executor",
+        default="local",
+        metavar="NAME",
+        help="where runs train: local (default, one after another here), processes (a process "
+        "per run, --jobs at a time) or ray (Ray tasks; --address for a cluster)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        metavar="N",
+        help="processes executor: runs at a time (default: one per core; cores are shared out)",
+    )
+    p.add_argument(
+        "--address",
+        metavar="ADDR",
+        help="ray executor: the cluster to join (auto, HOST:6379, ray://HOST:10001); default: "
+        "start a local Ray instance",
+    )
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("validate", help="check a spec and list its variants with parameter counts")
+    _spec_args(p)
+    p.set_defaults(func=cmd_validate)
+
+
+def _spec_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="experiment spec (TOML)")
+    add_set_option(
+        p, "override a spec key, e.g. --set train.max_steps=50 (repeatable; TOML values)"
+    )
+    add_plugin_option(p)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from toolkit.analysis.report import report
+    from toolkit.api.manager import load_plugins
+    from toolkit.spec.parse import load_spec
+    from toolkit.sweep.runner import run
+
+    plugins = load_plugins(tuple(args.plugins))
+    executor = executor_choice(args, plugins)
+    spec = load_spec(args.spec, args.overrides, plugins=plugins)
+    out = args.out or f"runs/{spec.name}"
+    from toolkit.training import distributed
+
+    try:
+        table = run(
+            spec,
+            out,
+            plugins=plugins,
+            progress=not args.quiet,
+            restart=args.restart,
+            executor=executor,
+        )
+    finally:
+        distributed.shutdown()  # under torchrun: leave the process group (a no-op otherwise)
+    if not distributed.current().main:
+        return 0  # under torchrun, rank 0 prints the comparison
+    _, text = report(out)
+    print(text)
+    print(f"results: {out}/results.csv")
+    if spec.sampling_ablation is not None:
+        from toolkit.inference import sampling_ablation
+
+        summary = pd.read_csv(f"{out}/sampling/summary.csv")
+        print(sampling_ablation.format_summary(summary))
+        print(f"sampling: {out}/sampling/results.csv, summary.csv, samples.md")
+    bad = table[table["status"] != "ok"]
+    if len(bad):
+        for _, row in bad.iterrows():
+            print(
+                f"ablate: {row['variant']} seed={row['seed']}: {row['status']}"
+                + (f" ({row['error']})" if isinstance(row.get("error"), str) else ""),
+                file=sys.stderr,
+            )
+        return 1
+    return 0
+
+
+def executor_choice(args: argparse.Namespace, plugins: Any) -> dict[str, Any]:
+    """--executor NAME with --jobs/--address as its options; a flag the executor does not take
+    is an error naming the ones it does."""
+    component = plugins.registry.get("executor", args.executor)
+    choice: dict[str, Any] = {"name": args.executor}
+    for flag, option in (("--jobs", "jobs"), ("--address", "address")):
+        value = getattr(args, option)
+        if value is None:
+            continue
+        if option not in component.options:
+            takers = [
+                name
+                for name in plugins.registry.names("executor")
+                if option in plugins.registry.get("executor", name).options
+            ]
+            raise ToolkitError(
+                f"{flag} does not apply to the {args.executor} executor; it is for "
+                f"--executor {' or '.join(takers) or '(none installed)'}"
+            )
+        choice[option] = value
+    return choice
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from toolkit.api.manager import load_plugins
+    from toolkit.model.gpt import count_params
+    from toolkit.spec.parse import load_spec
+    from toolkit.sweep.runner import prepare_data
+
+    plugins = load_plugins(tuple(args.plugins))
+    spec = load_spec(args.spec, args.overrides, plugins=plugins)
+    datasets = prepare_data(spec, plugins)
+    print(
+        f"{spec.path}: ok. experiment {spec.name!r}: {plural(len(spec.variants), 'variant')} x "
+        f"{plural(len(spec.seeds), 'seed')} = {plural(len(spec.runs), 'run')}; "
+        f"baseline {spec.baseline!r}"
+    )
+    from toolkit.data.resolve import data_key
+
+    rows = []
+    for r in spec.runs[: len(spec.variants)]:
+        data = datasets[data_key(r.data)][0]
+        total, non_emb = count_params(r.model_config(data.vocab_size), plugins)
+        choices = " ".join(f"{k}={v}" for k, v in r.choices().items())
+        rows.append(
+            (
+                ("*" if r.variant == spec.baseline else " "),
+                r.variant,
+                f"{total:,}",
+                f"{non_emb:,}",
+                choices,
+            )
+        )
+    header = ("", "variant", "params", "non-emb")
+    widths = [max(len(row[i]) for row in [*rows, header]) for i in range(4)]
+    print(
+        f"  {'variant':<{widths[1]}}  {'params':>{widths[2]}}  {'non-emb':>{widths[3]}}  components"
+    )
+    for mark, name, total, non_emb, choices in rows:
+        print(
+            f"{mark} {name:<{widths[1]}}  {total:>{widths[2]}}  {non_emb:>{widths[3]}}  {choices}"
+        )
+    return 0

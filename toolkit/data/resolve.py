@@ -1,0 +1,116 @@
+"""The corpus and tokenizer a run trains on, rebuilt from a spec's [data] or a run's
+config.json: the one place that turns data choices into objects.
+
+    load_data(data, plugins)           -> (TokenData, tokenizer) for a [data] section
+    data_key(data)                     runs with equal keys train on the same tokens
+    run_corpus(run)                    the corpus choice a run's config.json records
+    run_tokenizer(run, plugins, ...)   the tokenizer a checkpoint goes with, its learned
+                                       vocabulary restored (bpe) from the run's own training text
+    check_vocab(tokenizer, vocab_size) the model has an embedding row for every id
+
+A learned tokenizer is only ever the one its run learned: restored through the token cache
+(or learned again, identically, from the run's corpus and split). Not here: tokenizing and
+caching (tokens.py), batching (batches.py).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from toolkit.api.manager import Plugins
+from toolkit.api.registry import Choice, split_choice
+from toolkit.data.tokens import TokenData, load_tokens
+from toolkit.errors import DataError
+
+GPT2_VOCAB = 50257  # a checkpoint with this many ids and nothing else to go on is GPT-2's
+
+
+def load_data(data: Any, plugins: Plugins) -> tuple[TokenData, Any]:
+    """The tokens of a [data] section (anything with corpus, tokenizer and val_fraction),
+    through the content-keyed cache, and its tokenizer (trained, when it learns)."""
+    corpus = plugins.registry.build("corpus", data.corpus)
+    tokenizer = plugins.registry.build("tokenizer", data.tokenizer)
+    return load_tokens(corpus, tokenizer, data.val_fraction), tokenizer
+
+
+def data_key(data: Any) -> str:
+    """Equal keys for [data] sections that give the same tokens."""
+    fields = asdict(data) if is_dataclass(data) else dict(data)
+    return json.dumps(fields, sort_keys=True, default=str)
+
+
+def run_corpus(run: dict[str, Any] | None) -> Choice:
+    """The corpus a run's config.json records (its path shortcut included); pydoc, the default
+    corpus, when there is no run."""
+    data = (run or {}).get("data") or {}
+    if data.get("path") and data.get("corpus") in (None, "pydoc"):
+        return {"name": "files", "path": data["path"]}
+    return data.get("corpus") or "pydoc"
+
+
+def label(choice: Choice) -> str:
+    """How a tokenizer choice reads in output: 'bpe (vocab_size=300)'."""
+    name, options = split_choice(choice)
+    return name if not options else f"{name} ({', '.join(f'{k}={v}' for k, v in options.items())})"
+
+
+def run_tokenizer(
+    run: dict[str, Any] | None,
+    plugins: Plugins,
+    *,
+    recorded: Choice | None = None,
+    choice: Choice | None = None,
+    where: str | Path = "the checkpoint",
+    vocab_size: int | None = None,
+) -> Any:
+    """The tokenizer a checkpoint goes with: `choice` (--tokenizer), else the one `recorded` in
+    the checkpoint, else the run's (config.json), else gpt2 for GPT-2's 50,257 ids. A learned
+    one (bpe) gets the state its run learned, which needs the run's config.json."""
+    data = (run or {}).get("data") or {}
+    choice = choice or recorded or data.get("tokenizer")
+    if choice is None:
+        if vocab_size != GPT2_VOCAB:
+            ids = f", a vocabulary of {vocab_size:,} ids" if vocab_size else ""
+            raise DataError(
+                f"cannot tell which tokenizer {where} goes with (no run config.json beside "
+                f"it{ids}); pass --tokenizer gpt2 or --tokenizer bytes"
+            )
+        choice = "gpt2"
+    component = plugins.registry.get("tokenizer", split_choice(choice)[0])
+    tokenizer = plugins.registry.build("tokenizer", choice)
+    if getattr(tokenizer, "needs_training", False) or component.facts.get("needs_training"):
+        if not data.get("corpus"):
+            raise DataError(
+                f"tokenizer {label(choice)!r} is learned from the training text, which only a "
+                f"run's config.json names; give the run folder"
+            )
+        corpus = plugins.registry.build("corpus", run_corpus(run))
+        load_tokens(corpus, tokenizer, data.get("val_fraction", 0.1))  # restores what it learned
+        tokenizer = Frozen(tokenizer)
+    return tokenizer
+
+
+class Frozen:
+    """A trained tokenizer that load_tokens will not train again on other text (it reads
+    needs_training); everything else is the tokenizer's own."""
+
+    needs_training = False
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tokenizer, name)
+
+
+def check_vocab(tokenizer: Any, vocab_size: int, fix: str) -> None:
+    """The model's vocab_size covers every id the tokenizer makes; else a DataError ending in
+    `fix`."""
+    if tokenizer.vocab_size > vocab_size:
+        raise DataError(
+            f"tokenizer {tokenizer.name!r} has {tokenizer.vocab_size:,} ids but the model only "
+            f"{vocab_size:,}; {fix}"
+        )

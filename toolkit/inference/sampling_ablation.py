@@ -1,0 +1,224 @@
+"""Sampling ablations: vary the sampler over trained models, without retraining, and compare
+what they write.
+
+A spec's `[sampling_ablation]` table names the models (run or experiment folders; by default
+the spec's own runs, trained first) and the samplers. For each model x sampler x sampling seed,
+every one of a fixed set of prompts (windows of the model's validation split, the same for all)
+is continued, and the continuations are scored:
+
+- distinct-n (n = 1, 2, 3): unique token n-grams / all token n-grams, pooled over the prompts
+  ([1, 2, 1, 2] -> distinct-1 = 2/4, distinct-2 = 2/3);
+- repetition: the share of a continuation's token 4-grams that already occurred earlier in the
+  same continuation, averaged over prompts;
+- mean log-probability (nats/token) of the generated tokens under the model, from its raw
+  logits (before any filtering or temperature), and the perplexity of the generated text,
+  exp(-mean log-probability).
+
+Results land in `<out>/sampling/`: results.csv (one row per model run x sampler x seed),
+summary.csv (mean +- std per variant x sampler) and samples.md (texts side by side).
+Not here: sampling itself (plugins/sampling.py) and generation (generate.py).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from toolkit.api.registry import split_choice
+from toolkit.data.resolve import run_corpus, run_tokenizer
+from toolkit.data.tokens import load_tokens
+from toolkit.errors import SpecError
+from toolkit.files import write_atomic
+from toolkit.inference.generate import generate
+from toolkit.model.checkpoint import open_checkpoint
+from toolkit.names import label
+from toolkit.spec.schema import SamplingAblation
+
+# -- metrics --------------------------------------------------------------------------------
+
+
+def distinct_n(sequences: list[list[int]], n: int) -> float:
+    """Unique n-grams / all n-grams over all sequences: distinct_n([[1, 2, 1, 2]], 2) -> 2/3."""
+    grams = [tuple(s[i : i + n]) for s in sequences for i in range(len(s) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else math.nan
+
+
+def repetition(sequence: list[int], n: int = 4) -> float:
+    """Share of the sequence's n-grams already seen earlier in it: [1,2,1,2,1,2], n=2 -> 3/5."""
+    seen: set[tuple[int, ...]] = set()
+    repeats = total = 0
+    for i in range(len(sequence) - n + 1):
+        gram = tuple(sequence[i : i + n])
+        repeats += gram in seen
+        total += 1
+        seen.add(gram)
+    return repeats / total if total else math.nan
+
+
+# -- running --------------------------------------------------------------------------------
+
+
+def model_runs(ablation: SamplingAblation, own: list[Path]) -> list[Path]:
+    """Run folders to sample from: the named ones (a run folder, or an experiment folder for
+    all its finished runs), else the spec's own finished runs."""
+    if not ablation.runs:
+        return [f for f in own if (f / "checkpoint.pt").is_file()]
+    found: list[Path] = []
+    for name in ablation.runs:
+        path = Path(name).expanduser()
+        if (path / "checkpoint.pt").is_file():
+            found.append(path)
+        elif path.is_dir() and sorted(path.glob("*/seed-*/checkpoint.pt")):
+            found += [p.parent for p in sorted(path.glob("*/seed-*/checkpoint.pt"))]
+        else:
+            raise SpecError(
+                f"[sampling_ablation] runs: {name} holds no checkpoint.pt (give a run "
+                f"folder or an experiment folder with finished runs)"
+            )
+    return found
+
+
+def run_ablation(
+    ablation: SamplingAblation, runs: list[Path], out: Path, plugins: Any, progress: bool = True
+) -> pd.DataFrame:
+    """Score every model x sampler x seed; write <out>/sampling/*; return the per-run table."""
+    if not runs:
+        raise SpecError(
+            "[sampling_ablation] found no finished run with a checkpoint to sample from"
+        )
+    rows, samples = [], []
+    for k, folder in enumerate(runs):
+        checkpoint = open_checkpoint(folder)
+        config = checkpoint.run
+        model = checkpoint.model(plugins).eval()
+        tokenizer = run_tokenizer(
+            config, plugins, recorded=checkpoint.tokenizer, where=checkpoint.path,
+            vocab_size=model.config.vocab_size,
+        )  # fmt: skip
+        context = model.config.context_length
+        if ablation.prompt_tokens + ablation.max_new_tokens > context:
+            raise SpecError(
+                f"[sampling_ablation] prompt_tokens + max_new_tokens = "
+                f"{ablation.prompt_tokens + ablation.max_new_tokens} exceeds the context of "
+                f"{folder} ({context}); shorten them so the model scores all it wrote"
+            )
+        data = (config or {}).get("data") or {}
+        corpus = plugins.registry.build("corpus", run_corpus(config))
+        val = load_tokens(corpus, tokenizer, data.get("val_fraction", 0.1)).val
+        prompts = _prompts(val, ablation.n_prompts, ablation.prompt_tokens)
+        variant = (config or {}).get("variant", folder.name)
+        model_seed = (config or {}).get("seed")
+        if progress:
+            print(f"sampling [{k + 1}/{len(runs)}] {variant} seed={model_seed}", file=sys.stderr)
+        for choice in ablation.samplers:
+            name, options = split_choice(choice)
+            sampler = plugins.registry.get("sampler", name).build(**options)
+            for seed in ablation.seeds:
+                generator = torch.Generator().manual_seed(seed)
+                out_ids = generate(
+                    model, prompts, ablation.max_new_tokens, sampler, context, generator
+                )
+                scores = _score(model, out_ids, ablation.prompt_tokens)
+                rows.append(
+                    {
+                        "variant": variant,
+                        "model_seed": model_seed,
+                        "run": str(folder),
+                        "sampler": label(choice),
+                        "seed": seed,
+                        **scores,
+                    }
+                )
+                if seed == ablation.seeds[0] and k == 0:
+                    texts = [
+                        tokenizer.decode(s[ablation.prompt_tokens :].tolist()) for s in out_ids[:2]
+                    ]
+                    shown = [tokenizer.decode(p.tolist()) for p in prompts[:2]]
+                    samples.append((label(choice), shown, texts))
+    table = pd.DataFrame(rows)
+    folder = out / "sampling"
+    write_atomic(folder / "results.csv", table.to_csv(index=False))
+    summary = summarize(table)
+    write_atomic(folder / "summary.csv", summary.to_csv(index=False))
+    write_atomic(folder / "samples.md", _samples_markdown(samples, runs[0]))
+    return table
+
+
+def _prompts(val: Any, n: int, length: int) -> Any:
+    """n windows of `length` tokens, evenly spaced over the validation split (fixed)."""
+    if len(val) < length:
+        raise SpecError(
+            f"[sampling_ablation] the validation split ({len(val)} tokens) is shorter "
+            f"than prompt_tokens ({length})"
+        )
+    starts = np.linspace(0, len(val) - length, n).astype(int)
+    return torch.tensor(np.stack([np.asarray(val[s : s + length], dtype=np.int64) for s in starts]))
+
+
+def _score(model: Any, ids: Any, prompt_tokens: int) -> dict[str, float]:
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids).float(), dim=-1)  # (B, T, V)
+    new = ids[:, prompt_tokens:]  # (B, N)
+    # The token at position t is predicted at position t - 1.
+    chosen = logp[:, prompt_tokens - 1 : -1].gather(-1, new.unsqueeze(-1)).squeeze(-1)
+    mean_logprob = float(chosen.mean())
+    seqs = new.tolist()
+    return {
+        "distinct_1": distinct_n(seqs, 1),
+        "distinct_2": distinct_n(seqs, 2),
+        "distinct_3": distinct_n(seqs, 3),
+        "repetition": float(pd.Series([repetition(s) for s in seqs]).mean()),
+        "mean_logprob": mean_logprob,
+        "gen_perplexity": math.exp(-mean_logprob),
+    }
+
+
+METRICS = ["distinct_1", "distinct_2", "distinct_3", "repetition", "mean_logprob", "gen_perplexity"]
+
+
+def summarize(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean and sample std per variant x sampler, over model seeds x sampling seeds."""
+    grouped = table.groupby(["variant", "sampler"], sort=False)[METRICS]
+    mean, std = grouped.mean().add_suffix("_mean"), grouped.std(ddof=1).add_suffix("_std")
+    n = grouped.size().rename("n")
+    return pd.concat([n, mean, std], axis=1).reset_index()
+
+
+def format_summary(summary: pd.DataFrame) -> str:
+    """A terminal table: mean ± std per variant x sampler."""
+    lines = []
+    for _, row in summary.iterrows():
+        cells = [f"{row['variant']} | {row['sampler']} (n={row['n']})"]
+        for m in METRICS:
+            std = row[f"{m}_std"]
+            cells.append(f"{m} {row[f'{m}_mean']:.3f}" + ("" if pd.isna(std) else f"±{std:.3f}"))
+        lines.append("  ".join(cells))
+    return "sampling ablation (mean ± std over model and sampling seeds):\n" + "\n".join(lines)
+
+
+def _samples_markdown(samples: list[tuple[str, list[str], list[str]]], run: Path) -> str:
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", "⏎ ")
+
+    prompts = samples[0][1] if samples else []
+    lines = [
+        f"# Samples side by side\n\nModel: `{run}`, first sampling seed. Prompts (windows of "
+        f"the validation split):\n"
+    ]
+    lines += [f"{i + 1}. `{cell(p)}`" for i, p in enumerate(prompts)]
+    lines += [
+        "",
+        "| sampler | "
+        + " | ".join(f"continuation of prompt {i + 1}" for i in range(len(prompts)))
+        + " |",
+        "|---|" + "---|" * len(prompts),
+    ]
+    for name, _, texts in samples:
+        lines.append(f"| {name} | " + " | ".join(cell(t) for t in texts) + " |")
+    return "\n".join(lines) + "\n"

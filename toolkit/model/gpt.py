@@ -1,0 +1,238 @@
+"""The GPT skeleton, assembled from registry components. Read it top to bottom.
+
+Shape and wiring are fixed here (token + positional embedding, dropout, blocks of attention
+and feed-forward with residual connections and norms placed pre, post or sandwich, final norm,
+LM head, initialisation); every component
+inside is looked up by kind and name once, at build time. There is no indirection in forward()
+beyond the modules themselves. Names follow "Build a Large Language Model From Scratch"
+(tok_emb, pos_emb, trf_blocks, att, ff, norm1, norm2, final_norm, out_head), so the book's
+state dicts line up.
+
+forward_cached() is the same network for generation with a KV cache: a separate method, so
+the training forward() has no cache argument or branch. It needs an attention registered with
+`kv_cache=True` (GPT.supports_kv_cache); generate.py falls back to forward() otherwise.
+
+Not here: training (train.py), generation (generate.py), and the components (plugins/).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from toolkit.api.manager import Plugins, load_plugins
+from toolkit.api.registry import Choice, split_choice
+from toolkit.errors import ComponentError
+from toolkit.model.config import COMPONENT_SLOTS, ModelConfig
+
+
+class PreNormBlock(nn.Module):
+    """x + drop(att(norm1(x))), then x + drop(ff(norm2(x))): GPT-2's and the book's block."""
+
+    def __init__(self, config: ModelConfig, plugins: Plugins, positional: nn.Module) -> None:
+        super().__init__()
+        self.norm1 = _build(plugins, "norm", config.norm, config.emb_dim)
+        self.att = _build_attention(plugins, config, positional)
+        self.norm2 = _build(plugins, "norm", config.norm, config.emb_dim)
+        self.ff = _build(plugins, "activation", config.activation, config)
+        self.drop_shortcut = nn.Dropout(config.dropout("resid"))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, emb_dim) -> same
+        x = x + self.drop_shortcut(self.att(self.norm1(x)))
+        x = x + self.drop_shortcut(self.ff(self.norm2(x)))
+        return x
+
+    def forward_cached(self, x: torch.Tensor, cache: dict, start: int) -> torch.Tensor:
+        """forward() for positions start.., the attention using and filling its KV cache."""
+        x = x + self.drop_shortcut(self.att.forward_cached(self.norm1(x), cache, start))
+        x = x + self.drop_shortcut(self.ff(self.norm2(x)))
+        return x
+
+
+class PostNormBlock(PreNormBlock):
+    """norm1(x + drop(att(x))), then norm2(x + drop(ff(x))): the 2017 Transformer's block."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm1(x + self.drop_shortcut(self.att(x)))
+        x = self.norm2(x + self.drop_shortcut(self.ff(x)))
+        return x
+
+    def forward_cached(self, x: torch.Tensor, cache: dict, start: int) -> torch.Tensor:
+        x = self.norm1(x + self.drop_shortcut(self.att.forward_cached(x, cache, start)))
+        x = self.norm2(x + self.drop_shortcut(self.ff(x)))
+        return x
+
+
+class SandwichBlock(PreNormBlock):
+    """Pre-norm plus a norm on each branch's output before it joins the residual stream
+    (Ding et al. 2021, CogView)."""
+
+    def __init__(self, config: ModelConfig, plugins: Plugins, positional: nn.Module) -> None:
+        super().__init__(config, plugins, positional)
+        self.norm1_out = _build(plugins, "norm", config.norm, config.emb_dim)
+        self.norm2_out = _build(plugins, "norm", config.norm, config.emb_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_shortcut(self.norm1_out(self.att(self.norm1(x))))
+        x = x + self.drop_shortcut(self.norm2_out(self.ff(self.norm2(x))))
+        return x
+
+    def forward_cached(self, x: torch.Tensor, cache: dict, start: int) -> torch.Tensor:
+        att = self.att.forward_cached(self.norm1(x), cache, start)
+        x = x + self.drop_shortcut(self.norm1_out(att))
+        x = x + self.drop_shortcut(self.norm2_out(self.ff(self.norm2(x))))
+        return x
+
+
+BLOCKS = {"pre": PreNormBlock, "post": PostNormBlock, "sandwich": SandwichBlock}
+
+
+class KVCache:
+    """What a KV cache holds between generation steps: one dict per block, which that block's
+    attention fills with its keys and values (its own layout), and how many positions it holds.
+    Made by GPT.new_cache(); used through GPT.forward_cached()."""
+
+    def __init__(self, n_layers: int) -> None:
+        self.layers: list[dict] = [{} for _ in range(n_layers)]
+        self.length = 0  # positions 0 .. length-1 are cached
+
+
+class GPT(nn.Module):
+    def __init__(self, config: ModelConfig, plugins: Plugins) -> None:
+        super().__init__()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.emb_dim)
+        self.pos_emb = _build(plugins, "positional", config.positional, config)
+        self.drop_emb = nn.Dropout(config.dropout("emb"))
+        block = BLOCKS[config.norm_placement]
+        self.trf_blocks = nn.Sequential(
+            *[block(config, plugins, self.pos_emb) for _ in range(config.n_layers)]
+        )
+        # Post-norm blocks already end in a norm; a second one before the head adds nothing.
+        self.final_norm = (
+            nn.Identity()
+            if config.norm_placement == "post"
+            else _build(plugins, "norm", config.norm, config.emb_dim)
+        )
+        self.out_head = nn.Linear(config.emb_dim, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.out_head.weight = self.tok_emb.weight  # one matrix, counted once
+        # The attention's registry fact: it has forward_cached(), so generation can cache.
+        attention = plugins.registry.get("attention", split_choice(config.attention)[0])
+        self.supports_kv_cache = bool(attention.facts.get("kv_cache"))
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, T) -> logits (B, T, vocab_size)."""
+        x = self.tok_emb(idx)  # (B, T, emb_dim)
+        x = self.pos_emb(x)  # schemes acting inside attention return x unchanged
+        x = self.drop_emb(x)
+        x = self.trf_blocks(x)
+        x = self.final_norm(x)
+        return self.out_head(x)  # (B, T, vocab_size)
+
+    # -- generation with a KV cache: a separate path, so forward() above stays as it is -------
+    def new_cache(self) -> KVCache:
+        """An empty KV cache for forward_cached() (needs `supports_kv_cache`)."""
+        return KVCache(len(self.trf_blocks))
+
+    def forward_cached(
+        self, idx: torch.Tensor, cache: KVCache, start: int, last_only: bool = False
+    ) -> torch.Tensor:
+        """Token ids (B, T) at positions start .. start+T-1 -> logits (B, T, vocab_size) (only
+        the last position's, (B, 1, vocab_size), with last_only), attending also to the
+        positions 0 .. start-1 held in `cache`, which then holds start+T. start = 0 refills the
+        cache (the prompt, or the cropped window past context_length); otherwise start must be
+        cache.length. Inference only (no autograd through the cache). Equals
+        forward(all ids)[:, start:] up to float rounding."""
+        if start not in (0, cache.length):
+            raise ValueError(f"the cache holds {cache.length} positions; start is {start}")
+        x = self.tok_emb(idx)
+        x = self.pos_emb(x, start)
+        x = self.drop_emb(x)
+        for block, layer in zip(self.trf_blocks, cache.layers, strict=True):
+            x = block.forward_cached(x, layer, start)
+        cache.length = start + idx.shape[1]
+        if last_only:
+            x = x[:, -1:]
+        x = self.final_norm(x)
+        return self.out_head(x)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Unique parameters (a tied head counted once). non_embedding leaves out the token
+        embedding and the positional component's parameters."""
+        total = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            total -= self.tok_emb.weight.numel()
+            total -= sum(p.numel() for p in self.pos_emb.parameters())
+        return total
+
+
+def _build_attention(plugins: Plugins, config: ModelConfig, positional: nn.Module) -> nn.Module:
+    """Build the attention component; hand it the positional module when that scheme acts
+    inside attention (RoPE rotates queries and keys, ALiBi biases the scores)."""
+    att = _build(plugins, "attention", config.attention, config)
+    pos_name = split_choice(config.positional)[0]
+    if plugins.registry.get("positional", pos_name).facts.get("inside_attention"):
+        att.bind_positional(positional)  # checked to exist by check_compatible()
+    return att
+
+
+def _build(plugins: Plugins, slot: str, choice: Choice, *args: Any) -> nn.Module:
+    name, options = split_choice(choice)
+    component = plugins.registry.get(COMPONENT_SLOTS[slot], name)
+    module = component.build(*args, **options)
+    if not isinstance(module, nn.Module):
+        raise ComponentError(
+            f"{component.kind} {name!r} (plugin {component.plugin!r}) returned {type(module).__name__}, "
+            f"not a torch.nn.Module"
+        )
+    return module
+
+
+def build_model(config: ModelConfig | dict[str, Any], plugins: Plugins | None = None) -> GPT:
+    """Assemble a GPT from registry components. Honours the current default device, so
+    `with torch.device("meta"): build_model(preset("gpt2-xl"))` counts parameters for free."""
+    if isinstance(config, dict):
+        config = ModelConfig.from_dict(config)
+    plugins = plugins or load_plugins()
+    if config.emb_dim % config.n_heads:
+        raise ComponentError(
+            f"emb_dim ({config.emb_dim}) must be divisible by n_heads ({config.n_heads})"
+        )
+    if config.norm_placement not in BLOCKS:
+        raise ComponentError(
+            f"norm_placement {config.norm_placement!r} is not one of {', '.join(BLOCKS)}"
+        )
+    check_compatible(config, plugins)
+    model = GPT(config, plugins)
+    init_name, init_options = split_choice(config.init)
+    plugins.registry.get("init", init_name).build(model, config, **init_options)
+    return model
+
+
+def check_compatible(config: ModelConfig, plugins: Plugins) -> None:
+    """Reject component combinations that cannot work, naming the ones that would."""
+    pos_name = split_choice(config.positional)[0]
+    att_name = split_choice(config.attention)[0]
+    if plugins.registry.get("positional", pos_name).facts.get("inside_attention"):
+        attention = plugins.registry.get("attention", att_name)
+        if not attention.facts.get("positional_inside"):
+            able = [
+                c.name
+                for c in plugins.registry
+                if c.kind == "attention" and c.facts.get("positional_inside")
+            ]
+            raise ComponentError(
+                f"positional {pos_name!r} acts inside attention, which attention {att_name!r} "
+                f"cannot apply; choose an attention that can ({', '.join(able) or 'none'}) or "
+                f"a positional scheme acting on the embeddings"
+            )
+
+
+def count_params(config: ModelConfig, plugins: Plugins | None = None) -> tuple[int, int]:
+    """(total, non-embedding) parameters of the model a config builds, without allocating."""
+    with torch.device("meta"):
+        model = build_model(config, plugins)
+    return model.num_params(), model.num_params(non_embedding=True)

@@ -1,0 +1,27 @@
+"""How values are written as text in names: a config value in a variant name or a table cell
+(`label`), and any name as a file or folder name (`slug`). One spelling everywhere, so a
+variant, its run folder, its table row and its logger run always match."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+
+def label(value: Any) -> str:
+    """A value as it reads in a variant name: {'name': 'top-k', 'k': 5} -> 'top-k(k=5)',
+    True -> 'true', [1, 2] -> '[1,2]', 'rmsnorm' -> 'rmsnorm'."""
+    if isinstance(value, dict):
+        opts = ",".join(f"{k}={label(v)}" for k, v in value.items() if k != "name")
+        return f"{value.get('name', '?')}({opts})" if opts else str(value.get("name", "?"))
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return "[" + ",".join(label(v) for v in value) + "]"
+    return str(value)
+
+
+def slug(name: str) -> str:
+    """A name as a safe file or folder name: 'lr=1e-3,norm=rms/x' -> 'lr=1e-3,norm=rms_x'."""
+    s = re.sub(r"[^A-Za-z0-9._=,+-]", "_", name).strip(".")
+    return s or "_"

@@ -1,0 +1,305 @@
+"""Reading a spec: TOML text, `--set` overrides, the top-level keys, and the variants (a grid
+and/or an explicit list) expanded x seeds into runs, each checked by validate.py.
+
+A spec is data: nothing in it is evaluated. Every key, type, component name and option is
+checked before any training, and an error names the file, the key (and the variant) and what
+is allowed. Checks that need the tokenized corpus (context longer than the data) happen in the
+sweep's preparation step, still before any training.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import tomllib
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from toolkit.api.manager import Plugins, load_plugins
+from toolkit.api.registry import check_type, suggest
+from toolkit.errors import SpecError
+from toolkit.names import label, slug
+from toolkit.spec.schema import (
+    SECTIONS,
+    SLOTS,
+    TOP_LEVEL,
+    RunSpec,
+    Spec,
+    Variant,
+    as_choice,
+    default,
+)
+from toolkit.spec.validate import resolve, sampling_ablation
+
+# -- loading ------------------------------------------------------------------------------
+
+
+def load_spec(
+    path: str | Path,
+    overrides: list[str] | tuple[str, ...] = (),
+    plugins: Plugins | None = None,
+    extra_plugins: list[str] | tuple[str, ...] = (),
+) -> Spec:
+    """Read and validate a spec file. `overrides` are `--set` strings like "train.lr=1e-3"."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"{path}: spec file not found") from None
+    except IsADirectoryError:
+        raise SpecError(f"{path}: is a folder, not a spec file (give a .toml file)") from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(
+            f"{path}: not UTF-8 text (byte {exc.start}); save the spec as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read spec ({exc.strerror})") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{path}: TOML syntax error: {exc}") from None
+    return parse_spec(
+        raw,
+        source=str(path),
+        overrides=overrides,
+        plugins=plugins,
+        extra_plugins=extra_plugins,
+        default_name=path.stem,
+    )
+
+
+def parse_spec(
+    raw: dict[str, Any],
+    source: str = "<spec>",
+    overrides: list[str] | tuple[str, ...] = (),
+    plugins: Plugins | None = None,
+    extra_plugins: list[str] | tuple[str, ...] = (),
+    default_name: str = "experiment",
+) -> Spec:
+    """Validate an already-parsed spec document (a dict as tomllib returns it)."""
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        key, value = parse_override(item, source)
+        _set_raw(raw, key, value, source)
+    unknown = sorted(set(raw) - TOP_LEVEL)
+    if unknown:
+        raise SpecError(
+            f"{source}: unknown top-level key {unknown[0]!r}{suggest(unknown[0], TOP_LEVEL)}; "
+            f"allowed: {', '.join(sorted(TOP_LEVEL))}"
+        )
+    for section in SECTIONS:
+        if not isinstance(raw.get(section, {}), dict):
+            raise SpecError(
+                f"{source}: {section!r} must be a table ([{section}]), got {raw[section]!r}"
+            )
+
+    name = _top(raw, "name", str, default_name, source)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+=-]*", name):
+        raise SpecError(
+            f"{source}: name {name!r} may hold only letters, digits and . _ + = - "
+            f"(it names the output folder)"
+        )
+    description = _top(raw, "description", str, "", source)
+    seeds = _top(raw, "seeds", list[int], [0], source)
+    if not seeds:
+        raise SpecError(f"{source}: seeds is empty; give at least one, e.g. seeds = [0]")
+    if len(set(seeds)) != len(seeds):
+        raise SpecError(f"{source}: seeds {seeds} has duplicates; each seed runs once per variant")
+    plugin_modules = _top(raw, "plugins", list[str], [], source)
+
+    if plugins is None:
+        plugins = load_plugins(tuple(extra_plugins))
+    for module in plugin_modules:
+        plugins.load_module(module, source=f"spec {source}")
+
+    base = {
+        section: _normalize_section(section, raw.get(section, {}), source) for section in SECTIONS
+    }
+    variants = _expand_variants(raw, source)
+    baseline = _top(raw, "baseline", str, variants[0].name, source)
+    names = [v.name for v in variants]
+    if baseline not in names:
+        raise SpecError(
+            f"{source}: baseline {baseline!r} is not a variant{suggest(baseline, names)}; "
+            f"variants: {', '.join(names)}"
+        )
+
+    resolved = {v.name: resolve(base, v, source, plugins) for v in variants}
+    runs = [
+        RunSpec(name, v.name, seed, v.overrides, **copy.deepcopy(resolved[v.name]))
+        for seed in seeds
+        for v in variants
+    ]
+    ablation = None
+    if "sampling_ablation" in raw:
+        ablation = sampling_ablation(raw["sampling_ablation"], source, plugins)
+    return Spec(
+        name, source, description, seeds, plugin_modules, baseline, variants, runs, base, ablation
+    )
+
+
+def parse_override(item: str, source: str = "--set") -> tuple[str, Any]:
+    """'train.lr=1e-3' -> ('train.lr', 0.001); values are TOML values, bare words are strings:
+    'model.norm=rmsnorm' -> ('model.norm', 'rmsnorm'); 'seeds=[1,2]' -> ('seeds', [1, 2])."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise SpecError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.lr=1e-3")
+    try:
+        value = tomllib.loads(f"v = {text.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text.strip()
+    return key, value
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _top(raw: dict[str, Any], key: str, typ: Any, default: Any, source: str) -> Any:
+    if key not in raw:
+        return default
+    return check_type(raw[key], typ, f"{source}: {key}", SpecError)
+
+
+def _set_raw(raw: dict[str, Any], dotted: str, value: Any, source: str) -> None:
+    """Apply one --set to the raw document, before validation."""
+    parts = dotted.split(".")
+    if parts[0] not in TOP_LEVEL - {"grid", "variants", "sampling_ablation"}:
+        raise SpecError(f"--set {dotted}: unknown key {parts[0]!r}{suggest(parts[0], TOP_LEVEL)}")
+    if len(parts) == 1:
+        raw[dotted] = value
+        return
+    node = raw.setdefault(parts[0], {})
+    if not isinstance(node, dict):
+        raise SpecError(f"--set {dotted}: {parts[0]!r} in {source} is not a table")
+    slot = ".".join(parts[:2])
+    if slot in SLOTS and len(parts) > 2:
+        node[parts[1]] = as_choice(node.get(parts[1], default(slot)), slot, source)
+        node = node[parts[1]]
+        parts = parts[1:]
+    for part in parts[1:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+
+
+def _normalize_section(section: str, table: dict[str, Any], source: str) -> dict[str, Any]:
+    """Check a section's keys and put component choices in their long form."""
+    allowed = [f.name for f in fields(SECTIONS[section])]
+    out = {}
+    for key, value in table.items():
+        if key not in allowed:
+            raise SpecError(
+                f"{source}: [{section}] unknown key {key!r}{suggest(key, allowed)}; "
+                f"allowed: {', '.join(allowed)}"
+            )
+        dotted = f"{section}.{key}"
+        out[key] = as_choice(value, dotted, source) if dotted in SLOTS else value
+    return out
+
+
+def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'model': {'norm': 'rmsnorm'}} -> {'model.norm': 'rmsnorm'}. Quoted dotted keys are kept
+    whole; a component choice ({name = ..., ...}) is a leaf."""
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and dotted not in SLOTS:
+            flat.update(_flatten(value, f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _check_key(dotted: str, source: str, where: str) -> None:
+    """A variant or grid key must name a spec field, or an option under a component choice."""
+    parts = dotted.split(".")
+    if parts[0] not in SECTIONS or len(parts) < 2:
+        raise SpecError(
+            f"{source}: {where} key {dotted!r} must start with one of "
+            f"{', '.join(s + '.' for s in SECTIONS)} (e.g. 'model.norm')"
+        )
+    allowed = [f.name for f in fields(SECTIONS[parts[0]])]
+    if parts[1] not in allowed:
+        raise SpecError(
+            f"{source}: {where} key {dotted!r}: [{parts[0]}] has no key {parts[1]!r}"
+            f"{suggest(parts[1], allowed)}; allowed: {', '.join(allowed)}"
+        )
+    if (len(parts) > 2 and ".".join(parts[:2]) not in SLOTS) or len(parts) > 3:
+        raise SpecError(
+            f"{source}: {where} key {dotted!r} is too deep; only component choices take "
+            f"options (e.g. 'model.norm.eps')"
+        )
+
+
+def _expand_variants(raw: dict[str, Any], source: str) -> list[Variant]:
+    variants: list[Variant] = []
+    explicit = raw.get("variants", [])
+    if not isinstance(explicit, list) or not all(isinstance(v, dict) for v in explicit):
+        raise SpecError(
+            f'{source}: variants must be a list of tables ([[variants]] with name = "...")'
+        )
+    for i, table in enumerate(explicit):
+        table = dict(table)
+        name = table.pop("name", None)
+        if not isinstance(name, str) or not name.strip():
+            raise SpecError(f'{source}: variant #{i + 1} needs a name (name = "...")')
+        overrides = _flatten(table)
+        for key in overrides:
+            _check_key(key, source, f"variant {name!r}:")
+        variants.append(Variant(name, overrides))
+
+    grid = raw.get("grid", {})
+    if not isinstance(grid, dict):
+        raise SpecError(f'{source}: grid must be a table ([grid] with "section.key" = [values])')
+    axes = _flatten_grid(grid)
+    for key, values in axes.items():
+        _check_key(key, source, "[grid]")
+        if not isinstance(values, list) or not values:
+            raise SpecError(
+                f"{source}: [grid] {key!r} must be a non-empty list of values, got {values!r}"
+            )
+    if axes:
+        labels = _axis_labels(list(axes))
+        points: list[dict[str, Any]] = [{}]
+        for key, values in axes.items():
+            points = [{**p, key: v} for p in points for v in values]
+        for point in points:
+            name = ",".join(f"{labels[k]}={label(v)}" for k, v in point.items())
+            variants.append(Variant(name, point))
+
+    if not variants:
+        variants.append(Variant("base", {}))
+    seen: set[str] = set()
+    for v in variants:
+        if v.name in seen:
+            raise SpecError(
+                f"{source}: two variants are named {v.name!r}; variant names must be unique"
+            )
+        seen.add(v.name)
+    slugs: dict[str, str] = {}
+    for v in variants:
+        if slug(v.name) in slugs:
+            raise SpecError(
+                f"{source}: variants {slugs[slug(v.name)]!r} and {v.name!r} would share the "
+                f"folder {slug(v.name)!r}; rename one"
+            )
+        slugs[slug(v.name)] = v.name
+    return variants
+
+
+def _flatten_grid(grid: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in grid.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten_grid(value, f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _axis_labels(keys: list[str]) -> dict[str, str]:
+    """Shortest unambiguous label per axis: 'model.norm' -> 'norm' unless two axes end alike."""
+    last = [k.split(".")[-1] for k in keys]
+    return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last, strict=True)}

@@ -1,0 +1,216 @@
+"""The shape of an experiment spec: its sections as dataclasses (every key, its type and its
+default), the run a variant x seed resolves to, and the spec as a whole. Plain data: nothing
+here reads files, loads plugins or builds models (parse.py and validate.py do).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from toolkit.api.registry import Choice, split_choice
+from toolkit.errors import SpecError
+from toolkit.model.config import COMPONENT_SLOTS, ModelConfig
+from toolkit.names import slug
+
+# Training precisions: "fp32", or bfloat16 autocast with float32 weights and optimizer.
+PRECISIONS = ("fp32", "bf16-mixed")
+
+
+@dataclass
+class DataSpec:
+    corpus: Choice = "pydoc"  # a registered corpus; `ablate list corpus`
+    path: str | None = None  # shortcut for corpus = {name = "files", path = "..."}
+    tokenizer: Choice = "gpt2"
+    val_fraction: float = 0.1  # last fraction of the characters held out for validation
+
+
+@dataclass
+class ModelSpec(ModelConfig):
+    """[model]: every ModelConfig field (see toolkit/model/gpt.py), smaller defaults, and a preset."""
+
+    vocab_size: int | None = None  # None: the tokenizer's vocabulary size
+    context_length: int = 256
+    emb_dim: int = 128
+    n_heads: int = 4
+    n_layers: int = 4
+    preset: str | None = None  # fills the sizes; keys set in the spec override it
+    # Start from a checkpoint (a checkpoint.pt, or a run folder holding one): its config is the
+    # base, like a preset; keys set here may change what keeps the weights' shapes.
+    init_from: str | None = None
+
+
+@dataclass
+class TrainSpec:
+    batch_size: int = 8
+    max_steps: int | None = None  # the budget: exactly one of max_steps, max_tokens, epochs
+    max_tokens: int | None = None
+    epochs: float | None = None
+    lr: float = 4e-4  # peak learning rate (AdamW)
+    min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
+    warmup_steps: int = 0  # linear warm-up from 0 to lr
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    weight_decay: float = 0.1  # on matrices and embeddings only, not on norms and biases
+    grad_clip: float = 1.0  # max global gradient norm; 0 turns clipping off
+    stride: int | None = None  # step between training windows; None: context_length
+    eval_interval: int = 50  # evaluate every N optimizer steps (and at the end)
+    eval_batches: int = 10  # fixed batches per evaluation, per split
+    device: str = "auto"  # cuda, then mps, then cpu; or name one
+    precision: str = "fp32"  # or "bf16-mixed": bfloat16 autocast on CPU and GPU
+    compile: bool = False  # torch.compile the model (falls back to eager, saying why)
+    peak_tflops: float | None = None  # hardware peak for MFU; None: measured at the start
+    threads: int | None = None  # torch CPU threads; None: torch's default
+    checkpoint: bool = True  # save the final weights to checkpoint.pt
+
+
+@dataclass
+class SamplingSpec:
+    sampler: Choice = "top-k"
+    prompt: str = "The "
+    max_new_tokens: int = 100
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataSpec,
+    "model": ModelSpec,
+    "train": TrainSpec,
+    "sampling": SamplingSpec,
+}
+# Keys whose value is a component choice, and the registry kind they choose from.
+SLOTS: dict[str, str] = {
+    **{f"model.{slot}": kind for slot, kind in COMPONENT_SLOTS.items()},
+    "data.tokenizer": "tokenizer",
+    "data.corpus": "corpus",
+    "sampling.sampler": "sampler",
+}
+TOP_LEVEL = {
+    "name", "description", "seeds", "plugins", "baseline", "grid", "variants", "sampling_ablation",
+    *SECTIONS,
+}  # fmt: skip
+BUDGET_KEYS = ("max_steps", "max_tokens", "epochs")
+# Far beyond any model trained with this toolkit, and low enough that validation (which builds
+# every variant on the meta device) never hangs on a typo such as n_layers = 1200000.
+LIMITS = {"context_length": 1 << 20, "emb_dim": 1 << 16, "n_heads": 1 << 10, "n_layers": 1 << 10}
+DEFAULT_MAX_STEPS = 200
+
+
+@dataclass
+class RunSpec:
+    """One training run: a variant of an experiment with one seed, fully resolved."""
+
+    experiment: str
+    variant: str
+    seed: int
+    overrides: dict[str, Any]  # dotted key -> value: what makes this variant differ from the base
+    data: DataSpec
+    model: ModelSpec
+    train: TrainSpec
+    sampling: SamplingSpec
+
+    @property
+    def folder(self) -> str:
+        """Run folder relative to the experiment's output folder: `<variant>/seed-<n>`."""
+        return f"{slug(self.variant)}/seed-{self.seed}"
+
+    def config(self) -> dict[str, Any]:
+        """The resolved config as plain data (what config.json holds)."""
+        return {
+            "experiment": self.experiment,
+            "variant": self.variant,
+            "seed": self.seed,
+            "overrides": self.overrides,
+            **{name: asdict(getattr(self, name)) for name in SECTIONS},
+        }
+
+    def config_hash(self) -> str:
+        """Identifies what is trained (not what it is called): same hash, same results."""
+        body = {name: asdict(getattr(self, name)) for name in SECTIONS} | {"seed": self.seed}
+        return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[
+            :16
+        ]
+
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        return to_model_config(self.model, vocab_size)
+
+    def choices(self) -> dict[str, str]:
+        """Component names by slot, e.g. {'attention': 'sdpa', 'norm': 'rmsnorm', ...}."""
+        return {key.split(".")[1]: split_choice(self.get(key))[0] for key in SLOTS}
+
+    def get(self, dotted: str) -> Any:
+        section, key = dotted.split(".", 1)
+        return getattr(getattr(self, section), key)
+
+
+@dataclass
+class Variant:
+    name: str
+    overrides: dict[str, Any]
+
+
+@dataclass
+class Spec:
+    """A validated experiment: what to vary, over which seeds, and the base config."""
+
+    name: str
+    path: str
+    description: str
+    seeds: list[int]
+    plugins: list[str]
+    baseline: str
+    variants: list[Variant]
+    runs: list[RunSpec]  # variant x seed, seed-major so an interrupted sweep has whole seeds
+    base: dict[str, Any] = field(repr=False)  # the normalized base document (after --set)
+    sampling_ablation: Any = (
+        None  # a toolkit.inference.sampling_ablation.SamplingAblation, if asked for
+    )
+
+    def run_named(self, variant: str, seed: int) -> RunSpec:
+        return next(r for r in self.runs if r.variant == variant and r.seed == seed)
+
+    def axes(self) -> list[str]:
+        """Dotted keys that some variant overrides (the columns a comparison varies)."""
+        seen: dict[str, None] = {}
+        for v in self.variants:
+            seen.update(dict.fromkeys(v.overrides))
+        return list(seen)
+
+
+@dataclass
+class SamplingAblation:
+    samplers: list[Any]  # component choices: "greedy" or {name = "top-p", p = 0.9}
+    runs: list[str] = field(default_factory=list)  # empty: the spec's own runs
+    seeds: list[int] = field(default_factory=lambda: [0])
+    n_prompts: int = 8
+    prompt_tokens: int = 32
+    max_new_tokens: int = 64
+
+
+def to_model_config(model: ModelSpec, vocab_size: int) -> ModelConfig:
+    """The [model] section as what build_model takes; vocab_size fills an unset one."""
+    m = asdict(model)
+    for key in ("preset", "init_from"):
+        m.pop(key)
+    m["vocab_size"] = m["vocab_size"] or vocab_size
+    return ModelConfig(**m)
+
+
+def default(dotted: str) -> Any:
+    section, key = dotted.split(".", 1)
+    return next(f.default for f in fields(SECTIONS[section]) if f.name == key)
+
+
+def as_choice(value: Any, where: str, source: str) -> dict[str, Any]:
+    """A component choice in its long form: 'rmsnorm' -> {'name': 'rmsnorm'}."""
+    if isinstance(value, str):
+        return {"name": value}
+    if isinstance(value, dict):
+        if not isinstance(value.get("name"), str):
+            raise SpecError(
+                f'{source}: {where} needs a component name, e.g. {{name = "...", ...}}; got {value!r}'
+            )
+        return dict(value)
+    raise SpecError(
+        f'{source}: {where} must be a component name or {{name = "...", option = ...}}, got {value!r}'
+    )

@@ -1,0 +1,261 @@
+"""Checking a variant's resolved sections against the registry and the toolkit's limits, and
+the [sampling_ablation] table: every component name and option, every value's range, the
+model built on the meta device and the sampler built once, so a mistake fails before any
+training.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import typing
+from typing import Any
+
+from toolkit.api.manager import Plugins
+from toolkit.api.registry import check_type, split_choice, suggest
+from toolkit.errors import SpecError, ToolkitError
+from toolkit.model.checkpoint import locate_checkpoint, read_checkpoint
+from toolkit.model.config import NORM_PLACEMENTS, PRESETS
+from toolkit.model.gpt import count_params
+from toolkit.names import label
+from toolkit.spec.schema import (
+    BUDGET_KEYS,
+    DEFAULT_MAX_STEPS,
+    LIMITS,
+    PRECISIONS,
+    SLOTS,
+    DataSpec,
+    ModelSpec,
+    SamplingAblation,
+    SamplingSpec,
+    TrainSpec,
+    Variant,
+    as_choice,
+    default,
+    to_model_config,
+)
+
+SAMPLING_ABLATION_KEYS = (
+    "runs",
+    "samplers",
+    "seeds",
+    "n_prompts",
+    "prompt_tokens",
+    "max_new_tokens",
+)
+
+
+def resolve(
+    base: dict[str, Any], variant: Variant, source: str, plugins: Plugins
+) -> dict[str, Any]:
+    """Base + a variant's overrides -> validated section dataclasses."""
+    doc = copy.deepcopy(base)
+    where = f"{source}: variant {variant.name!r}:" if variant.overrides else f"{source}:"
+    # Parents before children, so {'model.attention': 'gqa', 'model.attention.n_kv_heads': 2}
+    # sets the component, then its option.
+    for dotted in sorted(variant.overrides, key=lambda k: k.count(".")):
+        value = variant.overrides[dotted]
+        parts = dotted.split(".")
+        section = doc[parts[0]]
+        slot = ".".join(parts[:2])
+        if len(parts) == 2:
+            section[parts[1]] = as_choice(value, dotted, source) if slot in SLOTS else value
+        else:
+            choice = section.setdefault(parts[1], as_choice(default(slot), slot, source))
+            choice[parts[2]] = value
+    try:
+        return _validate(doc, where, plugins)
+    except SpecError:
+        raise
+    except ToolkitError as exc:
+        raise SpecError(f"{where} {exc}") from None
+
+
+def _validate(doc: dict[str, Any], where: str, plugins: Plugins) -> dict[str, Any]:
+    data_doc = doc["data"]
+    if "path" in data_doc and data_doc["path"] is not None:
+        if "corpus" in data_doc:
+            raise SpecError(
+                f"{where} [data] give either path (local text files) or corpus, not both"
+            )
+        data_doc = {**data_doc, "corpus": {"name": "files", "path": data_doc["path"]}}
+    model_doc = dict(doc["model"])
+    preset_name = model_doc.get("preset")
+    if preset_name is not None:
+        if not isinstance(preset_name, str) or preset_name not in PRESETS:
+            raise SpecError(
+                f"{where} [model] unknown preset {preset_name!r}{suggest(str(preset_name), PRESETS)}; "
+                f"choose one of: {', '.join(PRESETS)}"
+            )
+        model_doc = {**PRESETS[preset_name], **model_doc}
+    init_from = model_doc.get("init_from")
+    if init_from is not None:
+        if preset_name is not None:
+            raise SpecError(f"{where} [model] give either preset or init_from, not both")
+        if not isinstance(init_from, str):
+            raise SpecError(f"{where} model.init_from must be a path (a string), got {init_from!r}")
+        try:
+            base = read_checkpoint(locate_checkpoint(init_from)[0])["config"]
+        except ToolkitError as exc:
+            raise SpecError(f"{where} model.init_from: {exc}") from None
+        model_doc = {**base, **model_doc}
+    sections = {
+        "data": _typed(DataSpec, data_doc, where, "data"),
+        "model": _typed(ModelSpec, model_doc, where, "model"),
+        "train": _typed(TrainSpec, doc["train"], where, "train"),
+        "sampling": _typed(SamplingSpec, doc["sampling"], where, "sampling"),
+    }
+    # Component names and options, against the registry.
+    for dotted, kind in SLOTS.items():
+        section, key = dotted.split(".")
+        name, options = split_choice(as_choice(getattr(sections[section], key), dotted, where))
+        component = plugins.registry.get(kind, name)
+        resolved = component.check_options(options, where=f"{dotted} {name!r}")
+        setattr(sections[section], key, {"name": name, **resolved} if resolved else name)
+    _check_values(sections, where)
+    # Build the sampler and count the model's parameters on the meta device: a factory that
+    # rejects its options fails now, not after an hour of training.
+    name, options = split_choice(sections["sampling"].sampler)
+    plugins.registry.get("sampler", name).build(**options)
+    count_params(to_model_config(sections["model"], 256), plugins)
+    return sections
+
+
+def _typed(cls: type, table: dict[str, Any], where: str, section: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for key, value in table.items():
+        if key not in hints:
+            allowed = list(hints)
+            raise SpecError(
+                f"{where} [{section}] unknown key {key!r}{suggest(key, allowed)}; allowed: {', '.join(allowed)}"
+            )
+        if f"{section}.{key}" in SLOTS:
+            values[key] = value
+        else:
+            values[key] = check_type(value, hints[key], f"{where} {section}.{key}", SpecError)
+    return cls(**values)
+
+
+def _check_values(s: dict[str, Any], where: str) -> None:
+    m, t, d, g = s["model"], s["train"], s["data"], s["sampling"]
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise SpecError(f"{where} {message}")
+
+    for key, most in LIMITS.items():
+        value = getattr(m, key)
+        need(value >= 1, f"model.{key} must be at least 1, got {value}")
+        need(value <= most, f"model.{key} = {value} is beyond what this toolkit builds (<= {most})")
+    need(
+        m.vocab_size is None or 1 <= m.vocab_size <= 1 << 24,
+        f"model.vocab_size must be between 1 and {1 << 24}, got {m.vocab_size}",
+    )
+    need(
+        m.emb_dim % m.n_heads == 0,
+        f"model.emb_dim ({m.emb_dim}) must be divisible by model.n_heads ({m.n_heads}); "
+        f"e.g. n_heads = {max(h for h in range(1, m.n_heads + 1) if m.emb_dim % h == 0)}",
+    )
+    for key in ("drop_rate", "drop_rate_emb", "drop_rate_attn", "drop_rate_resid"):
+        rate = getattr(m, key)
+        need(rate is None or 0 <= rate < 1, f"model.{key} must be in [0, 1), got {rate}")
+    need(
+        m.norm_placement in NORM_PLACEMENTS,
+        f"model.norm_placement must be one of {', '.join(NORM_PLACEMENTS)}, "
+        f"got {m.norm_placement!r}",
+    )
+    need(
+        0 < d.val_fraction < 1,
+        f"data.val_fraction must be between 0 and 1 (exclusive), got {d.val_fraction}",
+    )
+    budgets = [k for k in BUDGET_KEYS if getattr(t, k) is not None]
+    need(len(budgets) <= 1, f"train: give one budget, not {' and '.join(budgets)}")
+    if not budgets:
+        t.max_steps = DEFAULT_MAX_STEPS
+    for key in ("max_steps", "max_tokens", "epochs"):
+        value = getattr(t, key)
+        need(value is None or value > 0, f"train.{key} must be positive, got {value}")
+    for key in ("batch_size", "eval_interval", "eval_batches"):
+        need(getattr(t, key) >= 1, f"train.{key} must be at least 1, got {getattr(t, key)}")
+    need(t.stride is None or t.stride >= 1, f"train.stride must be at least 1, got {t.stride}")
+    need(t.threads is None or t.threads >= 1, f"train.threads must be at least 1, got {t.threads}")
+    need(t.lr > 0, f"train.lr must be positive, got {t.lr}")
+    need(0 <= t.min_lr_ratio <= 1, f"train.min_lr_ratio must be in [0, 1], got {t.min_lr_ratio}")
+    need(t.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {t.warmup_steps}")
+    need(t.weight_decay >= 0, f"train.weight_decay must be >= 0, got {t.weight_decay}")
+    need(t.grad_clip >= 0, f"train.grad_clip must be >= 0 (0 is off), got {t.grad_clip}")
+    need(
+        len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas),
+        f"train.betas must be two numbers in [0, 1), got {t.betas}",
+    )
+    need(
+        t.device in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:\d+", t.device),
+        f"train.device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {t.device!r}",
+    )
+    need(
+        t.precision in PRECISIONS,
+        f"train.precision must be one of {', '.join(PRECISIONS)}, got {t.precision!r}",
+    )
+    need(
+        t.peak_tflops is None or t.peak_tflops > 0,
+        f"train.peak_tflops must be positive, got {t.peak_tflops}",
+    )
+    need(g.max_new_tokens >= 0, f"sampling.max_new_tokens must be >= 0, got {g.max_new_tokens}")
+
+
+def sampling_ablation(raw: Any, source: str, plugins: Plugins) -> SamplingAblation:
+    """Validate a [sampling_ablation] table; every sampler is built once to check its options."""
+    where = f"{source}: [sampling_ablation]"
+    if not isinstance(raw, dict):
+        raise SpecError(f"{where} must be a table")
+    unknown = sorted(set(raw) - set(SAMPLING_ABLATION_KEYS))
+    if unknown:
+        raise SpecError(
+            f"{where} unknown key {unknown[0]!r}{suggest(unknown[0], SAMPLING_ABLATION_KEYS)}; "
+            f"allowed: {', '.join(SAMPLING_ABLATION_KEYS)}"
+        )
+    samplers = raw.get("samplers")
+    if not isinstance(samplers, list) or not samplers:
+        raise SpecError(
+            f'{where} samplers must be a non-empty list, e.g. ["greedy", '
+            f'{{ name = "top-p", p = 0.9 }}]'
+        )
+
+    resolved = []
+    for choice in samplers:
+        if not (
+            isinstance(choice, str)
+            or (isinstance(choice, dict) and isinstance(choice.get("name"), str))
+        ):
+            raise SpecError(
+                f'{where} each sampler is a name or {{name = "...", ...}}, got {choice!r}'
+            )
+        name, options = split_choice(choice)
+        try:
+            component = plugins.registry.get("sampler", name)
+            component.build(**options)
+        except Exception as exc:
+            raise SpecError(f"{where} {exc}") from None
+        resolved.append({"name": name, **component.check_options(options)} if options else name)
+    labels = [label(s) for s in resolved]
+    if len(set(labels)) != len(labels):
+        raise SpecError(f"{where} samplers lists the same sampler twice")
+    ablation = SamplingAblation(
+        samplers=resolved,
+        runs=check_type(raw.get("runs", []), list[str], f"{where} runs", SpecError),
+        seeds=check_type(raw.get("seeds", [0]), list[int], f"{where} seeds", SpecError),
+        n_prompts=check_type(raw.get("n_prompts", 8), int, f"{where} n_prompts", SpecError),
+        prompt_tokens=check_type(
+            raw.get("prompt_tokens", 32), int, f"{where} prompt_tokens", SpecError
+        ),
+        max_new_tokens=check_type(
+            raw.get("max_new_tokens", 64), int, f"{where} max_new_tokens", SpecError
+        ),
+    )
+    for key in ("n_prompts", "prompt_tokens", "max_new_tokens"):
+        if getattr(ablation, key) < 1:
+            raise SpecError(f"{where} {key} must be at least 1, got {getattr(ablation, key)}")
+    if not ablation.seeds or len(set(ablation.seeds)) != len(ablation.seeds):
+        raise SpecError(f"{where} seeds must be a non-empty list of distinct integers")
+    return ablation

@@ -1,0 +1,223 @@
+"""Executors: where a sweep's runs are trained. The contract of the `executor` kind.
+
+The runner turns every run still to do into a `RunJob` (plain, picklable data: the resolved
+run, its folder, the plugin modules to load) and hands the list to an executor, which yields
+`(job, summary)` pairs as runs finish, in any order. The runner does the rest: the results
+table after each run, the display, the sampling ablation. Built in (`plugins/executors.py`):
+
+- `local`: one run after another in this process (the default);
+- `processes`: each run in a fresh process, `jobs` at a time, each with its share of the cores;
+- `ray`: each run a Ray task with the CPUs (train.threads) and GPU (train.device) it asks for.
+
+A worker trains a job with `run_job(job)`. It loads the plugins by module name and the tokens
+from the content-keyed cache the runner filled, so every executor trains exactly what the local
+one would: same seeds, same data order, same losses (bit for bit when train.threads is the
+same; a different thread count only changes float summation order). A run that raises becomes
+a `failed` summary with error.txt, wherever it ran; a worker that dies is recorded the same way
+by the runner's side (`record_worker_death`).
+
+An executor is any object with two methods:
+
+- ``prepare(jobs, plugins) -> None``: checks before anything is written or trained (a missing
+  package, plugins a worker cannot load, resources a cluster lacks); raise ToolkitError.
+- ``execute(jobs, sweep) -> Iterator[(job, summary)]``: train every job, yielding each once.
+  ``sweep`` (a `Sweep`) gives the display (call ``sweep.display.concurrent()`` first when runs
+  train several at a time, ``start(job)`` when a run starts or ``queue(job)`` when it is only
+  submitted, and ``poll()`` about once a second while waiting) and, to in-process executors, the loaded plugins and data. On interruption
+  (the generator is closed or raises), stop the workers: resume.pt lets the next sweep go on.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from toolkit.data.resolve import data_key, load_data
+from toolkit.errors import ToolkitError, one_line
+from toolkit.files import write_atomic, write_json
+
+if TYPE_CHECKING:
+    from toolkit.api.contracts import Display
+    from toolkit.api.manager import Plugins
+    from toolkit.spec.schema import RunSpec
+
+# Environment a worker needs to see what this process sees (its cache, its plugin settings,
+# live trackers); executors that start workers elsewhere pass these on explicitly.
+FORWARDED_ENV = (
+    "ABLATE_CACHE_DIR",
+    "ABLATE_DISABLE_PLUGIN_AUTOLOAD",
+    "ABLATE_TENSORBOARD",
+    "ABLATE_MLFLOW",
+    "XDG_CACHE_HOME",
+)
+
+
+@dataclass(frozen=True)
+class RunJob:
+    """One run to train, as plain data a worker process or a Ray task can receive."""
+
+    index: int  # position in the sweep, for the display ("[index+1/total]")
+    total: int
+    run: RunSpec
+    folder: str  # absolute path of the run folder
+    columns: dict[str, Any]  # table cells the summary carries (baseline flag, grid axes)
+    plugin_modules: tuple[str, ...] = ()  # plugins beyond the built-ins, loaded by name
+    autoload: bool = False  # load installed (entry-point) plugins too
+    threads: int | None = None  # torch CPU threads, set by the executor (train.threads wins)
+
+    @property
+    def label(self) -> str:
+        return f"[{self.index + 1}/{self.total}] {self.run.variant} seed={self.run.seed}"
+
+    @property
+    def cpus(self) -> int | None:
+        """The CPU threads the spec asks for (train.threads), if it says."""
+        return self.run.train.threads
+
+    @property
+    def device(self) -> str:
+        return self.run.train.device
+
+
+@dataclass
+class Sweep:
+    """What an executor gets besides the jobs."""
+
+    display: Display
+    plugins: Plugins | None = None  # loaded in this process (in-process executors use them)
+    datasets: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # data key -> tokens
+
+
+class WorkerDied(ToolkitError):
+    """A worker ended without returning its run's summary (killed, out of memory, crashed)."""
+
+
+def plugin_modules(plugins: Plugins, executor: str) -> tuple[tuple[str, ...], bool]:
+    """The plugin modules a worker must load, and whether to autoload installed ones. Plugins
+    added as Python objects cannot travel to another process: that is an error here."""
+    objects = [name for name, info in plugins.info.items() if info.source == "object"]
+    if objects:
+        raise ToolkitError(
+            f"plugin {objects[0]!r} was added as a Python object, but the {executor} executor "
+            f"trains in other processes, which load plugins by module name: put it in a module "
+            f"and name it in the spec's plugins or with --plugin, or use the local executor"
+        )
+    modules = tuple(
+        name
+        for name, info in plugins.info.items()
+        if info.source == "--plugin" or info.source.startswith("spec")
+    )
+    autoload = any(info.source.startswith("entry point") for info in plugins.info.values())
+    return modules, autoload
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def forwarded_env() -> dict[str, str]:
+    return {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
+
+
+def record_failure(
+    r: RunSpec, folder: Path, exc: BaseException, columns: dict[str, Any]
+) -> dict[str, Any]:
+    folder.mkdir(parents=True, exist_ok=True)
+    write_atomic(folder / "error.txt", "".join(traceback.format_exception(exc)))
+    summary = {
+        "experiment": r.experiment,
+        "variant": r.variant,
+        "seed": r.seed,
+        "status": "failed",
+        **r.choices(),
+        "error": one_line(exc),
+        "config_hash": r.config_hash(),
+        **columns,
+    }
+    write_json(folder / "summary.json", summary)
+    return summary
+
+
+# -- the worker side -------------------------------------------------------------------------
+_WORKER_PLUGINS: dict[tuple[tuple[str, ...], bool], Plugins] = {}
+
+
+def run_job(
+    job: RunJob, sweep: Sweep | None = None, progress: Callable[..., None] | None = None
+) -> dict[str, Any]:
+    """Train one job and return its summary; a run that raises becomes a `failed` summary
+    (error.txt holds the traceback), as in a local sweep. With `sweep` (in-process), its
+    plugins and loaded data are used; otherwise (a worker) they are loaded here, the tokens
+    from the cache the runner filled."""
+    from toolkit.training.distributed import current
+
+    if job.threads:
+        import torch
+
+        torch.set_num_threads(job.threads)  # train.threads, if set, wins inside train_run
+    folder = Path(job.folder)
+    try:
+        if sweep is not None and sweep.plugins is not None:
+            plugins = sweep.plugins
+            data, tokenizer = sweep.datasets[data_key(job.run.data)]
+        else:
+            plugins = worker_plugins(job.plugin_modules, job.autoload)
+            data, tokenizer = load_data(job.run.data, plugins)
+        from toolkit.training.loop import train_run  # torch-heavy: imported when a run trains
+
+        return train_run(job.run, data, tokenizer, folder, plugins, progress, job.columns)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        world = current()
+        summary = record_failure(job.run, folder, exc, job.columns) if world.main else {}
+        if world.active:
+            # One rank cannot go on alone to the next run: every rank stops here.
+            raise ToolkitError(
+                f"{job.run.variant} seed={job.run.seed} failed under torchrun "
+                f"({one_line(exc)}); every rank stops, run the same command to go on"
+            ) from exc
+        return summary
+
+
+def worker_plugins(modules: tuple[str, ...], autoload: bool) -> Plugins:
+    """The plugins of a worker process, loaded once per process (Ray reuses workers)."""
+    from toolkit.api.manager import Plugins
+
+    key = (modules, autoload)
+    if key not in _WORKER_PLUGINS:
+        _WORKER_PLUGINS[key] = Plugins(modules, autoload=autoload)
+    return _WORKER_PLUGINS[key]
+
+
+def record_worker_death(job: RunJob, how: str) -> dict[str, Any]:
+    """Record a run whose worker died without a summary, as a failed run (error.txt says how)."""
+    return record_failure(
+        job.run,
+        Path(job.folder),
+        WorkerDied(f"the worker training this run {how}; run the same command to retry it"),
+        job.columns,
+    )
+
+
+def describe_exit(code: int | None) -> str:
+    """A worker process's exit code in words: 'was killed by SIGKILL (out of memory?)'."""
+    if code is None:
+        return "did not exit"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = " (out of memory?)" if -code == signal.SIGKILL else ""
+        return f"was killed by {name}{hint}"
+    return f"exited with code {code} without a result"

@@ -1,0 +1,65 @@
+"""Run folders and the tidy results table.
+
+Every run writes a self-describing folder (`<variant>/seed-<n>/` under the experiment's output
+folder): config.json (resolved config), env.json (versions, device, seed), metrics.jsonl (one
+line per evaluation), sample.txt, checkpoint.pt and, last, summary.json. Files are written
+atomically (toolkit.files), so a killed process never leaves half a file. The table
+`results.csv` is rebuilt from run folders alone by `collect()`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from toolkit.files import read_json, write_atomic
+
+RESULT_COLUMNS = [
+    "experiment", "variant", "seed", "status", "baseline",
+    "attention", "norm", "activation", "positional", "tokenizer", "sampler", "causal",
+    "params", "params_non_embedding", "steps", "tokens",
+    "train_loss", "val_loss", "val_perplexity", "val_bpb",
+    "tokens_per_s", "flops_per_token", "mfu", "train_s", "wall_s", "config_hash",
+]  # fmt: skip
+
+
+def collect(out_dir: str | Path) -> pd.DataFrame:
+    """The tidy table of an experiment folder: one row per run that has a summary.json
+    (finished, diverged or failed) and belongs to the experiment's current spec (same variant,
+    seed and config hash as experiment.json lists), columns RESULT_COLUMNS then one per varied
+    key."""
+    out = Path(out_dir)
+    rows = []
+    for summary_path in sorted(out.glob("*/seed-*/summary.json")):
+        summary = read_json(summary_path)
+        if isinstance(summary, dict):
+            rows.append(summary)
+    experiment = read_json(out / "experiment.json") or {}
+    expected = {(r["variant"], r["seed"]): r["config_hash"] for r in experiment.get("runs", [])}
+    if expected:
+        # Folders left by an earlier version of the spec (other variants, other configs) stay on
+        # disk but are not part of this experiment's table.
+        rows = [
+            r
+            for r in rows
+            if expected.get((r.get("variant"), r.get("seed"))) == r.get("config_hash")
+        ]
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return pd.DataFrame(columns=RESULT_COLUMNS)
+    extra = [c for c in table.columns if c not in RESULT_COLUMNS]
+    for column in RESULT_COLUMNS:
+        if column not in table:
+            table[column] = None
+    order = {name: i for i, name in enumerate(experiment.get("variants", []))}
+    table["_order"] = table["variant"].map(lambda v: order.get(v, len(order)))
+    table = table.sort_values(["_order", "seed"], kind="stable").drop(columns="_order")
+    return table[RESULT_COLUMNS + extra].reset_index(drop=True)
+
+
+def write_table(out_dir: str | Path) -> pd.DataFrame:
+    """Rebuild results.csv from the run folders (atomically) and return the table."""
+    table = collect(out_dir)
+    write_atomic(Path(out_dir) / "results.csv", table.to_csv(index=False))
+    return table

@@ -1,0 +1,343 @@
+"""The sweep: every variant x seed of a spec, trained by an executor, with a progress display.
+
+`run(spec, out_dir)` prepares everything first (plugins, corpora tokenized once per distinct
+data config, every run's context checked against the data, the executor's own checks) so a
+mistake fails before any training; then the executor trains each run into its own folder (in
+this process, in worker processes or on Ray: toolkit/sweep/jobs.py) and `results.csv` is rebuilt
+after each, so results land as they are produced. A run already finished with the same config
+(same config hash) is skipped, so re-running a sweep continues it. A run that raises is
+recorded as `failed` (error.txt holds the traceback) and the sweep goes on. Under torchrun
+every rank runs the sweep and rank 0 alone writes the experiment's files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from toolkit.api.manager import Plugins, load_plugins
+from toolkit.api.registry import split_choice
+from toolkit.data.resolve import data_key, load_data
+from toolkit.data.tokens import TokenData, count_windows
+from toolkit.errors import DataError, SpecError, ToolkitError
+from toolkit.files import read_json, write_json
+from toolkit.names import label
+from toolkit.spec.parse import load_spec
+from toolkit.spec.schema import RunSpec, Spec
+from toolkit.sweep.display import SweepDisplay
+from toolkit.sweep.jobs import RunJob, Sweep
+from toolkit.sweep.results import collect, write_table
+
+
+def run(
+    spec: Spec | str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    overrides: list[str] | tuple[str, ...] = (),
+    plugins: Plugins | None = None,
+    progress: bool = True,
+    restart: bool = False,
+    executor: str | dict[str, Any] | Any = "local",
+) -> pd.DataFrame:
+    """Train every run of a spec; return the results table (also in <out_dir>/results.csv).
+    out_dir defaults to runs/<spec name>. Runs already finished with the same config are
+    skipped and interrupted ones resume from their last evaluation, unless `restart`.
+    `executor` names a registered executor ("local", "processes", "ray"), gives one with its
+    options ({"name": "processes", "jobs": 4}), or is an executor object (toolkit/sweep/jobs.py).
+    Under torchrun every rank calls this and each run is trained across all of them (DDP)."""
+    from toolkit.training import distributed
+
+    world = distributed.setup()
+    if not isinstance(spec, Spec):
+        spec = load_spec(spec, overrides, plugins=plugins)
+    elif overrides:
+        raise SpecError("pass overrides to load_spec() when giving run() a loaded Spec")
+    plugins = plugins or load_plugins()
+    for module in spec.plugins:
+        plugins.load_module(module, source=f"spec {spec.path}")
+    name, runner = resolve_executor(executor, plugins)
+    if world.active:
+        check_distributed(spec, world.size, name)
+    out = Path(out_dir) if out_dir is not None else Path("runs") / spec.name
+    if out.exists() and not out.is_dir():
+        raise SpecError(f"output path {out} is a file; give a folder with --out")
+    # Every check passes before anything is written. Under torchrun, rank 0 tokenizes into the
+    # cache first and the other ranks then read it.
+    if world.main:
+        datasets = prepare_data(spec, plugins)
+        # The executor's checks (a package, a cluster, its resources) cover every run.
+        runner.prepare(make_jobs(spec, out, range(len(spec.runs))), plugins)
+        check_output_dir(out)
+    distributed.barrier()
+    if not world.main:
+        datasets = prepare_data(spec, plugins)
+    with OutputLock(out) if world.main else contextlib.nullcontext():
+        table = _sweep(spec, out, plugins, datasets, progress and world.main, restart, runner)
+    distributed.barrier()  # every rank returns the finished table
+    return table if world.main else collect(out)
+
+
+def resolve_executor(executor: str | dict[str, Any] | Any, plugins: Plugins) -> tuple[str, Any]:
+    """(name, executor object) from a name, a {"name": ..., option: ...} choice, or an object
+    that already has prepare() and execute()."""
+    if hasattr(executor, "execute") and hasattr(executor, "prepare"):
+        return type(executor).__name__, executor
+    if not isinstance(executor, str | dict):
+        raise SpecError(
+            f"executor must be a name such as 'processes', a {{name=..., option=...}} choice "
+            f"or an executor object, got {type(executor).__name__}"
+        )
+    name, options = split_choice(executor)
+    return name, plugins.registry.get("executor", name).build(**options)
+
+
+def check_distributed(spec: Spec, world_size: int, executor: str) -> None:
+    """What a sweep under torchrun needs: the local executor, and a global batch each rank
+    can take an equal share of."""
+    if executor != "local":
+        raise SpecError(
+            f"under torchrun every run spans all {world_size} processes, so runs go one after "
+            f"another: leave out --executor (got {executor!r})"
+        )
+    for r in spec.runs:
+        if r.train.batch_size % world_size:
+            raise SpecError(
+                f"{spec.path}: variant {r.variant!r}: train.batch_size ({r.train.batch_size}) "
+                f"must be a multiple of the number of processes ({world_size}): each trains an "
+                f"equal share of the global batch"
+            )
+
+
+def _sweep(
+    spec: Spec,
+    out: Path,
+    plugins: Plugins,
+    datasets: dict[str, tuple[TokenData, Any]],
+    progress: bool,
+    restart: bool,
+    executor: Any,
+) -> pd.DataFrame:
+    from toolkit.training import distributed
+
+    world = distributed.current()
+    todo = [
+        i
+        for i, r in enumerate(spec.runs)
+        if restart or not finished(out / r.folder, r.config_hash())
+    ]
+    todo = distributed.broadcast_object(todo)  # rank 0 decides, so all ranks train the same
+    jobs = make_jobs(spec, out, todo)
+    if restart and world.main:
+        earlier = [out / r.folder for r in spec.runs if (out / r.folder).exists()]
+        if progress or earlier:
+            print(
+                f"restart: discarding {len(earlier)} earlier run folder(s) in {out}",
+                file=sys.stderr,
+            )
+        for folder in earlier:
+            shutil.rmtree(folder)
+    distributed.barrier()
+    if world.main:
+        write_experiment(spec, out)
+
+    display = SweepDisplay(len(spec.runs), enabled=progress)
+    for i, r in enumerate(spec.runs):
+        if i not in todo:
+            display.skip(i, r.variant, r.seed)
+    finished_runs: set[int] = set()
+    try:
+        for job, summary in executor.execute(jobs, Sweep(display, plugins, datasets)):
+            if job.index in finished_runs or job.index not in todo:
+                raise ToolkitError(f"the executor returned {job.label} twice or unasked")
+            finished_runs.add(job.index)
+            display.end(job, summary)
+            if world.main:
+                write_table(out)
+    finally:
+        display.close()
+    missing = [spec.runs[i] for i in todo if i not in finished_runs]
+    if missing:
+        raise ToolkitError(
+            f"the executor ended without {len(missing)} run(s) ({missing[0].variant} "
+            f"seed={missing[0].seed} first); run the same command to train them"
+        )
+    if not world.main:
+        return pd.DataFrame()
+    table = write_table(out)
+    if spec.sampling_ablation is not None:
+        from toolkit.inference import sampling_ablation
+
+        runs = sampling_ablation.model_runs(
+            spec.sampling_ablation, [out / r.folder for r in spec.runs]
+        )
+        sampling_ablation.run_ablation(spec.sampling_ablation, runs, out, plugins, progress)
+    return table
+
+
+def make_jobs(spec: Spec, out: Path, indices: Any) -> list[RunJob]:
+    """The runs at these positions of the sweep, as jobs for an executor."""
+    return [
+        RunJob(
+            index=i,
+            total=len(spec.runs),
+            run=spec.runs[i],
+            folder=str((out / spec.runs[i].folder).resolve()),
+            columns=_columns(spec, spec.runs[i]),
+        )
+        for i in indices
+    ]
+
+
+def finished(folder: Path, config_hash: str) -> bool:
+    """Whether this folder holds a finished run of exactly this config."""
+    done = read_json(folder / "summary.json")
+    return (
+        isinstance(done, dict)
+        and done.get("status") == "ok"
+        and done.get("config_hash") == config_hash
+    )
+
+
+def write_experiment(spec: Spec, out: Path) -> None:
+    """experiment.json: what the folder's table gathers (runs by variant, seed and hash)."""
+    write_json(
+        out / "experiment.json",
+        {
+            "name": spec.name,
+            "spec": spec.path,
+            "description": spec.description,
+            "baseline": spec.baseline,
+            "seeds": spec.seeds,
+            "axes": spec.axes(),
+            "variants": [v.name for v in spec.variants],
+            "runs": [
+                {
+                    "variant": r.variant,
+                    "seed": r.seed,
+                    "folder": r.folder,
+                    "config_hash": r.config_hash(),
+                }
+                for r in spec.runs
+            ],
+            "base": spec.base,
+        },
+    )
+
+
+def _columns(spec: Spec, r: RunSpec) -> dict[str, Any]:
+    """The table cells a run's summary carries besides its own: baseline flag, grid axes."""
+    return {
+        "baseline": r.variant == spec.baseline,
+        **{axis: _cell(r.get(axis)) for axis in spec.axes()},
+    }
+
+
+class OutputLock:
+    """An exclusive lock on an output folder, so two sweeps never write one folder at once.
+    The operating system drops it when the process ends, even when killed outright."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / ".ablate.lock"
+        self.file: Any = None
+
+    def __enter__(self) -> OutputLock:
+        import fcntl
+
+        self.file = self.path.open("a+")
+        try:
+            fcntl.flock(self.file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "?"
+            self.file.close()
+            raise ToolkitError(
+                f"output folder {self.path.parent} is in use by another ablate run (pid "
+                f"{holder}); wait for it to finish or choose another --out"
+            ) from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(str(os.getpid()))
+        self.file.flush()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.file.close()  # closing releases the lock
+
+
+def check_output_dir(out: Path) -> None:
+    """The output folder must be a folder we can write; say so before any training."""
+    if out.exists() and not out.is_dir():
+        raise SpecError(f"output path {out} is a file; give a folder with --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise SpecError(
+            f"cannot write to output folder {out} ({exc.strerror}); choose another with --out"
+        ) from None
+
+
+def prepare_data(spec: Spec, plugins: Plugins) -> dict[str, tuple[TokenData, Any]]:
+    """Tokenize each distinct corpus/tokenizer/split once and check every run fits its data."""
+    datasets: dict[str, tuple[TokenData, Any]] = {}
+    for r in spec.runs:
+        key = data_key(r.data)
+        if key not in datasets:
+            datasets[key] = load_data(r.data, plugins)
+        data = datasets[key][0]
+        check_fits(r, data, spec.path)
+        if r.model.init_from:
+            check_init_from(r, data, spec.path, plugins)
+    return datasets
+
+
+def check_fits(r: RunSpec, data: TokenData, source: str) -> None:
+    where = f"{source}: variant {r.variant!r}:"
+    ctx, batch = r.model.context_length, r.train.batch_size
+    if r.model.vocab_size is not None and r.model.vocab_size < data.vocab_size:
+        raise SpecError(
+            f"{where} model.vocab_size ({r.model.vocab_size}) is smaller than the tokenizer's "
+            f"vocabulary ({data.vocab_size}); leave it unset to use the tokenizer's"
+        )
+    for split, tokens in (("validation", data.val), ("training", data.train)):
+        if len(tokens) < ctx + 1:
+            raise DataError(
+                f"{where} model.context_length ({ctx}) is longer than the {split} split "
+                f"({len(tokens)} tokens); lower context_length or use more data"
+            )
+    windows = count_windows(len(data.train), ctx, r.train.stride or ctx)
+    if windows < batch:
+        raise DataError(
+            f"{where} the training split holds {windows} windows of {ctx + 1} tokens, fewer "
+            f"than train.batch_size ({batch}); lower batch_size, stride or context_length"
+        )
+
+
+def check_init_from(r: RunSpec, data: TokenData, source: str, plugins: Plugins) -> None:
+    """The checkpoint's weights fit this variant's model (checked on the meta device)."""
+    import torch
+
+    from toolkit.model.checkpoint import initial_weights
+    from toolkit.model.gpt import build_model
+
+    with torch.device("meta"):
+        model = build_model(r.model_config(data.vocab_size), plugins)
+    try:
+        initial_weights(model, r.model.init_from)
+    except ToolkitError as exc:
+        raise SpecError(f"{source}: variant {r.variant!r}: {exc}") from None
+
+
+def _cell(value: Any) -> Any:
+    """A config value as a table cell: scalars stay, choices and lists become short strings."""
+    if isinstance(value, dict | list):
+        return label(value)
+    return value

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from toolkit import hookimpl
 from toolkit.errors import PluginError, one_line
-from toolkit.names import slug
+from toolkit.names import run_folder, slug
 
 if TYPE_CHECKING:
     from toolkit.api.contracts import RunInfo
@@ -154,7 +154,7 @@ class TensorBoardLogger:
         from torch.utils.tensorboard import SummaryWriter
 
         self.config = run.config
-        self.folder = root / slug(run.experiment) / slug(run.variant) / f"seed-{run.seed}"
+        self.folder = root / slug(run.experiment) / run_folder(run.variant, run.seed)
         self.failed = False
         try:
             # The folder mirrors the run: an earlier attempt's event files go (TensorBoard

@@ -10,6 +10,18 @@ import pytest
 from toolkit.api.hookspecs import hookimpl
 from toolkit.api.manager import Plugins
 
+E2E = Path(__file__).resolve().parent / "e2e"
+# Conformance cases that train real sweeps (a Ray instance, spawned worker processes).
+SLOW_CASES = ("[executor-ray]", "[executor-processes]")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything in tests/e2e/ is slow (whole CLI runs, kills, torchrun, Ray), and so are the
+    conformance cases that start workers; `pytest -m "not slow"` leaves them out."""
+    for item in items:
+        if E2E in item.path.parents or item.nodeid.endswith(SLOW_CASES):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(

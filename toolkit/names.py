@@ -25,3 +25,8 @@ def slug(name: str) -> str:
     """A name as a safe file or folder name: 'lr=1e-3,norm=rms/x' -> 'lr=1e-3,norm=rms_x'."""
     s = re.sub(r"[^A-Za-z0-9._=,+-]", "_", name).strip(".")
     return s or "_"
+
+
+def run_folder(variant: str, seed: int) -> str:
+    """A run's folder inside its experiment's: 'norm=rms/x', 3 -> 'norm=rms_x/seed-3'."""
+    return f"{slug(variant)}/seed-{seed}"

@@ -1,0 +1,14 @@
+"""Comparing the variants of finished (or still running) experiments: `ablate report`.
+
+One module per step, each importable alone:
+
+- load.py: read experiment folders into one `Experiments` (runs, baseline, missing runs, curves);
+- table.py: the per-variant table and its statistics (`summarize`, `compare`);
+- stats.py: the formulas (t-intervals, paired and Welch t-tests, detectable differences);
+- text.py: the table as terminal text (`format_summary`, `report`);
+- figures.py: the PNG figures;
+- render.py: the report files (`write_report`: report.md, report.html, CSVs, figures).
+
+Nothing here trains or measures: every number comes from what the runs recorded.
+This file imports nothing, so importing one module does not load the others.
+"""

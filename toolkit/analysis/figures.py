@@ -13,6 +13,10 @@ its path, title and caption:
 - gap.png: validation minus training loss, at the end per variant and during training;
 - grid-<experiment>-<axis>-x-<axis>.png: for an experiment with several axes, one heatmap of
   the mean final metric per pair of axes.
+
+Not here: the numbers the figures show (table.py computes them, stats.py the intervals) and
+where the figures go in the report (render.py). Metric names and units come from table.py, so
+an axis label and a table header never disagree.
 """
 
 from __future__ import annotations
@@ -28,15 +32,13 @@ import numpy as np
 import pandas as pd
 
 from toolkit.analysis import stats
+from toolkit.analysis.table import NAMES, UNITS
 from toolkit.files import write_atomic
 from toolkit.names import slug
 
-UNITS = {"val_loss": "nats/token", "val_bpb": "bits/byte", "val_perplexity": "exp(nats)"}
-NAMES = {
-    "val_loss": "validation loss",
-    "val_bpb": "validation bits per byte",
-    "val_perplexity": "validation perplexity",
-}
+# seaborn and matplotlib are imported inside the functions that draw, not here, for start-up
+# cost only: they are slow to import, and `ablate run` (which prints the table) and
+# write_report(figures=False) never draw.
 DPI = 110
 WIDTH = 11.0  # inches
 

@@ -24,6 +24,8 @@ scipy.stats.t; the statistics themselves are written out here.
 
 A test with no spread at all (every difference equal) has no p-value (NaN) rather than 0 or 1,
 and no minimum detectable difference either.
+
+Not here: which runs are compared with which, and by which metric (table.py).
 """
 
 from __future__ import annotations

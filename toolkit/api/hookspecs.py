@@ -1,4 +1,8 @@
-"""The whole plugin contract, in one place: every hook a plugin may implement.
+"""The plugin author's manual: every hook a plugin may implement.
+
+The contract has three parts, all in toolkit/api/: the hooks (here), what each kind of
+component must be (`registry.KINDS`, in words, with the objects some kinds return written as
+Protocols in `contracts.py`), and how plugins are found and loaded (`manager.py`).
 
 A plugin is any module (or object) with functions named after these hooks, marked with
 `toolkit.hookimpl`. The built-in components in `plugins/` are ordinary plugins that use exactly

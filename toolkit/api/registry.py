@@ -6,7 +6,7 @@ pipeline and sampler look components up here by the names a spec gives. The regi
 
 A component's options are the keyword-only parameters of its factory, with their defaults and
 annotations: `def make_rmsnorm(dim, *, eps: float = 1e-5)` takes one option, `eps`, a float.
-It does not build anything or validate shapes; that is `model.py`'s and `testing.py`'s job.
+It does not build anything or validate shapes; that is toolkit.model's and toolkit.testing's job.
 """
 
 from __future__ import annotations

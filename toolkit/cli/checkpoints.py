@@ -61,8 +61,9 @@ def cmd_import(args: argparse.Namespace) -> int:
     """`ablate import`: read, check by building the model's shapes, write the checkpoint."""
     # torch-heavy imports, on first use: `ablate --help` stays quick.
     from toolkit.data.resolve import check_vocab
+    from toolkit.model.book import import_book
     from toolkit.model.checkpoint import check_fits, save_checkpoint
-    from toolkit.model.interop import import_book, import_hf_gpt2
+    from toolkit.model.hf_gpt2 import import_hf_gpt2
 
     plugins = plugins_of(args)
     out = Path(args.out).expanduser()
@@ -93,7 +94,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """`ablate export`: write the checkpoint in another code base's layout."""
-    from toolkit.model.interop import export_book, export_hf_gpt2
+    from toolkit.model.book import export_book
+    from toolkit.model.hf_gpt2 import export_hf_gpt2
 
     out = Path(args.out).expanduser()
     _check_output(out, args.force, folder=args.format == "hf-gpt2")

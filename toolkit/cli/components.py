@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from toolkit.cli.common import add_plugin_option
+from toolkit.api.registry import KINDS, suggest
+from toolkit.cli.common import add_plugin_option, plugins_of
 from toolkit.errors import ToolkitError
 
 
@@ -23,10 +24,7 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from toolkit.api.manager import load_plugins
-    from toolkit.api.registry import KINDS, suggest
-
-    plugins = load_plugins(tuple(args.plugins))
+    plugins = plugins_of(args)
     kinds = list(KINDS)
     if args.kind:
         if args.kind not in KINDS:
@@ -49,9 +47,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from toolkit.api.manager import load_plugins
-
-    plugins = load_plugins(tuple(args.plugins))
+    plugins = plugins_of(args)
     for info in plugins.info.values():
         print(f"{info.name}  ({info.source}; hooks: {', '.join(info.hooks) or 'none'})")
         for kind, name in info.components:

@@ -11,8 +11,6 @@ from typing import Any
 from toolkit.cli.common import add_device_option, add_plugin_option, check_device, plugins_of
 from toolkit.errors import DataError
 
-SPLITS = ("all", "train", "val")
-
 
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
@@ -37,7 +35,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--context", type=int, help="window length (default: the model's context)")
     p.add_argument(
         "--split",
-        choices=SPLITS,
+        choices=("all", "train", "val"),
         help="which characters: the last val_fraction (val), the rest (train) or all; default: "
         "val for a run folder (the text it did not train on), all for a checkpoint file",
     )
@@ -53,80 +51,42 @@ def add_parser(subparsers: Any) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """`ablate eval`: print loss, perplexity and bits per byte of a checkpoint on a corpus."""
-    # torch-heavy imports, on first use: `ablate --help` stays quick.
-    from toolkit.data.resolve import check_vocab, run_corpus, run_tokenizer
-    from toolkit.data.tokens import load_tokens
-    from toolkit.inference.evaluate import combine, evaluate_corpus
-    from toolkit.model.checkpoint import open_checkpoint
+    # torch-heavy import, on first use: `ablate --help` stays quick.
+    from toolkit.inference.evaluate import evaluate_checkpoint
 
-    plugins = plugins_of(args)
     for name in ("batch_size", "context"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise DataError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    device = check_device(args.device)
-    checkpoint = open_checkpoint(args.source)
-    path, run, recorded = checkpoint.path, checkpoint.run, checkpoint.tokenizer
-    model = checkpoint.model(plugins).to(device)
-    del checkpoint  # the model holds the weights now
-    config = model.config
-    context = args.context or config.context_length
-    if context > config.context_length:
-        raise DataError(
-            f"--context {context} is longer than the model's context_length "
-            f"({config.context_length}); give at most {config.context_length}"
-        )
-    run_data = (run or {}).get("data") or {}
-    val_fraction = args.val_fraction
-    if val_fraction is None:
-        val_fraction = run_data.get("val_fraction", 0.1)
-    split = args.split or ("val" if run else "all")
-    if args.data:
-        corpus_choice: Any = {"name": "files", "path": args.data}
-    else:
-        corpus_choice = args.corpus or run_corpus(run)
-    corpus = plugins.registry.build("corpus", corpus_choice)
-    tokenizer = run_tokenizer(
-        run,
-        plugins,
-        recorded=recorded,
-        choice=args.tokenizer,
-        where=path,
-        vocab_size=config.vocab_size,
-    )
-    check_vocab(
-        tokenizer, config.vocab_size, "give the tokenizer the model was trained with (--tokenizer)"
-    )
-    data = load_tokens(corpus, tokenizer, val_fraction)
+    displays: list[_Display] = []
 
-    arrays = {"train": data.train, "val": data.val}
-    names = ["train", "val"] if split == "all" else [split]
+    def progress(split: str) -> Any:
+        displays.append(_Display(f"eval {split}"))
+        return displays[-1].update
+
+    corpus = {"name": "files", "path": args.data} if args.data else args.corpus
+    try:
+        result = evaluate_checkpoint(
+            args.source,
+            corpus=corpus,
+            tokenizer=args.tokenizer,
+            split=args.split,
+            val_fraction=args.val_fraction,
+            context=args.context,
+            batch_size=args.batch_size,
+            device=check_device(args.device),
+            plugins=plugins_of(args),
+            progress=progress,
+        )
+    finally:
+        for display in displays:
+            display.close()
     print(
-        f"{path}: {model.num_params():,} parameters, context {context}; corpus "
-        f"{getattr(corpus, 'description', corpus_choice)}; tokenizer {tokenizer.name}; "
-        f"split {split}"
+        f"{result.checkpoint}: {result.params:,} parameters, context {result.context}; corpus "
+        f"{result.corpus}; tokenizer {result.tokenizer}; split {result.split}"
     )
-    results = {}
-    for name in names:
-        if len(arrays[name]) < 2:
-            raise DataError(
-                f"the {name} split holds {len(arrays[name])} token(s), nothing to predict; "
-                f"choose another --split or --val-fraction"
-            )
-        with _Display(f"eval {name}") as display:
-            results[name] = evaluate_corpus(
-                model,
-                arrays[name],
-                data.token_bytes,
-                context,
-                args.batch_size,
-                device,
-                display.update,
-            )
-    if split == "all":
-        results["all"] = combine(results[n] for n in names)
-    width = max(len(n) for n in results)
-    for name, r in results.items():
+    width = max(len(n) for n in result.results)
+    for name, r in result.results.items():
         print(
             f"{name:<{width}}  loss {r['loss']:.4f}  perplexity {r['perplexity']:.2f}  "
             f"bits per byte {r['bpb']:.4f}  ({r['tokens']:,} tokens, {r['bytes']:,} bytes)"
@@ -142,9 +102,6 @@ class _Display:
         self.bar: Any = None
         self.next_report = 0.1
 
-    def __enter__(self) -> _Display:
-        return self
-
     def update(self, done: int, total: int) -> None:
         if sys.stderr.isatty():
             if self.bar is None:
@@ -159,6 +116,6 @@ class _Display:
             while self.next_report * total <= done and self.next_report <= 1:
                 self.next_report += 0.1
 
-    def __exit__(self, *exc: object) -> None:
+    def close(self) -> None:
         if self.bar is not None:
             self.bar.close()

@@ -18,7 +18,6 @@ from toolkit.cli.common import (
     plugins_of,
 )
 from toolkit.errors import SpecError
-from toolkit.spec.schema import SamplingSpec
 
 SAMPLING_KEYS = ("sampler", "prompt", "max_new_tokens")
 
@@ -54,57 +53,30 @@ def add_parser(subparsers: Any) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """`ablate generate`: stream the continuation of the prompt to stdout."""
-    # torch-heavy imports, on first use: `ablate --help` stays quick.
-    import torch
-
-    from toolkit.data.resolve import check_vocab, run_tokenizer
-    from toolkit.inference.generate import IncrementalDecoder, stream
-    from toolkit.model.checkpoint import open_checkpoint
+    # torch-heavy import, on first use: `ablate --help` stays quick.
+    from toolkit.inference.generate import load_for_generation, stream_text
 
     plugins = plugins_of(args)
     device = check_device(args.device)
-    checkpoint = open_checkpoint(args.source)  # weights only, memory-mapped on the CPU
-    config = checkpoint.run
-    sampling = _sampling(config, args, plugins)
-    sampler = plugins.registry.build("sampler", sampling["sampler"])
-    model = checkpoint.model(plugins).to(device)
-    tokenizer = run_tokenizer(
-        config,
-        plugins,
-        recorded=checkpoint.tokenizer,
-        choice=args.tokenizer,
-        where=checkpoint.path,
-        vocab_size=model.config.vocab_size,
-    )
-    check_vocab(tokenizer, model.config.vocab_size, "give the run's tokenizer (--tokenizer)")
-
-    prompt = sampling["prompt"]
-    ids = tokenizer.encode(prompt) or [tokenizer.eot_id]
-    idx = torch.tensor([ids], dtype=torch.long, device=device)
-    seed = args.seed if args.seed is not None else int((config or {}).get("seed", 0))
-    generator = torch.Generator(device=device).manual_seed(seed)
-    steps = stream(
+    model, tokenizer, recorded = load_for_generation(args.source, args.tokenizer, device, plugins)
+    sampling = _sampling(recorded, args, plugins)
+    pieces = stream_text(
         model,
-        idx,
+        tokenizer,
+        sampling["prompt"],
+        plugins.registry.build("sampler", sampling["sampler"]),
         sampling["max_new_tokens"],
-        sampler,
-        model.config.context_length,
-        generator,
-        tokenizer.eot_id,
+        seed=recorded["seed"] if args.seed is None else args.seed,
         use_cache=not args.no_cache,
     )
     out = sys.stdout
     try:
-        out.write(prompt)
+        out.write(sampling["prompt"])
         out.flush()
-        decoder = IncrementalDecoder(tokenizer.decode)
-        for next_ids in steps:
-            token = int(next_ids[0, 0])
-            if token == tokenizer.eot_id:
-                break
-            out.write(decoder.add(token))
+        for piece in pieces:
+            out.write(piece)
             out.flush()
-        out.write(decoder.flush() + "\n")
+        out.write("\n")
         out.flush()
     except BrokenPipeError:  # `ablate generate ... | head`: the reader has gone; so do we
         with contextlib.suppress(OSError, ValueError):
@@ -112,19 +84,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sampling(
-    config: dict[str, Any] | None, args: argparse.Namespace, plugins: Any
-) -> dict[str, Any]:
-    """The run's [sampling] section (or the defaults) with --sampler, --set sampling.* and the
-    flags applied: {"sampler": choice, "prompt": str, "max_new_tokens": int}. A different
-    sampler starts from its own defaults; the run's sampler keeps the run's options."""
+def _sampling(run: dict[str, Any], args: argparse.Namespace, plugins: Any) -> dict[str, Any]:
+    """The run's sampling settings ({"sampler", "prompt", "max_new_tokens"}, as
+    load_for_generation gives them) with --sampler, --set sampling.* and the flags applied. A
+    different sampler starts from its own defaults; the run's sampler keeps the run's options."""
     from toolkit.spec.parse import parse_override  # builds models: not at `ablate --help`
 
-    base = (config or {}).get("sampling") or {}
-    defaults = SamplingSpec()
-    name, options = split_choice(base.get("sampler", defaults.sampler))
-    prompt = base.get("prompt", defaults.prompt)
-    max_new = base.get("max_new_tokens", defaults.max_new_tokens)
+    name, options = split_choice(run["sampler"])
+    prompt, max_new = run["prompt"], run["max_new_tokens"]
 
     def choose(choice: Any, where: str) -> None:
         nonlocal name, options

@@ -28,7 +28,7 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from toolkit.analysis.report import write_report
+    from toolkit.analysis.render import write_report
 
     result = write_report(args.dirs, args.out)
     print(result.text)

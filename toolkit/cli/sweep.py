@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from toolkit.cli.common import add_plugin_option, add_set_option, plural
+from toolkit.cli.common import add_plugin_option, add_set_option, plugins_of, plural
 from toolkit.errors import ToolkitError
 
 
@@ -55,19 +55,19 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    # torch-heavy imports, on first use: `ablate --help` stays quick.
     import pandas as pd
 
-    from toolkit.analysis.report import report
-    from toolkit.api.manager import load_plugins
+    from toolkit.analysis.text import report
+    from toolkit.inference import sampling_ablation
     from toolkit.spec.parse import load_spec
     from toolkit.sweep.runner import run
+    from toolkit.training import distributed
 
-    plugins = load_plugins(tuple(args.plugins))
+    plugins = plugins_of(args)
     executor = executor_choice(args, plugins)
     spec = load_spec(args.spec, args.overrides, plugins=plugins)
     out = args.out or f"runs/{spec.name}"
-    from toolkit.training import distributed
-
     try:
         table = run(
             spec,
@@ -85,10 +85,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(text)
     print(f"results: {out}/results.csv")
     if spec.sampling_ablation is not None:
-        from toolkit.inference import sampling_ablation
-
         summary = pd.read_csv(f"{out}/sampling/summary.csv")
-        print(sampling_ablation.format_summary(summary))
+        print(sampling_ablation.format_sampler_summary(summary))
         print(f"sampling: {out}/sampling/results.csv, summary.csv, samples.md")
     bad = table[table["status"] != "ok"]
     if len(bad):
@@ -126,12 +124,13 @@ def executor_choice(args: argparse.Namespace, plugins: Any) -> dict[str, Any]:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from toolkit.api.manager import load_plugins
+    # torch-heavy imports, on first use: `ablate --help` stays quick.
+    from toolkit.data.resolve import data_key
     from toolkit.model.gpt import count_params
     from toolkit.spec.parse import load_spec
     from toolkit.sweep.runner import prepare_data
 
-    plugins = load_plugins(tuple(args.plugins))
+    plugins = plugins_of(args)
     spec = load_spec(args.spec, args.overrides, plugins=plugins)
     datasets = prepare_data(spec, plugins)
     print(
@@ -139,8 +138,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
         f"{plural(len(spec.seeds), 'seed')} = {plural(len(spec.runs), 'run')}; "
         f"baseline {spec.baseline!r}"
     )
-    from toolkit.data.resolve import data_key
-
     rows = []
     for r in spec.runs[: len(spec.variants)]:
         data = datasets[data_key(r.data)][0]

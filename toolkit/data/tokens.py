@@ -1,8 +1,8 @@
 """The token-id pipeline: corpus documents -> cached train/validation token arrays -> batches.
 
 `load_tokens` splits a corpus by characters, tokenizes each split once and keeps the ids in a
-content-keyed cache of .npy files that later runs memory-map. `TrainBatches` and `eval_batches`
-cut (x, y) next-token windows out of those arrays, deterministically and resumably.
+content-keyed cache of .npy files that later runs memory-map (batches.py cuts windows out of
+them).
 It works with any corpus and tokenizer object honouring the registry's contracts and imports no
 concrete component.
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -31,10 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from toolkit.api.contracts import Corpus, Tokenizer, TrainableTokenizer
 from toolkit.errors import DataError
+from toolkit.files import atomic_path, write_atomic
 
 CACHE_ENV = "ABLATE_CACHE_DIR"
 # Part of every cache key: bump it whenever splitting, tokenizing or the file layout changes, so
@@ -222,8 +221,7 @@ def _train_tokenizer(
     tokenizer.train(train_texts())
     state = tokenizer.state()
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        _write_text_atomic(path, json.dumps(state))
+        write_atomic(path, json.dumps(state))
     except OSError as exc:
         warnings.warn(
             f"learned tokenizer state not written to {folder} ({exc}); keeping it in memory",
@@ -344,15 +342,11 @@ def _paths(folder: Path, key: str) -> tuple[Path, Path]:
 def _write_cache(
     folder: Path, key: str, parts: list[np.ndarray], meta: dict[str, Any], dtype: np.dtype
 ) -> np.ndarray:
-    """Write ids and metadata atomically (temp file + os.replace, metadata last) and return the
-    ids memory-mapped from the final file."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """Write ids and metadata atomically (the metadata last: it marks the ids complete) and
+    return the ids memory-mapped from the final file."""
     npy, meta_path = _paths(folder, key)
     total = sum(len(p) for p in parts)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{key[:16]}-", suffix=".npy.tmp")
-    os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp's 0600 would keep a shared cache folder private
-    try:
+    with atomic_path(npy, suffix=".npy.tmp") as tmp:
         # Fill a memory-mapped file piece by piece: never a second in-memory copy of all ids.
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(total,))
         pos = 0
@@ -361,23 +355,8 @@ def _write_cache(
             pos += len(p)
         out.flush()
         del out
-        os.replace(tmp, npy)
-        _write_text_atomic(meta_path, json.dumps(meta))
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(meta_path, json.dumps(meta))
     return np.load(npy, mmap_mode="r")
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:16]}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _read_cache(
@@ -402,120 +381,3 @@ def _read_cache(
         # Truncated or garbled files (a killed writer, a full disk): np.load or json says so.
         return None
     return (tokens, meta) if ok else None
-
-
-def count_windows(n_tokens: int, context_length: int, stride: int) -> int:
-    """How many (context_length + 1)-token windows start at 0, stride, 2*stride, ... and fit in
-    n_tokens tokens. `count_windows(10, 4, 4) == 2` (starts 0 and 4)."""
-    if context_length < 1 or stride < 1:
-        raise ValueError(f"context_length and stride must be >= 1, got {context_length}, {stride}")
-    if n_tokens < context_length + 1:
-        return 0
-    return (n_tokens - context_length - 1) // stride + 1
-
-
-def _windows(
-    tokens: np.ndarray, starts: np.ndarray, context_length: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gather windows by index arithmetic; only this batch is ever materialized (as int64)."""
-    w = np.asarray(tokens[starts[:, None] + np.arange(context_length + 1)], dtype=np.int64)
-    x = torch.from_numpy(np.ascontiguousarray(w[:, :-1]))
-    y = torch.from_numpy(np.ascontiguousarray(w[:, 1:]))
-    return x, y
-
-
-def _positive(**values: int) -> None:
-    for name, v in values.items():
-        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
-
-
-class TrainBatches:
-    """Yields (x, y) int64 torch tensors of shape (batch_size, context_length): y is x shifted
-    by one.
-
-    Each epoch visits every window start (stride apart) once, in an order permuted by a numpy
-    Generator seeded from (seed, epoch); the last partial batch of an epoch is dropped (an
-    epoch holding fewer windows than batch_size is a DataError). `state()` -> dict(epoch=...,
-    index=...) and `load_state(dict)` let a run resume exactly where it was. Infinite.
-    """
-
-    def __init__(
-        self,
-        tokens: np.ndarray,
-        context_length: int,
-        batch_size: int,
-        seed: int,
-        stride: int | None = None,
-    ) -> None:
-        stride = context_length if stride is None else stride
-        _positive(context_length=context_length, batch_size=batch_size, stride=stride)
-        self.tokens = tokens
-        self.context_length = context_length
-        self.batch_size = batch_size
-        self.seed = int(seed)
-        self.stride = stride
-        self.n_windows = count_windows(len(tokens), context_length, stride)
-        self.batches_per_epoch = self.n_windows // batch_size
-        if self.batches_per_epoch == 0:
-            raise DataError(
-                f"the training split has {len(tokens):,} tokens: {self.n_windows} window(s) of "
-                f"{context_length + 1} tokens (stride {stride}), fewer than batch_size "
-                f"{batch_size}; use a smaller batch_size or context_length, or a larger corpus"
-            )
-        self.epoch = 0
-        self.index = 0  # batches already yielded in this epoch
-        self._order: tuple[int, np.ndarray] | None = None
-
-    def _permutation(self, epoch: int) -> np.ndarray:
-        if self._order is None or self._order[0] != epoch:
-            # SeedSequence mixes (seed, epoch) into independent streams; it needs non-negatives.
-            rng = np.random.default_rng([self.seed % 2**64, epoch])
-            self._order = (epoch, rng.permutation(self.n_windows))
-        return self._order[1]
-
-    def __iter__(self) -> TrainBatches:
-        return self
-
-    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        order = self._permutation(self.epoch)
-        picks = order[self.index * self.batch_size : (self.index + 1) * self.batch_size]
-        self.index += 1
-        if self.index == self.batches_per_epoch:
-            self.epoch, self.index = self.epoch + 1, 0
-        return _windows(self.tokens, picks * self.stride, self.context_length)
-
-    def state(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "index": self.index}
-
-    def load_state(self, state: dict[str, int]) -> None:
-        epoch, index = int(state["epoch"]), int(state["index"])
-        if epoch < 0 or not 0 <= index < self.batches_per_epoch:
-            raise DataError(
-                f"cannot resume batches at {state!r}: an epoch here has "
-                f"{self.batches_per_epoch} batches; was the data or batch size changed?"
-            )
-        self.epoch, self.index = epoch, index
-
-
-def eval_batches(
-    tokens: np.ndarray, context_length: int, batch_size: int, max_batches: int
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Fixed evaluation batches: up to max_batches * batch_size windows evenly spaced over the
-    whole split, never overlapping in the positions they predict, identical on every call.
-    A small split gives fewer windows; the final batch may be smaller than batch_size."""
-    _positive(context_length=context_length, batch_size=batch_size, max_batches=max_batches)
-    n = len(tokens)
-    if n < context_length + 1:
-        raise DataError(
-            f"the validation split has {n:,} tokens, fewer than context_length + 1 = "
-            f"{context_length + 1}; use a smaller context_length or a larger val_fraction/corpus"
-        )
-    # At most as many windows as fit stride context_length apart, so no position is scored
-    # twice; spread them with linspace so a large split is sampled end to end.
-    k = min(max_batches * batch_size, count_windows(n, context_length, context_length))
-    starts = np.linspace(0, n - context_length - 1, k).round().astype(np.int64)
-    return [
-        _windows(tokens, starts[i : i + batch_size], context_length)
-        for i in range(0, k, batch_size)
-    ]

@@ -1,4 +1,4 @@
-"""Loss, perplexity and bits per byte of a model over a whole token array, and `ablate eval`.
+"""Loss, perplexity and bits per byte of a model over a whole token array.
 
 `evaluate_corpus` scores every token of the array after the first exactly once: the array is
 cut into non-overlapping windows of context_length inputs, each predicting its next tokens,
@@ -12,28 +12,35 @@ Definitions (as in every table of the toolkit): loss = total cross-entropy in na
 predicted; perplexity = exp(loss); bits per byte = total nats / (ln 2 x UTF-8 bytes of the
 predicted tokens).
 
-`ablate eval CHECKPOINT_OR_RUN_DIR` (add_parser / cmd_eval) evaluates a run's checkpoint, or an
-imported one, on a corpus (the run's by default), printing the three numbers; it writes nothing
-but the token cache. torch and numpy are imported on first use, so building the command line
-parser stays cheap. Not here: training-time evaluation on fixed batches (train.py).
+`evaluate_checkpoint(run_folder_or_checkpoint, ...)` (`toolkit.evaluate`) does it for a saved
+model on a corpus split, the run's own data by default. Library code only: `ablate eval` is
+toolkit/cli/evaluate.py. Not here: training-time
+evaluation on fixed batches (toolkit.training.loop.evaluate_batches).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from toolkit.api.manager import Plugins, load_plugins
+from toolkit.api.registry import Choice
+from toolkit.data.resolve import check_vocab, run_corpus, run_tokenizer
+from toolkit.data.tokens import load_tokens
 from toolkit.errors import DataError
-
-if TYPE_CHECKING:
-    import numpy as np
-    from torch import nn
-
+from toolkit.model.checkpoint import open_checkpoint
 
 # progress(targets scored so far, targets in all)
 Progress = Callable[[int, int], None]
-SPLITS = ("all", "train", "val")
 
 
 def evaluate_corpus(
@@ -52,10 +59,6 @@ def evaluate_corpus(
     total nats (so results over several arrays combine exactly: see combine()).
     token_bytes[i] is the number of UTF-8 bytes id i stands for.
     """
-    import numpy as np
-    import torch
-    import torch.nn.functional as F
-
     for name, value in (("context_length", context_length), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise DataError(f"{name} must be a positive integer, got {value!r}")
@@ -78,7 +81,7 @@ def evaluate_corpus(
                 chunk = np.asarray(tokens[start : start + count * context_length + 1], np.int64)
                 x = chunk[:-1].reshape(count, context_length)
                 y = chunk[1:].reshape(count, context_length)
-                nats += _nats(model, F, torch, x, y, device)
+                nats += _nats(model, x, y, device)
                 n_bytes += int(n_bytes_table[y].sum())
                 done += y.size
                 if progress:
@@ -86,7 +89,7 @@ def evaluate_corpus(
             if tail:
                 chunk = np.asarray(tokens[full * context_length :], np.int64)  # tail + 1 tokens
                 x, y = chunk[None, :-1], chunk[None, 1:]
-                nats += _nats(model, F, torch, x, y, device)
+                nats += _nats(model, x, y, device)
                 n_bytes += int(n_bytes_table[y].sum())
                 done += y.size
                 if progress:
@@ -96,7 +99,7 @@ def evaluate_corpus(
     return _metrics(nats, done, n_bytes)
 
 
-def _nats(model: nn.Module, F: Any, torch: Any, x: Any, y: Any, device: str) -> float:
+def _nats(model: nn.Module, x: np.ndarray, y: np.ndarray, device: str) -> float:
     """Summed cross-entropy in nats of the model's predictions of y from x (numpy int64)."""
     xs = torch.from_numpy(x).to(device)
     ys = torch.from_numpy(y).to(device)
@@ -131,3 +134,90 @@ __all__ = [
     "combine",
     "evaluate_corpus",
 ]
+
+
+SPLITS = ("all", "train", "val")
+
+
+@dataclass
+class Evaluation:
+    """What evaluate_checkpoint scored and the results, one per split (and "all")."""
+
+    checkpoint: Path
+    params: int
+    context: int
+    corpus: str  # its description
+    tokenizer: str
+    split: str
+    results: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def evaluate_checkpoint(
+    source: str | os.PathLike[str],
+    *,
+    corpus: Choice | None = None,
+    tokenizer: Choice | None = None,
+    split: str | None = None,
+    val_fraction: float | None = None,
+    context: int | None = None,
+    batch_size: int = 4,
+    device: str = "cpu",
+    plugins: Plugins | None = None,
+    progress: Callable[[str], Progress | None] | None = None,
+) -> Evaluation:
+    """Loss, perplexity and bits per byte of a run folder's (or checkpoint's) model over every
+    token of a corpus split. Defaults: the run's corpus, tokenizer and val_fraction, split "val"
+    for a run (the text it did not train on) and "all" for a bare checkpoint (pydoc, and gpt2
+    for a 50,257-id vocabulary). `progress(split)` may return a Progress callback per split.
+
+    >>> toolkit.evaluate("runs/quickstart/base/seed-0").results["val"]["loss"]
+    """
+    for name, value in (("batch_size", batch_size), ("context", context)):
+        if value is not None and (isinstance(value, bool) or value < 1):
+            raise DataError(f"{name} must be at least 1, got {value}")
+    if split is not None and split not in SPLITS:
+        raise DataError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    plugins = plugins or load_plugins()
+    checkpoint = open_checkpoint(source)
+    path, run, recorded = checkpoint.path, checkpoint.run, checkpoint.tokenizer
+    model = checkpoint.model(plugins).to(device)
+    del checkpoint  # the model holds the weights now
+    config = model.config
+    context = context or config.context_length
+    if context > config.context_length:
+        raise DataError(
+            f"context {context} is longer than the model's context_length "
+            f"({config.context_length}); give at most {config.context_length}"
+        )
+    run_data = (run or {}).get("data") or {}
+    if val_fraction is None:
+        val_fraction = run_data.get("val_fraction", 0.1)
+    split = split or ("val" if run else "all")
+    text = plugins.registry.build("corpus", corpus or run_corpus(run))
+    tok = run_tokenizer(
+        run, plugins, recorded=recorded, choice=tokenizer, where=path,
+        vocab_size=config.vocab_size,
+    )  # fmt: skip
+    check_vocab(
+        tok, config.vocab_size, "give the tokenizer the model was trained with (--tokenizer)"
+    )
+    data = load_tokens(text, tok, val_fraction)
+    arrays = {"train": data.train, "val": data.val}
+    names = ["train", "val"] if split == "all" else [split]
+    out = Evaluation(
+        path, model.num_params(), context, getattr(text, "description", str(corpus)), tok.name,
+        split,
+    )  # fmt: skip
+    for name in names:
+        if len(arrays[name]) < 2:
+            raise DataError(
+                f"the {name} split holds {len(arrays[name])} token(s), nothing to predict; "
+                f"choose another split or val_fraction"
+            )
+        callback = progress(name) if progress else None
+        out.results[name] = evaluate_corpus(
+            model, arrays[name], data.token_bytes, context, batch_size, device, callback
+        )
+    if split == "all":
+        out.results["all"] = combine(out.results[n] for n in names)
+    return out

@@ -1,4 +1,4 @@
-"""Text generation with a sampler component, with a KV cache, and the `ablate generate` command.
+"""Text generation with a sampler component, with a KV cache.
 
 `generate()` extends token ids one position at a time and stops early when every sequence has
 produced `eot_id` (a finished sequence keeps receiving eot_id while the others go on).
@@ -16,21 +16,29 @@ the first context_length positions. Models without the fact (the non-causal atte
 that do not implement forward_cached) silently use the uncached path: each step re-runs the
 cropped context through forward().
 
-`ablate generate RUN_DIR|CHECKPOINT --prompt ...` (add_parser / cmd_generate) loads a run's
-checkpoint and tokenizer and streams the continuation to stdout. torch is imported on first use,
-so building the command line parser stays cheap.
+Text in, text out: `stream_text(model, tokenizer, prompt, ...)` yields the continuation piece
+by piece (`IncrementalDecoder` holds back a character split across tokens), and
+`generate_text(run_folder_or_checkpoint, prompt)` (`toolkit.generate`) loads a checkpoint with
+its run's tokenizer and sampling settings first. Library code only: `ablate generate` is
+toolkit/cli/generate.py.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import Any
 
-if TYPE_CHECKING:
-    import torch
-    from torch import nn
+import torch
+from torch import nn
 
-Sampler = Callable[["torch.Tensor", "torch.Generator | None"], "torch.Tensor"]
+from toolkit.api.manager import Plugins, load_plugins
+from toolkit.api.registry import Choice
+from toolkit.data.resolve import check_vocab, run_tokenizer
+from toolkit.model.checkpoint import open_checkpoint
+from toolkit.spec.schema import SamplingSpec
+
+Sampler = Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
 
 
 def stream(
@@ -46,8 +54,6 @@ def stream(
     """Yield the next ids (B, 1) of token ids idx (B, T >= 1), at most max_new_tokens times,
     ending early once every sequence has produced eot_id. The model is in eval mode while this
     runs and gets its former mode back at the end."""
-    import torch
-
     was_training = model.training
     model.eval()
     cached = use_cache and bool(getattr(model, "supports_kv_cache", False))
@@ -87,8 +93,6 @@ def generate(
     use_cache: bool = True,
 ) -> torch.Tensor:
     """Token ids (B, T) -> (B, T + n) with n <= max_new_tokens new ids drawn by `sampler`."""
-    import torch
-
     steps = stream(
         model, idx, max_new_tokens, sampler, context_length, generator, eot_id, use_cache
     )
@@ -115,3 +119,101 @@ class IncrementalDecoder:
         new = text[len(self.printed) :] if text.startswith(self.printed) else ""
         self.printed += new
         return new
+
+
+def stream_text(
+    model: nn.Module,
+    tokenizer: Any,
+    prompt: str,
+    sampler: Sampler,
+    max_new_tokens: int,
+    *,
+    seed: int = 0,
+    use_cache: bool = True,
+) -> Iterator[str]:
+    """The continuation of `prompt` (not the prompt itself) as text pieces, as the model writes
+    them, up to max_new_tokens or its end-of-text token; draws seeded by `seed`."""
+    device = next(model.parameters()).device
+    ids = tokenizer.encode(prompt) or [tokenizer.eot_id]
+    idx = torch.tensor([ids], dtype=torch.long, device=device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    context = model.config.context_length
+    decoder = IncrementalDecoder(tokenizer.decode)
+    steps = stream(
+        model, idx, max_new_tokens, sampler, context, generator, tokenizer.eot_id, use_cache
+    )
+    for next_ids in steps:
+        token = int(next_ids[0, 0])
+        if token == tokenizer.eot_id:
+            break
+        piece = decoder.add(token)
+        if piece:
+            yield piece
+    tail = decoder.flush()
+    if tail:
+        yield tail
+
+
+def generate_text(
+    source: str | os.PathLike[str],
+    prompt: str | None = None,
+    *,
+    sampler: Choice | None = None,
+    max_new_tokens: int | None = None,
+    seed: int | None = None,
+    tokenizer: Choice | None = None,
+    device: str = "cpu",
+    use_cache: bool = True,
+    plugins: Plugins | None = None,
+) -> str:
+    """A run folder's (or checkpoint's) model continuing `prompt`; what is not given comes from
+    the run's config ([sampling] and seed), as `ablate generate` does.
+
+    >>> toolkit.generate("runs/quickstart/base/seed-0", "Every effort", sampler="greedy")
+    """
+    model, tok, sampling = load_for_generation(source, tokenizer, device, plugins)
+    plugins = plugins or load_plugins()
+    chosen = sampler if sampler is not None else sampling["sampler"]
+    return "".join(
+        stream_text(
+            model,
+            tok,
+            sampling["prompt"] if prompt is None else prompt,
+            plugins.registry.build("sampler", chosen),
+            sampling["max_new_tokens"] if max_new_tokens is None else max_new_tokens,
+            seed=sampling["seed"] if seed is None else seed,
+            use_cache=use_cache,
+        )
+    )
+
+
+def load_for_generation(
+    source: str | os.PathLike[str],
+    tokenizer: Choice | None = None,
+    device: str = "cpu",
+    plugins: Plugins | None = None,
+) -> tuple[nn.Module, Any, dict[str, Any]]:
+    """(model on `device` in eval mode, its tokenizer, the run's sampling settings: sampler,
+    prompt, max_new_tokens and seed, with the spec's defaults where the run has none)."""
+    plugins = plugins or load_plugins()
+    checkpoint = open_checkpoint(source)  # weights only, memory-mapped on the CPU
+    model = checkpoint.model(plugins).to(device).eval()
+    tok = run_tokenizer(
+        checkpoint.run,
+        plugins,
+        recorded=checkpoint.tokenizer,
+        choice=tokenizer,
+        where=checkpoint.path,
+        vocab_size=model.config.vocab_size,
+    )
+    check_vocab(tok, model.config.vocab_size, "give the run's tokenizer (--tokenizer)")
+    run = checkpoint.run or {}
+    defaults = SamplingSpec()
+    recorded = run.get("sampling") or {}
+    sampling = {
+        "sampler": recorded.get("sampler", defaults.sampler),
+        "prompt": recorded.get("prompt", defaults.prompt),
+        "max_new_tokens": recorded.get("max_new_tokens", defaults.max_new_tokens),
+        "seed": int(run.get("seed", 0)),
+    }
+    return model, tok, sampling

@@ -144,7 +144,7 @@ def run_ablation(
     table = pd.DataFrame(rows)
     folder = out / "sampling"
     write_atomic(folder / "results.csv", table.to_csv(index=False))
-    summary = summarize(table)
+    summary = sampler_summary(table)
     write_atomic(folder / "summary.csv", summary.to_csv(index=False))
     write_atomic(folder / "samples.md", _samples_markdown(samples, runs[0]))
     return table
@@ -182,7 +182,7 @@ def _score(model: Any, ids: Any, prompt_tokens: int) -> dict[str, float]:
 METRICS = ["distinct_1", "distinct_2", "distinct_3", "repetition", "mean_logprob", "gen_perplexity"]
 
 
-def summarize(table: pd.DataFrame) -> pd.DataFrame:
+def sampler_summary(table: pd.DataFrame) -> pd.DataFrame:
     """Mean and sample std per variant x sampler, over model seeds x sampling seeds."""
     grouped = table.groupby(["variant", "sampler"], sort=False)[METRICS]
     mean, std = grouped.mean().add_suffix("_mean"), grouped.std(ddof=1).add_suffix("_std")
@@ -190,7 +190,7 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([n, mean, std], axis=1).reset_index()
 
 
-def format_summary(summary: pd.DataFrame) -> str:
+def format_sampler_summary(summary: pd.DataFrame) -> str:
     """A terminal table: mean ± std per variant x sampler."""
     lines = []
     for _, row in summary.iterrows():

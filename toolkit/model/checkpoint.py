@@ -163,9 +163,16 @@ def check_fits(
 ) -> None:
     """The config builds a model whose names and shapes are the state dict's: checked on the
     meta device, without allocating the weights."""
+    _raise_unless_fits(meta_state_dict(config, plugins), state, where)
+
+
+def meta_state_dict(
+    config: ModelConfig | dict[str, Any], plugins: Plugins | None = None
+) -> StateDict:
+    """The state dict of the model a config builds, on the meta device: names and shapes,
+    nothing allocated."""
     with torch.device("meta"):
-        expected = build_model(config, plugins).state_dict()
-    _raise_unless_fits(expected, state, where)
+        return build_model(config, plugins).state_dict()
 
 
 def mismatch(expected: dict[str, Any], state: dict[str, Any]) -> str | None:

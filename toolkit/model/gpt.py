@@ -12,7 +12,8 @@ forward_cached() is the same network for generation with a KV cache: a separate 
 the training forward() has no cache argument or branch. It needs an attention registered with
 `kv_cache=True` (GPT.supports_kv_cache); generate.py falls back to forward() otherwise.
 
-Not here: training (train.py), generation (generate.py), and the components (plugins/).
+Not here: the config and presets (config.py), training (toolkit.training), generation
+(toolkit.inference), and the components (plugins/).
 """
 
 from __future__ import annotations

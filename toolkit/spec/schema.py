@@ -13,7 +13,7 @@ from typing import Any
 from toolkit.api.registry import Choice, split_choice
 from toolkit.errors import SpecError
 from toolkit.model.config import COMPONENT_SLOTS, ModelConfig
-from toolkit.names import slug
+from toolkit.names import run_folder
 
 # Training precisions: "fp32", or bfloat16 autocast with float32 weights and optimizer.
 PRECISIONS = ("fp32", "bf16-mixed")
@@ -112,7 +112,7 @@ class RunSpec:
     @property
     def folder(self) -> str:
         """Run folder relative to the experiment's output folder: `<variant>/seed-<n>`."""
-        return f"{slug(self.variant)}/seed-{self.seed}"
+        return run_folder(self.variant, self.seed)
 
     def config(self) -> dict[str, Any]:
         """The resolved config as plain data (what config.json holds)."""

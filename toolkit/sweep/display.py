@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.sweep.jobs import RunJob
-from toolkit.training.loop import resumable_step
+from toolkit.training.resume import resumable_step
 
 
 @dataclass

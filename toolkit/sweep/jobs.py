@@ -37,13 +37,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
+from toolkit.api.manager import Plugins
 from toolkit.data.resolve import data_key, load_data
 from toolkit.errors import ToolkitError, one_line
 from toolkit.files import write_atomic, write_json
+from toolkit.training.distributed import current
+from toolkit.training.loop import train_run
 
 if TYPE_CHECKING:
     from toolkit.api.contracts import Display
-    from toolkit.api.manager import Plugins
     from toolkit.spec.schema import RunSpec
 
 # Environment a worker needs to see what this process sees (its cache, its plugin settings,
@@ -158,11 +162,7 @@ def run_job(
     (error.txt holds the traceback), as in a local sweep. With `sweep` (in-process), its
     plugins and loaded data are used; otherwise (a worker) they are loaded here, the tokens
     from the cache the runner filled."""
-    from toolkit.training.distributed import current
-
     if job.threads:
-        import torch
-
         torch.set_num_threads(job.threads)  # train.threads, if set, wins inside train_run
     folder = Path(job.folder)
     try:
@@ -172,8 +172,6 @@ def run_job(
         else:
             plugins = worker_plugins(job.plugin_modules, job.autoload)
             data, tokenizer = load_data(job.run.data, plugins)
-        from toolkit.training.loop import train_run  # torch-heavy: imported when a run trains
-
         return train_run(job.run, data, tokenizer, folder, plugins, progress, job.columns)
     except KeyboardInterrupt:
         raise
@@ -191,8 +189,6 @@ def run_job(
 
 def worker_plugins(modules: tuple[str, ...], autoload: bool) -> Plugins:
     """The plugins of a worker process, loaded once per process (Ray reuses workers)."""
-    from toolkit.api.manager import Plugins
-
     key = (modules, autoload)
     if key not in _WORKER_PLUGINS:
         _WORKER_PLUGINS[key] = Plugins(modules, autoload=autoload)

@@ -13,6 +13,7 @@ every rank runs the sweep and rank 0 alone writes the experiment's files.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import sys
@@ -20,19 +21,25 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
 from toolkit.api.manager import Plugins, load_plugins
 from toolkit.api.registry import split_choice
-from toolkit.data.resolve import data_key, load_data
-from toolkit.data.tokens import TokenData, count_windows
+from toolkit.data.batches import count_windows
+from toolkit.data.resolve import check_vocab, data_key, load_data
+from toolkit.data.tokens import TokenData
 from toolkit.errors import DataError, SpecError, ToolkitError
 from toolkit.files import read_json, write_json
+from toolkit.inference import sampling_ablation
+from toolkit.model.checkpoint import initial_weights
+from toolkit.model.gpt import build_model
 from toolkit.names import label
 from toolkit.spec.parse import load_spec
 from toolkit.spec.schema import RunSpec, Spec
 from toolkit.sweep.display import SweepDisplay
 from toolkit.sweep.jobs import RunJob, Sweep
 from toolkit.sweep.results import collect, write_table
+from toolkit.training import distributed
 
 
 def run(
@@ -51,8 +58,6 @@ def run(
     `executor` names a registered executor ("local", "processes", "ray"), gives one with its
     options ({"name": "processes", "jobs": 4}), or is an executor object (toolkit/sweep/jobs.py).
     Under torchrun every rank calls this and each run is trained across all of them (DDP)."""
-    from toolkit.training import distributed
-
     world = distributed.setup()
     if not isinstance(spec, Spec):
         spec = load_spec(spec, overrides, plugins=plugins)
@@ -123,8 +128,6 @@ def _sweep(
     restart: bool,
     executor: Any,
 ) -> pd.DataFrame:
-    from toolkit.training import distributed
-
     world = distributed.current()
     todo = [
         i
@@ -171,8 +174,6 @@ def _sweep(
         return pd.DataFrame()
     table = write_table(out)
     if spec.sampling_ablation is not None:
-        from toolkit.inference import sampling_ablation
-
         runs = sampling_ablation.model_runs(
             spec.sampling_ablation, [out / r.folder for r in spec.runs]
         )
@@ -247,8 +248,6 @@ class OutputLock:
         self.file: Any = None
 
     def __enter__(self) -> OutputLock:
-        import fcntl
-
         self.file = self.path.open("a+")
         try:
             fcntl.flock(self.file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -292,21 +291,23 @@ def prepare_data(spec: Spec, plugins: Plugins) -> dict[str, tuple[TokenData, Any
         key = data_key(r.data)
         if key not in datasets:
             datasets[key] = load_data(r.data, plugins)
-        data = datasets[key][0]
-        check_fits(r, data, spec.path)
+        data, tokenizer = datasets[key]
+        check_fits(r, data, tokenizer, spec.path)
         if r.model.init_from:
             check_init_from(r, data, spec.path, plugins)
     return datasets
 
 
-def check_fits(r: RunSpec, data: TokenData, source: str) -> None:
+def check_fits(r: RunSpec, data: TokenData, tokenizer: Any, source: str) -> None:
+    """A run's model and batches fit its data: every id has an embedding row, and both splits
+    hold enough windows."""
     where = f"{source}: variant {r.variant!r}:"
     ctx, batch = r.model.context_length, r.train.batch_size
-    if r.model.vocab_size is not None and r.model.vocab_size < data.vocab_size:
-        raise SpecError(
-            f"{where} model.vocab_size ({r.model.vocab_size}) is smaller than the tokenizer's "
-            f"vocabulary ({data.vocab_size}); leave it unset to use the tokenizer's"
-        )
+    if r.model.vocab_size is not None:
+        try:
+            check_vocab(tokenizer, r.model.vocab_size, "leave model.vocab_size unset to use it")
+        except DataError as exc:
+            raise SpecError(f"{where} {exc}") from None
     for split, tokens in (("validation", data.val), ("training", data.train)):
         if len(tokens) < ctx + 1:
             raise DataError(
@@ -323,11 +324,6 @@ def check_fits(r: RunSpec, data: TokenData, source: str) -> None:
 
 def check_init_from(r: RunSpec, data: TokenData, source: str, plugins: Plugins) -> None:
     """The checkpoint's weights fit this variant's model (checked on the meta device)."""
-    import torch
-
-    from toolkit.model.checkpoint import initial_weights
-    from toolkit.model.gpt import build_model
-
     with torch.device("meta"):
         model = build_model(r.model_config(data.vocab_size), plugins)
     try:

@@ -7,17 +7,25 @@ torchrun starts the processes and tells each its place through the environment (
 WORLD_SIZE, LOCAL_RANK). `setup()` reads it and joins the default process group (gloo on CPU;
 gloo for CPU tensors and NCCL for CUDA tensors on GPUs); `current()` then says which process
 this is. Every helper is a no-op in a single process, so callers need no branch of their own.
-Not here: what is split across processes and who writes files (train.py, runner.py).
+Also how one run is split across them: each process's share of a batch (`share`), the model
+wrapped in DistributedDataParallel (`data_parallel`), each process's GPU (`device_for`) and
+the checks a run must pass to be split (`check_world`). Not here: who writes files (loop.py,
+toolkit.sweep.runner).
 """
 
 from __future__ import annotations
 
+import inspect
 import os
-import sys
 from dataclasses import dataclass
 from typing import Any
 
-from toolkit.errors import ToolkitError
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from toolkit.errors import SpecError, ToolkitError
 
 
 @dataclass(frozen=True)
@@ -45,8 +53,6 @@ def setup() -> World:
     world = _from_environment()
     if not world.active:
         return current()
-    import torch
-    import torch.distributed as dist
 
     if not dist.is_available():
         raise ToolkitError("WORLD_SIZE > 1 but this PyTorch build has no torch.distributed")
@@ -66,10 +72,8 @@ def setup() -> World:
 
 
 def current() -> World:
-    """This process's World: size 1 unless setup() (or the caller) joined a process group.
-    Imports nothing: torch is only consulted when something already imported it."""
-    dist = sys.modules.get("torch.distributed")
-    if dist is None or not dist.is_available() or not dist.is_initialized():
+    """This process's World: size 1 unless setup() (or the caller) joined a process group."""
+    if not dist.is_available() or not dist.is_initialized():
         return World()
     return World(dist.get_rank(), dist.get_world_size(), _int_env("LOCAL_RANK", 0))
 
@@ -77,8 +81,6 @@ def current() -> World:
 def barrier() -> None:
     """Wait until every process gets here."""
     if current().active:
-        import torch.distributed as dist
-
         dist.barrier()
 
 
@@ -86,8 +88,6 @@ def broadcast_object(obj: Any) -> Any:
     """Rank 0's `obj` (any picklable value), on every rank."""
     if not current().active:
         return obj
-    import torch.distributed as dist
-
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
@@ -98,8 +98,6 @@ def all_gather_object(obj: Any) -> list[Any]:
     world = current()
     if not world.active:
         return [obj]
-    import torch.distributed as dist
-
     gathered: list[Any] = [None] * world.size
     dist.all_gather_object(gathered, obj)
     return gathered
@@ -109,9 +107,6 @@ def all_reduce_sum(values: list[float]) -> list[float]:
     """The element-wise sum of `values` over all ranks (float64, on the CPU)."""
     if not current().active:
         return list(values)
-    import torch
-    import torch.distributed as dist
-
     total = torch.tensor(values, dtype=torch.float64)
     dist.all_reduce(total, op=dist.ReduceOp.SUM)
     return total.tolist()
@@ -119,8 +114,7 @@ def all_reduce_sum(values: list[float]) -> list[float]:
 
 def shutdown() -> None:
     """Leave the process group, once every process is done (NCCL warns at exit otherwise)."""
-    dist = sys.modules.get("torch.distributed")
-    if dist is not None and dist.is_available() and dist.is_initialized():
+    if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 
@@ -147,3 +141,52 @@ def _int_env(name: str, default: int) -> int:
             f"environment variable {name}={value!r} is not an integer; it is set by torchrun "
             f"(unset it to train in a single process)"
         ) from None
+
+
+# -- one run split across the processes --------------------------------------------------------
+def mixed_seed(*words: int) -> int:
+    """A seed mixed from several integers (the run's seed, a rank, ...); any ints work."""
+    return int(np.random.SeedSequence([w % 2**64 for w in words]).generate_state(1)[0])
+
+
+def share(batch: Any, world: World) -> Any:
+    """This process's contiguous share of a batch's rows: all of them in a single process."""
+    return batch.tensor_split(world.size)[world.rank] if world.active else batch
+
+
+def device_for(device: str, world: World) -> str:
+    """The device a process trains on: each process of a multi-process run on its own GPU (the
+    one torchrun's LOCAL_RANK names), whatever index the spec gives."""
+    if world.active and device.startswith("cuda"):
+        return f"cuda:{world.local_rank}"
+    return device
+
+
+def check_world(run: Any, world: World, device: str) -> None:
+    """A run can be split across the processes of `world`: its global batch divides evenly
+    among them, and its device is one each process can have its own of (not mps)."""
+    if not world.active:
+        return
+    if run.train.batch_size % world.size:
+        raise SpecError(
+            f"variant {run.variant!r}: train.batch_size ({run.train.batch_size}) is the global "
+            f"batch and must divide evenly among the {world.size} processes; use a multiple of "
+            f"{world.size}"
+        )
+    if device.startswith("mps"):
+        raise SpecError(
+            "train.device mps cannot be shared by several processes; use cpu or cuda with torchrun"
+        )
+
+
+def data_parallel(model: Any, world: World, device: str) -> Any:
+    """The model in DistributedDataParallel, which averages gradients across processes during
+    backward; the model itself in a single process."""
+    if not world.active:
+        return model
+    # Buffers (attention masks, rotary tables) are the same everywhere and training changes
+    # none, so they are not re-sent at every forward; torch 2.13 renamed that switch.
+    options = inspect.signature(DistributedDataParallel).parameters
+    no_resend = "forward_sync_buffers" if "forward_sync_buffers" in options else "broadcast_buffers"
+    device_ids = [int(device.split(":")[1])] if device.startswith("cuda:") else None
+    return DistributedDataParallel(model, device_ids=device_ids, **{no_resend: False})

@@ -6,15 +6,19 @@ FLOPs per token = 6 x (weights used in matrix products, the LM head included)
 (2 per multiply-add, x3 for forward and backward; the second term is the attention scores and
 the weighted sum of values). The peak is measured, not looked up: a large matrix product in
 the training precision, on the threads training uses. Not here: timing training itself
-(train.py) or the benchmark tables (benchmarks/).
+(loop.py) or the benchmark tables (benchmarks/). Also the speed switches a run can turn on:
+bf16 autocast (`autocast`) and torch.compile with an eager fallback (`compiled`).
 """
 
 from __future__ import annotations
 
+import sys
 import time
 
 import torch
 from torch import nn
+
+from toolkit.errors import one_line
 
 # The dtype each precision (toolkit.spec.schema.PRECISIONS) computes matrix products in.
 DTYPES = {"fp32": torch.float32, "bf16-mixed": torch.bfloat16}
@@ -69,3 +73,33 @@ def peak_flops(device: str = "cpu", precision: str = "fp32", size: int | None = 
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+
+
+def tokens_per_second(
+    steps: int, tokens_per_step: int, train_s: float, first_step_s: float
+) -> float | None:
+    """Training tokens per second of step time, leaving out the first step (set-up costs that a
+    longer run would not repeat) when there are others."""
+    if steps > 1 and train_s > first_step_s:
+        return (steps - 1) * tokens_per_step / (train_s - first_step_s)
+    return steps * tokens_per_step / train_s if train_s else None
+
+
+def autocast(device: str, precision: str) -> torch.autocast:
+    """bfloat16 autocast for "bf16-mixed" (weights, optimizer and loss stay float32)."""
+    return torch.autocast(
+        device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16-mixed"
+    )
+
+
+def compiled(model: nn.Module) -> nn.Module:
+    """torch.compile(model), or the model itself (saying why) where compiling is unavailable.
+    Compiling happens at the first call; loop.py falls back to eager if that fails."""
+    try:
+        return torch.compile(model)
+    except Exception as exc:  # e.g. an unsupported Python or platform
+        print(
+            f"train.compile: torch.compile unavailable ({one_line(exc, 300)}); training eagerly",
+            file=sys.stderr,
+        )
+        return model

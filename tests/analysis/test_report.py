@@ -1,0 +1,450 @@
+from __future__ import annotations
+
+import copy
+import json
+import math
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats as sp
+
+from tests.conftest import TINY
+from toolkit.analysis.load import load, load_curves
+from toolkit.analysis.render import write_report
+from toolkit.analysis.table import compare, summarize
+from toolkit.analysis.text import format_summary, report
+from toolkit.cli import main
+from toolkit.errors import ToolkitError
+from toolkit.files import read_json, write_json
+from toolkit.names import run_folder
+from toolkit.spec.parse import parse_spec
+from toolkit.sweep.runner import run as run_experiment
+
+
+def table(rows):
+    base = {
+        "status": "ok",
+        "params": 10,
+        "params_non_embedding": 5,
+        "tokens_per_s": 100.0,
+        "train_loss": 1.0,
+        "val_bpb": 1.0,
+        "causal": True,
+        "baseline": False,
+    }
+    out = pd.DataFrame([{**base, **r} for r in rows])
+    out["val_perplexity"] = out["val_loss"].map(math.exp)
+    return out
+
+
+def test_mean_std_delta_sorted_and_baseline_marked():
+    t = table(
+        [
+            {"variant": "a", "seed": 0, "val_loss": 2.0, "baseline": True},
+            {"variant": "a", "seed": 1, "val_loss": 2.2, "baseline": True},
+            {"variant": "b", "seed": 0, "val_loss": 1.5},
+            {"variant": "b", "seed": 1, "val_loss": 1.9},
+            {"variant": "c", "seed": 0, "val_loss": 9.0, "status": "diverged"},
+        ]
+    )
+    s = summarize(t)
+    assert s["variant"].tolist() == ["b", "a", "c"]  # sorted by mean val loss, no result last
+    b = s.iloc[0]
+    assert b["val_loss_mean"] == pytest.approx(1.7)
+    assert b["val_loss_std"] == pytest.approx(statistics.stdev([1.5, 1.9]))
+    assert b["delta_val_loss"] == pytest.approx(1.7 - 2.1)
+    assert s.set_index("variant").loc["a", "baseline"]
+    assert s.set_index("variant").loc["c", "ok"] == 0
+    text = format_summary(s)
+    assert "* a" in text and "-0.4000" in text
+
+
+def test_one_seed_has_no_std():
+    s = summarize(table([{"variant": "a", "seed": 0, "val_loss": 2.0, "baseline": True}]))
+    assert math.isnan(s["val_loss_std"].iloc[0])
+    assert "2.0000 ± -" in format_summary(s)
+
+
+def test_non_causal_rows_are_flagged():
+    s = summarize(table([{"variant": "peek", "seed": 0, "val_loss": 0.1, "causal": False}]))
+    assert "peek [non-causal]" in format_summary(s)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from("abc"), st.floats(0.5, 5)), min_size=1, max_size=12),
+    st.randoms(),
+)
+@pytest.mark.slow
+def test_permuting_runs_does_not_change_the_summary(rows, rnd):
+    t = table([{"variant": v, "seed": i, "val_loss": loss} for i, (v, loss) in enumerate(rows)])
+    shuffled = t.sample(frac=1, random_state=rnd.randint(0, 1000))
+    a = summarize(t).sort_values("variant").reset_index(drop=True)
+    b = summarize(shuffled).sort_values("variant").reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-12)
+    assert a["runs"].sum() == len(rows)
+
+
+def test_mixed_tokenizers_compare_by_bits_per_byte():
+    t = table(
+        [
+            {
+                "variant": "bytes",
+                "seed": 0,
+                "val_loss": 1.0,
+                "val_bpb": 1.44,
+                "tokenizer": "bytes",
+                "baseline": True,
+            },
+            {"variant": "gpt2", "seed": 0, "val_loss": 3.0, "val_bpb": 1.20, "tokenizer": "gpt2"},
+        ]
+    )
+    s = summarize(t)
+    assert s.attrs["metric"] == "val_bpb"
+    assert s["variant"].tolist() == ["gpt2", "bytes"]  # lower bpb first despite higher loss
+    assert s.iloc[0]["delta_val_bpb"] == pytest.approx(-0.24)
+    text = format_summary(s)
+    assert "compared by val_bpb" in text and text.index("val_bpb") < text.index("val_loss")
+    same = summarize(table([{"variant": "a", "seed": 0, "val_loss": 1.0, "tokenizer": "bytes"}]))
+    assert same.attrs["metric"] == "val_loss"
+
+
+# -- statistics in the table ---------------------------------------------------------------------
+
+
+def seeded(values: dict[str, list[float]], baseline: str = "base", **extra) -> pd.DataFrame:
+    """A runs table: variant -> final val_loss per seed (seed = position)."""
+    return table(
+        [
+            {"variant": v, "seed": s, "val_loss": x, "baseline": v == baseline, **extra}
+            for v, xs in values.items()
+            for s, x in enumerate(xs)
+        ]
+    )
+
+
+def test_paired_by_seed_when_seeds_are_shared():
+    s = summarize(seeded({"base": [2.0, 2.2, 2.1], "b": [1.9, 2.15, 2.0]}))
+    b = s.set_index("variant").loc["b"]
+    ref = sp.ttest_rel([1.9, 2.15, 2.0], [2.0, 2.2, 2.1])
+    assert b["test"] == "paired t" and b["pairs"] == 3
+    assert b["p_value"] == pytest.approx(ref.pvalue)
+    assert b["statistic"] == pytest.approx(ref.statistic)
+    assert b["delta"] == pytest.approx(2.0166666 - 2.1, abs=1e-6)
+    assert b["delta_pct"] == pytest.approx(100 * (2.0166666 - 2.1) / 2.1, abs=1e-4)
+    lo, hi = sp.t.interval(0.95, 2, loc=np.mean([1.9, 2.15, 2.0]), scale=sp.sem([1.9, 2.15, 2.0]))
+    assert (b["val_loss_ci_low"], b["val_loss_ci_high"]) == pytest.approx((lo, hi))
+    base = s.set_index("variant").loc["base"]
+    assert base["test"] == "" and math.isnan(base["p_value"]) and base["delta"] == 0
+
+
+def test_welch_when_seeds_are_not_shared():
+    t = table(
+        [
+            *[{"variant": "base", "seed": i, "val_loss": x, "baseline": True}
+              for i, x in enumerate([2.0, 2.2, 2.1])],
+            *[{"variant": "b", "seed": 10 + i, "val_loss": x} for i, x in enumerate([1.9, 2.0])],
+        ]
+    )  # fmt: skip
+    b = summarize(t).set_index("variant").loc["b"]
+    ref = sp.ttest_ind([1.9, 2.0], [2.0, 2.2, 2.1], equal_var=False)
+    assert b["test"] == "Welch t" and b["p_value"] == pytest.approx(ref.pvalue)
+
+
+def test_one_seed_variant_or_baseline_gets_no_p_value():
+    s = summarize(seeded({"base": [2.0, 2.2], "one": [1.0], "two": [1.5, 1.7]}))
+    by = s.set_index("variant")
+    assert math.isnan(by.loc["one", "p_value"]) and by.loc["one", "test"] == ""
+    assert by.loc["two", "test"] == "paired t"
+    line = next(x for x in format_summary(s).splitlines() if " one " in f" {x} ")
+    assert " - " in line  # shown as '-', not a number
+    s = summarize(seeded({"base": [2.0], "b": [1.5, 1.7]}))
+    assert s["p_value"].isna().all()
+
+
+def test_flags_and_seeds_asked():
+    t = seeded({"base": [2.0, 2.1], "b": [1.9]})
+    t = pd.concat(
+        [
+            t,
+            table(
+                [
+                    {"variant": "b", "seed": 1, "val_loss": float("nan"), "status": "diverged"},
+                    {"variant": "peek", "seed": 0, "val_loss": 0.1, "causal": False},
+                    {"variant": "bad", "seed": 0, "val_loss": float("nan"), "status": "failed"},
+                ]
+            ),
+        ]
+    )
+    s = summarize(t, asked={"base": 2, "b": 2, "peek": 3, "bad": 1}).set_index("variant")
+    assert s.loc["b", "flags"] == "1 diverged, 1/2 seeds" and s.loc["b", "ok"] == 1
+    assert s.loc["peek", "flags"] == "non-causal, 1/3 seeds"
+    assert s.loc["bad", "flags"] == "1 failed, 0/1 seeds"
+    assert s.loc["base", "flags"] == ""
+
+
+def test_resolution_is_the_pooled_paired_mde():
+    s = summarize(seeded({"base": [2.0, 2.2, 2.1], "b": [1.9, 2.15, 2.0], "c": [2.1, 2.2, 2.3]}))
+    res = s.attrs["resolution"]
+    diffs = [[-0.1, -0.05, -0.1], [0.1, 0.0, 0.2]]
+    sd = math.sqrt(sum(np.var(d, ddof=1) * 2 for d in diffs) / 4)
+    assert res["paired"] and res["n"] == 3 and res["df"] == 4
+    assert res["sd"] == pytest.approx(sd)
+    expected = (sp.t.ppf(0.975, 2) + sp.t.ppf(0.8, 2)) * sd / math.sqrt(3)
+    assert res["mde"] == pytest.approx(expected)
+    assert s.set_index("variant").loc["b", "mde"] == pytest.approx(expected)
+    assert res["mde_pct"] == pytest.approx(100 * expected / 2.1)
+    text = format_summary(s)
+    assert f"{expected:.4f}" in text and "none larger than that" in text
+
+
+def test_resolution_unpaired_and_with_one_seed():
+    t = table(
+        [
+            *[{"variant": "base", "seed": i, "val_loss": x, "baseline": True}
+              for i, x in enumerate([2.0, 2.2])],
+            *[{"variant": "b", "seed": 10 + i, "val_loss": x} for i, x in enumerate([1.9, 2.1])],
+        ]
+    )  # fmt: skip
+    res = summarize(t).attrs["resolution"]
+    sd = math.sqrt((0.02 + 0.02) / 2)
+    assert not res["paired"] and res["sd"] == pytest.approx(sd)
+    assert res["mde"] == pytest.approx((sp.t.ppf(0.975, 2) + sp.t.ppf(0.8, 2)) * sd)
+    one = summarize(seeded({"base": [2.0], "b": [1.9]}))
+    assert "no estimate of the seed-to-seed noise" in format_summary(one)
+
+
+# -- properties of the aggregation --------------------------------------------------------------
+
+runs_strategy = st.dictionaries(
+    st.sampled_from(["base", "a", "b", "c"]),
+    st.lists(st.floats(0.5, 5), min_size=1, max_size=5),
+    min_size=1,
+)
+
+
+@pytest.mark.slow
+@settings(max_examples=30, deadline=None)
+@given(runs_strategy, st.randoms())
+def test_permuting_paired_runs_does_not_change_the_table(values, rnd):
+    t = seeded(values)
+    shuffled = t.sample(frac=1, random_state=rnd.randint(0, 1000))
+    a, b = summarize(t), summarize(shuffled)
+    pd.testing.assert_frame_equal(a, b)  # same rows in the same order, bit for bit
+    assert a.attrs["resolution"].keys() == b.attrs["resolution"].keys()
+
+
+@settings(max_examples=30, deadline=None)
+@given(runs_strategy)
+def test_n_seeds_gives_n(values):
+    s = summarize(seeded(values)).set_index("variant")
+    for variant, xs in values.items():
+        assert s.loc[variant, "ok"] == len(xs) == s.loc[variant, "runs"]
+        assert math.isnan(s.loc[variant, "val_loss_std"]) == (len(xs) == 1)
+        assert s.loc[variant, "val_loss_mean"] == pytest.approx(np.mean(xs))
+        if variant != "base" and "base" in values:
+            single = len(xs) == 1 or len(values["base"]) == 1
+            assert math.isnan(s.loc[variant, "p_value"]) or not single
+            assert s.loc[variant, "test"] == ("" if single else "paired t")
+
+
+# -- experiment folders: interrupted sweeps, several folders, the CLI -----------------------------
+
+
+def fake_experiment(
+    folder: Path,
+    name: str,
+    results: dict[tuple[str, int], float | None],
+    baseline: str = "base",
+    lr: float = 1e-3,
+    base_hash: str | None = None,
+) -> Path:
+    """An experiment folder as `ablate run` leaves it, without training: results maps (variant,
+    seed) to the final val_loss, or None for a run that has not finished (no summary.json)."""
+    runs, variants = [], []
+    for variant, seed in results:
+        if variant not in variants:
+            variants.append(variant)
+        digest = (
+            f"{base_hash or f'base-lr{lr}'}-{seed}"
+            if variant == baseline
+            else f"{name}-{variant}-{seed}"
+        )
+        runs.append(
+            {"variant": variant, "seed": seed, "folder": run_folder(variant, seed),
+             "config_hash": digest}
+        )  # fmt: skip
+    write_json(
+        folder / "experiment.json",
+        {"name": name, "baseline": baseline, "seeds": sorted({s for _, s in results}),
+         "axes": ["model.norm"], "variants": variants, "runs": runs},
+    )  # fmt: skip
+    for run, ((variant, seed), loss) in zip(runs, results.items(), strict=True):
+        run_dir = folder / run["folder"]
+        config = {
+            "experiment": name,
+            "variant": variant,
+            "seed": seed,
+            "data": {"corpus": "pydoc", "tokenizer": "bytes"},
+            "model_resolved": {"n_layers": 1, "emb_dim": 32, "context_length": 32,
+                               "vocab_size": 257, "tie_embeddings": False, "norm": variant},
+            "train": {"lr": lr if variant == baseline else 2e-3, "threads": seed},
+        }  # fmt: skip
+        write_json(run_dir / "config.json", config)
+        if loss is None:
+            (run_dir / "metrics.jsonl").write_text(
+                json.dumps({"step": 1, "tokens": 128, "train_loss": 5.0, "val_loss": 5.0}) + "\n"
+            )
+            continue
+        write_json(
+            run_dir / "summary.json",
+            {"experiment": name, "variant": variant, "seed": seed, "status": "ok",
+             "tokenizer": "bytes", "causal": True, "params": 30_000,
+             "params_non_embedding": 20_000, "flops_per_token": 150_000.0,
+             "train_loss": loss + 0.1, "val_loss": loss,
+             "val_perplexity": math.exp(loss), "val_bpb": loss / math.log(2),
+             "tokens_per_s": 1000.0, "train_s": 1.0, "wall_s": 2.0, "config_hash": run["config_hash"],
+             "baseline": variant == baseline, "model.norm": variant},
+        )  # fmt: skip
+    return folder
+
+
+def test_interrupted_sweep_reports_what_finished_and_lists_what_is_missing(tmp_path):
+    folder = fake_experiment(
+        tmp_path / "exp",
+        "exp",
+        {("base", 0): 2.0, ("b", 0): 1.9, ("base", 1): 2.1, ("b", 1): None, ("c", 0): None},
+    )
+    (folder / "c" / "seed-0" / "metrics.jsonl").unlink()  # c never started
+    sweep = load(folder)
+    assert [(m["variant"], m["seed"], m["state"]) for m in sweep.missing] == [
+        ("b", 1, "started, no summary yet"),
+        ("c", 0, "not started"),
+    ]
+    summary, text = report(folder)
+    assert "3 of 5 runs recorded" in text
+    assert "missing 2 of 5 runs" in text and "b seed=1: started, no summary yet" in text
+    assert summary["variant"].tolist() == ["b", "base"]  # c has no run yet: no row
+    assert summary.set_index("variant").loc["b", "flags"] == "1/2 seeds"
+    result = write_report(folder, tmp_path / "rep", figures=False)
+    md = result.markdown.read_text()
+    assert "## Missing runs" in md and "`b` seed 1: started, no summary yet" in md
+    assert "`c` seed 0: not started" in md
+
+
+def test_compare_returns_the_printed_table(tmp_path):
+    folder = fake_experiment(
+        tmp_path / "exp", "exp", {("base", 0): 2.0, ("b", 0): 1.9, ("base", 1): 2.1, ("b", 1): 2.0}
+    )
+    table = compare(folder)
+    assert isinstance(table, pd.DataFrame) and table["variant"].tolist() == ["b", "base"]
+    pd.testing.assert_frame_equal(table, report(folder)[0])
+    assert table.loc[0, "flops_per_token"] == 150_000  # as the runs recorded it
+    assert compare([folder, folder])["variant"].tolist() == ["b", "base"]  # same folder once
+
+
+def test_several_folders_sharing_a_baseline_are_one_report(tmp_path):
+    a = fake_experiment(
+        tmp_path / "a",
+        "norms",
+        {("base", 0): 2.0, ("rms", 0): 1.9, ("base", 1): 2.2, ("rms", 1): 2.0},
+    )
+    b = fake_experiment(  # the same baseline under another name, with one more seed
+        tmp_path / "b",
+        "acts",
+        {("gelu", 0): 2.0, ("relu", 0): 2.1, ("gelu", 2): 2.3, ("relu", 2): 2.5},
+        baseline="gelu",
+        base_hash="base-lr0.001",
+    )
+    sweep = load([a, b])
+    assert sweep.baseline == "base" and sweep.name == "norms + acts"
+    s = summarize(sweep.runs, sweep.baseline, asked=sweep.asked).set_index("variant")
+    assert sorted(s.index) == ["acts/relu", "base", "norms/rms"]
+    assert s.loc["base", "ok"] == 3 and s.loc["base", "seeds_asked"] == 3  # seeds 0 and 1 from a
+    assert s.loc["base", "val_loss_mean"] == pytest.approx((2.0 + 2.2 + 2.3) / 3)
+    assert s.loc["acts/relu", "test"] == "paired t" and s.loc["acts/relu", "pairs"] == 2
+    assert s.loc["acts/relu", "p_value"] == pytest.approx(
+        sp.ttest_rel([2.1, 2.5], [2.0, 2.3]).pvalue
+    )
+    result = write_report([a, b], figures=False)
+    assert result.folder == tmp_path / "report-a+b"
+    assert "experiments norms + acts: 7 of 7 runs recorded" in result.text
+    md = result.markdown.read_text()
+    assert "share the baseline `base`" in md and "norms/rms" in md and "acts/relu" in md
+
+    # The same training config under the same hash prefix is found by config, too.
+    c = fake_experiment(tmp_path / "c", "other", {("base", 5): 2.0}, base_hash="elsewhere")
+    assert load([a, c]).baseline == "base"
+
+
+def test_folders_without_a_shared_baseline_are_an_error(tmp_path, capsys):
+    a = fake_experiment(tmp_path / "a", "norms", {("base", 0): 2.0, ("rms", 0): 1.9})
+    b = fake_experiment(tmp_path / "b", "lrs", {("base", 0): 2.0, ("x", 0): 1.9}, lr=5e-3)
+    with pytest.raises(ToolkitError, match="do not share a baseline"):
+        load([a, b])
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    assert main(["report", str(a), str(b)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ablate: error: ") and err.count("\n") == 1
+    assert "do not share a baseline" in err and "train different configs" in err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_report_command_writes_into_the_folder_or_out(tmp_path, capsys):
+    folder = fake_experiment(tmp_path / "exp", "exp", {("base", 0): 2.0, ("b", 0): 1.9})
+    assert main(["report", str(folder), "--out", str(tmp_path / "elsewhere")]) == 0
+    out = capsys.readouterr().out
+    assert "2 of 2 runs recorded" in out and "report: " in out
+    for name in ("report.md", "report.html", "report_runs.csv", "report_summary.csv"):
+        assert (tmp_path / "elsewhere" / name).is_file(), name
+    assert not (folder / "report.md").exists()
+    assert (tmp_path / "elsewhere" / "figures" / "final.png").is_file()
+
+
+# -- the report reads what the runs recorded -----------------------------------------------------
+
+
+def test_flops_per_token_is_what_the_run_recorded(tmp_path, plugins):
+    """The report shows the FLOPs per token the run measured on its built model
+    (toolkit.training.throughput), not a formula of its own that could disagree with it."""
+    doc = copy.deepcopy(TINY)
+    doc["train"] |= {"max_steps": 2, "eval_interval": 2, "eval_batches": 1, "checkpoint": False}
+    doc["sampling"]["max_new_tokens"] = 0
+    out = tmp_path / "tiny"
+    run_experiment(parse_spec(doc, plugins=plugins), out, plugins=plugins, progress=False)
+    [summary_path] = out.glob("*/seed-0/summary.json")
+    recorded = read_json(summary_path)["flops_per_token"]
+    assert recorded > 0
+    assert compare(out).loc[0, "flops_per_token"] == recorded
+    result = write_report(out, tmp_path / "rep", figures=False)
+    assert pd.read_csv(result.folder / "report_runs.csv")["flops_per_token"].tolist() == [recorded]
+    assert pd.read_csv(result.folder / "report_summary.csv")["flops_per_token"][0] == recorded
+
+
+def test_run_folders_are_found_by_their_slug_without_a_folder_entry(tmp_path):
+    """Older experiment.json files list no run folder: the report finds it the way the runner
+    names it (toolkit.names.run_folder), also for a variant name that is not a safe folder name."""
+    folder = fake_experiment(
+        tmp_path / "exp", "exp", {("base", 0): 2.0, ("a/b", 0): 1.9, ("c d", 0): None}
+    )
+    assert (folder / "a_b" / "seed-0" / "summary.json").is_file()
+    experiment = read_json(folder / "experiment.json")
+    for r in experiment["runs"]:
+        del r["folder"]
+    write_json(folder / "experiment.json", experiment)
+    point = {"step": 1, "tokens": 128, "train_loss": 2.5, "val_loss": 2.4}
+    (folder / "a_b" / "seed-0" / "metrics.jsonl").write_text(json.dumps(point) + "\n")
+
+    loaded = load(folder)
+    run_dirs = dict(zip(loaded.runs["variant"], loaded.runs["run_dir"], strict=True))
+    assert run_dirs["a/b"] == str(folder / "a_b" / "seed-0")
+    curves = load_curves(loaded.runs)
+    assert curves.loc[curves["variant"] == "a/b", "val_loss"].tolist() == [2.4]
+    [missing] = loaded.missing
+    assert missing["variant"] == "c d" and missing["folder"] == str(folder / "c_d" / "seed-0")
+    assert missing["state"] == "started, no summary yet"  # its metrics.jsonl was found

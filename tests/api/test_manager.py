@@ -1,0 +1,205 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from torch import nn
+
+from tests.conftest import TINY_TOML
+from toolkit import hookimpl
+from toolkit.api.manager import BUILTIN_PLUGINS, Plugins
+from toolkit.errors import ComponentError, PluginError, SpecError
+
+
+class Identity(nn.Module):
+    def __init__(self, dim, *, gain: float = 1.0):
+        super().__init__()
+
+    def forward(self, x):
+        return x
+
+
+class ThirdParty:
+    @hookimpl
+    def register_components(self, register):
+        register("normalization", "identity", Identity, description="no normalization")
+
+
+def test_builtins_are_ordinary_plugins_with_sources(plugins):
+    for module in BUILTIN_PLUGINS:
+        assert plugins.info[module].source == "builtin"
+        observer = ["on_eval", "on_run_end", "on_run_start"]
+        hooks = observer if module == "plugins.loggers" else ["register_components"]
+        assert plugins.info[module].hooks == hooks
+    assert ("normalization", "rmsnorm") in plugins.info["plugins.normalization"].components
+
+
+def test_a_plugin_object_registers_components():
+    p = Plugins(autoload=False)
+    p.add(ThirdParty(), name="third")
+    c = p.registry.get("normalization", "identity")
+    assert c.plugin == "third" and c.description == "no normalization"
+    assert list(c.options) == ["gain"]
+
+
+def test_duplicate_registration_across_plugins_names_both():
+    p = Plugins(autoload=False)
+
+    class Clash:
+        @hookimpl
+        def register_components(self, register):
+            register("normalization", "rmsnorm", Identity)
+
+    with pytest.raises(ComponentError, match=r"'plugins\.normalization' and by plugin 'clash'"):
+        p.add(Clash(), name="clash")
+
+
+def test_plugin_raising_in_hook_is_named():
+    class Broken:
+        @hookimpl
+        def register_components(self, register):
+            raise RuntimeError("boom")
+
+    with pytest.raises(
+        PluginError, match="plugin 'broken' raised in register_components: RuntimeError: boom"
+    ):
+        Plugins(autoload=False).add(Broken(), name="broken")
+
+
+def test_module_named_plugin_loads_from_path(tmp_path, monkeypatch):
+    (tmp_path / "my_components.py").write_text(
+        textwrap.dedent("""
+        from torch import nn
+        from toolkit import hookimpl
+
+        @hookimpl
+        def register_components(register):
+            register("activation", "zero", lambda config: nn.Identity(), description="nothing")
+    """)
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    p = Plugins(["my_components"], autoload=False)
+    assert p.info["my_components"].source == "--plugin"
+    assert p.registry.get("activation", "zero").plugin == "my_components"
+    sys.modules.pop("my_components", None)
+
+
+def test_missing_and_failing_plugin_modules(tmp_path, monkeypatch):
+    with pytest.raises(PluginError, match=r"plugin module 'no_such_plugin_xyz' .* not found"):
+        Plugins(["no_such_plugin_xyz"], autoload=False)
+    (tmp_path / "bad_plugin_xyz.py").write_text("raise ValueError('broken on import')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(PluginError, match="failed to import: ValueError: broken on import"):
+        Plugins(["bad_plugin_xyz"], autoload=False)
+
+
+def test_entry_points_load_unless_disabled(monkeypatch, tmp_path):
+    # A real distribution on sys.path: a dist-info folder with entry_points.txt, as pip installs it.
+    dist = tmp_path / "demo_ablate_plugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: demo-ablate-plugin\nVersion: 1.0\n"
+    )
+    (dist / "entry_points.txt").write_text("[ablate]\ndemo = demo_ablate_plugin\n")
+    (tmp_path / "demo_ablate_plugin.py").write_text(
+        textwrap.dedent("""
+        from torch import nn
+        from toolkit import hookimpl
+
+        @hookimpl
+        def register_components(register):
+            register("activation", "demo-act", lambda config: nn.Identity())
+    """)
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    loaded = Plugins(autoload=True)
+    assert loaded.registry.get("activation", "demo-act").plugin == "demo_ablate_plugin"
+    assert loaded.info["demo_ablate_plugin"].source == "entry point of demo-ablate-plugin"
+    monkeypatch.setenv("ABLATE_DISABLE_PLUGIN_AUTOLOAD", "1")
+    assert ("activation", "demo-act") not in Plugins().registry
+    sys.modules.pop("demo_ablate_plugin", None)
+
+
+def test_a_factory_that_raises_is_named_with_its_plugin(tiny_doc):
+    from toolkit.spec.parse import parse_spec
+
+    class Faulty:
+        @hookimpl
+        def register_components(self, register):
+            def broken(config):
+                raise ZeroDivisionError("division by zero")
+
+            register("activation", "faulty", broken)
+
+    p = Plugins(autoload=False)
+    p.add(Faulty(), name="faulty-plugin")
+    tiny_doc["model"]["activation"] = "faulty"
+    with pytest.raises(
+        SpecError,
+        match=r"activation 'faulty' \(plugin 'faulty-plugin'\) failed to build: ZeroDivisionError",
+    ):
+        parse_spec(tiny_doc, plugins=p)
+
+
+@pytest.mark.slow
+def test_an_installed_plugin_shows_in_ablate_list_and_runs_from_a_spec(tmp_path):
+    # A real installed distribution (dist-info with an entry point) on the path of a fresh
+    # `ablate` process: the plugin is found without being named anywhere.
+    site = tmp_path / "site"
+    dist = site / "demo_ff_plugin-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: demo-ff-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[ablate]\ndemo = demo_ff_plugin\n")
+    (site / "demo_ff_plugin.py").write_text(
+        textwrap.dedent("""
+        from torch import nn
+        from toolkit import hookimpl
+
+        class Tanh(nn.Module):
+            \"\"\"Feed-forward with tanh, installed from a package\"\"\"
+            def __init__(self, config):
+                super().__init__()
+                self.up = nn.Linear(config.emb_dim, 4 * config.emb_dim)
+                self.down = nn.Linear(4 * config.emb_dim, config.emb_dim)
+            def forward(self, x):
+                return self.down(self.up(x).tanh())
+
+        @hookimpl
+        def register_components(register):
+            register("activation", "tanh-ff", Tanh)
+    """)
+    )
+    spec = tmp_path / "spec.toml"
+    spec.write_text(
+        TINY_TOML.replace(
+            '[grid]\n"model.norm" = ["layernorm", "rmsnorm"]',
+            '[grid]\n"model.activation" = ["gelu", "tanh-ff"]',
+        )
+    )
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{root}"}
+    env.pop("ABLATE_DISABLE_PLUGIN_AUTOLOAD", None)
+
+    def ablate(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "toolkit", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=300,
+        )
+
+    listing = ablate("list", "activation")
+    assert "tanh-ff" in listing.stdout and "installed from a package" in listing.stdout
+    plugins_out = ablate("plugins").stdout
+    assert "demo_ff_plugin  (entry point of demo-ff-plugin" in plugins_out
+    result = ablate("run", str(spec), "--out", str(tmp_path / "out"), "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "activation=tanh-ff" in result.stdout
+    env["ABLATE_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+    assert "tanh-ff" not in ablate("list", "activation").stdout

@@ -1,0 +1,137 @@
+"""Ablations that start from trained weights: `model.init_from` keeps the weights where the
+change allows (untie: the head starts as a copy of the embedding) and refuses clearly where it
+does not (changing emb_dim)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from toolkit.errors import SpecError
+from toolkit.spec.parse import parse_spec
+from toolkit.sweep.runner import run
+
+
+@pytest.fixture
+def trained(tmp_path, tiny_doc, plugins):
+    tiny_doc["model"]["tie_embeddings"] = True
+    tiny_doc["train"]["max_steps"] = 12
+    run(parse_spec(tiny_doc), tmp_path / "base", plugins=plugins, progress=False)
+    return tmp_path / "base/base/seed-0"
+
+
+def first_eval(folder):
+    return json.loads((folder / "metrics.jsonl").read_text().splitlines()[0])
+
+
+def test_fine_tune_variants_start_from_the_checkpoint(trained, tmp_path, plugins):
+    final = json.loads((trained / "summary.json").read_text())["val_loss"]
+    doc = {
+        "name": "finetune",
+        "data": {"tokenizer": "bytes"},
+        "model": {"init_from": str(trained)},  # sizes come from the checkpoint
+        "train": {
+            "max_steps": 1,
+            "eval_interval": 1,
+            "eval_batches": 2,
+            "batch_size": 4,
+            "lr": 1e-12,
+        },
+        "sampling": {"max_new_tokens": 0},
+        "variants": [
+            {"name": "same"},
+            {"name": "untied", "model.tie_embeddings": False},
+            {"name": "dropout", "model.drop_rate": 0.3},
+        ],
+    }
+    spec = parse_spec(doc)
+    assert spec.runs[0].model.emb_dim == 32 and spec.runs[0].model.tie_embeddings is True
+    table = run(spec, tmp_path / "ft", plugins=plugins, progress=False)
+    assert set(table["status"]) == {"ok"}
+    for variant in ["same", "untied", "dropout"]:
+        # A learning rate of 1e-12 leaves the weights where the checkpoint had them.
+        assert first_eval(tmp_path / f"ft/{variant}/seed-0")["val_loss"] == pytest.approx(
+            final, abs=1e-4
+        )
+    untied = torch.load(tmp_path / "ft/untied/seed-0/checkpoint.pt", weights_only=True)["model"]
+    torch.testing.assert_close(
+        untied["out_head.weight"], untied["tok_emb.weight"], atol=1e-6, rtol=0
+    )
+    assert untied["out_head.weight"].data_ptr() != untied["tok_emb.weight"].data_ptr()
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ({"emb_dim": 64}, r"tok_emb.weight: \(257, 32\) in the weights, \(257, 64\) in the model"),
+        ({"norm": "rmsnorm"}, r"do not fit this model \((missing|unexpected) "),
+        ({"preset": "nano"}, "either preset or init_from"),
+    ],
+)
+def test_changes_that_do_not_fit_the_weights_fail_before_training(
+    trained, tmp_path, plugins, model, message
+):
+    from toolkit.sweep.runner import prepare_data
+
+    doc = {"data": {"tokenizer": "bytes"}, "model": {"init_from": str(trained), **model}}
+    with pytest.raises(SpecError, match=message):
+        prepare_data(parse_spec(doc), plugins)
+
+
+def test_a_missing_checkpoint_is_a_spec_error():
+    with pytest.raises(SpecError, match=r"model.init_from: .*nothing.pt does not exist"):
+        parse_spec({"data": {"tokenizer": "bytes"}, "model": {"init_from": "nothing.pt"}})
+
+
+@pytest.mark.slow
+def test_fine_tune_ablation_from_an_imported_hf_checkpoint(tmp_path, plugins, capsys):
+    transformers = pytest.importorskip("transformers")
+    from toolkit.cli import main
+
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=257)
+    )
+    hf.save_pretrained(tmp_path / "hf")
+    imported = tmp_path / "gpt2-tiny.pt"
+    assert (
+        main(["import", "--format", "hf-gpt2", str(tmp_path / "hf"), "--out", str(imported)]) == 0
+    )
+    spec = tmp_path / "finetune.toml"
+    spec.write_text(f"""
+name = "finetune"
+[data]
+tokenizer = "bytes"
+[model]
+init_from = "{imported}"
+context_length = 64
+[train]
+max_steps = 3
+eval_interval = 3
+eval_batches = 2
+batch_size = 2
+[sampling]
+max_new_tokens = 4
+[grid]
+"model.tie_embeddings" = [true, false]
+"model.drop_rate" = [0.0, 0.1]
+""")
+    assert main(["run", str(spec), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    table = __import__("pandas").read_csv(tmp_path / "out/results.csv")
+    assert len(table) == 4 and set(table["status"]) == {"ok"}
+    assert set(table["params"]) == {hf.num_parameters(), hf.num_parameters() + 257 * 32}
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "eval",
+                str(tmp_path / "out/tie_embeddings=true,drop_rate=0.0/seed-0"),
+                "--split",
+                "val",
+            ]
+        )
+        == 0
+    )
+    assert "perplexity" in capsys.readouterr().out

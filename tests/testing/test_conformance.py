@@ -1,0 +1,279 @@
+"""The conformance suite: every registered component passes its kind's checks, and components
+broken on purpose (each in one way) fail them with a message naming the component, the check
+and the input."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from plugins.attention import SDPAttention
+from toolkit import hookimpl
+from toolkit.api.manager import Plugins
+from toolkit.api.registry import KINDS
+from toolkit.sweep.jobs import run_job
+from toolkit.testing import (
+    CHECKS,
+    ConformanceError,
+    check_all,
+    check_component,
+    conformance_cases,
+)
+
+PLUGINS = Plugins(autoload=False)
+CASES = conformance_cases(PLUGINS)
+
+
+@pytest.mark.parametrize(("kind", "name"), CASES, ids=[f"{k}-{n}" for k, n in CASES])
+def test_registered_component_conforms(kind: str, name: str) -> None:
+    check_component(kind, name, PLUGINS, max_examples=20)
+
+
+def test_every_kind_has_checks_and_every_buildable_component_is_a_case() -> None:
+    assert set(KINDS) <= set(CHECKS)
+    registered = {(c.kind, c.name) for c in PLUGINS.registry}
+    assert set(CASES) == registered - {("corpus", "files")}  # `files` needs its `path` option
+    with_path = conformance_cases(PLUGINS, {("corpus", "files"): {"path": "x"}})
+    assert set(with_path) == registered
+    mine = plugins_with("sampler", "mine", out_of_range_sampler)
+    assert conformance_cases(mine, plugin="throwaway") == [("sampler", "mine")]
+
+
+def test_a_component_with_required_options_is_checked_with_them(tmp_path) -> None:
+    (tmp_path / "a.txt").write_text("some text\n", encoding="utf-8")
+    check_component("corpus", "files", PLUGINS, options={"path": str(tmp_path)})
+
+
+def test_the_global_rng_and_threads_are_left_alone() -> None:
+    threads = torch.get_num_threads()
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    check_component("normalization", "rmsnorm", PLUGINS, max_examples=2)
+    assert torch.equal(torch.rand(3), expected)
+    assert torch.get_num_threads() == threads
+
+
+# -- throwaway components, each right or wrong in one way ---------------------------------------
+class SingleHead(nn.Module):
+    """One attention head with an output projection; `mask` decides whether it is causal."""
+
+    def __init__(self, config, mask: bool = True) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(config.emb_dim, 3 * config.emb_dim)
+        self.out = nn.Linear(config.emb_dim, config.emb_dim)
+        self.masked = mask
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        return self.out(F.scaled_dot_product_attention(q, k, v, is_causal=self.masked))
+
+
+def bidirectional(config) -> SingleHead:
+    return SingleHead(config, mask=False)
+
+
+class WrongShape(SingleHead):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x)[:, :, :-1]
+
+
+class DropoutInEval(SingleHead):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.dropout(super().forward(x), p=0.1, training=True)
+
+
+class Float32Always(SingleHead):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x).float()
+
+
+class DeadParameter(SingleHead):
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self.unused = nn.Parameter(torch.zeros(3))
+
+
+class MixingNorm(nn.Module):
+    """LayerNorm plus the mean over positions: one position's output depends on the others."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x) + x.mean(dim=1, keepdim=True)
+
+
+def out_of_range_sampler():
+    def sample(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return torch.full((logits.shape[0], 1), logits.shape[-1], dtype=torch.int64)
+
+    return sample
+
+
+class LossyTokenizer:
+    """UTF-8 bytes, but drops every byte outside ASCII."""
+
+    name, vocab_size, eot_id, fingerprint = "lossy", 257, 256, "lossy-1"
+
+    def encode(self, text: str) -> list[int]:
+        return [b for b in text.encode("utf-8") if b < 128]
+
+    def decode(self, ids) -> str:
+        return bytes(ids).decode("utf-8", errors="replace")
+
+    def token_byte_lengths(self) -> np.ndarray:
+        lengths = np.ones(self.vocab_size, dtype=np.int64)
+        lengths[self.eot_id] = 0
+        return lengths
+
+
+class StartlessRotation(nn.Module):
+    """Scales queries and keys by cos(position) but ignores `start`: wrong past position 0."""
+
+    def __init__(self, config) -> None:
+        super().__init__()
+
+    def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+        return x
+
+    def rotate(self, q: torch.Tensor, k: torch.Tensor, start: int = 0):
+        factor = torch.cos(torch.arange(q.shape[-2], dtype=q.dtype))[:, None]
+        return q * factor, k * factor
+
+    def score_bias(self, t_q: int, t_k: int, start: int = 0) -> None:
+        return None
+
+
+def plugins_with(kind: str, name: str, factory, **facts) -> Plugins:
+    class Throwaway:
+        @hookimpl
+        def register_components(self, register):
+            register(kind, name, factory, **facts)
+
+    plugins = Plugins(autoload=False)
+    plugins.add(Throwaway(), name="throwaway")
+    return plugins
+
+
+BROKEN = {
+    "peeks at the future": ("attention", bidirectional, {"causal": True}, "causal"),
+    "causal, declared not": ("attention", SingleHead, {"causal": False}, "causal"),
+    "wrong output shape": ("attention", WrongShape, {"causal": True}, "output shape and dtype"),
+    "parameter without gradient": ("attention", DeadParameter, {"causal": True}, "gradients"),
+    "dropout in eval mode": ("attention", DropoutInEval, {"causal": True}, "eval determinism"),
+    "float32 from bfloat16": ("attention", Float32Always, {"causal": True}, "bfloat16"),
+    "norm mixing positions": ("normalization", MixingNorm, {}, "position independence"),
+    "ids out of range": ("sampler", out_of_range_sampler, {}, "ids in range"),
+    "lossy round trip": ("tokenizer", LossyTokenizer, {}, "round trip"),
+    "rotation ignoring start": (
+        "positional",
+        StartlessRotation,
+        {"inside_attention": True},
+        "start offset",
+    ),
+}
+
+
+@pytest.mark.parametrize("flaw", list(BROKEN))
+def test_a_broken_component_fails_the_check_it_breaks(flaw: str) -> None:
+    kind, factory, facts, check = BROKEN[flaw]
+    plugins = plugins_with(kind, "broken", factory, **facts)
+    with pytest.raises(ConformanceError) as info:
+        check_component(kind, "broken", plugins)
+    message = str(info.value)
+    assert message.startswith(f"{kind} 'broken' (plugin 'throwaway') fails check '{check}': ")
+    assert "; input: " in message
+
+
+def test_failures_name_the_culprit_and_the_input() -> None:
+    plugins = plugins_with("attention", "dead", DeadParameter, causal=True)
+    with pytest.raises(ConformanceError, match=r"parameter 'unused' gets no gradient; input: emb"):
+        check_component("attention", "dead", plugins)
+    plugins = plugins_with("sampler", "wild", out_of_range_sampler)
+    with pytest.raises(
+        ConformanceError, match=r"outside the range \[0, 1\); input: logits \(1, 1\)"
+    ):
+        check_component("sampler", "wild", plugins)
+    plugins = plugins_with("tokenizer", "lossy", LossyTokenizer)
+    with pytest.raises(ConformanceError, match=r"decode\(encode\(text\)\) gave .*; input: text "):
+        check_component("tokenizer", "lossy", plugins)
+
+
+@pytest.mark.parametrize(
+    ("kind", "factory", "facts"),
+    [("attention", bidirectional, {"causal": False}), ("attention", SingleHead, {"causal": True})],
+    ids=["non-causal", "causal"],
+)
+def test_honest_third_party_components_pass(kind: str, factory, facts) -> None:
+    check_component(kind, "honest", plugins_with(kind, "honest", factory, **facts))
+
+
+@pytest.mark.slow
+def test_check_all_lists_every_failing_component_and_only_those() -> None:
+    plugins = plugins_with("normalization", "mixing", MixingNorm)
+    with pytest.raises(ConformanceError) as info:
+        check_all(plugins, max_examples=2)
+    first, *rest = str(info.value).splitlines()
+    assert first == "1 component(s) fail:"
+    assert len(rest) == 1 and rest[0].startswith("normalization 'mixing' (plugin 'throwaway')")
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("sliding-window", {"window": 3}),
+        ("gqa", {"n_kv_heads": 1}),
+        ("multihead", {"qk_norm": True}),
+    ],
+)
+def test_non_default_options_conform(name: str, options: dict) -> None:
+    # The defaults do not exercise everything: a window of 64 is wider than any drawn context.
+    check_component("attention", name, PLUGINS, options=options)
+
+
+def test_a_kv_cache_that_forgets_earlier_chunks_fails() -> None:
+    class Forgetful(SDPAttention):
+        def forward_cached(self, x, cache, start):
+            return self.forward(x)  # ignores what came before: wrong for every chunk but the first
+
+    class Plugin:
+        @hookimpl
+        def register_components(self, register):
+            register(
+                "attention",
+                "forgetful",
+                Forgetful,
+                causal=True,
+                positional_inside=True,
+                kv_cache=True,
+            )
+
+    plugins = Plugins(autoload=False)
+    plugins.add(Plugin(), name="forgetful-plugin")
+    with pytest.raises(ConformanceError, match="fails check 'kv_cache'"):
+        check_component("attention", "forgetful", plugins)
+
+
+class _SeedShiftingExecutor:
+    """Trains every run with the next seed: a subtly wrong executor."""
+
+    def prepare(self, jobs, plugins):
+        pass
+
+    def execute(self, jobs, sweep):
+        for job in jobs:
+            shifted = replace(job, run=replace(job.run, seed=job.run.seed + 1))
+            yield job, run_job(shifted, sweep)
+
+
+def test_an_executor_that_trains_something_else_fails_same_losses() -> None:
+    broken = plugins_with("executor", "shifty", lambda: _SeedShiftingExecutor())
+    with pytest.raises(ConformanceError, match=r"executor 'shifty' .* fails check 'same losses'"):
+        check_component("executor", "shifty", broken)

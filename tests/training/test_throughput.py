@@ -1,0 +1,96 @@
+"""Training options for speed: bf16 autocast, torch.compile with a fallback, device "auto",
+and the throughput columns (FLOPs per token, MFU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from toolkit.model.config import ModelConfig
+from toolkit.model.gpt import build_model
+from toolkit.spec.parse import parse_spec
+from toolkit.sweep.runner import run
+from toolkit.training.throughput import flops_per_token, matmul_params, peak_flops, resolve_device
+
+
+def test_flops_per_token_counts_matrix_weights_and_attention(plugins):
+    cfg = ModelConfig(
+        vocab_size=100, context_length=16, emb_dim=32, n_heads=4, n_layers=2, tie_embeddings=True
+    )
+    model = build_model(cfg, plugins)
+    per_layer = 4 * 32 * 32 + 2 * 32 * 4 * 32  # q, k, v, out; two feed-forward matrices
+    assert matmul_params(model) == 2 * per_layer + 100 * 32  # the tied head is a matrix product too
+    assert flops_per_token(model) == 6 * (2 * per_layer + 100 * 32) + 12 * 2 * 32 * 16
+
+
+def test_peak_is_measured_and_cached():
+    first = peak_flops("cpu", "fp32", size=256)
+    assert first > 1e8  # any CPU from this century does 0.1 GFLOP/s
+    assert peak_flops("cpu", "fp32", size=256) == first
+
+
+def test_auto_device_prefers_cuda_then_mps_then_cpu(monkeypatch):
+    def machine(cuda: bool, mps: bool) -> str:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+        monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+        return resolve_device("auto")
+
+    assert machine(cuda=True, mps=True) == "cuda"
+    assert machine(cuda=False, mps=True) == "mps"
+    assert machine(cuda=False, mps=False) == "cpu"
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("cuda:1") == "cuda:1"  # a named device is taken as it is
+
+
+def test_results_carry_flops_mfu_and_the_resolved_device(tmp_path, tiny_doc, plugins):
+    tiny_doc["train"]["device"] = "auto"
+    tiny_doc["train"]["peak_tflops"] = 0.1
+    row = run(parse_spec(tiny_doc), tmp_path, plugins=plugins, progress=False).iloc[0]
+    assert row["flops_per_token"] > 0
+    assert row["mfu"] == pytest.approx(row["flops_per_token"] * row["tokens_per_s"] / 1e11)
+    import json
+
+    summary = json.loads((tmp_path / "base/seed-0/summary.json").read_text())
+    assert summary["device"] == resolve_device("auto") and summary["precision"] == "fp32"
+
+
+def test_bf16_mixed_trains_and_stays_close_to_fp32(tmp_path, tiny_doc, plugins):
+    fp32 = run(parse_spec(tiny_doc), tmp_path / "a", plugins=plugins, progress=False)
+    tiny_doc["train"]["precision"] = "bf16-mixed"
+    bf16 = run(parse_spec(tiny_doc), tmp_path / "b", plugins=plugins, progress=False)
+    assert bf16["status"].iloc[0] == "ok"
+    assert bf16["val_loss"].iloc[0] == pytest.approx(fp32["val_loss"].iloc[0], abs=0.05)
+    assert bf16["val_loss"].iloc[0] != fp32["val_loss"].iloc[0]  # autocast really ran
+
+
+def test_compile_falls_back_to_eager_with_a_message(
+    tmp_path, tiny_doc, plugins, monkeypatch, capsys
+):
+    class Uncompilable(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            raise RuntimeError("backend exploded")
+
+    eager = run(parse_spec(tiny_doc), tmp_path / "eager", plugins=plugins, progress=False)
+    monkeypatch.setattr(torch, "compile", lambda model: Uncompilable(model))
+    tiny_doc["train"]["compile"] = True
+    table = run(parse_spec(tiny_doc), tmp_path / "c", plugins=plugins, progress=False)
+    assert (
+        "torch.compile failed (RuntimeError: backend exploded); training eagerly"
+        in capsys.readouterr().err
+    )
+    assert table["val_loss"].tolist() == eager["val_loss"].tolist()  # the same run, eagerly
+
+
+@pytest.mark.slow
+def test_compile_really_compiles(tmp_path, tiny_doc, plugins):
+    tiny_doc["model"].update(n_layers=1, emb_dim=16, context_length=16)
+    tiny_doc["train"].update(compile=True, max_steps=2, eval_interval=2)
+    table = run(parse_spec(tiny_doc), tmp_path, plugins=plugins, progress=False)
+    import json
+
+    summary = json.loads((tmp_path / "base/seed-0/summary.json").read_text())
+    assert table["status"].iloc[0] == "ok" and summary["compiled"] is True

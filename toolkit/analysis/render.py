@@ -1,0 +1,403 @@
+"""The report files of an experiment: report.md, a self-contained report.html, the figures and
+the data behind them.
+
+    from toolkit.analysis.render import write_report
+
+    result = write_report("runs/quickstart", out="reports/qs")   # report.md, report.html, ...
+    print(result.text)                                           # the terminal table
+
+`write_report(dirs, out=None)` writes into out (default: the experiment folder; for several
+folders, report-<a>+<b> next to the first): report.md, report.html (figures embedded as PNG, no
+scripts, nothing fetched), figures/*.png, and the data behind them: report_runs.csv (one row per
+run), report_summary.csv (the table of toolkit.analysis.table) and report_curves.csv (one row
+per evaluation). The report is built once as a list of blocks and rendered twice, to Markdown
+and to HTML, so the two never say different things.
+
+Not here: the statistics (table.py), the figures themselves (figures.py), the terminal text
+(text.py), reading folders (load.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from toolkit.analysis.figures import FigureFile, make_figures
+from toolkit.analysis.load import Experiments, load, load_curves
+from toolkit.analysis.table import NAMES, UNITS, finite, summarize
+from toolkit.analysis.text import num, pvalue, resolution_text, seconds, si, terminal_text
+from toolkit.errors import ToolkitError
+from toolkit.files import write_atomic
+
+
+@dataclass
+class Report:
+    """What write_report wrote, and the table and terminal text it wrote them from."""
+
+    folder: Path
+    markdown: Path
+    html: Path
+    figures: list[Path]
+    summary: pd.DataFrame
+    text: str
+
+
+def default_out(dirs: Sequence[Path]) -> Path:
+    """One folder: the folder itself. Several: report-<a>+<b> next to the first."""
+    if len(dirs) == 1:
+        return dirs[0]
+    return dirs[0].parent / ("report-" + "+".join(d.name for d in dirs))
+
+
+def write_report(
+    dirs: str | Path | Iterable[str | Path],
+    out: str | Path | None = None,
+    *,
+    figures: bool = True,
+) -> Report:
+    """Write report.md, report.html, figures/*.png, report_runs.csv, report_summary.csv and
+    report_curves.csv into out (default: the experiment folder; for several folders,
+    report-<a>+<b> next to the first). Everything is checked before anything is written."""
+    experiments = load(dirs)
+    summary = summarize(experiments.runs, experiments.baseline, asked=experiments.asked)
+    curves = load_curves(experiments.runs)
+    folder = Path(out) if out is not None else default_out([p.folder for p in experiments.parts])
+    if folder.exists() and not folder.is_dir():
+        raise ToolkitError(f"report folder {folder} is a file; choose another with --out")
+    try:
+        (folder / "figures").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ToolkitError(f"cannot write the report to {folder} ({exc.strerror})") from None
+
+    made: list[FigureFile] = []
+    if figures and not summary.empty:
+        made = make_figures(
+            experiments.runs,
+            summary,
+            curves,
+            [(p.name, p.axes, p.table) for p in experiments.parts],
+            folder / "figures",
+        )
+    write_atomic(folder / "report_runs.csv", experiments.runs.to_csv(index=False))
+    write_atomic(folder / "report_summary.csv", summary.to_csv(index=False))
+    write_atomic(folder / "report_curves.csv", curves.to_csv(index=False))
+    doc = _document(experiments, summary, made)
+    md, page = folder / "report.md", folder / "report.html"
+    write_atomic(md, render_markdown(doc))
+    write_atomic(page, render_html(doc, folder, title=f"Ablation report: {experiments.name}"))
+    text = terminal_text(experiments, summary)
+    return Report(folder, md, page, [f.path for f in made], summary, text)
+
+
+# A report is a list of blocks rendered twice, to Markdown and to HTML:
+# ("h1"|"h2"|"h3", text), ("p", text), ("ul", [text]), ("table", header, rows, align, bold rows),
+# ("img", path relative to the report, alt text). Text may hold `code` and **bold**; a table
+# cell may hold line breaks.
+
+
+def _document(
+    experiments: Experiments, summary: pd.DataFrame, figures: list[FigureFile]
+) -> list[tuple]:
+    metric = summary.attrs.get("metric", "val_loss")
+    doc: list[tuple] = [("h1", f"Ablation report: {experiments.name}")]
+    for part in experiments.parts:
+        if part.experiment.get("description"):
+            doc.append(("p", f"**{part.name}**: {part.experiment['description']}"))
+    sources = ", ".join(f"`{p.folder}`" for p in experiments.parts)
+    when = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    doc.append(
+        ("p", f"{len(experiments.runs)} of {experiments.expected} runs recorded, from "
+              f"{sources}. Generated {when}.")
+    )  # fmt: skip
+    if len(experiments.parts) > 1:
+        doc.append(
+            (
+                "p",
+                f"The experiments share the baseline `{experiments.baseline}` (the same training "
+                f"config): its runs are pooled by seed and every other variant is named "
+                f"`experiment/variant`.",
+            )
+        )
+    if summary.empty:
+        doc.append(("p", "No finished runs yet."))
+    else:
+        why = (
+            " The variants use different tokenizers, so they are compared by bits per byte: "
+            "loss and perplexity are per token and do not compare across vocabularies."
+            if metric == "val_bpb"
+            else ""
+        )
+        doc.append(
+            (
+                "p",
+                f"Variants are sorted by mean final {NAMES[metric]} ({UNITS[metric]}), lower "
+                f"is better; the baseline is in bold.{why}",
+            )
+        )
+        doc.append(("h2", "Results"))
+        doc.append(_results_table(summary))
+        doc.append(("ul", _table_notes(summary)))
+        doc.append(("h2", "What the sweep could resolve"))
+        doc.append(("p", resolution_text(summary, markdown=True)))
+    if experiments.missing:
+        doc.append(("h2", "Missing runs"))
+        doc.append(
+            (
+                "p",
+                f"{len(experiments.missing)} of the {experiments.expected} runs that experiment.json lists "
+                f"have no summary.json yet: the sweep is still running or was interrupted (the "
+                f"same `ablate run` command continues it). The table uses the runs that "
+                f"finished.",
+            )
+        )
+        doc.append(
+            (
+                "ul",
+                [f"`{m['variant']}` seed {m['seed']}: {m['state']} (`{m['folder']}`)"
+                 for m in experiments.missing],
+            )
+        )  # fmt: skip
+    if figures:
+        doc.append(("h2", "Figures"))
+        for fig in figures:
+            doc.append(("h3", fig.title))
+            doc.append(("img", f"figures/{fig.path.name}", fig.title))
+            doc.append(("p", fig.caption))
+    doc.append(("h2", "Method"))
+    doc.append(("ul", _method_notes()))
+    doc.append(("h2", "Data"))
+    doc.append(
+        (
+            "ul",
+            [
+                "`report_runs.csv`: one row per recorded run (the columns of results.csv, plus "
+                "`run_dir`).",
+                "`report_summary.csv`: the table above, one row per variant, every statistic "
+                "unrounded.",
+                "`report_curves.csv`: one row per evaluation of every run (step, tokens, train "
+                "and validation loss, perplexity, bits per byte, learning rate, elapsed time).",
+                "`figures/`: the figures as PNG files.",
+            ],
+        )
+    )
+    return doc
+
+
+def _results_table(summary: pd.DataFrame) -> tuple:
+    metric = summary.attrs.get("metric", "val_loss")
+    others = [m for m in ("val_loss", "val_perplexity", "val_bpb") if m != metric]
+    labels = {"val_loss": "val loss", "val_perplexity": "perplexity", "val_bpb": "bits/byte"}
+    spec = {"val_loss": ".4f", "val_perplexity": ".3f", "val_bpb": ".4f"}
+
+    def stat(r: dict[str, Any], m: str) -> str:
+        text = f"{num(r[f'{m}_mean'], spec[m])} ± {num(r[f'{m}_std'], spec[m])}"
+        if finite(r[f"{m}_ci_low"]):
+            text += f"\n[{num(r[f'{m}_ci_low'], spec[m])}, {num(r[f'{m}_ci_high'], spec[m])}]"
+        return text
+
+    header = [
+        "variant", "seeds", f"{labels[metric]} ({UNITS[metric]})", "Δ vs baseline", "p (test)",
+        "detectable Δ", *[labels[m] for m in others], "params", "FLOP/token", "tokens/s",
+        "wall time", "flags",
+    ]  # fmt: skip
+    align = ["l", "r", "r", "r", "r", "r", "r", "r", "r", "r", "r", "r", "l"]
+    rows, bold = [], set()
+    for i, r in enumerate(summary.to_dict("records")):
+        if r["baseline"]:
+            bold.add(i)
+        delta = (
+            f"{num(r['delta'], '+.4f')}\n({num(r['delta_pct'], '+.2f')}%)"
+            if finite(r["delta"])
+            else "-"
+        )
+        p = f"{pvalue(r['p_value'])}\n{r['test']}" if finite(r["p_value"]) else "-"
+        params = f"{num(r['params'], ',.0f')}\n{num(r['params_non_embedding'], ',.0f')} non-emb."
+        rows.append(
+            [
+                r["variant"] + (" (baseline)" if r["baseline"] else ""),
+                f"{r['ok']}/{r['seeds_asked']}",
+                stat(r, metric),
+                delta,
+                p,
+                num(r["mde"], ".4f"),
+                *[stat(r, m) for m in others],
+                params,
+                si(r["flops_per_token"]),
+                num(r["tokens_per_s"], ",.0f"),
+                seconds(r["wall_s"]),
+                r["flags"] or "",
+            ]
+        )
+    return ("table", header, rows, align, bold)
+
+
+def _table_notes(summary: pd.DataFrame) -> list[str]:
+    metric = summary.attrs.get("metric", "val_loss")
+    k = int((summary["test"] != "").sum())
+    notes = [
+        "Each statistic is over the finished seeds of a variant: mean ± sample std (n - 1), "
+        "and below it the 95% confidence interval of the mean (t-interval, "
+        "`mean ± t(0.975, n-1) · s / √n`). **seeds** is finished / asked.",
+        f"**Δ vs baseline**: mean {metric} minus the baseline's, and in % of the baseline's. "
+        "**p**: two-sided t-test against the baseline: `paired t` on the seeds both have "
+        "(a seed fixes the initialisation and the data order), `Welch t` when they share "
+        "fewer than two seeds, `-` when either side has one seed (no estimate of the noise).",
+        f"p-values are not corrected for multiple comparisons: with {k} comparisons, about "
+        f"{0.05 * k:.2g} would fall under 0.05 by chance if no variant differed.",
+        "**detectable Δ**: the smallest true difference this comparison detects with 80% power "
+        "at α = 0.05 (see below).",
+        "**params**: unique parameters (a tied head counted once), and without the token and "
+        "positional embeddings. **FLOP/token**: training FLOPs per token as the run recorded "
+        "it, `6 · (weights of every matrix product, the LM head included) + 12 · n_layers · "
+        "emb_dim · context_length`. **tokens/s**: training throughput (evaluation and the "
+        "first step left out), mean over seeds. **wall time**: per run, mean.",
+    ]
+    if not summary["causal"].all():
+        notes.append(
+            "**non-causal**: the attention sees the tokens it predicts; its loss is not a "
+            "language model's loss."
+        )
+    if (summary["flags"] != "").any():
+        notes.append(
+            "**flags**: diverged runs (non-finite loss) and failed runs (error.txt in the run "
+            "folder) are left out of the statistics; `k/n seeds` means fewer finished seeds "
+            "than the spec asks."
+        )
+    return notes
+
+
+def _method_notes() -> list[str]:
+    return [
+        "Final metrics are those of the last evaluation of each run, on the same fixed "
+        "validation batches for every run. Loss: mean token cross-entropy (nats). Perplexity: "
+        "exp(loss). Bits per byte: total cross-entropy / (ln 2 · UTF-8 bytes of the targets).",
+        "Paired t-test: `d = variant - baseline` per shared seed, "
+        "`t = mean(d) / (s_d / √n)`, `df = n - 1`.",
+        "Welch's t-test: `t = (m_a - m_b) / √(s_a²/n_a + s_b²/n_b)`, Welch-Satterthwaite "
+        "`df = (s_a²/n_a + s_b²/n_b)² / ((s_a²/n_a)²/(n_a-1) + (s_b²/n_b)²/(n_b-1))`.",
+        "Minimum detectable difference (α = 0.05 two-sided, power 0.8): paired "
+        "`(t(1-α/2, n-1) + t(power, n-1)) · s_diff / √n`, unpaired "
+        "`(t(1-α/2, n_a+n_b-2) + t(power, n_a+n_b-2)) · s · √(1/n_a + 1/n_b)`; s is pooled "
+        "across variants: `√(Σ(n_i-1)s_i² / Σ(n_i-1))`.",
+        "FLOPs per token (Kaplan et al. 2020), forward and backward: `6 · (weights of every "
+        "matrix product, the LM head included) + 12 · n_layers · emb_dim · context_length`, "
+        "as each run recorded it in summary.json (computed by `toolkit.training.throughput` "
+        "from the built model, so the report and results.csv agree).",
+    ]
+
+
+_INLINE = re.compile(r"`([^`]+)`|\*\*([^*]+)\*\*")
+
+
+def _inline_html(text: str) -> str:
+    out, pos = [], 0
+    for m in _INLINE.finditer(text):
+        out.append(html.escape(text[pos : m.start()]))
+        if m.group(1) is not None:
+            out.append(f"<code>{html.escape(m.group(1))}</code>")
+        else:
+            out.append(f"<strong>{html.escape(m.group(2))}</strong>")
+        pos = m.end()
+    out.append(html.escape(text[pos:]))
+    return "".join(out)
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace("\n", "<br>")
+
+
+def render_markdown(doc: list[tuple]) -> str:
+    out: list[str] = []
+    for block in doc:
+        kind = block[0]
+        if kind in ("h1", "h2", "h3"):
+            out.append("#" * int(kind[1]) + " " + block[1])
+        elif kind == "p":
+            out.append(block[1])
+        elif kind == "ul":
+            out.append("\n".join(f"- {item}" for item in block[1]))
+        elif kind == "img":
+            out.append(f"![{block[2]}]({block[1]})")
+        elif kind == "table":
+            _, header, rows, align, bold = block
+            lines = [
+                "| " + " | ".join(_md_cell(h) for h in header) + " |",
+                "|" + "|".join(":---" if a == "l" else "---:" for a in align) + "|",
+            ]
+            for i, row in enumerate(rows):
+                cells = [_md_cell(c) for c in row]
+                if i in bold:
+                    cells[0] = f"**{cells[0]}**"
+                lines.append("| " + " | ".join(cells) + " |")
+            out.append("\n".join(lines))
+    return "\n\n".join(out) + "\n"
+
+
+_CSS = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
+  max-width: 1200px; padding: 0 1em; color: #1f2328; line-height: 1.5; }
+table { border-collapse: collapse; font-size: 0.85em; margin: 1em 0; }
+th, td { border: 1px solid #d0d7de; padding: 4px 8px; vertical-align: top; }
+th { background: #f6f8fa; }
+td.r, th.r { text-align: right; font-variant-numeric: tabular-nums; }
+tr.baseline td { font-weight: bold; background: #fff8c5; }
+code { background: #f6f8fa; padding: 0 3px; border-radius: 3px; font-size: 0.9em; }
+img { max-width: 100%; height: auto; border: 1px solid #d0d7de; }
+h1, h2 { border-bottom: 1px solid #d0d7de; padding-bottom: 0.2em; }
+""".strip()
+
+
+def render_html(doc: list[tuple], folder: Path, title: str) -> str:
+    """A self-contained page: inline CSS, figures as base64 PNG data URIs, no scripts."""
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title>",
+        f"<style>\n{_CSS}\n</style>",
+        "</head>",
+        "<body>",
+    ]
+    for block in doc:
+        kind = block[0]
+        if kind in ("h1", "h2", "h3"):
+            out.append(f"<{kind}>{_inline_html(block[1])}</{kind}>")
+        elif kind == "p":
+            out.append(f"<p>{_inline_html(block[1])}</p>")
+        elif kind == "ul":
+            items = "".join(f"<li>{_inline_html(item)}</li>" for item in block[1])
+            out.append(f"<ul>{items}</ul>")
+        elif kind == "img":
+            data = base64.b64encode((folder / block[1]).read_bytes()).decode("ascii")
+            out.append(
+                f'<p><img src="data:image/png;base64,{data}" alt="{html.escape(block[2])}"></p>'
+            )
+        elif kind == "table":
+            _, header, rows, align, bold = block
+            cls = ["" if a == "l" else ' class="r"' for a in align]
+            head = "".join(
+                f"<th{c}>{html.escape(h)}</th>" for h, c in zip(header, cls, strict=True)
+            )
+            body = []
+            for i, row in enumerate(rows):
+                cells = "".join(
+                    f"<td{c}>{'<br>'.join(html.escape(x) for x in cell.split(chr(10)))}</td>"
+                    for cell, c in zip(row, cls, strict=True)
+                )
+                body.append(f"<tr{' class=baseline' if i in bold else ''}>{cells}</tr>")
+            out.append(
+                f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n"
+                + "\n".join(body)
+                + "\n</tbody>\n</table>"
+            )
+    out += ["</body>", "</html>"]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,334 @@
+"""The comparison table of an experiment: one row per variant, its statistics over seeds, and
+what the sweep could resolve.
+
+    from toolkit.analysis.table import compare, summarize
+
+    table = compare("runs/quickstart")           # pandas.DataFrame, one row per variant
+    table = compare(["runs/norms", "runs/acts"])   # several folders that share a baseline
+
+`compare(dirs)` reads experiment folders (toolkit.analysis.load) and returns the table `ablate
+report` prints, sorted by the comparison metric (mean final validation loss; bits per byte when
+the variants use different tokenizers; ties by name), the baseline marked. `summarize(runs)`
+builds it from a tidy runs table (`toolkit.sweep.results.collect`). Columns:
+
+- variant, experiment, baseline (bool), seeds_asked (runs the spec lists), runs (recorded),
+  ok (finished runs: the n of every statistic)
+- for m in val_loss, val_perplexity, val_bpb, gap (val_loss - train_loss at the end):
+  m_mean, m_std (sample std, n - 1), m_ci_low, m_ci_high (95% t-interval of the mean);
+  train_loss_mean
+- delta_val_loss, delta_val_bpb: mean minus the baseline's mean; delta, delta_pct: the same for
+  the comparison metric (delta_pct in % of the baseline's mean)
+- test ("paired t" on the seeds shared with the baseline, "Welch t", or "" when a side has a
+  single seed), pairs (seeds the test paired), statistic, df, p_value (two-sided; NaN without
+  a test), mde (minimum detectable difference of this comparison, see below)
+- params, params_non_embedding, flops_per_token, tokens_per_s, train_s, wall_s (means per run)
+- causal, diverged, failed (counts), flags (text: non-causal, diverged or failed runs, fewer
+  finished seeds than asked)
+
+`summary.attrs` holds "metric" (the comparison metric), "baseline" and "resolution" (what the
+sweep could resolve: sd, df, n, paired, mde, mde_pct, alpha, power).
+
+Formulas (toolkit.analysis.stats has them written out):
+
+- 95% CI: mean ± t(0.975, n - 1) · s / √n.
+- Paired t-test (variant and baseline share ≥ 2 seeds; a seed fixes the initialisation and the
+  data order, so runs with the same seed are paired): d = variant - baseline per shared seed,
+  t = mean(d) / (s_d / √n), df = n - 1. Else Welch's t-test (each side ≥ 2 seeds). Else none.
+- Minimum detectable difference (α = 0.05, power 0.8), with s the seed-to-seed spread pooled
+  across variants (of the per-seed differences to the baseline when the design is paired):
+  paired: (t(1 - α/2, n - 1) + t(power, n - 1)) · s_diff / √n;
+  unpaired: (t(1 - α/2, 2n - 2) + t(power, 2n - 2)) · s · √(2/n).
+
+FLOPs per token, parameters and throughput are what each run recorded in its summary.json (FLOPs
+per token: toolkit.training.throughput, 6 x the weights of every matrix product, the LM head
+included, + 12 x n_layers x emb_dim x context_length); the table never recomputes them from a
+config, so it cannot disagree with results.csv.
+
+Not here: reading folders (load.py), text for the terminal (text.py), report files (render.py).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from toolkit.analysis import stats
+from toolkit.analysis.load import load
+
+METRICS = ("val_loss", "val_perplexity", "val_bpb")
+# How each metric is named and measured, in the table, the report and the figures alike.
+UNITS = {
+    "val_loss": "nats/token",
+    "train_loss": "nats/token",
+    "val_perplexity": "exp(nats)",
+    "val_bpb": "bits/byte",
+    "gap": "nats/token",
+}
+NAMES = {
+    "val_loss": "validation loss",
+    "val_perplexity": "validation perplexity",
+    "val_bpb": "validation bits per byte",
+}
+ALPHA, POWER, CONFIDENCE = 0.05, 0.8, 0.95
+
+
+def comparison_metric(table: pd.DataFrame) -> str:
+    """'val_loss', or 'val_bpb' when the runs use different tokenizers: loss is per token and
+    only bits per byte compares across vocabularies."""
+    if "tokenizer" in table and table["tokenizer"].dropna().nunique() > 1:
+        return "val_bpb"
+    return "val_loss"
+
+
+def compare(dirs: str | Path | Iterable[str | Path], baseline: str | None = None) -> pd.DataFrame:
+    """The comparison table (one row per variant, see the module docstring) of one or several
+    experiment folders sharing a baseline."""
+    experiments = load(dirs)
+    return summarize(experiments.runs, baseline or experiments.baseline, asked=experiments.asked)
+
+
+def summarize(
+    table: pd.DataFrame,
+    baseline: str | None = None,
+    *,
+    asked: dict[str, int] | None = None,
+    alpha: float = ALPHA,
+    power: float = POWER,
+    confidence: float = CONFIDENCE,
+) -> pd.DataFrame:
+    """One row per variant over its finished (status ok) runs, sorted by the comparison metric
+    (mean final validation loss; bits per byte when tokenizers differ), ties by name. See the
+    module docstring for the columns. baseline defaults to the variant whose runs are marked
+    baseline; asked maps variant -> runs the spec lists (default: runs recorded)."""
+    if table.empty:
+        return pd.DataFrame()
+    table = table.reset_index(drop=True)
+    if baseline is None and "baseline" in table:
+        marked = table.loc[table["baseline"].fillna(False).astype(bool), "variant"]
+        baseline = marked.iloc[0] if len(marked) else None
+    metric = comparison_metric(table)
+    asked = asked or {}
+
+    values: dict[str, dict[str, dict[Any, float]]] = {}  # variant -> column -> seed -> value
+    rows = []
+    for variant, group in table.groupby("variant", sort=True):
+        group = group.sort_values("seed", kind="stable")
+        ok = group[group["status"] == "ok"]
+        per_seed = {c: _by_seed(ok, c) for c in (*METRICS, "train_loss")}
+        per_seed["gap"] = {
+            s: v - per_seed["train_loss"][s]
+            for s, v in per_seed["val_loss"].items()
+            if s in per_seed["train_loss"]
+        }
+        values[variant] = per_seed
+        status = group["status"].fillna("missing")
+        causal = _column(group, "causal").dropna()
+        row: dict[str, Any] = {
+            "variant": variant,
+            "experiment": _first(group, "experiment"),
+            "baseline": variant == baseline,
+            "seeds_asked": int(asked.get(variant, len(group))),
+            "runs": len(group),
+            "ok": len(ok),
+        }
+        for column in (*METRICS, "gap"):
+            d = stats.describe(per_seed[column].values(), confidence)
+            row |= {
+                f"{column}_mean": d.mean,
+                f"{column}_std": d.std,
+                f"{column}_ci_low": d.ci_low,
+                f"{column}_ci_high": d.ci_high,
+            }
+        row["train_loss_mean"] = _mean(per_seed["train_loss"].values())
+        row |= {
+            "params": _first(group, "params"),
+            "params_non_embedding": _first(group, "params_non_embedding"),
+            "flops_per_token": _first(group, "flops_per_token"),
+            "tokens_per_s": _mean(_column(ok, "tokens_per_s")),
+            "train_s": _mean(_column(ok, "train_s")),
+            "wall_s": _mean(_column(group, "wall_s")),
+            "causal": bool(causal.astype(bool).all()) if len(causal) else True,
+            "diverged": int((status == "diverged").sum()),
+            "failed": int((status == "failed").sum()),
+            "other": int((~status.isin(["ok", "diverged", "failed"])).sum()),
+        }
+        rows.append(row)
+
+    summary = pd.DataFrame(rows)
+    base = values.get(baseline) if baseline is not None else None
+    resolution = _resolution(values, baseline, metric, alpha, power)
+    extra = []
+    for row in rows:
+        mine = values[row["variant"]]
+        out: dict[str, Any] = {}
+        for m in ("val_loss", "val_bpb"):
+            out[f"delta_{m}"] = (
+                row[f"{m}_mean"] - _mean(base[m].values()) if base is not None else math.nan
+            )
+        out["delta"] = out[f"delta_{metric}"]
+        base_mean = _mean(base[metric].values()) if base is not None else math.nan
+        out["delta_pct"] = 100 * out["delta"] / base_mean if base_mean else math.nan
+        if base is None or row["baseline"]:
+            test = stats.TestResult("", 0, math.nan, math.nan, math.nan, math.nan)
+        else:
+            test = stats.compare_to_baseline(mine[metric], base[metric])
+        out |= {
+            "test": test.test,
+            "pairs": test.n if test.test == stats.PAIRED else 0,
+            "statistic": test.statistic,
+            "df": test.df,
+            "p_value": test.p_value,
+            "mde": _row_mde(test, mine[metric], base, metric, resolution, alpha, power),
+        }
+        extra.append(out)
+    summary = pd.concat([summary, pd.DataFrame(extra)], axis=1)
+    summary["flags"] = [_flags(r) for r in summary.to_dict("records")]
+    summary = summary.drop(columns="other")
+    order = [
+        "variant", "experiment", "baseline", "seeds_asked", "runs", "ok",
+        *[f"{m}_{s}" for m in METRICS for s in ("mean", "std", "ci_low", "ci_high")],
+        "train_loss_mean", "gap_mean", "gap_std", "gap_ci_low", "gap_ci_high",
+        "delta_val_loss", "delta_val_bpb", "delta", "delta_pct",
+        "test", "pairs", "statistic", "df", "p_value", "mde",
+        "params", "params_non_embedding", "flops_per_token", "tokens_per_s", "train_s", "wall_s",
+        "causal", "diverged", "failed", "flags",
+    ]  # fmt: skip
+    summary = summary[order]
+    summary["_key"] = summary[f"{metric}_mean"]
+    summary = summary.sort_values(["_key", "variant"], na_position="last", kind="stable")
+    summary = summary.drop(columns="_key").reset_index(drop=True)
+    summary.attrs["metric"] = metric
+    summary.attrs["baseline"] = baseline
+    summary.attrs["resolution"] = resolution
+    return summary
+
+
+def _column(frame: pd.DataFrame, name: str) -> pd.Series:
+    if name not in frame:
+        return pd.Series([], dtype=float)
+    return frame[name]
+
+
+def _first(frame: pd.DataFrame, name: str) -> Any:
+    column = _column(frame, name).dropna()
+    return column.iloc[0] if len(column) else None
+
+
+def finite(x: Any) -> bool:
+    """A number that is neither NaN nor infinite (None and text are not numbers)."""
+    try:
+        return math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
+def _mean(values: Iterable[Any]) -> float:
+    x = [float(v) for v in values if finite(v)]
+    return float(np.mean(x)) if x else math.nan
+
+
+def _by_seed(ok: pd.DataFrame, column: str) -> dict[Any, float]:
+    """seed -> value of the finished runs (the mean if a seed appears twice)."""
+    if column not in ok or ok.empty:
+        return {}
+    values = pd.to_numeric(ok[column], errors="coerce")
+    frame = pd.DataFrame({"seed": ok["seed"].to_numpy(), "v": values.to_numpy()}).dropna()
+    means = frame.groupby("seed", sort=True)["v"].mean()
+    return {s: float(v) for s, v in means.items() if math.isfinite(v)}
+
+
+def _resolution(
+    values: dict[str, dict[str, dict[Any, float]]],
+    baseline: str | None,
+    metric: str,
+    alpha: float,
+    power: float,
+) -> dict[str, Any]:
+    """What the sweep could resolve: the seed-to-seed spread pooled across variants and the
+    minimum detectable difference for the typical number of seeds."""
+    base = values.get(baseline, {}).get(metric, {}) if baseline is not None else {}
+    diffs, pair_counts = [], []
+    for variant, per in values.items():
+        if variant == baseline:
+            continue
+        shared = sorted(set(per[metric]) & set(base))
+        if len(shared) >= 2:
+            diffs.append([per[metric][s] - base[s] for s in shared])
+            pair_counts.append(len(shared))
+    sd_within, df_within = stats.pooled_std(list(v[metric].values()) for v in values.values())
+    counts = [len(v[metric]) for v in values.values() if v[metric]]
+    if diffs:
+        sd, df = stats.pooled_std(diffs)
+        n = _typical(pair_counts)
+        mde = stats.min_detectable_difference(sd, n, paired=True, alpha=alpha, power=power)
+        paired = True
+    else:
+        sd, df, paired = sd_within, df_within, False
+        n = _typical(counts) if counts else 0
+        mde = stats.min_detectable_difference(sd, n, paired=False, alpha=alpha, power=power)
+    base_mean = _mean(base.values())
+    return {
+        "metric": metric,
+        "paired": paired,
+        "sd": sd,
+        "df": df,
+        "n": n,
+        "mde": mde,
+        "mde_pct": 100 * mde / base_mean if base_mean and math.isfinite(base_mean) else math.nan,
+        "sd_within": sd_within,
+        "df_within": df_within,
+        "alpha": alpha,
+        "power": power,
+    }
+
+
+def _typical(counts: Sequence[int]) -> int:
+    """The most common count (the smaller one on a tie)."""
+    tally = Counter(counts)
+    return min(tally, key=lambda c: (-tally[c], c))
+
+
+def _row_mde(
+    test: stats.TestResult,
+    mine: dict[Any, float],
+    base: dict[str, dict[Any, float]] | None,
+    metric: str,
+    resolution: dict[str, Any],
+    alpha: float,
+    power: float,
+) -> float:
+    if test.test == stats.PAIRED and resolution["paired"]:
+        return stats.min_detectable_difference(
+            resolution["sd"], test.n, paired=True, alpha=alpha, power=power
+        )
+    if test.test == stats.WELCH and base is not None:
+        return stats.min_detectable_difference(
+            resolution["sd_within"],
+            len(mine),
+            paired=False,
+            n_other=len(base[metric]),
+            alpha=alpha,
+            power=power,
+        )
+    return math.nan
+
+
+def _flags(row: dict[str, Any]) -> str:
+    flags = []
+    if not row["causal"]:
+        flags.append("non-causal")
+    if row["diverged"]:
+        flags.append(f"{row['diverged']} diverged")
+    if row["failed"]:
+        flags.append(f"{row['failed']} failed")
+    if row["other"]:
+        flags.append(f"{row['other']} other status")
+    if row["ok"] < row["seeds_asked"]:
+        flags.append(f"{row['ok']}/{row['seeds_asked']} seeds")
+    return ", ".join(flags)

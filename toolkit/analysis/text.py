@@ -1,0 +1,224 @@
+"""The comparison table as terminal text: what `ablate report` and `ablate run` print.
+
+    from toolkit.analysis.text import report
+
+    summary, text = report("runs/quickstart")    # (the table, the text); writes nothing
+
+`format_summary(summary)` lays the table out in fixed-width columns (the baseline marked '*'),
+with notes on units, tests and what the sweep could resolve; `report(dir)` reads a folder and
+adds a title and the runs still missing. The number formats here (`num`, `pvalue`, `si`,
+`seconds`) and `resolution_text` are shared with report.md and report.html, so a number reads
+the same in all three.
+
+Not here: the statistics (table.py), reading folders (load.py), writing files (render.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from toolkit.analysis.load import Experiments, load
+from toolkit.analysis.table import UNITS, finite, summarize
+
+
+def num(x: Any, spec: str) -> str:
+    """x in a format spec, '-' when it is not a finite number."""
+    return format(float(x), spec) if finite(x) else "-"
+
+
+def pvalue(x: Any) -> str:
+    """A p-value to 3 decimals, '<0.001' below that, '-' without a test."""
+    if not finite(x):
+        return "-"
+    return "<0.001" if x < 0.001 else f"{x:.3f}"
+
+
+def si(x: Any) -> str:
+    """A count with an SI suffix: 1.23M, 456k."""
+    if not finite(x):
+        return "-"
+    x = float(x)
+    for factor, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= factor:
+            return f"{x / factor:.3g}{suffix}"
+    return f"{x:.3g}"
+
+
+def seconds(x: Any) -> str:
+    """A duration: 12.3s, or 4m05s from two minutes on."""
+    if not finite(x):
+        return "-"
+    x = float(x)
+    return f"{x:.1f}s" if x < 120 else f"{int(x // 60)}m{int(x % 60):02d}s"
+
+
+def resolution_text(summary: pd.DataFrame, markdown: bool = False) -> str:
+    """The minimum detectable difference in words (markdown: for the report, under its own
+    heading; else for the terminal)."""
+    res = summary.attrs.get("resolution")
+    if not res:
+        return ""
+    metric, unit = res["metric"], UNITS[res["metric"]]
+    code = (lambda s: f"`{s}`") if markdown else (lambda s: s)
+    lead = "" if markdown else "What the sweep could resolve: "
+    if not finite(res["sd"]):
+        body = (
+            "nothing yet. With one finished seed per variant there is no estimate of the "
+            "seed-to-seed noise, so no difference can be called significant; run at least 2 "
+            "seeds (3 or more to resolve small effects)."
+        )
+    elif res["sd"] == 0:
+        which = (
+            "the differences to the baseline are the same on every seed"
+            if res["paired"]
+            else "every seed of a variant gives the same value"
+        )
+        body = (
+            f"nothing: {which} ({metric} spread 0), so a t-test has no noise estimate and "
+            f"gives no p-value; check that the seeds reach the runs."
+        )
+    else:
+        how = (
+            f"the pooled std of the per-seed differences to the baseline, {res['df']} df"
+            if res["paired"]
+            else f"the pooled within-variant std, {res['df']} df"
+        )
+        spread = (
+            f"with {res['n']} seeds per variant and a seed-to-seed spread of {res['sd']:.4f} "
+            f"{unit} in {metric} ({how})"
+        )
+        if not finite(res["mde"]):
+            body = (
+                f"{spread}, too few variants have 2 or more seeds for a test; no difference "
+                f"can be called significant."
+            )
+        else:
+            test = "a paired t-test" if res["paired"] else "a two-sample t-test"
+            formula = (
+                "(t(1-α/2, n-1) + t(power, n-1)) · s_diff / √n"
+                if res["paired"]
+                else "(t(1-α/2, 2n-2) + t(power, 2n-2)) · s · √(2/n)"
+            )
+            pct = f" ({res['mde_pct']:.2f}% of the baseline)" if finite(res["mde_pct"]) else ""
+            body = (
+                f"{spread}, {test} at α = {res['alpha']:g} detects a true difference with "
+                f"{res['power']:.0%} power when it is at least about {res['mde']:.4f} {unit}"
+                f"{pct}. 'No significant difference' here means none larger than that, not none "
+                f"at all. Formula: MDE ≈ {code(formula)}."
+            )
+    return lead + body if lead else body[0].upper() + body[1:]
+
+
+def format_summary(summary: pd.DataFrame, title: str = "") -> str:
+    """A fixed-width table for the terminal; the baseline is marked with '*'."""
+    if summary.empty:
+        return f"{title}\n(no finished runs yet)" if title else "(no finished runs yet)"
+    metric = summary.attrs.get("metric", "val_loss")
+    second = "val_loss" if metric == "val_bpb" else "val_bpb"
+    records = summary.to_dict("records")
+    columns: dict[str, list[str]] = {
+        "": ["*" if r["baseline"] else "" for r in records],
+        "variant": [r["variant"] + ("" if r["causal"] else " [non-causal]") for r in records],
+        "seeds": [f"{r['ok']}/{r.get('seeds_asked', r['runs'])}" for r in records],
+        metric: [f"{num(r[f'{metric}_mean'], '.4f')} ± {num(r[f'{metric}_std'], '.4f')}"
+                 for r in records],
+        "95% CI": [
+            f"[{num(r.get(f'{metric}_ci_low'), '.4f')}, {num(r.get(f'{metric}_ci_high'), '.4f')}]"
+            if finite(r.get(f"{metric}_ci_low"))
+            else "-"
+            for r in records
+        ],
+        "Δ vs base": [num(r.get(f"delta_{metric}"), "+.4f") for r in records],
+        "Δ %": [num(r.get("delta_pct"), "+.2f") for r in records],
+        "p": [pvalue(r.get("p_value")) for r in records],
+        "test": [(r.get("test") or "-") if finite(r.get("p_value")) else "-" for r in records],
+        "ppl": [num(r["val_perplexity_mean"], ".2f") for r in records],
+        second: [num(r[f"{second}_mean"], ".4f") for r in records],
+        "params": [num(r["params"], ",.0f") for r in records],
+        "FLOP/token": [si(r.get("flops_per_token")) for r in records],
+        "tokens/s": [num(r["tokens_per_s"], ",.0f") for r in records],
+        "wall": [seconds(r.get("wall_s")) for r in records],
+        "flags": [_flags_without_causal(r.get("flags", "")) for r in records],
+    }  # fmt: skip
+    body = _fixed_width(pd.DataFrame(columns), left=("", "variant", "test", "flags"))
+    notes = [
+        f"* baseline. mean ± sample std over seeds; 95% CI: t-interval of the mean. Δ: mean minus "
+        f"the baseline's; p: two-sided t-test of {metric} against the baseline (paired by seed "
+        f"when they share seeds, else Welch), '-' with one seed. val_loss: nats/token; "
+        f"ppl = exp(loss); val_bpb: bits per UTF-8 byte; FLOP/token: training FLOPs, "
+        f"6 x (matrix params, head included) + 12 x layers x emb_dim x context; wall: per run."
+    ]
+    resolution = resolution_text(summary)
+    if resolution and summary["ok"].max() > 0:
+        notes.append(resolution)
+    if metric == "val_bpb":
+        notes.append(
+            "The variants use different tokenizers, so they are compared by val_bpb: loss and "
+            "perplexity are per token and do not compare across vocabularies."
+        )
+    if not summary["causal"].all():
+        notes.append(
+            "[non-causal]: the attention sees the tokens it predicts; its loss is not a language "
+            "model's loss."
+        )
+    return "\n".join(filter(None, [title, body, *notes]))
+
+
+def _flags_without_causal(flags: Any) -> str:
+    parts = [f for f in str(flags or "").split(", ") if f and f != "non-causal"]
+    return ", ".join(parts)
+
+
+def _fixed_width(view: pd.DataFrame, left: tuple[str, ...]) -> str:
+    """Columns padded to their widest cell: text columns left-aligned, numbers right-aligned."""
+    cells = [list(map(str, view.columns)), *view.astype(str).values.tolist()]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(view.columns))]
+    lines = []
+    for row in cells:
+        parts = [
+            cell.ljust(w) if col in left else cell.rjust(w)
+            for cell, w, col in zip(row, widths, view.columns, strict=True)
+        ]
+        lines.append(" ".join(parts).rstrip())
+    return "\n".join(lines)
+
+
+def _title(experiments: Experiments) -> str:
+    runs = experiments.runs
+    failed = int((runs["status"] != "ok").sum()) if not runs.empty else 0
+    kind = "experiment" if len(experiments.parts) == 1 else "experiments"
+    return f"{kind} {experiments.name}: {len(runs)} of {experiments.expected} runs recorded" + (
+        f", {failed} not ok" if failed else ""
+    )
+
+
+def _missing_text(experiments: Experiments, limit: int = 20) -> str:
+    missing = experiments.missing
+    if not missing:
+        return ""
+    lines = [
+        f"missing {len(missing)} of {experiments.expected} runs (still running or interrupted; "
+        f"run the same `ablate run` command to continue):"
+    ]
+    for m in missing[:limit]:
+        lines.append(f"  {m['variant']} seed={m['seed']}: {m['state']}")
+    if len(missing) > limit:
+        lines.append(f"  ... and {len(missing) - limit} more (report.md lists all)")
+    return "\n".join(lines)
+
+
+def terminal_text(experiments: Experiments, summary: pd.DataFrame) -> str:
+    """The table under its title, then the runs still missing: what `ablate report` prints."""
+    parts = [format_summary(summary, _title(experiments)), _missing_text(experiments)]
+    return "\n".join(filter(None, parts))
+
+
+def report(out_dir: str | Path) -> tuple[pd.DataFrame, str]:
+    """Summarize an experiment folder; returns (summary table, printable text). Writes
+    nothing (write_report writes the files)."""
+    experiments = load(out_dir)
+    summary = summarize(experiments.runs, experiments.baseline, asked=experiments.asked)
+    return summary, terminal_text(experiments, summary)

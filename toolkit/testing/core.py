@@ -1,0 +1,219 @@
+"""What every conformance check shares; no kind's contract lives here.
+
+Here: `ConformanceError`; `Case`, the component under test and the input being tried, which
+turns any failure into one ConformanceError naming the component, the check and the input;
+`Draw` and `draws`, the small model configs, batch sizes, lengths and seeds the model kinds are
+checked with; `hypothesis_settings`, the hypothesis settings every check runs under (derandomized: the
+same examples on every run, no example database, no deadline, no "explain" phase); the float32
+tolerance `TOL`; and the assertions the model kinds share: shape, dtype and finite values, eval
+determinism, outputs independent of other positions or batch elements, a gradient for every
+parameter, bfloat16 copies of modules.
+
+Not here: which of these assertions a kind must pass and on which inputs (each kind's module
+decides: attention.py, modules.py, sampling.py, text.py, executor.py), and the mapping from kind
+to check (`CHECKS`, in __init__.py).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import torch
+from hypothesis import HealthCheck, Phase, reject, settings
+from hypothesis import strategies as st
+from hypothesis.errors import HypothesisException
+from torch import nn
+
+from toolkit.api.manager import Plugins
+from toolkit.api.registry import Component
+from toolkit.errors import ComponentError, one_line
+from toolkit.model.config import ModelConfig
+
+HEAD_SHAPES = ((16, 2), (16, 4), (24, 3), (32, 4))  # (emb_dim, n_heads) the checks draw from
+MAX_CONTEXT = 16
+SEEDS = st.integers(0, 2**16)
+TOL = {"atol": 1e-5, "rtol": 1e-4}  # float32 "unchanged"; anything beyond it counts as changed
+
+
+class ConformanceError(AssertionError):
+    """A component breaks its kind's contract: the message names it, the check and the input."""
+
+
+@dataclass
+class Case:
+    """The component under test and the input being tried; turns any failure into one error."""
+
+    component: Component
+    options: dict[str, Any]
+    plugins: Plugins
+    inputs: str = ""
+
+    def error(self, check: str, detail: str) -> ConformanceError:
+        c = self.component
+        where = f"; input: {self.inputs}" if self.inputs else ""
+        return ConformanceError(
+            f"{c.kind} {c.name!r} (plugin {c.plugin!r}) fails check {check!r}: {detail}{where}"
+        )
+
+    def fail(self, check: str, detail: str) -> NoReturn:
+        raise self.error(check, detail)
+
+    @contextmanager
+    def check(self, name: str) -> Iterator[None]:
+        """Any exception raised inside is a failure of check `name` (hypothesis's own pass)."""
+        try:
+            yield
+        except (ConformanceError, HypothesisException):
+            raise
+        except Exception as exc:
+            raise self.error(name, f"raised {one_line(exc, 300)}") from exc
+
+    def build(self, *args: Any, model: bool = True) -> Any:
+        """The component as the engine builds it; a ComponentError for a drawn model config
+        means the component rejects that config, so hypothesis tries another."""
+        try:
+            built = self.component.build(*args, **self.options)
+        except ComponentError as exc:
+            if model:
+                reject()
+            raise self.error("build", str(exc)) from exc
+        except Exception as exc:
+            raise self.error("build", f"raised {one_line(exc, 300)}") from exc
+        if model and not isinstance(built, nn.Module):
+            self.fail("build", f"returned {type(built).__name__}, not a torch.nn.Module")
+        return built
+
+
+@dataclass(frozen=True, repr=False)
+class Draw:
+    """One drawn input for the model kinds: a small config, a batch size, a length, a seed."""
+
+    config: ModelConfig
+    batch: int
+    t: int  # sequence length, 1..context_length
+    cut: int  # a position 0..t-1 (the `start` offset the positional checks use)
+    seed: int
+
+    def describe(self) -> str:
+        c = self.config
+        return (
+            f"emb_dim={c.emb_dim} n_heads={c.n_heads} context_length={c.context_length} "
+            f"drop_rate={c.drop_rate} qkv_bias={c.qkv_bias} batch={self.batch} T={self.t} "
+            f"cut={self.cut} seed={self.seed}"
+        )
+
+    def __repr__(self) -> str:  # what hypothesis prints for a failing example
+        return f"Draw({self.describe()})"
+
+    def lengths(self) -> list[int]:
+        return sorted({1, self.t, self.config.context_length})
+
+
+@st.composite
+def draws(draw: Callable[..., Any], max_context: int = MAX_CONTEXT) -> Draw:
+    emb_dim, n_heads = draw(st.sampled_from(HEAD_SHAPES))
+    context = draw(st.integers(1, max_context))
+    config = ModelConfig(
+        vocab_size=draw(st.integers(2, 64)),
+        context_length=context,
+        emb_dim=emb_dim,
+        n_heads=n_heads,
+        n_layers=1,
+        drop_rate=draw(st.sampled_from((0.0, 0.1))),
+        qkv_bias=draw(st.booleans()),
+    )
+    t = draw(st.integers(1, context))
+    return Draw(config, draw(st.integers(1, 3)), t, draw(st.integers(0, t - 1)), draw(SEEDS))
+
+
+def hypothesis_settings(max_examples: int) -> settings:
+    return settings(
+        max_examples=max_examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        report_multiple_bugs=False,
+        print_blob=False,
+        suppress_health_check=list(HealthCheck),
+        phases=(Phase.explicit, Phase.generate, Phase.shrink),  # no slow "explain" phase
+    )
+
+
+# -- shared checks ------------------------------------------------------------------------------
+def same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and torch.allclose(a.float(), b.float(), **TOL)
+
+
+def gap(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).abs().max()) if a.numel() else 0.0
+
+
+def expect(case: Case, check: str, out: Any, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    if not isinstance(out, torch.Tensor):
+        case.fail(check, f"returned {type(out).__name__}, not a tensor")
+    if tuple(out.shape) != shape or out.dtype != dtype:
+        case.fail(check, f"returned {tuple(out.shape)} {out.dtype}, expected {shape} {dtype}")
+    if not torch.isfinite(out).all():
+        case.fail(check, f"returned non-finite values ({out.dtype})")
+
+
+def deterministic(case: Case, fn: Callable[[], torch.Tensor]) -> None:
+    with case.check("eval determinism"), torch.no_grad():
+        first, second = fn(), fn()
+    if not torch.equal(first, second):
+        case.fail("eval determinism", f"two eval-mode calls differ by {gap(first, second):.3g}")
+
+
+def independent(
+    case: Case, check: str, fn: Callable, x: torch.Tensor, keep: torch.Tensor, gen: torch.Generator
+) -> None:
+    """Changing x where `keep` (B, T) is False must leave the output where it is True alone."""
+    if keep.all():
+        return
+    changed = torch.where(keep[..., None], x, torch.randn(x.shape, generator=gen) * x.std())
+    with case.check(check), torch.no_grad():
+        a, b = fn(x), fn(changed)
+    if not same(a[keep], b[keep]):
+        where = "batch element 0" if check == "batch independence" else "an unchanged position"
+        case.fail(
+            check,
+            f"changing other inputs moved the output at {where} by {gap(a[keep], b[keep]):.3g}",
+        )
+
+
+def gradients(case: Case, modules: list[nn.Module], loss_fn: Callable[[], torch.Tensor]) -> None:
+    params: dict[int, tuple[str, nn.Parameter]] = {}
+    for module in modules:
+        for name, p in module.named_parameters():
+            p.grad = None
+            params.setdefault(id(p), (name, p))
+    if not any(p.requires_grad for _, p in params.values()):
+        return  # nothing to train (e.g. `none`, or fixed tables)
+    for module in modules:
+        module.train()
+    with case.check("gradients"):
+        loss_fn().backward()
+    for name, p in params.values():
+        if p.requires_grad and p.grad is None:
+            case.fail("gradients", f"parameter {name!r} gets no gradient")
+        if p.grad is not None and not torch.isfinite(p.grad).all():
+            case.fail("gradients", f"parameter {name!r} gets a non-finite gradient")
+    for module in modules:
+        module.eval()
+
+
+def bfloat16(modules: tuple[nn.Module | None, ...]) -> tuple[Any, ...]:
+    """Copies of modules (sharing references among themselves, as in a model) in bfloat16."""
+    copies = copy.deepcopy(modules)
+    for m in copies:
+        if m is not None:
+            m.to(torch.bfloat16).eval()
+    return copies
+
+
+def required(component: Component) -> bool:
+    return any(o.required for o in component.options.values())

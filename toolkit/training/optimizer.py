@@ -1,0 +1,45 @@
+"""How a run learns and for how long: AdamW with weight decay on matrices only, the learning
+rate's linear warm-up and cosine decay, and the budget in optimizer steps. Not here: the loop
+that steps them (loop.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from toolkit.spec.schema import RunSpec
+
+
+def total_steps(run: RunSpec, batches_per_epoch: int) -> int:
+    """The budget in optimizer steps: max_steps, or max_tokens / tokens per step, or
+    epochs x batches per epoch (rounded up)."""
+    t = run.train
+    if t.max_tokens is not None:
+        return max(1, math.ceil(t.max_tokens / (t.batch_size * run.model.context_length)))
+    if t.epochs is not None:
+        return max(1, math.ceil(t.epochs * batches_per_epoch))
+    return t.max_steps
+
+
+def lr_at(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """Multiplier of the peak lr at a 0-based step: linear warm-up, then cosine to min_ratio.
+    lr_at(0, 100, 10, 0.1) -> 0.1;  lr_at(99, 100, 0, 0.1) -> ~0.1."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_optimizer(model: nn.Module, run: RunSpec, device: str) -> torch.optim.Optimizer:
+    """AdamW; weight decay on matrices and embeddings (dim >= 2) only, not norms or biases."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": run.train.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    # The fused CUDA kernel updates every parameter in one launch; same maths.
+    fused = {"fused": True} if device.startswith("cuda") else {}
+    return torch.optim.AdamW(groups, lr=run.train.lr, betas=tuple(run.train.betas), **fused)

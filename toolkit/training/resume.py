@@ -1,0 +1,93 @@
+"""Resuming an interrupted run exactly: what is saved at each evaluation (`resume.pt`) and how
+it comes back.
+
+Everything the next step depends on is saved: weights, optimizer, learning-rate schedule, the
+position in the data, every process's random state, and the clocks. A run resumed from it ends
+with the metrics of a run never interrupted (on CPU, same seed). A state file that does not
+load, or that belongs to another config, is ignored: the run starts over. Not here: when to
+save (loop.py) or which runs a sweep skips (toolkit.sweep.runner).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from toolkit.errors import ToolkitError
+from toolkit.files import write_atomic
+from toolkit.training import distributed
+from toolkit.training.distributed import World, mixed_seed
+
+RESUME_FILE = "resume.pt"
+
+
+def write_resume_state(folder: Path, state: dict[str, Any]) -> None:
+    """Save what resuming needs (tensors and plain data only), atomically."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_atomic(folder / RESUME_FILE, buffer.getvalue())
+
+
+def read_resume_state(folder: Path, config_hash: str) -> dict[str, Any] | None:
+    """The saved state of an interrupted run of this exact config, or None."""
+    path = folder / RESUME_FILE
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception:
+        return None
+    if not isinstance(state, dict) or state.get("config_hash") != config_hash:
+        return None
+    return state
+
+
+def resumable_step(folder: Path, config_hash: str) -> int | None:
+    """The step an interrupted run of this config would resume after, if any."""
+    state = read_resume_state(folder, config_hash)
+    return state["step"] if state else None
+
+
+def read_resume_everywhere(folder: Path, config_hash: str, world: World) -> dict[str, Any] | None:
+    """read_resume_state in every process, which must agree. Returning also means every
+    process has read resume.pt, so rank 0 may delete it (or other stale files) after."""
+    resume = read_resume_state(folder, config_hash)
+    seen = distributed.all_gather_object(resume["step"] if resume else None)
+    if len(set(seen)) > 1:
+        raise ToolkitError(
+            f"{folder}: the processes see different resume states (steps {seen}); the output "
+            f"folder must be on a filesystem that every node shares"
+        )
+    return resume
+
+
+def saved_rng(resume: dict[str, Any], world: World, seed: int) -> torch.Tensor:
+    """This process's RNG state from a resume state. One saved by another number of processes
+    gives rank 0 the saved main state and the others fresh streams (from seed, rank, step)."""
+    states = resume.get("rng_ranks")
+    if world.active and states is not None and len(states) == world.size:
+        return states[world.rank]
+    if world.main:
+        return resume["rng"]
+    return torch.Generator().manual_seed(mixed_seed(seed, world.rank, resume["step"])).get_state()
+
+
+def truncate_metrics(path: Path, step: int) -> dict[str, Any]:
+    """Keep the metrics lines up to `step` (a killed run may have written later ones, or half
+    a line); return the last kept record."""
+    kept: list[dict[str, Any]] = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                break
+            if record.get("step", 0) > step:
+                break
+            kept.append(record)
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
+    return kept[-1] if kept else {}

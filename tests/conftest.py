@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -11,15 +12,16 @@ from toolkit.api.hookspecs import hookimpl
 from toolkit.api.manager import Plugins
 
 E2E = Path(__file__).resolve().parent / "e2e"
-# Conformance cases that train real sweeps (a Ray instance, spawned worker processes).
-SLOW_CASES = ("[executor-ray]", "[executor-processes]")
+# Conformance cases that train real sweeps (executors) or draw many models (attention: its
+# formulas are checked in the inner loop by tests/plugins/test_attention.py).
+SLOW_CASES = re.compile(r"::test_registered_component_conforms\[(executor|attention)-")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Everything in tests/e2e/ is slow (whole CLI runs, kills, torchrun, Ray), and so are the
-    conformance cases that start workers; `pytest -m "not slow"` leaves them out."""
+    SLOW_CASES of the conformance suite; `pytest -m "not slow"` leaves them out."""
     for item in items:
-        if E2E in item.path.parents or item.nodeid.endswith(SLOW_CASES):
+        if E2E in item.path.parents or SLOW_CASES.search(item.nodeid):
             item.add_marker(pytest.mark.slow)
 
 

@@ -48,6 +48,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "base" / "seed-0"
 
 
+@pytest.mark.slow
 def test_load_model_generate_and_evaluate_match_the_commands(trained, capsys):
     model = toolkit.load_model(trained)
     assert not model.training and model.tok_emb.weight.shape == (257, 32)

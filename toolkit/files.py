@@ -1,17 +1,22 @@
-"""Files written whole or not at all, and JSON read back leniently.
+"""Files written whole or not at all, JSON every reader accepts, and JSON read back leniently.
 
 Every file the toolkit writes (run folders, caches, checkpoints, reports) goes through
 `write_atomic`: a temp file in the same folder, then os.replace, so a killed process never
-leaves half a file, and the result is readable by others (0644, not mkstemp's 0600). Not here:
-what goes in the files (each layer knows its own).
+leaves half a file, and the result is readable by others (0644, not mkstemp's 0600). JSON goes
+through `to_json`, which writes a NaN or an infinity (a diverged loss) as null, since strict
+readers reject bare NaN; pandas reads null back as NaN. Not here: what goes in the files (each
+layer knows its own).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import math
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,8 +47,23 @@ def write_atomic(path: Path, data: str | bytes) -> None:
         tmp.write_bytes(data.encode() if isinstance(data, str) else data)
 
 
+def to_json(obj: Any, indent: int | None = None) -> str:
+    """Strict JSON: {"loss": nan} -> '{"loss": null}'; anything else JSON lacks becomes str()."""
+    return json.dumps(_finite(obj), indent=indent, default=str, allow_nan=False)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def write_json(path: Path, obj: Any) -> None:
-    write_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    write_atomic(path, to_json(obj, indent=2) + "\n")
 
 
 def read_json(path: Path) -> Any | None:
@@ -52,3 +72,31 @@ def read_json(path: Path) -> Any | None:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+
+
+def remove_temps(folder: Path, *, older_than_s: float = 0.0, recursive: bool = False) -> int:
+    """Delete the temp files interrupted writes left in a folder (`.<name>.<random>.tmp`, as
+    atomic_path makes them) that are older than `older_than_s` seconds; returns how many.
+    Only for a folder nobody else writes now, or with an age no live write can have."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    now = time.time()
+    removed = 0
+    for path in folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp"):
+        try:
+            if path.is_file() and now - path.stat().st_mtime >= older_than_s:
+                path.unlink()
+                removed += 1
+        except OSError:  # gone already, or not ours to remove: leave it
+            continue
+    return removed
+
+
+def digest(path: Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks (a checkpoint is never in memory twice)."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -4,6 +4,7 @@ variant, its run folder, its table row and its logger run always match."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Any
 
@@ -21,10 +22,18 @@ def label(value: Any) -> str:
     return str(value)
 
 
+MAX_SLUG = 100  # characters: far below any file system's 255-byte limit on a name
+
+
 def slug(name: str) -> str:
-    """A name as a safe file or folder name: 'lr=1e-3,norm=rms/x' -> 'lr=1e-3,norm=rms_x'."""
-    s = re.sub(r"[^A-Za-z0-9._=,+-]", "_", name).strip(".")
-    return s or "_"
+    """A name as a safe file or folder name: 'lr=1e-3,norm=rms/x' -> 'lr=1e-3,norm=rms_x'.
+    A longer name than MAX_SLUG keeps its start and ends in a hash of the whole name, so any
+    name works and two long names stay apart."""
+    s = re.sub(r"[^A-Za-z0-9._=,+-]", "_", name).strip(".") or "_"
+    if len(s) > MAX_SLUG:
+        digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+        s = f"{s[: MAX_SLUG - 11]}-{digest}"
+    return s
 
 
 def run_folder(variant: str, seed: int) -> str:

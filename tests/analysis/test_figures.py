@@ -24,6 +24,8 @@ from toolkit.api.manager import Plugins
 from toolkit.spec.parse import parse_spec
 from toolkit.sweep.runner import run
 
+pytestmark = pytest.mark.slow  # every test here trains a sweep and draws its figures
+
 
 @pytest.fixture(scope="module")
 def sweep_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -63,7 +65,6 @@ class Page(HTMLParser):
         self.text.append(data)
 
 
-@pytest.mark.slow
 def test_report_files_exist_and_parse(written):
     folder = written.folder
     for name in ("report.md", "report.html", "report_runs.csv", "report_summary.csv"):
@@ -148,7 +149,6 @@ def synthetic(values: dict[str, list[float]], **columns) -> tuple[pd.DataFrame, 
     return pd.DataFrame(runs), pd.DataFrame(curves)
 
 
-@pytest.mark.slow
 def test_a_three_axis_grid_gets_a_heatmap_per_pair(tmp_path):
     cells = {
         f"n={n},a={a},p={p}": {"n": n, "a": a, "p": p}
@@ -166,7 +166,6 @@ def test_a_three_axis_grid_gets_a_heatmap_per_pair(tmp_path):
     assert all(matplotlib.image.imread(f.path).shape[0] > 100 for f in made)
 
 
-@pytest.mark.slow
 def test_mixed_tokenizers_plot_bits_per_byte(tmp_path):
     runs, curves = synthetic(
         {"bytes": [1.0, 1.1], "gpt2": [3.0, 3.1]},

@@ -239,6 +239,7 @@ def test_permuting_paired_runs_does_not_change_the_table(values, rnd):
     assert a.attrs["resolution"].keys() == b.attrs["resolution"].keys()
 
 
+@pytest.mark.slow
 @settings(max_examples=30, deadline=None)
 @given(runs_strategy)
 def test_n_seeds_gives_n(values):
@@ -395,6 +396,7 @@ def test_folders_without_a_shared_baseline_are_an_error(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
 
 
+@pytest.mark.slow
 def test_report_command_writes_into_the_folder_or_out(tmp_path, capsys):
     folder = fake_experiment(tmp_path / "exp", "exp", {("base", 0): 2.0, ("b", 0): 1.9})
     assert main(["report", str(folder), "--out", str(tmp_path / "elsewhere")]) == 0

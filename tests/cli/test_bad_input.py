@@ -249,6 +249,33 @@ CASES = [
         "registered twice: by plugin 'plugins.normalization' and by plugin 'dup_plugin'",
     ),
     ("spec-not-utf8", "latin1-spec", [], "not UTF-8"),
+    # Bounds: refused before the TOML parser or the variants' expansion sees them.
+    ("spec-too-large", "huge-spec", [], "a spec is at most 1,048,576"),
+    ("nested-arrays", GOOD + "x = " + "[" * 5000 + "]" * 5000 + "\n", [], "nested more than 32"),
+    ("nested-set", GOOD, ["--set", "train.lr=" + "{a=" * 100 + "1" + "}" * 100], "nested more"),
+    ("long-dotted-key", GOOD + ".".join(["a"] * 100_000) + " = 1\n", [], "more than 8 dots"),
+    ("long-dotted-set", GOOD, ["--set", ".".join(["a"] * 50) + "=1"], "more than 8 dots"),
+    (
+        "too-many-runs",
+        GOOD + '[grid]\n"train.lr" = [' + ", ".join(["1e-3"] * 1001) + "]\n",
+        [],
+        "1,001 runs (variants x 1 seed(s)) is more than the limit of 1,000; pass --max-runs 1001",
+    ),
+    (
+        "million-runs",
+        GOOD.replace("seeds = [0]", "seeds = [0, 1]")
+        + '[grid]\n"train.lr" = ['
+        + ", ".join(["1e-3"] * 1000)
+        + "]\n"
+        + '"train.warmup_steps" = ['
+        + ", ".join(["0"] * 1000)
+        + "]\n",
+        [],
+        "2,000,000 runs",
+    ),
+    ("seed-too-large", GOOD.replace("seeds = [0]", f"seeds = [{2**63}]"), [], "out of range"),
+    ("seed-negative", GOOD.replace("seeds = [0]", "seeds = [-1]"), [], "seed -1 is out of range"),
+    ("name-too-long", GOOD.replace('name = "cat"', f'name = "{"c" * 101}"'), [], "at most 100"),
 ]
 
 
@@ -284,6 +311,8 @@ def test_bad_input(case, text, args, expected, tmp_path, monkeypatch, capsys):
     spec = tmp_path / "spec.toml"
     if text == "{tmp}":
         spec = tmp_path
+    elif text == "huge-spec":
+        spec.write_text(GOOD + "#" * (1 << 20) + "\n")
     elif text == "latin1-spec":
         spec.write_bytes('name = "café"\n'.encode("latin-1"))
     elif text is not None:
@@ -298,6 +327,25 @@ def test_bad_input(case, text, args, expected, tmp_path, monkeypatch, capsys):
     assert "Traceback" not in err
     assert expected in err, err
     assert snapshot(tmp_path) == before
+
+
+def test_a_rerun_with_changed_settings_discards_nothing(tmp_path, capsys):
+    """Re-running a spec whose settings changed into the folder of its finished runs stops
+    before training, names what changed and how to go on, and leaves the runs as they were."""
+    spec = tmp_path / "spec.toml"
+    spec.write_text(GOOD)
+    out = tmp_path / "runs/cat"
+    assert main(["run", str(spec), "--out", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    before = snapshot(tmp_path)
+    code = main(["run", str(spec), "--out", str(out), "--set", "train.max_steps=3"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "trained with other settings (train.max_steps: 2 -> 3)" in err
+    assert "--restart" in err and "another --out" in err
+    assert snapshot(tmp_path) == before
+    assert main(["run", str(spec), "--out", str(out), "--set", "train.max_steps=3", "--restart",
+                 "--quiet"]) == 0  # fmt: skip
 
 
 atoms = st.one_of(

@@ -38,6 +38,9 @@ def test_it_reports(legacy: Path, capsys):
     assert table["variant"].tolist() == ["base"] and table.iloc[0]["ok"] == 1
     assert main(["report", str(legacy), "--out", str(legacy.parent / "report")]) == 0
     assert "1 of 2 runs recorded" in capsys.readouterr().out
+    # Written before runs recorded digests: checked on their scores alone.
+    assert main(["verify", str(legacy)]) == 0
+    assert "1 of 2 runs intact, 0 with problems, 1 not finished" in capsys.readouterr().out
 
 
 def test_rerunning_its_spec_skips_the_finished_run_and_resumes_the_other(legacy: Path, capsys):

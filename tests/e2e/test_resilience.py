@@ -24,7 +24,7 @@ from toolkit.errors import DataError
 from toolkit.model.checkpoint import load_model, read_checkpoint
 from toolkit.spec.parse import parse_spec
 from toolkit.sweep.runner import OutputLock, run
-from toolkit.training.resume import RESUME_FILE
+from toolkit.training.resume import RESUME_FILE, truncate_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -218,16 +218,31 @@ def test_checkpoints_load_weights_only_and_bad_ones_are_clear_errors(tmp_path, t
         read_checkpoint(tmp_path / "nope.pt")
 
 
-def test_a_corrupt_resume_state_means_the_run_starts_over(tmp_path, tiny_doc, plugins):
+def test_a_corrupt_resume_state_means_the_run_starts_over(tmp_path, tiny_doc, plugins, capsys):
     spec = parse_spec(resumable_doc(tiny_doc))
     whole = run(spec, tmp_path / "whole", plugins=plugins, progress=False)
     folder = tmp_path / "cut/base/seed-0"
     folder.mkdir(parents=True)
     (folder / RESUME_FILE).write_bytes(b"not a checkpoint")
     (folder / "metrics.jsonl").write_text('{"step": 3, "val_loss": 1.0}\n{"step": 6, "val_')
+    capsys.readouterr()
     again = run(spec, tmp_path / "cut", plugins=plugins, progress=False)
     assert again["val_loss"].tolist() == whole["val_loss"].tolist()
     assert metrics(folder) == metrics(tmp_path / "whole/base/seed-0")
+    err = capsys.readouterr().err  # said, not silent
+    assert f"{folder / RESUME_FILE} cannot be read" in err and "starts over from step 0" in err
+
+
+def test_a_cut_off_metrics_line_is_reported_when_the_run_resumes(tmp_path, capsys):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 3, "val_loss": 1.0}\n{"step": 6, "val_')
+    assert truncate_metrics(path, 6) == {"step": 3, "val_loss": 1.0}
+    assert "line 2 is cut off or garbled; the evaluations after step 3 up to 6 are lost" in (
+        capsys.readouterr().err
+    )
+    assert path.read_text() == '{"step": 3, "val_loss": 1.0}\n'
+    path.write_text('{"step": 3}\n{"step": 6}\n{"step": 9, "val_')  # killed after step 6
+    assert truncate_metrics(path, 6) == {"step": 6} and capsys.readouterr().err == ""
 
 
 def test_variant_names_cannot_write_outside_the_output_folder(tmp_path, tiny_doc, plugins):

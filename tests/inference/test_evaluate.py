@@ -221,6 +221,7 @@ def test_eval_other_text_and_errors(trained, tmp_path, capsys):
     assert "give one of its run folders" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_eval_an_imported_hf_checkpoint(tmp_path, capsys):
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("safetensors")

@@ -5,6 +5,8 @@ errors of bad inputs; frugal reading; and the `ablate import` / `ablate export` 
 from __future__ import annotations
 
 import json
+import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -466,3 +468,19 @@ def test_commands_do_not_import_torch_to_build_the_parser():
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60
     )
     assert result.stdout.strip() == "False", result.stderr
+
+
+def test_a_pickle_of_code_is_refused_in_one_line_without_a_warning(tmp_path, capsys, recwarn):
+    evil = tmp_path / "evil.pt"
+    with evil.open("wb") as f:
+        pickle.dump(os.system, f, protocol=2)  # unpickled, it would be a way to run commands
+    with pytest.raises(DataError, match=r"holds pickled Python objects .* never unpickles"):
+        read_checkpoint(evil)
+    assert cli_main(["import", "--format", "book", str(evil), "--out", str(tmp_path / "o.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "never unpickles" in err and "Warning" not in err
+    assert not [w for w in recwarn if "pickle" in str(w.message)]
+    with evil.open("wb") as f:
+        pickle.dump(os.system, f, protocol=4)  # a protocol torch cannot even parse: refused too
+    with pytest.raises(DataError, match="corrupt or not a toolkit checkpoint"):
+        read_checkpoint(evil)

@@ -9,6 +9,7 @@ import torch
 
 from toolkit.api.hookspecs import hookimpl
 from toolkit.api.manager import Plugins
+from toolkit.errors import SpecError
 from toolkit.spec.parse import parse_spec
 from toolkit.sweep.runner import run
 from toolkit.training.optimizer import lr_at
@@ -166,7 +167,13 @@ def test_table_ignores_folders_left_by_an_earlier_spec(tmp_path, tiny_doc, plugi
     run(parse_spec(tiny_doc), tmp_path, plugins=plugins, progress=False)
     tiny_doc["grid"] = {"model.norm": ["layernorm"]}
     tiny_doc["train"]["lr"] = 1e-3  # changes the config: the old layernorm run is stale too
-    table = run(parse_spec(tiny_doc), tmp_path, plugins=plugins, progress=False)
+    finished = (tmp_path / "norm=layernorm/seed-0/summary.json").read_text()
+    with pytest.raises(
+        SpecError, match=r"other settings \(train\.lr: 0\.003 -> 0\.001\); .*--restart"
+    ):
+        run(parse_spec(tiny_doc), tmp_path, plugins=plugins, progress=False)
+    assert (tmp_path / "norm=layernorm/seed-0/summary.json").read_text() == finished  # untouched
+    table = run(parse_spec(tiny_doc), tmp_path, plugins=plugins, progress=False, restart=True)
     assert table["variant"].tolist() == ["norm=layernorm"]
     assert (
         tmp_path / "norm=rmsnorm/seed-0/summary.json"
@@ -175,3 +182,40 @@ def test_table_ignores_folders_left_by_an_earlier_spec(tmp_path, tiny_doc, plugi
         json.loads((tmp_path / "norm=layernorm/seed-0/config.json").read_text())["train"]["lr"]
         == 1e-3
     )
+
+
+class NaNWhenEvaluated(torch.nn.Module):
+    """A feed-forward whose evaluation outputs are NaN: training goes on, the scores do not."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.lin = torch.nn.Linear(config.emb_dim, config.emb_dim)
+
+    def forward(self, x):
+        return self.lin(x) if self.training else self.lin(x) * float("nan")
+
+
+def test_non_finite_scores_are_written_as_null_and_read_back_as_nan(tmp_path, tiny_doc, capsys):
+    class Plugin:
+        @hookimpl
+        def register_components(self, register):
+            register("activation", "nan-eval", NaNWhenEvaluated)
+
+    plugins = Plugins(autoload=False)
+    plugins.add(Plugin(), name="nan-eval-plugin")
+    tiny_doc["model"]["activation"] = "nan-eval"
+    table = run(parse_spec(tiny_doc, plugins=plugins), tmp_path, plugins=plugins)
+    assert "val nan" in capsys.readouterr().err  # the progress line says so
+
+    def strict(text: str) -> object:  # what JavaScript's JSON.parse and jq accept
+        def refuse(constant: str) -> None:
+            raise ValueError(f"bare {constant} is not JSON")
+
+        return json.loads(text, parse_constant=refuse)
+
+    folder = tmp_path / "base/seed-0"
+    summary = strict((folder / "summary.json").read_text())
+    lines = [strict(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert summary["val_loss"] is None and all(m["val_loss"] is None for m in lines)
+    assert summary["status"] == "ok" and summary["steps"] == 6  # training itself went on
+    assert math.isnan(table["val_loss"].iloc[0])

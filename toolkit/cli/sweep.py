@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from toolkit.cli.common import add_plugin_option, add_set_option, plugins_of, plural
 from toolkit.errors import ToolkitError
+from toolkit.spec.limits import DEFAULT_MAX_RUNS
 
 
 def add_parser(sub: Any) -> None:
@@ -19,6 +22,13 @@ def add_parser(sub: Any) -> None:
         "--restart",
         action="store_true",
         help="discard this spec's earlier runs in the output folder and train them again",
+    )
+    p.add_argument(
+        "--rerun",
+        action="append",
+        default=[],
+        metavar="VARIANT/seed-N",
+        help="train this run again from scratch even if it finished (repeatable)",
     )
     p.add_argument(
         "--executor",
@@ -45,9 +55,27 @@ def add_parser(sub: Any) -> None:
     _spec_args(p)
     p.set_defaults(func=cmd_validate)
 
+    p = sub.add_parser(
+        "verify",
+        help="check that an experiment folder's finished runs are what they wrote",
+        description="For every run of an experiment folder: its checkpoint.pt and metrics.jsonl "
+        "are the files the run wrote (sha256 recorded in summary.json), and summary.json's "
+        "scores are its last evaluation's. Trains nothing; exits 1 if any run fails a check "
+        "(`ablate run` retrains such runs; --rerun VARIANT/seed-N retrains one on purpose).",
+    )
+    p.add_argument("dir", metavar="DIR", help="an experiment folder, e.g. runs/quickstart")
+    p.set_defaults(func=cmd_verify)
+
 
 def _spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="experiment spec (TOML)")
+    p.add_argument(
+        "--max-runs",
+        type=int,
+        default=DEFAULT_MAX_RUNS,
+        metavar="N",
+        help=f"refuse specs of more than N runs (variants x seeds; default {DEFAULT_MAX_RUNS})",
+    )
     add_set_option(
         p, "override a spec key, e.g. --set train.max_steps=50 (repeatable; TOML values)"
     )
@@ -66,7 +94,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     plugins = plugins_of(args)
     executor = executor_choice(args, plugins)
-    spec = load_spec(args.spec, args.overrides, plugins=plugins)
+    spec = load_spec(args.spec, args.overrides, plugins=plugins, max_runs=args.max_runs)
     out = args.out or f"runs/{spec.name}"
     try:
         table = run(
@@ -76,6 +104,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             restart=args.restart,
             executor=executor,
+            rerun=args.rerun,
         )
     finally:
         distributed.shutdown()  # under torchrun: leave the process group (a no-op otherwise)
@@ -131,7 +160,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from toolkit.sweep.runner import prepare_data
 
     plugins = plugins_of(args)
-    spec = load_spec(args.spec, args.overrides, plugins=plugins)
+    spec = load_spec(args.spec, args.overrides, plugins=plugins, max_runs=args.max_runs)
     datasets = prepare_data(spec, plugins)
     print(
         f"{spec.path}: ok. experiment {spec.name!r}: {plural(len(spec.variants), 'variant')} x "
@@ -139,9 +168,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
         f"baseline {spec.baseline!r}"
     )
     rows = []
+    counts: dict[str, tuple[int, int]] = {}
     for r in spec.runs[: len(spec.variants)]:
         data = datasets[data_key(r.data)][0]
-        total, non_emb = count_params(r.model_config(data.vocab_size), plugins)
+        config = r.model_config(data.vocab_size)
+        key = json.dumps(config.to_dict(), sort_keys=True, default=str)
+        if key not in counts:  # one model per distinct architecture, not per variant
+            counts[key] = count_params(config, plugins)
+        total, non_emb = counts[key]
         choices = " ".join(f"{k}={v}" for k, v in r.choices().items())
         rows.append(
             (
@@ -162,3 +196,31 @@ def cmd_validate(args: argparse.Namespace) -> int:
             f"{mark} {name:<{widths[1]}}  {total:>{widths[2]}}  {non_emb:>{widths[3]}}  {choices}"
         )
     return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """`ablate verify DIR`: a line per run, ok or what is wrong; status 1 if any is wrong."""
+    from toolkit.files import read_json
+    from toolkit.sweep.verify import problems
+
+    out = Path(args.dir)
+    experiment = read_json(out / "experiment.json")
+    if not isinstance(experiment, dict) or not isinstance(experiment.get("runs"), list):
+        raise ToolkitError(f"{out} is not an experiment folder (no experiment.json); give one")
+    bad = unfinished = 0
+    for r in experiment["runs"]:
+        folder = out / str(r.get("folder", ""))
+        name = f"{r.get('variant')} seed={r.get('seed')}"
+        if not (folder / "summary.json").is_file():
+            unfinished += 1
+            print(f"  {name}: not finished")
+            continue
+        found = problems(folder)
+        bad += bool(found)
+        print(f"{'!' if found else ' '} {name}: {'; '.join(found) or 'ok'}")
+    n = len(experiment["runs"])
+    print(
+        f"{out}: {n - bad - unfinished} of {plural(n, 'run')} intact, {bad} with problems, "
+        f"{unfinished} not finished"
+    )
+    return 1 if bad else 0

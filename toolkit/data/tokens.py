@@ -33,7 +33,7 @@ import numpy as np
 
 from toolkit.api.contracts import Corpus, Tokenizer, TrainableTokenizer
 from toolkit.errors import DataError
-from toolkit.files import atomic_path, write_atomic
+from toolkit.files import atomic_path, remove_temps, write_atomic
 
 CACHE_ENV = "ABLATE_CACHE_DIR"
 # Part of every cache key: bump it whenever splitting, tokenizing or the file layout changes, so
@@ -45,6 +45,7 @@ TRAINED_FORMAT = 1
 # Texts handed to a tokenizer's encode_batch at once: big enough for its threads to pay off,
 # small enough that the Python lists of ids it returns stay modest.
 _BATCH_CHARS = 1 << 20
+STALE_TEMP_S = 24 * 3600
 
 
 @dataclass
@@ -116,6 +117,9 @@ def load_tokens(
         )
     folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     folder = folder / "tokens"
+    # Temp files of writes killed long ago; a live write (another sweep sharing the cache) is
+    # younger than this.
+    remove_temps(folder, older_than_s=STALE_TEMP_S)
     if getattr(tokenizer, "needs_training", False):
         _train_tokenizer(corpus, tokenizer, float(val_fraction), folder)
     key, n_chars = _cache_key(corpus, tokenizer, float(val_fraction))

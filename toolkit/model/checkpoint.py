@@ -21,6 +21,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickle
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,20 +55,41 @@ def save_checkpoint(
 def load_tensors(path: Path) -> Any:
     """torch.load with weights_only (tensors and plain data only) and mmap (the file is mapped,
     not read into memory); files in the legacy (pre-1.6) format cannot be mapped and are read.
-    A file that does not load is a DataError."""
+    A file that does not load is a DataError; one that holds other pickled objects is refused
+    without unpickling them."""
     try:
-        return torch.load(path, weights_only=True, mmap=True, map_location="cpu")
-    except Exception as exc:
-        mmap_refused = "mmap" in str(exc) and "zipfile" in str(exc).lower()
-        if not mmap_refused:
+        try:
+            return _torch_load(path, mmap=True)
+        except pickle.UnpicklingError:
+            raise
+        except Exception as exc:
+            if not ("mmap" in str(exc) and "zipfile" in str(exc).lower()):
+                raise DataError(
+                    f"cannot read {path} ({one_line(exc, 200)}); it is corrupt or not a "
+                    f"torch.save file of tensors"
+                ) from None
+        return _torch_load(path, mmap=False)  # the legacy format: read, not mapped
+    except pickle.UnpicklingError as exc:
+        if "unsupported global" in str(exc).lower():  # a pickle of objects torch refused
             raise DataError(
-                f"cannot read {path} ({one_line(exc, 200)}); it is corrupt or not a torch.save "
-                f"file of tensors"
+                f"cannot read {path}: it holds pickled Python objects besides tensors and "
+                f"plain data, which the toolkit never unpickles"
             ) from None
-    try:
-        return torch.load(path, weights_only=True, map_location="cpu")
+        raise DataError(
+            f"cannot read {path} ({one_line(exc, 200)}); it is corrupt or not a torch.save "
+            f"file of tensors"
+        ) from None
+    except DataError:
+        raise
     except Exception as exc:
         raise DataError(f"cannot read {path} ({one_line(exc, 200)})") from None
+
+
+def _torch_load(path: Path, *, mmap: bool) -> Any:
+    # torch warns about pickle protocols before it refuses a file; the refusal is what counts.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(path, weights_only=True, mmap=mmap, map_location="cpu")
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -76,7 +99,12 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise DataError(f"checkpoint {path} not found")
     try:
         checkpoint = load_tensors(path)
-    except DataError:
+    except DataError as exc:
+        if "pickled" in str(exc):
+            raise DataError(
+                f"checkpoint {path} holds pickled Python objects besides tensors, which the "
+                f"toolkit never unpickles: it is not a toolkit checkpoint"
+            ) from None
         raise DataError(
             f"checkpoint {path} cannot be read; it is corrupt or not a toolkit checkpoint: "
             f"retrain the run or point to another file"

@@ -20,6 +20,7 @@ from toolkit.api.manager import Plugins, load_plugins
 from toolkit.api.registry import check_type, suggest
 from toolkit.errors import SpecError
 from toolkit.names import label, slug
+from toolkit.spec import limits
 from toolkit.spec.schema import (
     SECTIONS,
     SLOTS,
@@ -40,10 +41,16 @@ def load_spec(
     overrides: list[str] | tuple[str, ...] = (),
     plugins: Plugins | None = None,
     extra_plugins: list[str] | tuple[str, ...] = (),
+    max_runs: int = limits.DEFAULT_MAX_RUNS,
 ) -> Spec:
     """Read and validate a spec file. `overrides` are `--set` strings like "train.lr=1e-3"."""
     path = Path(path)
     try:
+        if path.is_file() and path.stat().st_size > limits.MAX_SPEC_BYTES:
+            raise SpecError(
+                f"{path}: {path.stat().st_size:,} bytes; a spec is at most "
+                f"{limits.MAX_SPEC_BYTES:,} (put data in files and name them in the spec)"
+            )
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpecError(f"{path}: spec file not found") from None
@@ -55,6 +62,7 @@ def load_spec(
         ) from None
     except OSError as exc:
         raise SpecError(f"{path}: cannot read spec ({exc.strerror})") from None
+    limits.check_text(text, str(path))
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -66,6 +74,7 @@ def load_spec(
         plugins=plugins,
         extra_plugins=extra_plugins,
         default_name=path.stem,
+        max_runs=max_runs,
     )
 
 
@@ -76,8 +85,10 @@ def parse_spec(
     plugins: Plugins | None = None,
     extra_plugins: list[str] | tuple[str, ...] = (),
     default_name: str = "experiment",
+    max_runs: int = limits.DEFAULT_MAX_RUNS,
 ) -> Spec:
-    """Validate an already-parsed spec document (a dict as tomllib returns it)."""
+    """Validate an already-parsed spec document (a dict as tomllib returns it); a spec of more
+    than `max_runs` runs is refused before its variants are expanded."""
     raw = copy.deepcopy(raw)
     for item in overrides:
         key, value = parse_override(item, source)
@@ -100,12 +111,15 @@ def parse_spec(
             f"{source}: name {name!r} may hold only letters, digits and . _ + = - "
             f"(it names the output folder)"
         )
+    limits.check_name(name, source)
     description = _top(raw, "description", str, "", source)
     seeds = _top(raw, "seeds", list[int], [0], source)
     if not seeds:
         raise SpecError(f"{source}: seeds is empty; give at least one, e.g. seeds = [0]")
     if len(set(seeds)) != len(seeds):
         raise SpecError(f"{source}: seeds {seeds} has duplicates; each seed runs once per variant")
+    limits.check_seeds(seeds, f"{source}: seeds")
+    limits.check_runs(raw, len(seeds), max_runs, source)
     plugin_modules = _top(raw, "plugins", list[str], [], source)
 
     if plugins is None:
@@ -146,6 +160,7 @@ def parse_override(item: str, source: str = "--set") -> tuple[str, Any]:
     key = key.strip()
     if not sep or not key:
         raise SpecError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.lr=1e-3")
+    limits.check_text(f"{key} = {text}", f"--set {key[:40]}")
     try:
         value = tomllib.loads(f"v = {text.strip()}")["v"]
     except tomllib.TOMLDecodeError:

@@ -7,15 +7,18 @@ training.
 from __future__ import annotations
 
 import copy
+import functools
+import json
 import re
 import typing
+from dataclasses import asdict
 from typing import Any
 
 from toolkit.api.manager import Plugins
 from toolkit.api.registry import check_type, split_choice, suggest
 from toolkit.errors import SpecError, ToolkitError
 from toolkit.model.checkpoint import locate_checkpoint, read_checkpoint
-from toolkit.model.config import NORM_PLACEMENTS, PRESETS
+from toolkit.model.config import NORM_PLACEMENTS, PRESETS, ModelConfig
 from toolkit.model.gpt import count_params
 from toolkit.names import label
 from toolkit.spec.schema import (
@@ -117,12 +120,25 @@ def _validate(doc: dict[str, Any], where: str, plugins: Plugins) -> dict[str, An
     # rejects its options fails now, not after an hour of training.
     name, options = split_choice(sections["sampling"].sampler)
     plugins.registry.get("sampler", name).build(**options)
-    count_params(to_model_config(sections["model"], 256), plugins)
+    _builds(plugins, json.dumps(asdict(to_model_config(sections["model"], 256)), default=str))
     return sections
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """A section's field types, resolved once (typing.get_type_hints is slow)."""
+    return typing.get_type_hints(cls)
+
+
+@functools.lru_cache(maxsize=1024)
+def _builds(plugins: Plugins, config: str) -> None:
+    """Build a model config's model on the meta device, once per distinct architecture: a grid
+    over 10,000 learning rates builds one model, not 10,000."""
+    count_params(ModelConfig.from_dict(json.loads(config)), plugins)
+
+
 def _typed(cls: type, table: dict[str, Any], where: str, section: str) -> Any:
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     values = {}
     for key, value in table.items():
         if key not in hints:

@@ -64,7 +64,7 @@ class SweepDisplay:
             self.bar = None
         status = summary.get("status")
         if status == "ok":
-            line = f"{job.label}: val_loss {summary['val_loss']:.4f}"
+            line = f"{job.label}: val_loss {_loss(summary.get('val_loss'))}"
             if summary.get("tokens_per_s"):
                 line += f" ({summary['tokens_per_s']:.0f} tokens/s)"
         else:
@@ -124,7 +124,7 @@ class SweepDisplay:
                 if metrics or step % 10 == 0:
                     post = {"loss": f"{loss:.3f}"}
                     if metrics:
-                        post["val"] = f"{metrics['val_loss']:.3f}"
+                        post["val"] = _loss(metrics["val_loss"], 3)
                     self.bar.set_postfix(post, refresh=False)
             elif metrics:
                 assert state.started is not None
@@ -205,9 +205,15 @@ def _eval_line(
 ) -> str:
     step = f"{metrics['step']}/{total}" if total else str(metrics["step"])
     line = (
-        f"{job.label} step {step} train {metrics['train_loss']:.4f} val {metrics['val_loss']:.4f}"
+        f"{job.label} step {step} train {_loss(metrics['train_loss'])} "
+        f"val {_loss(metrics['val_loss'])}"
     )
     return line + (f" (run ETA {_duration(eta)})" if eta is not None else "")
+
+
+def _loss(value: float | None, digits: int = 4) -> str:
+    """A loss as shown: None is how a NaN comes back from JSON (toolkit.files.to_json)."""
+    return "nan" if value is None else f"{value:.{digits}f}"
 
 
 def _duration(seconds: float) -> str:

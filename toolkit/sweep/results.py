@@ -22,6 +22,15 @@ RESULT_COLUMNS = [
     "train_loss", "val_loss", "val_perplexity", "val_bpb",
     "tokens_per_s", "flops_per_token", "mfu", "train_s", "wall_s", "config_hash",
 ]  # fmt: skip
+# summary.json keys that are about the run's files, not results.
+NOT_IN_TABLE = ("digests",)
+# Measured columns: a null in summary.json (a NaN or infinite score: toolkit.files.to_json) is
+# NaN here, so the column stays numeric.
+NUMERIC_COLUMNS = [
+    "params", "params_non_embedding", "steps", "tokens",
+    "train_loss", "val_loss", "val_perplexity", "val_bpb",
+    "tokens_per_s", "flops_per_token", "mfu", "train_s", "wall_s",
+]  # fmt: skip
 
 
 def collect(out_dir: str | Path) -> pd.DataFrame:
@@ -34,7 +43,7 @@ def collect(out_dir: str | Path) -> pd.DataFrame:
     for summary_path in sorted(out.glob("*/seed-*/summary.json")):
         summary = read_json(summary_path)
         if isinstance(summary, dict):
-            rows.append(summary)
+            rows.append({k: v for k, v in summary.items() if k not in NOT_IN_TABLE})
     experiment = read_json(out / "experiment.json") or {}
     expected = {(r["variant"], r["seed"]): r["config_hash"] for r in experiment.get("runs", [])}
     if expected:
@@ -52,6 +61,8 @@ def collect(out_dir: str | Path) -> pd.DataFrame:
     for column in RESULT_COLUMNS:
         if column not in table:
             table[column] = None
+    for column in NUMERIC_COLUMNS:
+        table[column] = pd.to_numeric(table[column], errors="coerce")
     order = {name: i for i, name in enumerate(experiment.get("variants", []))}
     table["_order"] = table["variant"].map(lambda v: order.get(v, len(order)))
     table = table.sort_values(["_order", "seed"], kind="stable").drop(columns="_order")

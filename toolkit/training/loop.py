@@ -17,7 +17,6 @@ every collective a no-op.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -41,7 +40,7 @@ from toolkit.data.batches import TrainBatches, eval_batches
 from toolkit.data.resolve import check_vocab
 from toolkit.data.tokens import TokenData
 from toolkit.errors import one_line
-from toolkit.files import write_atomic, write_json
+from toolkit.files import digest, to_json, write_atomic, write_json
 from toolkit.inference.generate import generate
 from toolkit.model.checkpoint import CHECKPOINT_FILE, load_initial_weights, save_checkpoint
 from toolkit.model.config import ModelConfig
@@ -360,7 +359,7 @@ def evaluate_and_save(tr: Training, step: int, metrics_file: TextIO | None) -> d
     rngs = distributed.all_gather_object(torch.get_rng_state()) if step < tr.steps else []
     if world.main:
         assert metrics_file is not None
-        metrics_file.write(json.dumps(metrics) + "\n")
+        metrics_file.write(to_json(metrics) + "\n")
         metrics_file.flush()
         if step < tr.steps:
             write_resume_state(tr.folder, {
@@ -425,6 +424,9 @@ def finish(
         **columns,
     }
     if world.main:
+        # What the run wrote, so a rerun (toolkit.sweep.verify) can tell it is still intact.
+        names = [CHECKPOINT_FILE, "metrics.jsonl"]
+        summary["digests"] = {n: digest(tr.folder / n) for n in names if (tr.folder / n).is_file()}
         write_json(tr.folder / "summary.json", summary)
         (tr.folder / RESUME_FILE).unlink(missing_ok=True)  # finished: summary and weights remain
     # Rank 0's summary everywhere; waiting for it also keeps every process here until

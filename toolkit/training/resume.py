@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import io
 import json
+import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from toolkit.errors import ToolkitError
-from toolkit.files import write_atomic
+from toolkit.errors import ToolkitError, one_line
+from toolkit.files import to_json, write_atomic
 from toolkit.training import distributed
 from toolkit.training.distributed import World, mixed_seed
 
@@ -34,16 +36,25 @@ def write_resume_state(folder: Path, state: dict[str, Any]) -> None:
 
 def read_resume_state(folder: Path, config_hash: str) -> dict[str, Any] | None:
     """The saved state of an interrupted run of this exact config, or None."""
+    return _load(folder, config_hash)[0]
+
+
+def _load(folder: Path, config_hash: str) -> tuple[dict[str, Any] | None, str | None]:
+    """(the saved state, or None; why a resume.pt that is there cannot be used, or None)."""
     path = folder / RESUME_FILE
     if not path.exists():
-        return None
+        return None, None
     try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception:
-        return None
-    if not isinstance(state, dict) or state.get("config_hash") != config_hash:
-        return None
-    return state
+        with warnings.catch_warnings():  # torch warns before it refuses a foreign pickle
+            warnings.simplefilter("ignore")
+            state = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as exc:
+        return None, f"{path} cannot be read ({one_line(exc, 120)})"
+    if not isinstance(state, dict) or "step" not in state:
+        return None, f"{path} is not a resume state"
+    if state.get("config_hash") != config_hash:
+        return None, f"{path} belongs to another config"
+    return state, None
 
 
 def resumable_step(folder: Path, config_hash: str) -> int | None:
@@ -55,7 +66,9 @@ def resumable_step(folder: Path, config_hash: str) -> int | None:
 def read_resume_everywhere(folder: Path, config_hash: str, world: World) -> dict[str, Any] | None:
     """read_resume_state in every process, which must agree. Returning also means every
     process has read resume.pt, so rank 0 may delete it (or other stale files) after."""
-    resume = read_resume_state(folder, config_hash)
+    resume, problem = _load(folder, config_hash)
+    if problem and world.main:
+        print(f"{problem}; the run starts over from step 0", file=sys.stderr)
     seen = distributed.all_gather_object(resume["step"] if resume else None)
     if len(set(seen)) > 1:
         raise ToolkitError(
@@ -78,16 +91,25 @@ def saved_rng(resume: dict[str, Any], world: World, seed: int) -> torch.Tensor:
 
 def truncate_metrics(path: Path, step: int) -> dict[str, Any]:
     """Keep the metrics lines up to `step` (a killed run may have written later ones, or half
-    a line); return the last kept record."""
+    a line); return the last kept record. Evaluations up to `step` that are missing or cut off
+    are reported in one line: the resumed run goes on without them."""
     kept: list[dict[str, Any]] = []
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                break
-            if record.get("step", 0) > step:
-                break
-            kept.append(record)
-    write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            if not kept or kept[-1]["step"] < step:
+                print(
+                    f"{path}: line {number} is cut off or garbled; the evaluations after step "
+                    f"{kept[-1]['step'] if kept else 0} up to {step} are lost",
+                    file=sys.stderr,
+                )
+            break
+        if record["step"] > step:
+            break
+        kept.append(record)
+    write_atomic(path, "".join(to_json(r) + "\n" for r in kept))
     return kept[-1] if kept else {}

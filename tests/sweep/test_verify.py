@@ -1,0 +1,106 @@
+"""Integrity you can check: a finished run records digests of its checkpoint and metrics, and
+`ablate verify` and a rerun catch a corrupt file or a hand-edited summary; a rerun trains such
+a run again instead of trusting it. `--rerun VARIANT/seed-N` retrains one run on purpose."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import write_spec
+
+from toolkit.cli import main
+from toolkit.files import digest
+from toolkit.sweep.verify import problems
+
+SPEC = """
+name = "v"
+seeds = [0, 1]
+[data]
+tokenizer = "bytes"
+[model]
+context_length = 16
+emb_dim = 16
+n_heads = 2
+n_layers = 1
+[train]
+max_steps = 2
+eval_interval = 1
+[sampling]
+max_new_tokens = 2
+"""
+
+
+@pytest.fixture
+def sweep(tmp_path: Path, capsys) -> tuple[Path, Path]:
+    spec = write_spec(tmp_path / "v.toml", SPEC)
+    out = tmp_path / "out"
+    assert main(["run", str(spec), "--out", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    return spec, out
+
+
+def test_a_finished_run_records_what_it_wrote_and_verifies(sweep, capsys):
+    _, out = sweep
+    run = out / "base/seed-0"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["digests"] == {
+        "checkpoint.pt": digest(run / "checkpoint.pt"),
+        "metrics.jsonl": digest(run / "metrics.jsonl"),
+    }
+    assert problems(run) == []
+    assert main(["verify", str(out)]) == 0
+    assert "out: 2 of 2 runs intact, 0 with problems, 0 not finished" in capsys.readouterr().out
+    assert "digests" not in (out / "results.csv").read_text()  # files, not results
+
+
+def test_a_corrupt_checkpoint_is_caught_and_retrained(sweep, capsys):
+    spec, out = sweep
+    checkpoint = out / "base/seed-1/checkpoint.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:-100])  # a disk that lost its tail
+    assert main(["verify", str(out)]) == 1
+    text = capsys.readouterr().out
+    assert "! base seed=1: checkpoint.pt is not the file the run wrote (corrupt or edited)" in text
+    assert "  base seed=0: ok" in text
+    assert main(["run", str(spec), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert (
+        "seed-1: checkpoint.pt is not the file the run wrote" in err and "training it again" in err
+    )
+    assert "base seed=0: already finished, skipped" in err
+    assert main(["verify", str(out)]) == 0
+
+
+def test_a_hand_edited_summary_is_not_trusted(sweep, capsys):
+    spec, out = sweep
+    path = out / "base/seed-0/summary.json"
+    summary = json.loads(path.read_text())
+    summary["val_loss"] -= 0.5  # a better result than the run had
+    path.write_text(json.dumps(summary))
+    assert problems(path.parent) == [
+        "summary.json's val_loss differ from the last evaluation in metrics.jsonl (edited?)"
+    ]
+    assert main(["run", str(spec), "--out", str(out), "--quiet"]) == 0
+    assert "training it again" in capsys.readouterr().err
+    assert problems(path.parent) == []
+
+
+def test_rerun_trains_one_run_again_from_scratch(sweep, capsys):
+    spec, out = sweep
+    before = json.loads((out / "base/seed-0/summary.json").read_text())
+    assert main(["run", str(spec), "--out", str(out), "--rerun", "base/seed-0"]) == 0
+    err = capsys.readouterr().err
+    assert "base seed=1: already finished, skipped" in err
+    assert "base seed=0: already finished" not in err
+    after = json.loads((out / "base/seed-0/summary.json").read_text())
+    assert after["val_loss"] == before["val_loss"] and after["wall_s"] != before["wall_s"]
+    assert main(["run", str(spec), "--out", str(out), "--rerun", "bsae/seed-0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--rerun 'bsae/seed-0': no such run" in err
+    assert "did you mean 'base/seed-0'" in err
+
+
+def test_verify_needs_an_experiment_folder(tmp_path, capsys):
+    assert main(["verify", str(tmp_path)]) == 2
+    assert "is not an experiment folder" in capsys.readouterr().err

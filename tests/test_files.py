@@ -1,0 +1,69 @@
+"""Files written whole or not at all, JSON every reader accepts, and the temp files of
+interrupted writes cleaned up when their folder is next opened."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import pytest
+
+from toolkit.data.tokens import load_tokens
+from toolkit.files import atomic_path, remove_temps, to_json, write_atomic
+from toolkit.spec.parse import parse_spec
+from toolkit.sweep.runner import run
+
+
+def test_to_json_writes_non_finite_numbers_as_null():
+    text = to_json({"a": math.nan, "b": [1.5, -math.inf], "c": (math.inf,), "d": "nan"})
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(c)) == {
+        "a": None, "b": [1.5, None], "c": [None], "d": "nan",
+    }  # fmt: skip
+
+
+def test_an_interrupted_write_leaves_the_old_file_and_a_readable_new_one(tmp_path):
+    path = tmp_path / "f.txt"
+    write_atomic(path, "old")
+    with pytest.raises(KeyboardInterrupt), atomic_path(path) as tmp:
+        tmp.write_text("half")
+        raise KeyboardInterrupt
+    assert path.read_text() == "old" and list(tmp_path.iterdir()) == [path]
+    write_atomic(path, "new")
+    assert path.read_text() == "new" and oct(path.stat().st_mode & 0o777) == "0o644"
+
+
+def test_remove_temps_takes_only_old_enough_temp_files(tmp_path):
+    (tmp_path / "sub").mkdir()
+    old, young, deep = tmp_path / ".a.x1.tmp", tmp_path / ".b.x2.tmp", tmp_path / "sub/.c.tmp"
+    keep = [tmp_path / "a.tmp", tmp_path / ".hidden", tmp_path / "data.npy"]
+    for path in [old, young, deep, *keep]:
+        path.write_text("x")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    assert remove_temps(tmp_path, older_than_s=3600) == 1 and not old.exists()
+    assert young.exists() and deep.exists()
+    assert remove_temps(tmp_path, recursive=True) == 2
+    assert sorted(tmp_path.rglob("*")) == sorted([tmp_path / "sub", *keep])
+
+
+def test_a_sweep_and_the_token_cache_clean_up_after_interrupted_writes(
+    tmp_path, tiny_doc, plugins, monkeypatch
+):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("ABLATE_CACHE_DIR", str(cache))
+    out = tmp_path / "out"
+    (out / "base/seed-0").mkdir(parents=True)
+    leftovers = [out / ".results.csv.k2j.tmp", out / "base/seed-0/.resume.pt.zz9.tmp"]
+    (cache / "tokens").mkdir(parents=True)
+    stale, live = cache / "tokens/.abc.q1.npy.tmp", cache / "tokens/.def.q2.npy.tmp"
+    for path in [*leftovers, stale, live]:
+        path.write_bytes(b"partial")
+    os.utime(stale, (time.time() - 2 * 86400, time.time() - 2 * 86400))
+    run(parse_spec(tiny_doc), out, plugins=plugins, progress=False)
+    assert not any(p.exists() for p in leftovers)
+    # The cache is shared: only a temp file older than a day is a dead write.
+    assert not stale.exists() and live.exists()
+    load_tokens(plugins.registry.build("corpus", "pydoc"), plugins.registry.build(
+        "tokenizer", "bytes"), 0.1)  # fmt: skip
+    assert live.exists()

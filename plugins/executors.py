@@ -9,10 +9,13 @@ scheduler, say) registers under the same kind.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import signal
 import socket
 import sys
 from collections import deque
@@ -109,7 +112,9 @@ class ProcessesExecutor:
                         env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
                     receive, send = context.Pipe(duplex=False)
                     process = context.Process(
-                        target=_process_main, args=(job, send, env), name=f"ablate {job.label}"
+                        target=_process_main,
+                        args=(job, send, env, os.getpid()),
+                        name=f"ablate {job.label}",
                     )
                     process.start()
                     send.close()  # the child holds the only writing end now
@@ -134,7 +139,8 @@ class ProcessesExecutor:
                 receive.close()
 
 
-def _process_main(job: RunJob, send: Any, env: dict[str, str]) -> None:
+def _process_main(job: RunJob, send: Any, env: dict[str, str], parent: int) -> None:
+    _die_with(parent)
     os.environ.update(env)
     try:
         summary = run_job(job)
@@ -144,11 +150,29 @@ def _process_main(job: RunJob, send: Any, env: dict[str, str]) -> None:
     send.close()
 
 
+def _die_with(parent: int) -> None:
+    """End this worker when the sweep's process ends, however it ends (SIGKILL included), so
+    no orphan goes on writing a run folder that a rerun has taken over. Linux: the kernel sends
+    SIGKILL on the parent's death (PR_SET_PDEATHSIG); a parent already gone is checked after.
+    Elsewhere the worker is only stopped by the parent's normal exit."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):  # no libc to ask: the parent's own exit still stops us
+            return
+    if os.getppid() != parent:  # the sweep died before the signal was asked for
+        os._exit(1)
+
+
 def _receive(connection: Any) -> dict[str, Any] | None:
     try:
         return connection.recv() if connection.poll() else None
     except (EOFError, OSError):
         return None
+
+
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 def _may_use_cuda(device: str) -> bool:

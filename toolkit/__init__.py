@@ -18,7 +18,14 @@ import importlib
 from typing import Any
 
 from toolkit.api.hookspecs import hookimpl
-from toolkit.errors import ComponentError, DataError, PluginError, SpecError, ToolkitError
+from toolkit.errors import (
+    ComponentError,
+    DataError,
+    PluginError,
+    SpecError,
+    StorageError,
+    ToolkitError,
+)
 
 __version__ = "0.1.0"
 
@@ -55,6 +62,7 @@ __all__ = [
     "DataError",
     "PluginError",
     "SpecError",
+    "StorageError",
     "ToolkitError",
     "hookimpl",
     *_LAZY,

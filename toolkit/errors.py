@@ -24,6 +24,10 @@ class DataError(ToolkitError):
     """A corpus or tokenizer input is missing, empty, unreadable or too small."""
 
 
+class StorageError(ToolkitError):
+    """A file could not be written: the disk is full, read-only, or not ours to write."""
+
+
 def one_line(exc: BaseException, limit: int | None = None) -> str:
     """An exception as one line for a message: its text alone for the toolkit's own errors
     (they are written for users), with its type for any other; runs of whitespace become one

@@ -11,6 +11,7 @@ layer knows its own).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -22,6 +23,19 @@ from pathlib import Path
 from typing import Any
 
 MODE = 0o644  # results, caches and reports are for sharing
+# OSError numbers that mean "this storage cannot take the write" rather than a bug.
+STORAGE_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+)
+
+
+def storage_problem(exc: BaseException) -> str | None:
+    """'No space left on device (runs/x/summary.json)' for an OSError that is the storage's
+    doing (full, read-only, permissions), else None."""
+    if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror or exc}{where}"
+    return None
 
 
 @contextlib.contextmanager

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 from toolkit.cli import checkpoints, components, evaluate, generate, report, sweep
 from toolkit.errors import ToolkitError, one_line
+from toolkit.files import storage_problem
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -33,6 +34,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except ToolkitError as exc:
         print(f"ablate: error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        problem = storage_problem(exc)  # a full or read-only disk is not a bug: say so
+        if problem is None:
+            raise
+        print(
+            f"ablate: error: {problem}; free space or fix permissions, then run the same "
+            f"command to go on",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         note = "; finished runs are kept, run the same command to continue"

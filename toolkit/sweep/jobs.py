@@ -41,8 +41,8 @@ import torch
 
 from toolkit.api.manager import Plugins
 from toolkit.data.resolve import data_key, load_data
-from toolkit.errors import ToolkitError, one_line
-from toolkit.files import write_atomic, write_json
+from toolkit.errors import StorageError, ToolkitError, one_line
+from toolkit.files import storage_problem, write_atomic, write_json
 from toolkit.training.distributed import current
 from toolkit.training.loop import train_run
 
@@ -177,7 +177,16 @@ def run_job(
         raise
     except Exception as exc:
         world = current()
-        summary = record_failure(job.run, folder, exc, job.columns) if world.main else {}
+        try:
+            summary = record_failure(job.run, folder, exc, job.columns) if world.main else {}
+        except OSError as unwritten:
+            # Nothing can be written there (a full disk, say): stop the sweep in one line;
+            # the same command goes on once there is room.
+            raise StorageError(
+                f"{job.label} failed ({one_line(exc, 160)}) and its failure cannot be recorded "
+                f"({storage_problem(unwritten) or one_line(unwritten, 160)}); free space or "
+                f"fix permissions, then run the same command to go on"
+            ) from None
         if world.active:
             # One rank cannot go on alone to the next run: every rank stops here.
             raise ToolkitError(

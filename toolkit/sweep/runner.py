@@ -28,8 +28,8 @@ from toolkit.api.registry import split_choice, suggest
 from toolkit.data.batches import count_windows
 from toolkit.data.resolve import check_vocab, data_key, load_data
 from toolkit.data.tokens import TokenData
-from toolkit.errors import DataError, SpecError, ToolkitError
-from toolkit.files import read_json, remove_temps, write_json
+from toolkit.errors import DataError, SpecError, StorageError, ToolkitError, one_line
+from toolkit.files import read_json, remove_temps, storage_problem, write_json
 from toolkit.inference import sampling_ablation
 from toolkit.model.checkpoint import initial_weights
 from toolkit.model.gpt import build_model
@@ -326,7 +326,13 @@ class OutputLock:
         self.file: Any = None
 
     def __enter__(self) -> OutputLock:
-        self.file = self.path.open("a+")
+        try:
+            self.file = self.path.open("a+")
+        except OSError as exc:
+            raise StorageError(
+                f"cannot lock output folder {self.path.parent}: "
+                f"{storage_problem(exc) or one_line(exc)}; free space or choose another --out"
+            ) from None
         try:
             fcntl.flock(self.file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -337,10 +343,13 @@ class OutputLock:
                 f"output folder {self.path.parent} is in use by another ablate run (pid "
                 f"{holder}); wait for it to finish or choose another --out"
             ) from None
-        self.file.seek(0)
-        self.file.truncate()
-        self.file.write(str(os.getpid()))
-        self.file.flush()
+        try:  # who holds it, for the message another sweep gets
+            self.file.seek(0)
+            self.file.truncate()
+            self.file.write(str(os.getpid()))
+            self.file.flush()
+        except OSError:  # a full disk: the lock holds all the same
+            pass
         return self
 
     def __exit__(self, *exc: object) -> None:

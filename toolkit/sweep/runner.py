@@ -24,21 +24,21 @@ import pandas as pd
 import torch
 
 from toolkit.api.manager import Plugins, load_plugins
-from toolkit.api.registry import split_choice, suggest
+from toolkit.api.registry import split_choice
 from toolkit.data.batches import count_windows
 from toolkit.data.resolve import check_vocab, data_key, load_data
 from toolkit.data.tokens import TokenData
 from toolkit.errors import DataError, SpecError, StorageError, ToolkitError, one_line
-from toolkit.files import read_json, remove_temps, storage_problem, write_json
+from toolkit.files import remove_temps, storage_problem, write_json
 from toolkit.inference import sampling_ablation
 from toolkit.model.checkpoint import initial_weights
 from toolkit.model.gpt import build_model
 from toolkit.names import label
 from toolkit.spec.parse import load_spec
-from toolkit.spec.schema import SECTIONS, RunSpec, Spec
-from toolkit.sweep import verify
+from toolkit.spec.schema import RunSpec, Spec
 from toolkit.sweep.display import SweepDisplay
 from toolkit.sweep.jobs import RunJob, Sweep
+from toolkit.sweep.reruns import check_unchanged, finished, rerun_indices
 from toolkit.sweep.results import collect, write_table
 from toolkit.training import distributed
 
@@ -197,61 +197,6 @@ def _sweep(
     return table
 
 
-def rerun_indices(spec: Spec, names: list[str] | tuple[str, ...]) -> set[int]:
-    """The positions of the runs `names` ask to train again ("VARIANT/seed-N" or the run's
-    folder, "VARIANT_SLUG/seed-N"); an unknown name is an error listing some that exist."""
-    by_name = {}
-    for i, r in enumerate(spec.runs):
-        by_name[f"{r.variant}/seed-{r.seed}"] = i
-        by_name[r.folder] = i
-    unknown = [n for n in names if n.rstrip("/") not in by_name]
-    if unknown:
-        some = ", ".join(f"{r.variant}/seed-{r.seed}" for r in spec.runs[:3])
-        raise SpecError(
-            f"--rerun {unknown[0]!r}: no such run in {spec.path}{suggest(unknown[0], by_name)}; "
-            f"name one as VARIANT/seed-N, e.g. {some}"
-        )
-    return {by_name[n.rstrip("/")] for n in names}
-
-
-def check_unchanged(spec: Spec, out: Path, skip: set[int] = frozenset()) -> None:
-    """Refuse to train over runs of another config: a run folder of this spec that holds a run
-    (finished or interrupted) trained with other settings would be replaced. The error names
-    what changed and the two ways on. Runs asked to be retrained (`skip`) are not checked."""
-    for i, r in enumerate(spec.runs):
-        if i in skip:
-            continue
-        recorded = read_json(out / r.folder / "config.json")
-        if not isinstance(recorded, dict) or recorded.get("config_hash") in (None, r.config_hash()):
-            continue
-        changes = config_changes(recorded, r.config())
-        raise SpecError(
-            f"{out / r.folder} holds a run trained with other settings "
-            f"({'; '.join(changes[:4]) or 'its config hash differs'}"
-            f"{f'; {len(changes) - 4} more' if len(changes) > 4 else ''}); "
-            f"train into another --out, or pass --restart to discard this spec's runs there"
-        )
-
-
-def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """What differs between two run configs (config.json's sections and seed), as
-    'train.max_steps: 40 -> 20' lines."""
-
-    def flat(config: dict[str, Any]) -> dict[str, Any]:
-        out = {"seed": config.get("seed")}
-        for section in SECTIONS:
-            for key, value in (config.get(section) or {}).items():
-                out[f"{section}.{key}"] = value
-        return out
-
-    before, after = flat(old), flat(new)
-    return [
-        f"{key}: {label(before.get(key))} -> {label(after.get(key))}"
-        for key in sorted(set(before) | set(after))
-        if before.get(key) != after.get(key)
-    ]
-
-
 def make_jobs(spec: Spec, out: Path, indices: Any) -> list[RunJob]:
     """The runs at these positions of the sweep, as jobs for an executor."""
     return [
@@ -264,23 +209,6 @@ def make_jobs(spec: Spec, out: Path, indices: Any) -> list[RunJob]:
         )
         for i in indices
     ]
-
-
-def finished(folder: Path, config_hash: str) -> bool:
-    """Whether this folder holds a finished run of exactly this config, intact: one whose files
-    no longer match its summary (toolkit.sweep.verify) is said so in one line and trained
-    again."""
-    done = read_json(folder / "summary.json")
-    if not (
-        isinstance(done, dict)
-        and done.get("status") == "ok"
-        and done.get("config_hash") == config_hash
-    ):
-        return False
-    found = verify.problems(folder)
-    if found:
-        print(f"{folder}: {'; '.join(found)}; training it again", file=sys.stderr)
-    return not found
 
 
 def write_experiment(spec: Spec, out: Path) -> None:

@@ -1,0 +1,90 @@
+"""What a rerun may do with the runs a folder already holds: skip the finished ones that are
+intact (`finished`), train again the ones asked for by name (`rerun_indices`), and refuse to
+replace runs of other settings (`check_unchanged`), naming what changed. Not here: training
+(jobs.py) or the order of a sweep (runner.py).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from toolkit.api.registry import suggest
+from toolkit.errors import SpecError
+from toolkit.files import read_json
+from toolkit.names import label
+from toolkit.spec.schema import SECTIONS, Spec
+from toolkit.sweep import verify
+
+
+def finished(folder: Path, config_hash: str) -> bool:
+    """Whether this folder holds a finished run of exactly this config, intact: one whose files
+    no longer match its summary (toolkit.sweep.verify) is said so in one line and trained
+    again."""
+    done = read_json(folder / "summary.json")
+    if not (
+        isinstance(done, dict)
+        and done.get("status") == "ok"
+        and done.get("config_hash") == config_hash
+    ):
+        return False
+    found = verify.problems(folder)
+    if found:
+        print(f"{folder}: {'; '.join(found)}; training it again", file=sys.stderr)
+    return not found
+
+
+def rerun_indices(spec: Spec, names: list[str] | tuple[str, ...]) -> set[int]:
+    """The positions of the runs `names` ask to train again ("VARIANT/seed-N" or the run's
+    folder, "VARIANT_SLUG/seed-N"); an unknown name is an error listing some that exist."""
+    by_name = {}
+    for i, r in enumerate(spec.runs):
+        by_name[f"{r.variant}/seed-{r.seed}"] = i
+        by_name[r.folder] = i
+    unknown = [n for n in names if n.rstrip("/") not in by_name]
+    if unknown:
+        some = ", ".join(f"{r.variant}/seed-{r.seed}" for r in spec.runs[:3])
+        raise SpecError(
+            f"--rerun {unknown[0]!r}: no such run in {spec.path}{suggest(unknown[0], by_name)}; "
+            f"name one as VARIANT/seed-N, e.g. {some}"
+        )
+    return {by_name[n.rstrip("/")] for n in names}
+
+
+def check_unchanged(spec: Spec, out: Path, skip: set[int] = frozenset()) -> None:
+    """Refuse to train over runs of another config: a run folder of this spec that holds a run
+    (finished or interrupted) trained with other settings would be replaced. The error names
+    what changed and the two ways on. Runs asked to be retrained (`skip`) are not checked."""
+    for i, r in enumerate(spec.runs):
+        if i in skip:
+            continue
+        recorded = read_json(out / r.folder / "config.json")
+        if not isinstance(recorded, dict) or recorded.get("config_hash") in (None, r.config_hash()):
+            continue
+        changes = config_changes(recorded, r.config())
+        raise SpecError(
+            f"{out / r.folder} holds a run trained with other settings "
+            f"({'; '.join(changes[:4]) or 'its config hash differs'}"
+            f"{f'; {len(changes) - 4} more' if len(changes) > 4 else ''}); "
+            f"train into another --out, or pass --restart to discard this spec's runs there"
+        )
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What differs between two run configs (config.json's sections and seed), as
+    'train.max_steps: 40 -> 20' lines."""
+
+    def flat(config: dict[str, Any]) -> dict[str, Any]:
+        out = {"seed": config.get("seed")}
+        for section in SECTIONS:
+            for key, value in (config.get(section) or {}).items():
+                out[f"{section}.{key}"] = value
+        return out
+
+    before, after = flat(old), flat(new)
+    return [
+        f"{key}: {label(before.get(key))} -> {label(after.get(key))}"
+        for key in sorted(set(before) | set(after))
+        if before.get(key) != after.get(key)
+    ]

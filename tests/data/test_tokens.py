@@ -147,7 +147,7 @@ def test_cache_key_follows_content_tokenizer_and_fraction(tmp_path: Path) -> Non
     assert _load(DOCS, GPT2Tokenizer(), cache_dir=tmp_path).key != base
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garble", "meta"])
+@pytest.mark.parametrize("damage", ["truncate", "garble", "meta", "edited-ids"])
 def test_corrupt_cache_is_rebuilt(damage: str, tmp_path: Path) -> None:
     tok = CountingTokenizer()
     good = _load(DOCS, tok, cache_dir=tmp_path)
@@ -159,9 +159,14 @@ def test_corrupt_cache_is_rebuilt(damage: str, tmp_path: Path) -> None:
         npy.write_bytes(npy.read_bytes()[:200])
     elif damage == "garble":
         npy.write_bytes(b"not a numpy file at all")
+    elif damage == "edited-ids":  # same length and type, an id beyond the vocabulary
+        ids = np.load(npy)
+        ids[3] = 60000
+        np.save(npy, ids)
     else:
         npy.with_suffix(".json").write_text("{", encoding="utf-8")
-    rebuilt = _load(DOCS, tok, cache_dir=tmp_path)
+    with pytest.warns(UserWarning, match=r"token cache .* is damaged; tokenizing the corpus again"):
+        rebuilt = _load(DOCS, tok, cache_dir=tmp_path)
     assert tok.calls == 8  # tokenized again
     np.testing.assert_array_equal(rebuilt.train, train)
     np.testing.assert_array_equal(rebuilt.val, val)

@@ -128,7 +128,7 @@ def load_tokens(
         return _MEMO[memo_key]
 
     dtype = token_dtype(tokenizer.vocab_size)
-    cached = _read_cache(folder, key, dtype)
+    cached = _read_cache(folder, key, dtype, tokenizer.vocab_size)
     if cached is None:
         n_train_chars = round(n_chars * (1 - val_fraction))
         cached = _build(corpus, tokenizer, n_train_chars, dtype, folder, key)
@@ -364,9 +364,10 @@ def _write_cache(
 
 
 def _read_cache(
-    folder: Path, key: str, dtype: np.dtype
+    folder: Path, key: str, dtype: np.dtype, vocab_size: int
 ) -> tuple[np.ndarray, dict[str, Any]] | None:
-    """The cached ids and metadata, or None when absent or damaged (the caller rebuilds)."""
+    """The cached ids and metadata, or None when absent or damaged (the caller rebuilds, and a
+    damaged cache is said so in one line)."""
     npy, meta_path = _paths(folder, key)
     if not (npy.is_file() and meta_path.is_file()):
         return None
@@ -381,7 +382,13 @@ def _read_cache(
             and len(tokens) == n
             and meta.get("dtype") == dtype.name
         )
+        # An edited file of the right length and type: every id must have an embedding row.
+        # One pass over the memory map, once per process (load_tokens memoizes).
+        ok = ok and (n == 0 or int(tokens.max()) < vocab_size)
     except (OSError, ValueError, KeyError, TypeError, EOFError):
         # Truncated or garbled files (a killed writer, a full disk): np.load or json says so.
+        ok = False
+    if not ok:
+        warnings.warn(f"token cache {npy} is damaged; tokenizing the corpus again", stacklevel=3)
         return None
-    return (tokens, meta) if ok else None
+    return tokens, meta

@@ -35,6 +35,7 @@ from toolkit.sweep.jobs import (
     run_job,
     usable_cores,
 )
+from toolkit.sweep.watchdog import Watchdog
 
 
 @hookimpl
@@ -211,6 +212,7 @@ class RayExecutor:
         self.ray = ray
         self.address, self.num_cpus = address, num_cpus
         self.started = False
+        self.watchdog: Watchdog | None = None
         self.modules: tuple[str, ...] = ()
         self.autoload = False
         self.resources: dict[int, tuple[int, int]] = {}  # job index -> (cpus, gpus)
@@ -247,11 +249,17 @@ class RayExecutor:
                 f"--address out for a local instance"
             ) from None
         self.started = True
+        if not self.address:
+            # Ray's own processes would outlive a driver killed outright: a watchdog ends them.
+            self.watchdog = Watchdog.start()
 
     def _disconnect(self) -> None:
         if self.started:
             self.ray.shutdown()
             self.started = False
+        if self.watchdog is not None:
+            self.watchdog.release()
+            self.watchdog = None
 
     def _plan(self, jobs: Sequence[RunJob]) -> None:
         """Resources per run, checked against the cluster's nodes: a task no node can hold

@@ -108,3 +108,45 @@ def test_killing_the_sweep_kills_its_workers_and_a_rerun_is_consistent(tmp_path,
         assert config["config_hash"] == summary["config_hash"] and summary["steps"] == 3
     assert main(["verify", str(out)]) == 0
     assert "2 of 2 runs intact" in capsys.readouterr().out
+
+
+def descendants_of(pid: int) -> set[int]:
+    from toolkit.sweep.watchdog import descendants
+
+    return {p for p in descendants(pid) if alive(p)}
+
+
+def test_a_killed_ray_driver_takes_its_local_ray_instance_with_it(tmp_path):
+    pytest.importorskip("ray")
+    spec = write_spec(tmp_path / "orphans.toml", LONG)
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "toolkit", "run", str(spec), "--out", str(out)]
+    sweep = subprocess.Popen(
+        [*command, "--executor", "ray", "--quiet"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    helpers: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # Ray is up and a run trains
+            helpers = descendants_of(sweep.pid)
+            if list(out.glob("base/seed-*/config.json")) and len(helpers) >= 3:
+                break
+            time.sleep(0.5)
+        assert list(out.glob("base/seed-*/config.json")), "no run started on Ray in time"
+        helpers = descendants_of(sweep.pid)  # raylet, GCS, workers, the watchdog, ...
+        os.kill(sweep.pid, signal.SIGKILL)
+        sweep.wait(timeout=30)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(alive(p) for p in helpers):
+            time.sleep(0.5)
+        assert not [p for p in helpers if alive(p)], "Ray's processes outlived the driver"
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+        for p in helpers:
+            if alive(p):
+                os.kill(p, signal.SIGKILL)

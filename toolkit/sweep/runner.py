@@ -79,11 +79,12 @@ def run(
     # cache first and the other ranks then read it.
     if world.main:
         datasets = prepare_data(spec, plugins)
-        # The executor's checks (a package, a cluster, its resources) cover every run.
-        runner.prepare(make_jobs(spec, out, range(len(spec.runs))), plugins)
         again = rerun_indices(spec, rerun)
         if not restart:
             check_unchanged(spec, out, skip=again)
+        # The executor's checks (a package, a cluster, its resources) cover every run; last,
+        # since a Ray executor starts its cluster here.
+        runner.prepare(make_jobs(spec, out, range(len(spec.runs))), plugins)
         check_output_dir(out)
     distributed.barrier()
     if not world.main:

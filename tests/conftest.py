@@ -74,6 +74,22 @@ def interrupting_plugins(step: int) -> Plugins:
     return plugins
 
 
+def small_toml(name: str, seeds: tuple[int, ...] = (0,), **sections: str) -> str:
+    """The smallest spec that trains (16 wide, one layer, two steps, bytes), as TOML text;
+    `train="max_steps = 6"` and the like add lines to a section (later keys win in effect,
+    so give a key only once)."""
+    body = {
+        "data": 'tokenizer = "bytes"',
+        "model": "context_length = 16\nemb_dim = 16\nn_heads = 2\nn_layers = 1",
+        "train": "max_steps = 2" if "max_steps" not in sections.get("train", "") else "",
+        "sampling": "",
+    }
+    for section, lines in sections.items():
+        body[section] = f"{body[section]}\n{lines}".strip()
+    text = f'name = "{name}"\nseeds = {list(seeds)}\n'
+    return text + "".join(f"[{k}]\n{v}\n" for k, v in body.items() if v)
+
+
 def write_spec(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path

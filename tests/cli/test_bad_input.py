@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import small_toml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -19,19 +20,7 @@ from toolkit.errors import SpecError
 from toolkit.spec.parse import parse_spec
 from toolkit.spec.schema import SECTIONS
 
-GOOD = """
-name = "cat"
-seeds = [0]
-[data]
-tokenizer = "bytes"
-[model]
-context_length = 16
-emb_dim = 16
-n_heads = 2
-n_layers = 1
-[train]
-max_steps = 2
-"""
+GOOD = small_toml("cat")
 
 
 def with_lines(*lines: str, drop: str = "") -> str:
@@ -58,7 +47,7 @@ def register_components(register):
 CASES = [
     # (id, spec text or None, extra args, expected words in the error)
     ("toml-syntax", "[model\nemb_dim = 3\n", [], "TOML syntax error"),
-    ("toml-syntax-line", GOOD + "\nbroken = = 1\n", [], "(at line 14"),
+    ("toml-syntax-line", GOOD + "\nbroken = = 1\n", [], f"(at line {GOOD.count(chr(10)) + 2}"),
     ("unknown-top-key", with_lines("sedes = [1]"), [], "did you mean 'seeds'"),
     ("unknown-model-key", with_lines("[model] emb_dmi = 8"), [], "did you mean 'emb_dim'"),
     (

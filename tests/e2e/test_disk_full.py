@@ -9,25 +9,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import write_spec
+from conftest import small_toml, write_spec
 
 from toolkit.cli import main
 from toolkit.sweep import jobs
 
-SPEC = """
-name = "full"
-[data]
-tokenizer = "bytes"
-[model]
-context_length = 16
-emb_dim = 16
-n_heads = 2
-n_layers = 1
-[train]
-max_steps = 2
-[sampling]
-max_new_tokens = 0
-"""
+SPEC = small_toml("full", sampling="max_new_tokens = 0")
 
 
 @pytest.fixture

@@ -12,30 +12,19 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import write_spec
+from conftest import small_toml, write_spec
 
 from toolkit.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
-LONG = """
-name = "orphans"
-seeds = [0, 1]
-[data]
-tokenizer = "bytes"
-[model]
-context_length = 16
-emb_dim = 16
-n_heads = 2
-n_layers = 1
-[train]
-max_steps = 1000000
-eval_interval = 1000000
-threads = 1
-[sampling]
-max_new_tokens = 0
-"""
+LONG = small_toml(
+    "orphans",
+    (0, 1),
+    train="max_steps = 1000000\neval_interval = 1000000\nthreads = 1",
+    sampling="max_new_tokens = 0",
+)
 
 
 def workers_of(parent: int) -> list[int]:

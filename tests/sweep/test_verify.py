@@ -8,28 +8,15 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import write_spec
+from conftest import small_toml, write_spec
 
 from toolkit.cli import main
 from toolkit.files import digest
 from toolkit.sweep.verify import problems
 
-SPEC = """
-name = "v"
-seeds = [0, 1]
-[data]
-tokenizer = "bytes"
-[model]
-context_length = 16
-emb_dim = 16
-n_heads = 2
-n_layers = 1
-[train]
-max_steps = 2
-eval_interval = 1
-[sampling]
-max_new_tokens = 2
-"""
+SPEC = small_toml(
+    "v", (0, 1), train="max_steps = 2\neval_interval = 1", sampling="max_new_tokens = 2"
+)
 
 
 @pytest.fixture

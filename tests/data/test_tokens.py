@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from plugins.corpora import PydocCorpus
 from plugins.tokenizers import BPETokenizer, ByteTokenizer, GPT2Tokenizer
 from toolkit.data import tokens as data
-from toolkit.data.batches import TrainBatches, count_windows, eval_batches
+from toolkit.data.batches import TrainBatches, count_windows, eval_batches, eval_starts
 from toolkit.data.tokens import load_tokens
 from toolkit.errors import DataError
 
@@ -383,8 +383,8 @@ def test_state_resumes_exactly() -> None:
 
 def test_eval_batches_fixed_and_spread() -> None:
     tokens = np.arange(10_000, dtype=np.uint16)
-    batches = eval_batches(tokens, 32, 4, 3)
-    again = eval_batches(tokens, 32, 4, 3)
+    batches = eval_batches(tokens, 32, 4, 3, windows="spread")
+    again = eval_batches(tokens, 32, 4, 3, windows="spread")
     assert len(batches) == 3 and all(x.shape == (4, 32) for x, _ in batches)
     assert all(
         torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
@@ -395,6 +395,47 @@ def test_eval_batches_fixed_and_spread() -> None:
     assert min(np.diff(starts)) >= 32  # no position predicted twice
     for x, y in batches:
         assert torch.equal(x + 1, y)
+
+
+def test_book_sized_validation_split_is_scored_on_the_grid() -> None:
+    # The-verdict's validation split: 534 tokens, context 256. The book scores windows 0 and
+    # 256; the spread the toolkit used before scored 0 and 277.
+    assert eval_starts(534, 256, 256, 10).tolist() == [0, 256]
+    assert eval_starts(534, 256, 256, 10, "spread").tolist() == [0, 277]
+
+
+def test_grid_windows_are_the_training_windows_when_they_fit() -> None:
+    tokens = np.arange(1_000, dtype=np.uint16)
+    batches = eval_batches(tokens, 32, 4, 10, stride=32)
+    scored = sorted(int(s) for x, _ in batches for s in x[:, 0])
+    trained = TrainBatches(tokens, 32, 4, seed=0, stride=32)
+    assert scored == [i * 32 for i in range(trained.n_windows)]  # all 30 of them, once each
+
+
+@given(
+    n=st.integers(10, 5_000),
+    context=st.integers(1, 64),
+    stride=st.integers(1, 80),
+    k=st.integers(1, 50),
+)
+def test_grid_windows_are_trained_windows_never_overlapping(
+    n: int, context: int, stride: int, k: int
+) -> None:
+    assume(n > context)
+    starts = eval_starts(n, context, stride, k)
+    assert len(starts) >= 1 and starts[0] == 0
+    assert all(s % stride == 0 and s + context + 1 <= n for s in starts)  # training windows
+    assert all(np.diff(starts) >= context)  # no position scored twice
+    # As many as asked for, or every non-overlapping grid window when fewer fit.
+    step = stride * -(-context // stride)
+    assert len(starts) == min(k, count_windows(n, context, step))
+    if len(starts) > 1:  # evenly along the grid: the last pick is the grid's last window
+        assert starts[-1] == (count_windows(n, context, step) - 1) * step
+
+
+def test_unknown_eval_windows_is_refused() -> None:
+    with pytest.raises(ValueError, match="grid"):
+        eval_starts(100, 8, 8, 4, "random")
 
 
 def test_eval_batches_small_split() -> None:

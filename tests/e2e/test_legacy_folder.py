@@ -43,9 +43,22 @@ def test_it_reports(legacy: Path, capsys):
     assert "1 of 2 runs intact, 0 with problems, 1 not finished" in capsys.readouterr().out
 
 
+def test_rerunning_its_spec_names_the_evaluation_it_changed(legacy: Path, capsys):
+    # Its runs were scored on windows spread over each split; today's default is the training
+    # grid, so continuing them unchanged would mix two measurements in one folder.
+    before = sorted((p, p.read_bytes()) for p in legacy.rglob("*") if p.is_file())
+    assert main(["run", str(DATA / "legacy.toml"), "--out", str(legacy)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err
+    assert "train.eval_windows: spread -> grid" in err
+    assert "--set train.eval_windows=spread to continue them as they were" in err
+    assert sorted((p, p.read_bytes()) for p in legacy.rglob("*") if p.is_file()) == before
+
+
 def test_rerunning_its_spec_skips_the_finished_run_and_resumes_the_other(legacy: Path, capsys):
     finished = (legacy / "base/seed-0/summary.json").read_text()
-    assert main(["run", str(DATA / "legacy.toml"), "--out", str(legacy)]) == 0
+    spread = ["--set", "train.eval_windows=spread"]
+    assert main(["run", str(DATA / "legacy.toml"), "--out", str(legacy), *spread]) == 0
     err = capsys.readouterr().err
     assert "seed=0: already finished, skipped" in err
     assert "seed=1: resuming after step 3" in err

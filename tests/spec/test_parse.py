@@ -122,6 +122,14 @@ BAD = [
     ({"train": {"lr": 0}}, r"train.lr must be positive"),
     ({"train": {"betas": [0.9]}}, r"train.betas must be two numbers"),
     ({"train": {"device": "tpu"}}, r"train.device must be"),
+    (
+        {"train": {"eval_windows": "random"}},
+        r"train.eval_windows must be one of grid, spread, got 'random'",
+    ),
+    (
+        {"train": {"weight_decay_on": "norms"}},
+        r"train.weight_decay_on must be one of matrices, all, got 'norms'",
+    ),
     ({"data": {"val_fraction": 1.0}}, r"val_fraction must be between 0 and 1"),
     (
         {"data": {"tokenizer": "gpt3"}},

@@ -28,6 +28,7 @@ import pandas as pd
 from toolkit.errors import ToolkitError
 from toolkit.files import read_json
 from toolkit.names import run_folder
+from toolkit.spec.schema import with_legacy_values
 from toolkit.sweep.results import collect
 
 # Config keys that do not change what a run computes (where and how fast it ran, what it saved).
@@ -120,6 +121,7 @@ def _baseline_identity(part: Part) -> tuple[str | None, set[str]]:
     for run_dir in candidates:
         config = read_json(run_dir / "config.json")
         if isinstance(config, dict):
+            config = with_legacy_values(config)  # an older run reads as what it trained
             train = {k: v for k, v in (config.get("train") or {}).items() if k not in _NOT_TRAINING}
             body = {
                 "data": config.get("data"),

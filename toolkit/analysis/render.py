@@ -265,6 +265,12 @@ def _table_notes(summary: pd.DataFrame) -> list[str]:
             "**non-causal**: the attention sees the tokens it predicts; its loss is not a "
             "language model's loss."
         )
+    if summary["flags"].str.contains("eval windows").any():
+        notes.append(
+            "**eval windows**: the variant's losses were scored on other evaluation windows "
+            "than the baseline's (`train.eval_windows`), so its Δ and p compare two "
+            "measurements; train both with the same setting."
+        )
     if (summary["flags"] != "").any():
         notes.append(
             "**flags**: diverged runs (non-finite loss) and failed runs (error.txt in the run "
@@ -277,8 +283,11 @@ def _table_notes(summary: pd.DataFrame) -> list[str]:
 def _method_notes() -> list[str]:
     return [
         "Final metrics are those of the last evaluation of each run, on the same fixed "
-        "validation batches for every run. Loss: mean token cross-entropy (nats). Perplexity: "
-        "exp(loss). Bits per byte: total cross-entropy / (ln 2 · UTF-8 bytes of the targets).",
+        'windows for every run: by default (`train.eval_windows = "grid"`) windows on the '
+        "training stride grid of each split, every one when they fit in `eval_batches` "
+        "batches, else that many spread evenly along it; the train loss thus scores windows "
+        "the model trained on. Loss: mean token cross-entropy (nats). Perplexity: exp(loss). "
+        "Bits per byte: total cross-entropy / (ln 2 · UTF-8 bytes of the targets).",
         "Paired t-test: `d = variant - baseline` per shared seed, "
         "`t = mean(d) / (s_d / √n)`, `df = n - 1`.",
         "Welch's t-test: `t = (m_a - m_b) / √(s_a²/n_a + s_b²/n_b)`, Welch-Satterthwaite "

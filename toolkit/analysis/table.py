@@ -22,8 +22,10 @@ builds it from a tidy runs table (`toolkit.sweep.results.collect`). Columns:
   single seed), pairs (seeds the test paired), statistic, df, p_value (two-sided; NaN without
   a test), mde (minimum detectable difference of this comparison, see below)
 - params, params_non_embedding, flops_per_token, tokens_per_s, train_s, wall_s (means per run)
-- causal, diverged, failed (counts), flags (text: non-causal, diverged or failed runs, fewer
-  finished seeds than asked)
+- causal, eval_windows (which windows its losses were scored on, train.eval_windows: "grid" or
+  "spread", joined by "+" when its seeds differ), diverged, failed (counts), flags (text:
+  non-causal, eval windows other than the baseline's, diverged or failed runs, fewer finished
+  seeds than asked)
 
 `summary.attrs` holds "metric" (the comparison metric), "baseline" and "resolution" (what the
 sweep could resolve: sd, df, n, paired, mde, mde_pct, alpha, power).
@@ -154,6 +156,7 @@ def summarize(
             "train_s": _mean(_column(ok, "train_s")),
             "wall_s": _mean(_column(group, "wall_s")),
             "causal": bool(causal.astype(bool).all()) if len(causal) else True,
+            "eval_windows": "+".join(sorted(set(_column(group, "eval_windows").dropna()))),
             "diverged": int((status == "diverged").sum()),
             "failed": int((status == "failed").sum()),
             "other": int((~status.isin(["ok", "diverged", "failed"])).sum()),
@@ -188,7 +191,10 @@ def summarize(
         }
         extra.append(out)
     summary = pd.concat([summary, pd.DataFrame(extra)], axis=1)
-    summary["flags"] = [_flags(r) for r in summary.to_dict("records")]
+    base_windows = summary.loc[summary["baseline"], "eval_windows"].tolist()
+    summary["flags"] = [
+        _flags(r, base_windows[0] if base_windows else None) for r in summary.to_dict("records")
+    ]
     summary = summary.drop(columns="other")
     order = [
         "variant", "experiment", "baseline", "seeds_asked", "runs", "ok",
@@ -197,7 +203,7 @@ def summarize(
         "delta_val_loss", "delta_val_bpb", "delta", "delta_pct",
         "test", "pairs", "statistic", "df", "p_value", "mde",
         "params", "params_non_embedding", "flops_per_token", "tokens_per_s", "train_s", "wall_s",
-        "causal", "diverged", "failed", "flags",
+        "causal", "eval_windows", "diverged", "failed", "flags",
     ]  # fmt: skip
     summary = summary[order]
     summary["_key"] = summary[f"{metric}_mean"]
@@ -319,10 +325,16 @@ def _row_mde(
     return math.nan
 
 
-def _flags(row: dict[str, Any]) -> str:
+def _flags(row: dict[str, Any], base_windows: str | None) -> str:
     flags = []
     if not row["causal"]:
         flags.append("non-causal")
+    # Losses scored on other windows than the baseline's (or on two kinds across seeds) are
+    # another measurement: say so rather than compare them silently.
+    if "+" in row["eval_windows"] or (
+        base_windows is not None and row["eval_windows"] != base_windows
+    ):
+        flags.append(f"eval windows: {row['eval_windows']}")
     if row["diverged"]:
         flags.append(f"{row['diverged']} diverged")
     if row["failed"]:

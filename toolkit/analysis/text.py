@@ -164,6 +164,12 @@ def format_summary(summary: pd.DataFrame, title: str = "") -> str:
             "[non-causal]: the attention sees the tokens it predicts; its loss is not a language "
             "model's loss."
         )
+    if summary["flags"].str.contains("eval windows").any():
+        notes.append(
+            "eval windows: this variant's losses were scored on other evaluation windows than "
+            "the baseline's (train.eval_windows), so its Δ and p compare two measurements; "
+            "train both with the same train.eval_windows."
+        )
     return "\n".join(filter(None, [title, body, *notes]))
 
 

@@ -2,7 +2,8 @@
 
 `TrainBatches` visits every window of the training split once per epoch in a seeded order and
 can say where it is (`state()`), so an interrupted run resumes at the same batch.
-`eval_batches` picks fixed windows spread over a whole split, the same on every call. Only the
+`eval_batches` picks fixed windows of a split, the same on every call: by default on the
+training stride grid, so the train loss scores windows the model trains on. Only the
 batch being built is ever materialized: the arrays stay memory-mapped. Not here: tokenizing
 and the cache (tokens.py).
 """
@@ -109,24 +110,59 @@ class TrainBatches:
         self.epoch, self.index = epoch, index
 
 
+EVAL_WINDOWS = ("grid", "spread")
+
+
+def eval_starts(
+    n_tokens: int, context_length: int, stride: int, k: int, windows: str = "grid"
+) -> np.ndarray:
+    """Where the up-to-k evaluation windows of a split of n_tokens start, none overlapping
+    another in the positions it predicts.
+
+    "grid": on the training stride grid (0, stride, 2*stride, ...: the windows training visits;
+    with stride < context_length, every m-th of them, m = ceil(context_length / stride), so no
+    position is scored twice), every one when they fit in k, else k spread evenly along it.
+    "spread": k starts spread evenly from the first token to the last whole window, rounded to
+    any position (what runs recorded before train.eval_windows existed)."""
+    if windows not in EVAL_WINDOWS:
+        raise ValueError(f"windows must be one of {EVAL_WINDOWS}, got {windows!r}")
+    if windows == "spread":
+        k = min(k, count_windows(n_tokens, context_length, context_length))
+        return np.linspace(0, n_tokens - context_length - 1, k).round().astype(np.int64)
+    step = stride * -(-context_length // stride)  # the smallest multiple of stride >= context
+    available = count_windows(n_tokens, context_length, step)
+    k = min(k, available)
+    # Evenly spaced picks along the grid, from its first window to its last; distinct because
+    # k <= available.
+    picks = np.linspace(0, available - 1, k).round().astype(np.int64)
+    return picks * step
+
+
 def eval_batches(
-    tokens: np.ndarray, context_length: int, batch_size: int, max_batches: int
+    tokens: np.ndarray,
+    context_length: int,
+    batch_size: int,
+    max_batches: int,
+    *,
+    stride: int | None = None,
+    windows: str = "grid",
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Fixed evaluation batches: up to max_batches * batch_size windows evenly spaced over the
-    whole split, never overlapping in the positions they predict, identical on every call.
-    A small split gives fewer windows; the final batch may be smaller than batch_size."""
-    _positive(context_length=context_length, batch_size=batch_size, max_batches=max_batches)
+    """Fixed evaluation batches: up to max_batches * batch_size windows chosen by `eval_starts`
+    (stride defaults to context_length), identical on every call. A small split gives fewer
+    windows; the final batch may be smaller than batch_size."""
+    stride = context_length if stride is None else stride
+    _positive(
+        context_length=context_length, batch_size=batch_size, max_batches=max_batches,
+        stride=stride,
+    )  # fmt: skip
     n = len(tokens)
     if n < context_length + 1:
         raise DataError(
             f"the validation split has {n:,} tokens, fewer than context_length + 1 = "
             f"{context_length + 1}; use a smaller context_length or a larger val_fraction/corpus"
         )
-    # At most as many windows as fit stride context_length apart, so no position is scored
-    # twice; spread them with linspace so a large split is sampled end to end.
-    k = min(max_batches * batch_size, count_windows(n, context_length, context_length))
-    starts = np.linspace(0, n - context_length - 1, k).round().astype(np.int64)
+    starts = eval_starts(n, context_length, stride, max_batches * batch_size, windows)
     return [
         _windows(tokens, starts[i : i + batch_size], context_length)
-        for i in range(0, k, batch_size)
+        for i in range(0, len(starts), batch_size)
     ]

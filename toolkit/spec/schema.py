@@ -17,6 +17,17 @@ from toolkit.names import run_folder
 
 # Training precisions: "fp32", or bfloat16 autocast with float32 weights and optimizer.
 PRECISIONS = ("fp32", "bf16-mixed")
+# Which parameters AdamW's weight decay applies to.
+DECAY_TARGETS = ("matrices", "all")
+
+# Keys added after runs were first recorded, and the value every run recorded before the key
+# existed was trained or evaluated with. A run at that value hashes as it did before the key
+# existed (so older folders resume and skip as they did), and an older config.json reads as
+# holding it (`with_legacy_values`), so a rerun or a report names what changed.
+LEGACY_VALUES: dict[str, Any] = {
+    "train.weight_decay_on": "matrices",
+    "train.eval_windows": "spread",
+}
 
 
 @dataclass
@@ -52,11 +63,13 @@ class TrainSpec:
     min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
     warmup_steps: int = 0  # linear warm-up from 0 to lr
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    weight_decay: float = 0.1  # on matrices and embeddings only, not on norms and biases
+    weight_decay: float = 0.1
+    weight_decay_on: str = "matrices"  # matrices and embeddings, not norms and biases; or "all"
     grad_clip: float = 1.0  # max global gradient norm; 0 turns clipping off
     stride: int | None = None  # step between training windows; None: context_length
     eval_interval: int = 50  # evaluate every N optimizer steps (and at the end)
     eval_batches: int = 10  # fixed batches per evaluation, per split
+    eval_windows: str = "grid"  # on the training stride grid; "spread": any offset (older runs)
     device: str = "auto"  # cuda, then mps, then cpu; or name one
     precision: str = "fp32"  # or "bf16-mixed": bfloat16 autocast on CPU and GPU
     compile: bool = False  # torch.compile the model (falls back to eager, saying why)
@@ -125,8 +138,15 @@ class RunSpec:
         }
 
     def config_hash(self) -> str:
-        """Identifies what is trained (not what it is called): same hash, same results."""
-        body = {name: asdict(getattr(self, name)) for name in SECTIONS} | {"seed": self.seed}
+        """Identifies what is trained (not what it is called): same hash, same results. Keys
+        at their LEGACY_VALUES are left out, so the hash is the one runs had before they
+        existed."""
+        body: dict[str, Any] = {name: asdict(getattr(self, name)) for name in SECTIONS}
+        for dotted, value in LEGACY_VALUES.items():
+            section, key = dotted.split(".")
+            if body[section].get(key) == value:
+                del body[section][key]
+        body["seed"] = self.seed
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[
             :16
         ]
@@ -185,6 +205,17 @@ class SamplingAblation:
     n_prompts: int = 8
     prompt_tokens: int = 32
     max_new_tokens: int = 64
+
+
+def with_legacy_values(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's recorded config (config.json) with every key it predates filled in with the
+    value it was trained with (LEGACY_VALUES); a copy, the sections copied too."""
+    out = dict(config)
+    for dotted, value in LEGACY_VALUES.items():
+        section, key = dotted.split(".")
+        if isinstance(out.get(section), dict) and key not in out[section]:
+            out[section] = {**out[section], key: value}
+    return out
 
 
 def to_model_config(model: ModelSpec, vocab_size: int) -> ModelConfig:

@@ -16,6 +16,7 @@ from typing import Any
 
 from toolkit.api.manager import Plugins
 from toolkit.api.registry import check_type, split_choice, suggest
+from toolkit.data.batches import EVAL_WINDOWS
 from toolkit.errors import SpecError, ToolkitError
 from toolkit.model.checkpoint import locate_checkpoint, read_checkpoint
 from toolkit.model.config import NORM_PLACEMENTS, PRESETS, ModelConfig
@@ -23,6 +24,7 @@ from toolkit.model.gpt import count_params
 from toolkit.names import label
 from toolkit.spec.schema import (
     BUDGET_KEYS,
+    DECAY_TARGETS,
     DEFAULT_MAX_STEPS,
     LIMITS,
     PRECISIONS,
@@ -201,6 +203,15 @@ def _check_values(s: dict[str, Any], where: str) -> None:
     need(t.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {t.warmup_steps}")
     need(t.weight_decay >= 0, f"train.weight_decay must be >= 0, got {t.weight_decay}")
     need(t.grad_clip >= 0, f"train.grad_clip must be >= 0 (0 is off), got {t.grad_clip}")
+    need(
+        t.weight_decay_on in DECAY_TARGETS,
+        f"train.weight_decay_on must be one of {', '.join(DECAY_TARGETS)}, "
+        f"got {t.weight_decay_on!r}",
+    )
+    need(
+        t.eval_windows in EVAL_WINDOWS,
+        f"train.eval_windows must be one of {', '.join(EVAL_WINDOWS)}, got {t.eval_windows!r}",
+    )
     need(
         len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas),
         f"train.betas must be two numbers in [0, 1), got {t.betas}",

@@ -14,7 +14,7 @@ from toolkit.api.registry import suggest
 from toolkit.errors import SpecError
 from toolkit.files import read_json
 from toolkit.names import label
-from toolkit.spec.schema import SECTIONS, Spec
+from toolkit.spec.schema import LEGACY_VALUES, SECTIONS, Spec, with_legacy_values
 from toolkit.sweep import verify
 
 
@@ -63,26 +63,41 @@ def check_unchanged(spec: Spec, out: Path, skip: set[int] = frozenset()) -> None
         if not isinstance(recorded, dict) or recorded.get("config_hash") in (None, r.config_hash()):
             continue
         changes = config_changes(recorded, r.config())
+        # A key added since that run was recorded, now at another value than it ran with:
+        # setting the old value back continues those runs as they were trained and measured.
+        before = _flat(with_legacy_values(recorded))
+        keep = [
+            f"--set {key}={before[key]}"
+            for key in LEGACY_VALUES
+            if any(c.startswith(f"{key}:") for c in changes)
+        ]
         raise SpecError(
             f"{out / r.folder} holds a run trained with other settings "
             f"({'; '.join(changes[:4]) or 'its config hash differs'}"
             f"{f'; {len(changes) - 4} more' if len(changes) > 4 else ''}); "
             f"train into another --out, or pass --restart to discard this spec's runs there"
+            + (
+                f", or {' '.join(keep)} to continue them as they were"
+                if keep and len(keep) == len(changes)
+                else ""
+            )
         )
+
+
+def _flat(config: dict[str, Any]) -> dict[str, Any]:
+    """{'seed': ..., 'train.lr': ..., ...}: a run config's sections as dotted keys."""
+    out = {"seed": config.get("seed")}
+    for section in SECTIONS:
+        for key, value in (config.get(section) or {}).items():
+            out[f"{section}.{key}"] = value
+    return out
 
 
 def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """What differs between two run configs (config.json's sections and seed), as
     'train.max_steps: 40 -> 20' lines."""
 
-    def flat(config: dict[str, Any]) -> dict[str, Any]:
-        out = {"seed": config.get("seed")}
-        for section in SECTIONS:
-            for key, value in (config.get(section) or {}).items():
-                out[f"{section}.{key}"] = value
-        return out
-
-    before, after = flat(old), flat(new)
+    before, after = _flat(with_legacy_values(old)), _flat(with_legacy_values(new))
     return [
         f"{key}: {label(before.get(key))} -> {label(after.get(key))}"
         for key in sorted(set(before) | set(after))

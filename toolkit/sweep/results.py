@@ -14,12 +14,13 @@ from pathlib import Path
 import pandas as pd
 
 from toolkit.files import read_json, write_atomic
+from toolkit.spec.schema import LEGACY_VALUES
 
 RESULT_COLUMNS = [
     "experiment", "variant", "seed", "status", "baseline",
     "attention", "norm", "activation", "positional", "tokenizer", "sampler", "causal",
     "params", "params_non_embedding", "steps", "tokens",
-    "train_loss", "val_loss", "val_perplexity", "val_bpb",
+    "train_loss", "val_loss", "val_perplexity", "val_bpb", "eval_windows",
     "tokens_per_s", "flops_per_token", "mfu", "train_s", "wall_s", "config_hash",
 ]  # fmt: skip
 # summary.json keys that are about the run's files, not results.
@@ -61,6 +62,8 @@ def collect(out_dir: str | Path) -> pd.DataFrame:
     for column in RESULT_COLUMNS:
         if column not in table:
             table[column] = None
+    # Runs recorded before train.eval_windows existed were scored on the windows it names.
+    table["eval_windows"] = table["eval_windows"].fillna(LEGACY_VALUES["train.eval_windows"])
     for column in NUMERIC_COLUMNS:
         table[column] = pd.to_numeric(table[column], errors="coerce")
     order = {name: i for i, name in enumerate(experiment.get("variants", []))}

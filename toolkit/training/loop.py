@@ -231,6 +231,8 @@ def set_up(
     batches = TrainBatches(data.train, context, t.batch_size, run.seed, t.stride)
     steps = total_steps(run, batches.batches_per_epoch)
     optimizer = make_optimizer(model, run, device)
+    # Both splits are scored on the training stride grid (or as train.eval_windows says).
+    where = {"stride": batches.stride, "windows": t.eval_windows}
     tr = Training(
         run=run,
         folder=folder,
@@ -242,8 +244,8 @@ def set_up(
         info=info,
         batches=batches,
         steps=steps,
-        train_eval=eval_batches(data.train, context, t.batch_size, t.eval_batches),
-        val_eval=eval_batches(data.val, context, t.batch_size, t.eval_batches),
+        train_eval=eval_batches(data.train, context, t.batch_size, t.eval_batches, **where),
+        val_eval=eval_batches(data.val, context, t.batch_size, t.eval_batches, **where),
         # A copy: the cache's array may be read-only.
         token_bytes=torch.tensor(np.asarray(data.token_bytes), dtype=torch.long),
         optimizer=optimizer,
@@ -407,6 +409,7 @@ def finish(
         "val_loss": last.get("val_loss"),
         "val_perplexity": last.get("val_perplexity"),
         "val_bpb": last.get("val_bpb"),
+        "eval_windows": t.eval_windows,  # which windows the losses were scored on
         "tokens_per_s": tokens_per_s,
         "flops_per_token": flops,
         "mfu": flops * tokens_per_s / (peak * world.size) if tokens_per_s else None,

@@ -1,4 +1,5 @@
-"""How a run learns and for how long: AdamW with weight decay on matrices only, the learning
+"""How a run learns and for how long: AdamW with weight decay on matrices (or on every
+parameter, as the book does), the learning
 rate's linear warm-up and cosine decay, and the budget in optimizer steps. Not here: the loop
 that steps them (loop.py).
 """
@@ -34,12 +35,17 @@ def lr_at(step: int, total: int, warmup: int, min_ratio: float) -> float:
 
 
 def make_optimizer(model: nn.Module, run: RunSpec, device: str) -> torch.optim.Optimizer:
-    """AdamW; weight decay on matrices and embeddings (dim >= 2) only, not norms or biases."""
+    """AdamW. train.weight_decay_on = "matrices": weight decay on matrices and embeddings
+    (dim >= 2), not on norms or biases; "all": on every parameter (the book's chapter 5)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": run.train.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
+    decay = run.train.weight_decay
+    if run.train.weight_decay_on == "all":
+        groups = [{"params": params, "weight_decay": decay}]
+    else:
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
     # The fused CUDA kernel updates every parameter in one launch; same maths.
     fused = {"fused": True} if device.startswith("cuda") else {}
     return torch.optim.AdamW(groups, lr=run.train.lr, betas=tuple(run.train.betas), **fused)

@@ -54,7 +54,10 @@ def test_duplicate_registration_across_plugins_names_both():
         def register_components(self, register):
             register("normalization", "rmsnorm", Identity)
 
-    with pytest.raises(ComponentError, match=r"'plugins\.normalization' and by plugin 'clash'"):
+    with pytest.raises(
+        ComponentError,
+        match=r"'plugins\.normalization' \(builtin\) and by plugin 'clash' \(object\)",
+    ):
         p.add(Clash(), name="clash")
 
 
@@ -83,7 +86,7 @@ def test_module_named_plugin_loads_from_path(tmp_path, monkeypatch):
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     p = Plugins(["my_components"], autoload=False)
-    assert p.info["my_components"].source == "--plugin"
+    assert p.info["my_components"].source == "Plugins(modules)"
     assert p.registry.get("activation", "zero").plugin == "my_components"
     sys.modules.pop("my_components", None)
 
@@ -203,3 +206,80 @@ def test_an_installed_plugin_shows_in_ablate_list_and_runs_from_a_spec(tmp_path)
     assert "activation=tanh-ff" in result.stdout
     env["ABLATE_DISABLE_PLUGIN_AUTOLOAD"] = "1"
     assert "tanh-ff" not in ablate("list", "activation").stdout
+
+
+NORM_PLUGIN = textwrap.dedent("""
+    from torch import nn
+    from toolkit import hookimpl
+
+    @hookimpl
+    def register_components(register):
+        register("normalization", "door-norm", lambda dim: nn.LayerNorm(dim), description="x")
+""")
+
+
+def _installed(tmp_path: Path, module: str, text: str) -> None:
+    """A distribution whose `ablate` entry point is `module`, as pip installs one."""
+    dist = tmp_path / f"{module}-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(f"[ablate]\nnorm = {module}\n")
+    (tmp_path / f"{module}.py").write_text(text)
+
+
+def test_one_module_through_two_doors_is_loaded_once(tmp_path, monkeypatch):
+    # Packaged as door_pkg (an installed entry point), while an older spec still names the
+    # module file it started as: the same code, loaded once.
+    _installed(tmp_path, "door_pkg", NORM_PLUGIN)
+    (tmp_path / "door_old.py").write_text(NORM_PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    plugins = Plugins(autoload=True)
+    plugins.load_module("door_old", source="spec x.toml")
+    assert plugins.registry.get("normalization", "door-norm").plugin == "door_pkg"
+    assert plugins.info["door_old"].source == "spec x.toml; same as 'door_pkg'"
+    assert plugins.info["door_old"].components == []
+    for name in ("door_pkg", "door_old"):
+        sys.modules.pop(name, None)
+
+
+def test_two_plugins_registering_one_name_are_named_with_their_doors(tmp_path, monkeypatch):
+    _installed(tmp_path, "door_pkg2", NORM_PLUGIN)
+    (tmp_path / "door_other.py").write_text(NORM_PLUGIN + "\n# another version\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    plugins = Plugins(autoload=True)
+    with pytest.raises(ComponentError) as info:
+        plugins.load_module("door_other", source="spec x.toml")
+    assert str(info.value).startswith(
+        "normalization 'door-norm' is registered twice: by plugin 'door_pkg2' (entry point of "
+        "door_pkg2) and by plugin 'door_other' (spec x.toml), from different code"
+    )
+    for name in ("door_pkg2", "door_other"):
+        sys.modules.pop(name, None)
+
+
+def test_the_ablate_command_finds_plugins_in_the_current_folder(tmp_path):
+    # The console script's sys.path[0] is its own folder, not the current one: without help,
+    # `--plugin my_norm` and a spec's plugins are not found there.
+    (tmp_path / "cwd_norm.py").write_text(NORM_PLUGIN.replace("door-norm", "cwd-norm"))
+    (tmp_path / "spec.toml").write_text(
+        TINY_TOML.replace('name = "tiny"', 'name = "tiny"\nplugins = ["cwd_norm"]').replace(
+            '"rmsnorm"]', '"cwd-norm"]'
+        )
+    )
+    ablate = Path(sys.executable).parent / "ablate"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    for extra in ([], ["--plugin", "cwd_norm"]):
+        done = subprocess.run(
+            [str(ablate), "validate", "spec.toml", *extra],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert "norm=cwd-norm" in done.stdout
+    missing = subprocess.run(
+        [str(ablate), "validate", "spec.toml", "--plugin", "no_such_norm"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert missing.returncode != 0 and "Traceback" not in missing.stderr
+    assert "plugin module 'no_such_norm' (--plugin) not found in the current folder" in (
+        missing.stderr
+    )

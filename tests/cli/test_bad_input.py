@@ -235,7 +235,8 @@ CASES = [
         "plugin-duplicate-name",
         with_lines('plugins = ["dup_plugin"]'),
         [],
-        "registered twice: by plugin 'plugins.normalization' and by plugin 'dup_plugin'",
+        "registered twice: by plugin 'plugins.normalization' (builtin) and by plugin "
+        "'dup_plugin' (spec ",
     ),
     ("spec-not-utf8", "latin1-spec", [], "not UTF-8"),
     # Bounds: refused before the TOML parser or the variants' expansion sees them.

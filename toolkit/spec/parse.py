@@ -123,7 +123,7 @@ def parse_spec(
     plugin_modules = _top(raw, "plugins", list[str], [], source)
 
     if plugins is None:
-        plugins = load_plugins(tuple(extra_plugins))
+        plugins = load_plugins(tuple(extra_plugins), source="extra_plugins")
     for module in plugin_modules:
         plugins.load_module(module, source=f"spec {source}")
 

@@ -446,13 +446,21 @@ class MultiHeadAttentionWrapper(nn.Module):
         )
 
 
+def causal_attention(config, *, qk_norm: bool = False) -> CausalAttention:
+    """One causal head with trainable query/key/value and dropout on the weights (CausalAttention)
+
+    The whole width in one head, as the book's chapter 3 builds it.
+    """
+    return CausalAttention(config, qk_norm=qk_norm)
+
+
 @hookimpl
 def register_components(register) -> None:
     # The book's chapter 3, in its order.
     register("attention", "simplified", SimplifiedAttention, causal=False)
     register("attention", "self", SelfAttention, causal=False)
     inside = dict(causal=True, positional_inside=True, kv_cache=True)
-    register("attention", "causal", CausalAttention, **inside)
+    register("attention", "causal", causal_attention, **inside)
     register("attention", "multihead-wrapper", MultiHeadAttentionWrapper, **inside)
     register("attention", "multihead", MultiHeadAttention, **inside)
     register("attention", "sdpa", SDPAttention, **inside)

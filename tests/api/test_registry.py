@@ -1,7 +1,12 @@
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
+
 import pytest
 
+from toolkit import hookimpl
+from toolkit.api.manager import Plugins
 from toolkit.api.registry import KINDS, Registry, check_type, options_of
 from toolkit.errors import ComponentError
 
@@ -85,3 +90,76 @@ def test_check_type(value, annotation, ok):
     else:
         with pytest.raises(ComponentError):
             check_type(value, annotation, "x")
+
+
+# -- factory parameters before `*` beyond what the kind's contract passes -----------------------
+def feed_forward_without_star(config, alpha_init: float = 1.0):
+    """A feed-forward whose option was meant to be keyword-only."""
+
+
+def feed_forward_with_star(config, width=None, *, gain: float = 1.0):
+    """Has a `*`, but width before it stays positional: a spec cannot set it (a warning)."""
+
+
+def sampler_without_star(temperature: float = 1.0):
+    """A sampler factory is called with no positional arguments."""
+
+
+def plugins_registering(kind: str, factory) -> Plugins:
+    class Throwaway:
+        @hookimpl
+        def register_components(self, register):
+            register(kind, "mine", factory)  # the line the warning points at
+
+    plugins = Plugins(autoload=False)
+    plugins.add(Throwaway(), name="throwaway")
+    return plugins
+
+
+def test_positional_parameters_beyond_the_contract_warn_and_point_at_the_register_call():
+    with pytest.warns(UserWarning) as record:
+        plugins_registering("activation", feed_forward_without_star)
+    (warning,) = record
+    message = str(warning.message)
+    assert message == (
+        "plugin 'throwaway' registers activation 'mine' with positional parameter(s) "
+        "'alpha_init' beyond what the engine passes (config), so a spec cannot set them; did "
+        "you mean to make them keyword-only with `*`, as in factory(config, *, alpha_init=...)?"
+    )
+    assert "\n" not in message
+    source = Path(__file__).read_text(encoding="utf-8").splitlines()
+    assert warning.filename == __file__
+    assert source[warning.lineno - 1].endswith("# the line the warning points at")
+    with pytest.warns(UserWarning, match=r"'temperature' beyond what the engine passes \(no pos"):
+        Registry().register("sampler", "mine", sampler_without_star, plugin="p")
+
+
+def test_keyword_only_options_do_not_warn():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Registry().register("normalization", "mine", make_norm, plugin="p")
+        Registry().register("init", "mine", lambda model, config: None, plugin="p")
+        Plugins(autoload=False)  # every built-in
+
+
+def test_a_positional_parameter_beside_keyword_only_options_still_warns():
+    with pytest.warns(UserWarning, match=r"positional parameter\(s\) 'width'"):
+        Registry().register("activation", "mine", feed_forward_with_star, plugin="p")
+
+
+def test_setting_a_positional_parameter_as_an_option_says_to_use_star():
+    with pytest.warns(UserWarning):
+        component = Registry().register("activation", "mine", feed_forward_without_star, plugin="p")
+    with pytest.raises(ComponentError) as info:
+        component.check_options({"alpha_init": 0.5})
+    assert str(info.value) == (
+        "activation 'mine' takes no option 'alpha_init' ('alpha_init' is a positional parameter "
+        "of its factory: did you mean to make it keyword-only with `*`?); its options: none"
+    )
+    with pytest.raises(ComponentError) as info:
+        component.check_options({"config": 1})  # the engine's own argument: no such hint
+    assert "keyword-only" not in str(info.value)
+    with pytest.warns(UserWarning):
+        option = Registry().register("activation", "star", feed_forward_with_star, plugin="p")
+    with pytest.raises(ComponentError, match=r"'width' is a positional parameter of its factory"):
+        option.check_options({"width": 3})

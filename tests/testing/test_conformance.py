@@ -5,6 +5,7 @@ and the input."""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -63,7 +64,7 @@ def test_the_global_rng_and_threads_are_left_alone() -> None:
 class SingleHead(nn.Module):
     """One attention head with an output projection; `mask` decides whether it is causal."""
 
-    def __init__(self, config, mask: bool = True) -> None:
+    def __init__(self, config, *, mask: bool = True) -> None:
         super().__init__()
         self.qkv = nn.Linear(config.emb_dim, 3 * config.emb_dim)
         self.out = nn.Linear(config.emb_dim, config.emb_dim)
@@ -277,3 +278,79 @@ def test_an_executor_that_trains_something_else_fails_same_losses() -> None:
     broken = plugins_with("executor", "shifty", lambda: _SeedShiftingExecutor())
     with pytest.raises(ConformanceError, match=r"executor 'shifty' .* fails check 'same losses'"):
         check_component("executor", "shifty", broken)
+
+
+# -- a factory that raises: its own error and line come first ----------------------------------
+class NeedsPositiveAlpha(nn.Module):
+    def __init__(self, config, *, alpha: float = -1.0) -> None:
+        super().__init__()
+        if alpha <= 0:
+            raise ValueError("alpha must be positive")  # raises: line A
+
+
+def negative_width(config):
+    return nn.Linear(config.emb_dim, -1)  # raises inside torch: line B
+
+
+def sampler_needing_alpha(*, alpha: float = -1.0):
+    raise ValueError("alpha must be positive")  # raises: line C
+
+
+def init_needing_alpha(model, config, *, alpha: float = -1.0):
+    raise ValueError("alpha must be positive")  # raises: line D
+
+
+def line_of(mark: str) -> str:
+    """'test_conformance.py:123': the line of this file holding `mark`."""
+    lines = Path(__file__).read_text(encoding="utf-8").splitlines()
+    (number,) = [i + 1 for i, line in enumerate(lines) if line.endswith(mark)]
+    return f"test_conformance.py:{number}"
+
+
+@pytest.mark.parametrize(
+    ("kind", "factory", "error", "mark"),
+    [
+        ("activation", NeedsPositiveAlpha, "ValueError: alpha must be positive", "line A"),
+        # hypothesis tries some 450 configs before it gives up: seconds each
+        pytest.param(
+            "positional", negative_width, "RuntimeError: ", "line B", marks=pytest.mark.slow
+        ),
+        pytest.param(
+            "init",
+            init_needing_alpha,
+            "ValueError: alpha must be positive",
+            "line D",
+            marks=pytest.mark.slow,
+        ),
+    ],
+    ids=["raises", "raises-in-torch", "init-raises"],
+)
+def test_a_factory_rejecting_every_config_shows_its_first_error_and_line(
+    kind: str, factory, error: str, mark: str
+) -> None:
+    plugins = plugins_with(kind, "picky", factory)
+    with pytest.raises(ConformanceError) as info:
+        check_component(kind, "picky", plugins, max_examples=3)
+    message = str(info.value)
+    prefix = f"{kind} 'picky' (plugin 'throwaway') fails check 'build': raised {error}"
+    assert message.startswith(prefix), message
+    at = message.index(f"{line_of(mark)} (the first of ")
+    assert message[at - 1] in "/ " and message.endswith(
+        "configurations tried; it rejected every one)"
+    )
+    assert "\n" not in message and "filter" not in message
+    # Chained to the plugin's exception, so its traceback, not hypothesis' advice, is printed.
+    assert isinstance(info.value.__cause__, ValueError | RuntimeError)
+    assert info.value.__suppress_context__
+
+
+def test_a_factory_that_raises_outside_the_model_kinds_shows_its_error_and_line() -> None:
+    plugins = plugins_with("sampler", "picky", sampler_needing_alpha)
+    with pytest.raises(ConformanceError) as info:
+        check_component("sampler", "picky", plugins)
+    message = str(info.value)
+    assert message.startswith(
+        "sampler 'picky' (plugin 'throwaway') fails check 'build': raised ValueError: alpha must "
+        "be positive at "
+    )
+    assert message.endswith(line_of("line C"))

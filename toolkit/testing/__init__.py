@@ -4,7 +4,9 @@
 hypothesis draw small sizes and inputs (deterministically: the same examples on every run;
 emb_dim/n_heads 16/2, 16/4, 24/3 or 32/4, context 1..16, batch 1..3, dropout 0 or 0.1). A failure
 raises `ConformanceError` (an AssertionError) naming the component, the check and the smallest
-input hypothesis found that shows it. What each kind must do (`toolkit.api.registry.KINDS`):
+input hypothesis found that shows it. A factory that raises is reported with its exception and
+the plugin's line that raised it, first; when it rejects every config drawn, that is the first
+one's error. What each kind must do (`toolkit.api.registry.KINDS`):
 
 - attention: (B, T, emb_dim) float32 out for T = 1, a drawn T and the context length; the same
   output twice in eval mode; `causal` honoured both ways (True: changing tokens after t never
@@ -73,7 +75,9 @@ from toolkit.testing.core import (
     ConformanceError,
     Draw,
     draws,
+    raised,
     required,
+    unwrapped,
 )
 from toolkit.testing.executor import check_executor
 from toolkit.testing.modules import (
@@ -124,7 +128,13 @@ def check_component(
             CHECKS[kind](case, max_examples)
     except Unsatisfiable as exc:
         case.inputs = ""
-        raise case.error("build", "it rejected every configuration tried") from exc
+        first = case.first_rejection
+        if first is None:
+            raise case.error("build", "it rejected every configuration tried") from exc
+        # The component's own error first, chained to it (not to hypothesis' advice on filters).
+        tried = f"the first of {case.rejections} configurations tried; it rejected every one"
+        detail = f"{raised(first)} ({tried})"
+        raise case.error("build", detail) from unwrapped(first)
     except Flaky as exc:  # failed once, passed on the replay of the same input
         found = [e for e in getattr(exc, "exceptions", ()) if isinstance(e, ConformanceError)]
         if not found:

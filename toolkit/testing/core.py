@@ -1,7 +1,10 @@
 """What every conformance check shares; no kind's contract lives here.
 
 Here: `ConformanceError`; `Case`, the component under test and the input being tried, which
-turns any failure into one ConformanceError naming the component, the check and the input;
+turns any failure into one ConformanceError naming the component, the check and the input, and
+keeps the first error of a rejected config; `raised`, an exception a factory raised with the
+plugin's line that raised it (the frames of the toolkit, torch, hypothesis, numpy and Python's
+own modules skipped);
 `Draw` and `draws`, the small model configs, batch sizes, lengths and seeds the model kinds are
 checked with; `hypothesis_settings`, the hypothesis settings every check runs under (derandomized: the
 same examples on every run, no example database, no deadline, no "explain" phase); the float32
@@ -17,20 +20,27 @@ to check (`CHECKS`, in __init__.py).
 from __future__ import annotations
 
 import copy
+import os
+import sysconfig
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NoReturn
 
+import hypothesis
+import numpy
 import torch
 from hypothesis import HealthCheck, Phase, reject, settings
 from hypothesis import strategies as st
 from hypothesis.errors import HypothesisException
 from torch import nn
 
+import toolkit
 from toolkit.api.manager import Plugins
 from toolkit.api.registry import Component
-from toolkit.errors import ComponentError, one_line
+from toolkit.errors import ComponentError, ToolkitError, one_line
 from toolkit.model.config import ModelConfig
 
 HEAD_SHAPES = ((16, 2), (16, 4), (24, 3), (32, 4))  # (emb_dim, n_heads) the checks draw from
@@ -51,6 +61,15 @@ class Case:
     options: dict[str, Any]
     plugins: Plugins
     inputs: str = ""
+    rejections: int = 0  # drawn configs the component (or a model built with it) rejected
+    first_rejection: BaseException | None = None  # what was raised the first time
+
+    def rejected(self, exc: BaseException) -> NoReturn:
+        """Tell hypothesis to try another config, keeping the first error for the message
+        given when every config is rejected."""
+        self.rejections += 1
+        self.first_rejection = self.first_rejection or exc
+        reject()
 
     def error(self, check: str, detail: str) -> ConformanceError:
         c = self.component
@@ -79,13 +98,48 @@ class Case:
             built = self.component.build(*args, **self.options)
         except ComponentError as exc:
             if model:
-                reject()
-            raise self.error("build", str(exc)) from exc
+                self.rejected(exc)
+            raise self.error("build", raised(exc)) from exc
         except Exception as exc:
-            raise self.error("build", f"raised {one_line(exc, 300)}") from exc
+            raise self.error("build", raised(exc)) from exc
         if model and not isinstance(built, nn.Module):
             self.fail("build", f"returned {type(built).__name__}, not a torch.nn.Module")
         return built
+
+
+# Where an exception's deepest frame is not the plugin's: these libraries and Python's own.
+_NOT_PLUGIN = tuple(
+    os.path.dirname(m.__file__) + os.sep for m in (toolkit, torch, hypothesis, numpy)
+) + tuple({sysconfig.get_paths()[k] + os.sep for k in ("stdlib", "platstdlib")})
+
+
+def unwrapped(exc: BaseException) -> BaseException:
+    """The exception a factory raised: the one Component.build wrapped in a ComponentError,
+    or exc itself (a ComponentError the plugin raised, or any other)."""
+    cause = exc.__cause__
+    if (
+        isinstance(exc, ComponentError)
+        and cause is not None
+        and not isinstance(cause, ToolkitError)
+    ):
+        return cause
+    return exc
+
+
+def raised(exc: BaseException) -> str:
+    """What a factory raised, with the deepest line of the traceback in the plugin (not in the
+    toolkit, torch, hypothesis, numpy or Python's own modules):
+    "raised ValueError: alpha must be positive at my_components.py:12"."""
+    exc = unwrapped(exc)
+    frames = traceback.extract_tb(exc.__traceback__)
+    mine = [f for f in frames if not os.path.abspath(f.filename).startswith(_NOT_PLUGIN)]
+    where = ""
+    if mine:
+        path = Path(os.path.abspath(mine[-1].filename))
+        if path.is_relative_to(Path.cwd()):
+            path = path.relative_to(Path.cwd())
+        where = f" at {path}:{mine[-1].lineno}"
+    return f"raised {one_line(exc, 300)}{where}"
 
 
 @dataclass(frozen=True, repr=False)

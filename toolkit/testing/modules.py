@@ -28,7 +28,7 @@ from hypothesis import given, reject
 from hypothesis import strategies as st
 from torch import nn
 
-from toolkit.errors import ComponentError, one_line
+from toolkit.errors import ComponentError
 from toolkit.model.config import NORM_PLACEMENTS
 from toolkit.model.gpt import build_model, check_compatible
 from toolkit.testing.core import (
@@ -41,6 +41,7 @@ from toolkit.testing.core import (
     gradients,
     hypothesis_settings,
     independent,
+    raised,
     required,
     same,
 )
@@ -238,10 +239,11 @@ def check_init(case: Case, max_examples: int) -> None:
             torch.manual_seed(d.seed)
             try:
                 model = build_model(config, case.plugins)
-            except ComponentError:
-                reject()  # a component rejects this config (gqa's n_kv_heads and n_heads=3)
+            except ComponentError as exc:
+                # a component rejects this config (gqa's n_kv_heads and n_heads=3)
+                case.rejected(exc)
             except Exception as exc:
-                raise case.error("build", f"raised {one_line(exc, 300)}") from exc
+                raise case.error("build", raised(exc)) from exc
             states.append(model.state_dict())
         bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
         if bad:

@@ -170,6 +170,18 @@ def format_summary(summary: pd.DataFrame, title: str = "") -> str:
             "the baseline's (train.eval_windows), so its Δ and p compare two measurements; "
             "train both with the same train.eval_windows."
         )
+    gaps = [r for r in records if finite(r.get("gap_mean"))]
+    negative = [r["variant"] for r in gaps if r["gap_mean"] < 0]
+    if negative:
+        which = "every variant" if len(negative) == len(gaps) else ", ".join(negative[:3])
+        which += f" and {len(negative) - 3} more" if 3 < len(negative) < len(gaps) else ""
+        notes.append(
+            f"val_loss below train_loss (mean, {which}) is no bug: both are scored the same "
+            f"way (evaluation mode, no dropout, fixed windows), but validation is the last "
+            f"data.val_fraction of the corpus, a different text that can simply be easier, and "
+            f"a sample of windows is noisy (more: train.eval_batches); overfitting shows as "
+            f"val_loss above train_loss."
+        )
     return "\n".join(filter(None, [title, body, *notes]))
 
 

@@ -4,11 +4,15 @@ One run at a time (the local executor): a live bar per run on a terminal, a line
 otherwise. Several at once (processes, Ray): a line when each run starts, at each of its
 evaluations (read from its metrics.jsonl, which the worker writes) and when it ends, plus an
 overall bar of finished runs on a terminal. Everything goes to stderr; results go to stdout.
+
+The first evaluation of the sweep that scores the training split worse than the validation
+split adds one note saying why that is no bug (`gap_note`), once per sweep.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -39,12 +43,14 @@ class SweepDisplay:
         self.run_times: list[float] = []
         self.done = 0
         self.several = False  # runs train several at a time
+        self.gap_explained = False  # the note on train loss above val loss is shown once
 
     def _print(self, text: str) -> None:
         if not self.enabled:
             return
-        if self.overall is not None:
-            self.overall.write(text, file=sys.stderr)
+        bar = self.overall if self.overall is not None else self.bar
+        if bar is not None:  # above the bar, not through it
+            bar.write(text, file=sys.stderr)
         else:
             print(text, file=sys.stderr, flush=True)
 
@@ -116,20 +122,25 @@ class SweepDisplay:
                 file=sys.stderr,
             )
 
+        last_eval: dict[str, str] = {}  # the bar keeps the last evaluation's losses in view
+
         def step(step: int, total: int, loss: float, metrics: dict[str, float] | None) -> None:
             if self.bar is not None:
                 if self.bar.total != total:
                     self.bar.total = total
                 self.bar.update(step - self.bar.n)
+                if metrics:
+                    last_eval["train"] = _loss(metrics["train_loss"], 3)
+                    last_eval["val"] = _loss(metrics["val_loss"], 3)
                 if metrics or step % 10 == 0:
-                    post = {"loss": f"{loss:.3f}"}
-                    if metrics:
-                        post["val"] = _loss(metrics["val_loss"], 3)
-                    self.bar.set_postfix(post, refresh=False)
+                    # loss: this step's batch, in training mode; train and val: the evaluation
+                    self.bar.set_postfix({"loss": f"{loss:.3f}", **last_eval}, refresh=False)
             elif metrics:
                 assert state.started is not None
                 elapsed = time.perf_counter() - state.started
                 self._print(_eval_line(job, metrics, elapsed / step * (total - step), total))
+            if metrics:
+                self._explain_gap(job, metrics)
 
         return step
 
@@ -198,6 +209,33 @@ class SweepDisplay:
             except ValueError:
                 continue
             self._print(_eval_line(state.job, metrics, None))
+            self._explain_gap(state.job, metrics)
+
+    def _explain_gap(self, job: RunJob, metrics: dict[str, Any]) -> None:
+        """The first time in the sweep an evaluation shows train loss above val loss, say why."""
+        train, val = metrics.get("train_loss"), metrics.get("val_loss")
+        if self.gap_explained or not _finite(train) or not _finite(val) or train <= val:
+            return
+        self.gap_explained = True
+        self._print(gap_note(job))
+
+
+def gap_note(job: RunJob) -> str:
+    """Why train loss above val loss is no bug, in one line: both are scored alike (evaluation
+    mode, fixed windows: toolkit.training.loop.evaluate_and_save), on different text."""
+    data, train = job.run.data, job.run.train
+    windows = train.eval_batches * train.batch_size
+    return (
+        f"note: train loss above val loss is no bug: both are scored the same way (evaluation "
+        f"mode, no dropout, up to {windows} fixed windows per split), but validation is the "
+        f"last {100 * data.val_fraction:g}% of the corpus, a different text that can simply "
+        f"be easier, and a sample of windows is noisy (more: train.eval_batches). Overfitting "
+        f"shows as val above train."
+    )
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
 
 
 def _eval_line(

@@ -95,6 +95,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     plugins = plugins_of(args)
     executor = executor_choice(args, plugins)
     spec = load_spec(args.spec, args.overrides, plugins=plugins, max_runs=args.max_runs)
+    say_notes(spec)
     out = args.out or f"runs/{spec.name}"
     try:
         table = run(
@@ -152,6 +153,13 @@ def executor_choice(args: argparse.Namespace, plugins: Any) -> dict[str, Any]:
     return choice
 
 
+def say_notes(spec: Any) -> None:
+    """What the --set options changed beyond their own keys (a grid axis, variants, the
+    corpus), one line each on stderr."""
+    for note in spec.notes:
+        print(f"note: {note}", file=sys.stderr)
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     # torch-heavy imports, on first use: `ablate --help` stays quick.
     from toolkit.data.resolve import data_key
@@ -161,6 +169,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     plugins = plugins_of(args)
     spec = load_spec(args.spec, args.overrides, plugins=plugins, max_runs=args.max_runs)
+    say_notes(spec)
     datasets = prepare_data(spec, plugins)
     print(
         f"{spec.path}: ok. experiment {spec.name!r}: {plural(len(spec.variants), 'variant')} x "

@@ -90,15 +90,16 @@ def parse_spec(
     """Validate an already-parsed spec document (a dict as tomllib returns it); a spec of more
     than `max_runs` runs is refused before its variants are expanded."""
     raw = copy.deepcopy(raw)
-    for item in overrides:
-        key, value = parse_override(item, source)
-        _set_raw(raw, key, value, source)
     unknown = sorted(set(raw) - TOP_LEVEL)
     if unknown:
         raise SpecError(
             f"{source}: unknown top-level key {unknown[0]!r}{suggest(unknown[0], TOP_LEVEL)}; "
             f"allowed: {', '.join(sorted(TOP_LEVEL))}"
         )
+    notes: list[str] = []
+    for item in overrides:
+        key, value = parse_override(item, source)
+        notes += _set_raw(raw, key, value, source)
     for section in SECTIONS:
         if not isinstance(raw.get(section, {}), dict):
             raise SpecError(
@@ -149,8 +150,9 @@ def parse_spec(
     if "sampling_ablation" in raw:
         ablation = sampling_ablation(raw["sampling_ablation"], source, plugins)
     return Spec(
-        name, source, description, seeds, plugin_modules, baseline, variants, runs, base, ablation
-    )
+        name, source, description, seeds, plugin_modules, baseline, variants, runs, base,
+        ablation, notes,
+    )  # fmt: skip
 
 
 def parse_override(item: str, source: str = "--set") -> tuple[str, Any]:
@@ -177,17 +179,37 @@ def _top(raw: dict[str, Any], key: str, typ: Any, default: Any, source: str) -> 
     return check_type(raw[key], typ, f"{source}: {key}", SpecError)
 
 
-def _set_raw(raw: dict[str, Any], dotted: str, value: Any, source: str) -> None:
-    """Apply one --set to the raw document, before validation."""
+def _set_raw(raw: dict[str, Any], dotted: str, value: Any, source: str) -> list[str]:
+    """Apply one --set to the raw document, before validation. The command line wins over
+    the spec: a key the grid varies becomes an axis of one value, a key variants set is
+    taken out of them, and data.path replaces a corpus (and data.corpus a path).
+    `grid.KEY=[...]` sets a grid axis. Returns notes on what changed beyond the key itself."""
     parts = dotted.split(".")
-    if parts[0] not in TOP_LEVEL - {"grid", "variants", "sampling_ablation"}:
-        raise SpecError(f"--set {dotted}: unknown key {parts[0]!r}{suggest(parts[0], TOP_LEVEL)}")
+    if parts[0] == "grid":
+        return _set_axis(raw, dotted, value, source)
+    settable = TOP_LEVEL - {"grid", "variants", "sampling_ablation"}
+    if parts[0] not in settable:
+        if parts[0] in TOP_LEVEL:
+            raise SpecError(
+                f"--set {dotted}: {parts[0]!r} cannot be set from the command line; set a "
+                f'grid axis instead (--set \'grid."model.norm"=["layernorm","rmsnorm"]\') or '
+                f"edit {source}"
+            )
+        raise SpecError(
+            f"--set {dotted}: unknown key {parts[0]!r}{suggest(parts[0], settable)}; "
+            f"settable: {', '.join(sorted(settable))}, grid.KEY"
+        )
     if len(parts) == 1:
         raw[dotted] = value
-        return
+        return []
     node = raw.setdefault(parts[0], {})
     if not isinstance(node, dict):
         raise SpecError(f"--set {dotted}: {parts[0]!r} in {source} is not a table")
+    notes = []
+    if dotted in ("data.path", "data.corpus"):
+        other = "corpus" if dotted == "data.path" else "path"
+        if node.pop(other, None) is not None:
+            notes.append(f"--set {dotted} replaces data.{other} of {source}")
     slot = ".".join(parts[:2])
     if slot in SLOTS and len(parts) > 2:
         node[parts[1]] = as_choice(node.get(parts[1], default(slot)), slot, source)
@@ -196,6 +218,72 @@ def _set_raw(raw: dict[str, Any], dotted: str, value: Any, source: str) -> None:
     for part in parts[1:-1]:
         node = node.setdefault(part, {})
     node[parts[-1]] = value
+    return notes + _override_variants(raw, dotted, value, source)
+
+
+def _set_axis(raw: dict[str, Any], dotted: str, value: Any, source: str) -> list[str]:
+    """--set grid.KEY=[...] or grid."KEY"=[...]: that grid axis, replaced or added."""
+    axis = dotted.partition(".")[2].strip().strip('"').strip("'")
+    if not axis:
+        raise SpecError(f"--set {dotted}: name the axis, e.g. --set 'grid.\"model.norm\"=[...]'")
+    if not isinstance(value, list) or not value:
+        raise SpecError(
+            f"--set {dotted}: a grid axis is a non-empty list of values, e.g. "
+            f'--set \'grid."{axis}"=["layernorm","rmsnorm"]\''
+        )
+    grid = raw.get("grid", {})
+    if not isinstance(grid, dict):
+        raise SpecError(f"--set {dotted}: grid in {source} is not a table")
+    axes = _flatten_grid(grid)
+    replaced = axis in axes
+    axes[axis] = value
+    raw["grid"] = axes
+    verb = "replaces the grid axis" if replaced else "adds the grid axis"
+    return [f"--set {dotted} {verb} {axis!r} of {source}"]
+
+
+def _override_variants(raw: dict[str, Any], dotted: str, value: Any, source: str) -> list[str]:
+    """The command line wins over the spec's variants too: a grid axis of this key becomes
+    this one value, variants' settings of the key are dropped, and an option set under a
+    component choice that the grid or variants choose is set in each of their choices."""
+    notes = []
+    grid = raw.get("grid")
+    if isinstance(grid, dict):
+        axes = _flatten_grid(grid)
+        for axis, values in axes.items():
+            if axis == dotted:
+                axes[axis] = [value]
+                notes.append(
+                    f"--set {dotted} replaces the grid axis {axis!r} of {source} with one value"
+                )
+            elif axis in SLOTS and dotted.startswith(f"{axis}.") and isinstance(values, list):
+                option = dotted[len(axis) + 1 :]
+                axes[axis] = [{**as_choice(v, axis, source), option: value} for v in values]
+                notes.append(
+                    f"--set {dotted} sets {option!r} in every choice of grid axis {axis!r}"
+                )
+        raw["grid"] = axes
+    variants = raw.get("variants")
+    if isinstance(variants, list):
+        changed = []
+        for i, table in enumerate(variants):
+            if not isinstance(table, dict):
+                continue
+            flat = _flatten({k: v for k, v in table.items() if k != "name"})
+            if dotted in flat:
+                del flat[dotted]
+            elif any(key in SLOTS and dotted.startswith(f"{key}.") for key in flat):
+                key = next(k for k in flat if k in SLOTS and dotted.startswith(f"{k}."))
+                flat[key] = {**as_choice(flat[key], key, source), dotted[len(key) + 1 :]: value}
+            else:
+                continue
+            variants[i] = {"name": table.get("name"), **flat}
+            changed.append(str(table.get("name")))
+        if changed:
+            notes.append(
+                f"--set {dotted} overrides what variant(s) {', '.join(changed)} of {source} set"
+            )
+    return notes
 
 
 def _normalize_section(section: str, table: dict[str, Any], source: str) -> dict[str, Any]:

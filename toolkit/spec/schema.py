@@ -185,6 +185,7 @@ class Spec:
     sampling_ablation: Any = (
         None  # a toolkit.inference.sampling_ablation.SamplingAblation, if asked for
     )
+    notes: list[str] = field(default_factory=list)  # what --set changed beyond one key
 
     def run_named(self, variant: str, seed: int) -> RunSpec:
         return next(r for r in self.runs if r.variant == variant and r.seed == seed)

@@ -64,6 +64,8 @@ def run(
     world = distributed.setup()
     if not isinstance(spec, Spec):
         spec = load_spec(spec, overrides, plugins=plugins)
+        for note in spec.notes if progress and world.main else []:
+            print(f"note: {note}", file=sys.stderr)
     elif overrides:
         raise SpecError("pass overrides to load_spec() when giving run() a loaded Spec")
     plugins = plugins or load_plugins()

@@ -129,7 +129,11 @@ def test_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path, tiny_doc):
             self.lin = nn.Linear(config.emb_dim, config.emb_dim)
 
         def forward(self, x):
-            raise RuntimeError("kaboom")
+            # Only past the 8 positions of the forward pass the sweep probes every
+            # architecture with before training: the run itself fails.
+            if x.shape[1] > 8:
+                raise RuntimeError("kaboom")
+            return self.lin(x)
 
     class Plugin:
         @hookimpl
@@ -141,9 +145,9 @@ def test_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path, tiny_doc):
     tiny_doc["grid"] = {"model.activation": ["exploding", "gelu"]}
     table = run(parse_spec(tiny_doc, plugins=plugins), tmp_path, plugins=plugins, progress=False)
     assert table["status"].tolist() == ["failed", "ok"]
-    assert (
-        "RuntimeError: kaboom" in (tmp_path / "activation=exploding/seed-0/error.txt").read_text()
-    )
+    error = (tmp_path / "activation=exploding/seed-0/error.txt").read_text()
+    assert "activation 'exploding' (plugin 'exploding-plugin') raised in forward" in error
+    assert "RuntimeError: kaboom" in error
 
 
 def test_budget_in_epochs(tmp_path, tiny_doc, plugins):

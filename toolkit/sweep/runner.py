@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 import sys
@@ -28,11 +29,19 @@ from toolkit.api.registry import split_choice
 from toolkit.data.batches import count_windows
 from toolkit.data.resolve import check_vocab, data_key, load_data
 from toolkit.data.tokens import TokenData
-from toolkit.errors import DataError, SpecError, StorageError, ToolkitError, one_line
+from toolkit.errors import (
+    ComponentError,
+    DataError,
+    SpecError,
+    StorageError,
+    ToolkitError,
+    one_line,
+)
 from toolkit.files import remove_temps, storage_problem, write_json
 from toolkit.inference import sampling_ablation
 from toolkit.model.checkpoint import initial_weights
 from toolkit.model.gpt import build_model
+from toolkit.model.probe import check_architecture
 from toolkit.names import label
 from toolkit.spec.parse import load_spec
 from toolkit.spec.schema import RunSpec, Spec
@@ -305,6 +314,7 @@ def check_output_dir(out: Path) -> None:
 def prepare_data(spec: Spec, plugins: Plugins) -> dict[str, tuple[TokenData, Any]]:
     """Tokenize each distinct corpus/tokenizer/split once and check every run fits its data."""
     datasets: dict[str, tuple[TokenData, Any]] = {}
+    probed: set[str] = set()
     for r in spec.runs:
         key = data_key(r.data)
         if key not in datasets:
@@ -313,6 +323,14 @@ def prepare_data(spec: Spec, plugins: Plugins) -> dict[str, tuple[TokenData, Any
         check_fits(r, data, tokenizer, spec.path)
         if r.model.init_from:
             check_init_from(r, data, spec.path, plugins)
+        config = r.model_config(data.vocab_size)
+        architecture = json.dumps(config.to_dict(), sort_keys=True, default=str)
+        if architecture not in probed:  # one forward pass per distinct architecture
+            probed.add(architecture)
+            try:
+                check_architecture(config, plugins)
+            except ComponentError as exc:
+                raise ComponentError(f"{spec.path}: variant {r.variant!r}: {exc}") from None
     return datasets
 
 

@@ -39,12 +39,13 @@ from toolkit.api.registry import split_choice
 from toolkit.data.batches import TrainBatches, eval_batches
 from toolkit.data.resolve import check_vocab
 from toolkit.data.tokens import TokenData
-from toolkit.errors import one_line
+from toolkit.errors import ComponentError, one_line
 from toolkit.files import digest, to_json, write_atomic, write_json
 from toolkit.inference.generate import generate
 from toolkit.model.checkpoint import CHECKPOINT_FILE, load_initial_weights, save_checkpoint
 from toolkit.model.config import ModelConfig
 from toolkit.model.gpt import GPT, build_model
+from toolkit.model.probe import check_forward
 from toolkit.spec.schema import RunSpec
 from toolkit.training import distributed
 from toolkit.training.distributed import World
@@ -304,7 +305,10 @@ def train_steps(tr: Training, progress: Progress | None) -> tuple[str, int | Non
             try:
                 loss = _forward_backward(tr.step_model, tr.optimizer, x, y, tr.device, t.precision)
             except Exception as exc:
-                if tr.step_model is tr.ddp or step != tr.start_step:
+                if step != tr.start_step:
+                    raise
+                name_the_component(tr, x, exc)
+                if tr.step_model is tr.ddp:
                     raise
                 # torch.compile fails at the first call when a component cannot be compiled
                 # (or no compiler is installed): say so once and train eagerly instead.
@@ -336,6 +340,18 @@ def train_steps(tr: Training, progress: Progress | None) -> tuple[str, int | Non
         if metrics_file is not None:
             metrics_file.close()
     return "ok", None
+
+
+def name_the_component(tr: Training, x: torch.Tensor, exc: Exception) -> None:
+    """When the first step fails, probe the model on that batch (one forward pass, RNG
+    untouched) and raise a ComponentError naming the component at fault, if a component is;
+    torch's own message ("mat1 and mat2 shapes cannot be multiplied") names none."""
+    try:
+        check_forward(tr.model, tr.plugins, x)
+    except ComponentError as named:
+        raise named from exc
+    except Exception:
+        return
 
 
 def evaluate_and_save(tr: Training, step: int, metrics_file: TextIO | None) -> dict[str, Any]:

@@ -153,6 +153,7 @@ class GPT2Tokenizer:
     name = "gpt2"
     vocab_size = GPT2_EOT + 1
     eot_id = GPT2_EOT
+    newline_splits = True  # its pre-tokenizer never joins across "\n" between non-spaces
     # The vocabulary is pinned by the two files' hashes, so they identify it.
     fingerprint = (
         "gpt2-"
@@ -196,6 +197,7 @@ class ByteTokenizer:
     vocab_size = 257
     eot_id = 256
     fingerprint = "bytes-utf8-257"
+    newline_splits = True  # any cut is safe for bytes
 
     def encode(self, text: str) -> list[int]:
         return list(_utf8(text))
@@ -331,6 +333,8 @@ class BPETokenizer:
     on the training split (or restores merges cached on disk) before encoding and leaves it
     trained. Until then encode, decode and token_byte_lengths raise DataError.
     """
+
+    newline_splits = True  # GPT-2's pre-tokenizer never joins across "\n" between non-spaces
 
     name = "bpe"
     needs_training = True

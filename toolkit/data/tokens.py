@@ -19,9 +19,14 @@ and text cleaning (corpora yield text as they want it modelled).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
+import re
+import sys
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -46,6 +51,8 @@ TRAINED_FORMAT = 1
 # small enough that the Python lists of ids it returns stay modest.
 _BATCH_CHARS = 1 << 20
 STALE_TEMP_S = 24 * 3600
+# Corpora at least this long (characters) show their tokenizing progress.
+PROGRESS_CHARS = 20_000_000
 
 
 @dataclass
@@ -131,7 +138,7 @@ def load_tokens(
     cached = _read_cache(folder, key, dtype, tokenizer.vocab_size)
     if cached is None:
         n_train_chars = round(n_chars * (1 - val_fraction))
-        cached = _build(corpus, tokenizer, n_train_chars, dtype, folder, key)
+        cached = _build(corpus, tokenizer, n_train_chars, n_chars, dtype, folder, key)
     tokens, meta = cached
     n_train = meta["n_train"]
     data = TokenData(
@@ -276,50 +283,199 @@ def _build(
     corpus: Corpus,
     tokenizer: Tokenizer,
     n_train_chars: int,
+    n_chars: int,
     dtype: np.dtype,
     folder: Path,
     key: str,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    chunks: dict[bool, list[np.ndarray]] = {True: [], False: []}
-    n_bytes = {True: 0, False: 0}
+    """Tokenize the corpus into the cache file as it goes, in memory bounded by one batch of
+    text: pieces are cut into parts of about _BATCH_CHARS at newlines, encoded a batch at a
+    time (threaded, when the tokenizer has encode_batch) and appended to the file."""
     eot = np.array([tokenizer.eot_id], dtype=dtype)
-    pending: list[tuple[bool, str]] = []
+    counts = {True: 0, False: 0}
+    n_bytes = {True: 0, False: 0}
+    started: dict[bool, bool] = {True: False, False: False}  # a split's first document seen
+    progress = Progress(n_chars, _describe(corpus), tokenizer.name)
+    pending: list[tuple[bool, bool, str]] = []  # (is_train, starts a document, text)
 
-    def flush() -> None:
-        texts = [t for _, t in pending]
-        for (is_train, _), ids in zip(pending, _encode_all(tokenizer, texts), strict=True):
-            if chunks[is_train]:
-                chunks[is_train].append(eot)
-            chunks[is_train].append(_to_array(ids, dtype, tokenizer))
+    def flush(out: Any) -> None:
+        texts = [t for _, _, t in pending]
+        for (is_train, first, text), ids in zip(
+            pending, _encode_all(tokenizer, texts), strict=True
+        ):
+            parts = [_to_array(ids, dtype, tokenizer)]
+            if first and started[is_train]:
+                parts.insert(0, eot)  # between documents, never before a split's first
+            started[is_train] = started[is_train] or first
+            for part in parts:
+                out.write(part.tobytes())
+                counts[is_train] += len(part)
+            progress.update(len(text))
         pending.clear()
 
-    pending_chars = 0
+    meta: dict[str, Any] = {}
+    try:
+        with _cache_file(folder, key, dtype) as out:
+            pending_chars = 0
+            for is_train, text in _split(corpus, n_train_chars):
+                n_bytes[is_train] += len(text.encode("utf-8", "surrogatepass"))
+                for i, part in enumerate(_parts(text, tokenizer)):
+                    pending.append((is_train, i == 0, part))
+                    pending_chars += len(part)
+                    if pending_chars >= _BATCH_CHARS:
+                        flush(out)
+                        pending_chars = 0
+            flush(out)
+            meta = {
+                "format": CACHE_FORMAT,
+                "n_train": counts[True],
+                "n_val": counts[False],
+                "dtype": dtype.name,
+                "train_bytes": n_bytes[True],
+                "val_bytes": n_bytes[False],
+                "corpus": getattr(corpus, "description", None) or type(corpus).__name__,
+                "tokenizer": tokenizer.name,
+                "created": time.time(),
+            }
+            out.finish(counts[True] + counts[False], meta)
+    except OSError as exc:
+        # A read-only or full disk costs the cache, not the run: tokenize again into memory.
+        warnings.warn(f"token cache not written to {folder} ({exc}); using memory", stacklevel=3)
+        return _build_in_memory(corpus, tokenizer, n_train_chars, dtype)
+    finally:
+        progress.close()
+    npy, _ = _paths(folder, key)
+    return np.load(npy, mmap_mode="r"), meta
+
+
+def _build_in_memory(
+    corpus: Corpus, tokenizer: Tokenizer, n_train_chars: int, dtype: np.dtype
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """_build without a cache folder: the ids of both splits in one array in memory."""
+    arrays: dict[bool, list[np.ndarray]] = {True: [], False: []}
+    n_bytes = {True: 0, False: 0}
+    eot = np.array([tokenizer.eot_id], dtype=dtype)
     for is_train, text in _split(corpus, n_train_chars):
         n_bytes[is_train] += len(text.encode("utf-8", "surrogatepass"))
-        pending.append((is_train, text))
-        pending_chars += len(text)
-        if pending_chars >= _BATCH_CHARS:
-            flush()
-            pending_chars = 0
-    flush()
-
-    n_train = sum(len(c) for c in chunks[True])
+        parts = list(_parts(text, tokenizer))
+        ids = [_to_array(i, dtype, tokenizer) for i in _encode_all(tokenizer, parts)]
+        arrays[is_train] += ([eot] if arrays[is_train] else []) + ids
+    train, val = (np.concatenate(arrays[k] or [np.zeros(0, dtype)]) for k in (True, False))
     meta = {
-        "format": CACHE_FORMAT,
-        "n_train": n_train,
-        "n_val": sum(len(c) for c in chunks[False]),
-        "dtype": dtype.name,
+        "n_train": len(train),
+        "n_val": len(val),
         "train_bytes": n_bytes[True],
         "val_bytes": n_bytes[False],
     }
-    parts = chunks[True] + chunks[False]
-    try:
-        tokens = _write_cache(folder, key, parts, meta, dtype)
-    except OSError as exc:
-        # A read-only or full disk costs the cache, not the run.
-        warnings.warn(f"token cache not written to {folder} ({exc}); using memory", stacklevel=3)
-        tokens = np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
-    return tokens, meta
+    return np.concatenate([train, val]), meta
+
+
+# Where a long piece of text may be cut without changing how it tokenizes: a newline between
+# two non-space characters is a pre-token of its own for GPT-2-style pre-tokenizers (and any
+# cut is safe for byte-level ones).
+_SAFE_CUT = re.compile(r"(?<=\S)\n(?=\S)")
+
+
+def _parts(text: str, tokenizer: Tokenizer, size: int | None = None) -> Iterator[str]:
+    """A piece of text in parts of about `size` characters, cut after a newline between two
+    non-space characters (never elsewhere: a text with no such newline stays whole), so each
+    part tokenizes as it would inside the whole and parts can be encoded in parallel. Only
+    for tokenizers that say so (`newline_splits = True`); others get the text whole."""
+    if not getattr(tokenizer, "newline_splits", False):
+        yield text
+        return
+    size = size or _BATCH_CHARS
+    start = 0
+    while len(text) - start > size:
+        cut = _SAFE_CUT.search(text, start + size)
+        if cut is None:
+            break
+        yield text[start : cut.end()]
+        start = cut.end()
+    yield text[start:]
+
+
+class _CacheWriter:
+    """An .npy file written as a stream: a header of fixed length reserved first, the ids
+    appended, the real header written last (its shape is only known at the end)."""
+
+    HEADER = 128  # bytes; numpy pads a 1-D array's header to this for any length we write
+
+    def __init__(self, tmp: Path, dtype: np.dtype) -> None:
+        self.tmp, self.dtype = tmp, dtype
+        self.file = tmp.open("wb")
+        self.file.write(b"\0" * self.HEADER)
+        self.meta: dict[str, Any] = {}
+
+    def write(self, data: bytes) -> None:
+        self.file.write(data)
+
+    def finish(self, n: int, meta: dict[str, Any]) -> None:
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(
+            header, {"descr": self.dtype.str, "fortran_order": False, "shape": (n,)}
+        )
+        if len(header.getvalue()) != self.HEADER:  # cannot happen for a 1-D array, but check
+            raise OSError(f"unexpected .npy header length {len(header.getvalue())}")
+        self.file.seek(0)
+        self.file.write(header.getvalue())
+        self.file.close()
+        self.meta = meta
+
+
+@contextlib.contextmanager
+def _cache_file(folder: Path, key: str, dtype: np.dtype) -> Iterator[_CacheWriter]:
+    """A writer for the key's .npy, moved into place (and its metadata written, last: it marks
+    the ids complete) only when the block ends without an error. A killed process leaves a
+    temp file that no reader ever opens (remove_temps clears it later)."""
+    npy, meta_path = _paths(folder, key)
+    with atomic_path(npy, suffix=".npy.tmp") as tmp:
+        writer = _CacheWriter(tmp, dtype)
+        try:
+            yield writer
+        finally:
+            writer.file.close()
+    write_atomic(meta_path, json.dumps(writer.meta))
+
+
+class Progress:
+    """Tokenizing progress on stderr for corpora of at least PROGRESS_CHARS characters: a
+    bar (characters done, MB/s, ETA) on a terminal, else a line at the start and the end."""
+
+    def __init__(self, total: int, corpus: str, tokenizer: str) -> None:
+        self.total, self.done, self.bar = total, 0, None
+        self.started = time.perf_counter()
+        self.shown = total >= PROGRESS_CHARS
+        self.what = f"tokenizing {corpus} with {tokenizer}"
+        if not self.shown:
+            return
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=total, unit="B", unit_scale=True, desc=self.what, file=sys.stderr,
+                leave=False, smoothing=0.1,
+            )  # fmt: skip
+        else:
+            print(f"{self.what}: {total / 1e6:,.1f} M characters", file=sys.stderr, flush=True)
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.shown and self.done >= self.total:
+            seconds = time.perf_counter() - self.started
+            rate = self.total / 1e6 / max(seconds, 1e-9)
+            print(
+                f"{self.what}: done, {self.total / 1e6:,.1f} M characters in {seconds:.1f} s "
+                f"({rate:.1f} M/s)",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def _encode_all(tokenizer: Tokenizer, texts: list[str]) -> Sequence[Sequence[int]]:
@@ -341,26 +497,6 @@ def _to_array(ids: Sequence[int], dtype: np.dtype, tokenizer: Tokenizer) -> np.n
 
 def _paths(folder: Path, key: str) -> tuple[Path, Path]:
     return folder / f"{key}.npy", folder / f"{key}.json"
-
-
-def _write_cache(
-    folder: Path, key: str, parts: list[np.ndarray], meta: dict[str, Any], dtype: np.dtype
-) -> np.ndarray:
-    """Write ids and metadata atomically (the metadata last: it marks the ids complete) and
-    return the ids memory-mapped from the final file."""
-    npy, meta_path = _paths(folder, key)
-    total = sum(len(p) for p in parts)
-    with atomic_path(npy, suffix=".npy.tmp") as tmp:
-        # Fill a memory-mapped file piece by piece: never a second in-memory copy of all ids.
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(total,))
-        pos = 0
-        for p in parts:
-            out[pos : pos + len(p)] = p
-            pos += len(p)
-        out.flush()
-        del out
-    write_atomic(meta_path, json.dumps(meta))
-    return np.load(npy, mmap_mode="r")
 
 
 def _read_cache(

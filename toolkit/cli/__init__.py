@@ -11,6 +11,8 @@
     ablate import --format hf-gpt2|book SOURCE --out FILE.pt [--n-heads N] [--tokenizer NAME] [--force]
     ablate export --format hf-gpt2|book CHECKPOINT|RUN_DIR --out PATH [--force]
     ablate eval CHECKPOINT|RUN_DIR [--data PATH | --corpus NAME] [--tokenizer NAME] [--split all|train|val]
+    ablate cache list [--dir DIR]
+    ablate cache clear [KEY_PREFIX ...] [--dir DIR] [--older-than DAYS] [--yes]
 
 Bad input (a ToolkitError) prints one line, `ablate: error: ...`, and exits with status 2;
 no traceback. A sweep in which some run failed or diverged exits with status 1.
@@ -22,7 +24,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from toolkit.cli import checkpoints, components, evaluate, generate, report, sweep
+from toolkit.cli import cache, checkpoints, components, evaluate, generate, report, sweep
 from toolkit.errors import ToolkitError, one_line
 from toolkit.files import storage_problem
 
@@ -56,6 +58,6 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ablate", description="Swap components of a GPT, train every variant x seed, compare."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for commands in (sweep, components, report, generate, checkpoints, evaluate):
+    for commands in (sweep, components, report, generate, checkpoints, evaluate, cache):
         commands.add_parser(sub)
     return parser

@@ -2,6 +2,7 @@
 config.json: the one place that turns data choices into objects.
 
     load_data(data, plugins)           -> (TokenData, tokenizer) for a [data] section
+    corpus_tokens(corpus, tokenizer, f) a corpus's token arrays (text or token shards)
     data_key(data)                     runs with equal keys train on the same tokens
     run_corpus(run)                    the corpus choice a run's config.json records
     run_tokenizer(run, plugins, ...)   the tokenizer a checkpoint goes with, its learned
@@ -22,6 +23,7 @@ from typing import Any
 
 from toolkit.api.manager import Plugins
 from toolkit.api.registry import Choice, split_choice
+from toolkit.data.shards import load_shards
 from toolkit.data.tokens import TokenData, load_tokens
 from toolkit.errors import DataError
 
@@ -33,7 +35,20 @@ def load_data(data: Any, plugins: Plugins) -> tuple[TokenData, Any]:
     through the content-keyed cache, and its tokenizer (trained, when it learns)."""
     corpus = plugins.registry.build("corpus", data.corpus)
     tokenizer = plugins.registry.build("tokenizer", data.tokenizer)
-    return load_tokens(corpus, tokenizer, data.val_fraction), tokenizer
+    return corpus_tokens(corpus, tokenizer, data.val_fraction), tokenizer
+
+
+def corpus_tokens(corpus: Any, tokenizer: Any, val_fraction: float) -> TokenData:
+    """A corpus's token arrays: its documents tokenized through the cache, or, for a corpus of
+    token shards (`pretokenized = True`: train, val, layout), the shards as they are."""
+    if getattr(corpus, "pretokenized", False):
+        if getattr(tokenizer, "needs_training", False):
+            raise DataError(
+                f"tokenizer {tokenizer.name!r} learns from text, but corpus 'tokens' holds "
+                f"token ids; name the tokenizer that made the shards"
+            )
+        return load_shards(corpus.train, corpus.val, tokenizer, val_fraction, corpus.layout)
+    return load_tokens(corpus, tokenizer, val_fraction)
 
 
 def data_key(data: Any) -> str:

@@ -34,8 +34,7 @@ from torch import nn
 
 from toolkit.api.manager import Plugins, load_plugins
 from toolkit.api.registry import Choice
-from toolkit.data.resolve import check_vocab, run_corpus, run_tokenizer
-from toolkit.data.tokens import load_tokens
+from toolkit.data.resolve import check_vocab, corpus_tokens, run_corpus, run_tokenizer
 from toolkit.errors import DataError
 from toolkit.model.checkpoint import open_checkpoint
 
@@ -201,7 +200,7 @@ def evaluate_checkpoint(
     check_vocab(
         tok, config.vocab_size, "give the tokenizer the model was trained with (--tokenizer)"
     )
-    data = load_tokens(text, tok, val_fraction)
+    data = corpus_tokens(text, tok, val_fraction)
     arrays = {"train": data.train, "val": data.val}
     names = ["train", "val"] if split == "all" else [split]
     out = Evaluation(

@@ -248,7 +248,10 @@ def register_components(register):
             "Tokenizer with name, vocab_size, eot_id, encode(text), "
             "decode(ids), token_byte_lengths() and fingerprint. One learned from data sets "
             "needs_training = True and provides train(texts), training_config, state() and "
-            "load_state(state); the data pipeline trains it on the training split only",
+            "load_state(state); the data pipeline trains it on the training split only. "
+            "newline_splits = True lets the pipeline cut long documents after a newline "
+            "between two non-space characters and encode the parts in parallel (say it "
+            "only if such a cut never changes the ids)",
             '''\
 import numpy as np
 
@@ -278,7 +281,9 @@ def register_components(register):
         Kind(
             "corpus",
             (),
-            "Corpus with documents() yielding (name, text) pairs and a description",
+            "Corpus with documents() yielding (name, text) pairs and a description; "
+            "or, for token ids already made, pretokenized = True with train, val (paths or "
+            "globs of uint16 shards) and layout, as the built-in `tokens` corpus",
             '''\
 from toolkit import hookimpl
 

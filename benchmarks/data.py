@@ -1,0 +1,330 @@
+"""Data pipeline speed and memory: `python benchmarks/data.py [--sizes 100 1000] [--keep DIR]`.
+
+1. Tokenizing: for each size (MB of generated English-like text in 1 MB files), a fresh
+   process tokenizes it with the gpt2 tokenizer into an empty cache and reports MB/s and its
+   peak resident memory (ru_maxrss), so the figures are the pipeline's own, not this script's.
+2. Cores: the gpt2 tokenizer on 50 MB with one thread, then with all cores, in one process,
+   alternated; the ratio is the speed-up from threaded batch encoding.
+3. Feeding the model: batches of the quick-start shape (16 x 128 tokens) cut from the memory-
+   mapped arrays, against one training step of the micro preset on the same batch.
+
+Not a test: it passes or fails nothing. Targets from the data issue are printed beside the
+figures: peak under 1.5 GB at 1 GB and growing by under 20% from 100 MB to 1 GB; threads at
+least 1.7x one core on 2 cores; the loader at least 20x faster than a step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+WORDS = [
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "that",
+    "for",
+    "it",
+    "as",
+    "was",
+    "with",
+    "be",
+    "by",
+    "on",
+    "not",
+    "he",
+    "this",
+    "are",
+    "or",
+    "his",
+    "from",
+    "at",
+    "which",
+    "but",
+    "have",
+    "an",
+    "they",
+    "you",
+    "were",
+    "her",
+    "she",
+    "there",
+    "been",
+    "one",
+    "all",
+    "we",
+    "their",
+    "has",
+    "would",
+    "when",
+    "what",
+    "will",
+    "more",
+    "if",
+    "no",
+    "out",
+    "so",
+    "said",
+    "who",
+    "up",
+    "about",
+    "than",
+    "into",
+    "them",
+    "can",
+    "only",
+    "other",
+    "new",
+    "some",
+    "could",
+    "time",
+    "these",
+    "two",
+    "may",
+    "then",
+    "do",
+    "first",
+    "any",
+    "my",
+    "now",
+    "such",
+    "like",
+    "our",
+    "over",
+    "man",
+    "me",
+    "even",
+    "most",
+    "made",
+    "after",
+    "also",
+    "did",
+    "many",
+    "before",
+    "must",
+    "through",
+    "back",
+    "years",
+    "where",
+    "much",
+    "your",
+    "way",
+    "well",
+    "down",
+    "should",
+    "because",
+    "each",
+    "just",
+    "those",
+    "people",
+    "how",
+    "too",
+    "little",
+    "state",
+    "good",
+    "very",
+    "make",
+    "world",
+    "still",
+    "own",
+    "see",
+    "men",
+    "work",
+    "long",
+    "get",
+    "here",
+    "between",
+    "both",
+    "life",
+    "being",
+    "under",
+    "never",
+    "day",
+    "same",
+    "another",
+    "know",
+    "while",
+    "last",
+    "might",
+    "us",
+    "great",
+    "old",
+    "year",
+    "off",
+    "come",
+    "since",
+    "against",
+    "go",
+    "came",
+    "right",
+    "used",
+    "take",
+    "function",
+    "return",
+    "value",
+    "number",
+    "string",
+    "list",
+    "python",
+    "module",
+    "class",
+    "object",
+    "method",
+]
+
+
+def make_corpus(folder: Path, megabytes: int) -> None:
+    """`megabytes` files of about 1 MB of random sentences (deterministic), one per document."""
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    words = np.array(WORDS)
+    for i in range(megabytes):
+        path = folder / f"doc{i:05d}.txt"
+        if path.exists():
+            continue
+        picks = words[rng.integers(0, len(words), 190_000)]
+        lines = [" ".join(picks[j : j + 12]).capitalize() + "." for j in range(0, len(picks), 12)]
+        path.write_text("\n".join(lines)[: 1 << 20], encoding="utf-8")
+
+
+def child(folder: str, threads: int | None) -> None:
+    """Tokenize the corpus at `folder` into a fresh cache; print time, sizes and peak memory."""
+    import plugins.tokenizers as tokenizers
+    from plugins.corpora import FilesCorpus
+    from toolkit.data.tokens import load_tokens
+
+    if threads:
+        tokenizers._THREADS = threads
+    corpus = FilesCorpus(path=folder)
+    with tempfile.TemporaryDirectory() as cache:
+        tick = time.perf_counter()
+        data = load_tokens(corpus, tokenizers.GPT2Tokenizer(), 0.1, cache_dir=cache)
+        seconds = time.perf_counter() - tick
+        chars = data.train_bytes + data.val_bytes
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "bytes": chars,
+                "tokens": len(data.train) + len(data.val),
+                "peak": peak,
+            }
+        )
+    )
+
+
+def run_child(folder: Path, threads: int | None = None) -> dict:
+    args = [sys.executable, __file__, "--child", str(folder)]
+    if threads:
+        args += ["--threads", str(threads)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(args, capture_output=True, text=True, env=env, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def loader_vs_step() -> tuple[float, float]:
+    """(seconds per batch from the memory map, seconds per micro-preset training step)."""
+    import numpy as np
+    import torch
+
+    from toolkit.data.batches import TrainBatches
+    from toolkit.model.config import ModelConfig
+    from toolkit.model.gpt import build_model
+
+    scratch = tempfile.NamedTemporaryFile(suffix=".bin")  # noqa: SIM115 (kept open: mapped)
+    # A 40 MB split on disk, memory-mapped as the cache holds it.
+    tokens = np.memmap(scratch.name, dtype=np.uint16, mode="w+", shape=(20_000_000,))
+    tokens[:] = np.random.default_rng(0).integers(0, 257, len(tokens))
+    batches = TrainBatches(tokens, 128, 16, seed=0)
+    tick = time.perf_counter()
+    n = 2000
+    for _ in range(n):
+        x, y = next(batches)
+    per_batch = (time.perf_counter() - tick) / n
+    config = ModelConfig.from_dict({"preset": "micro", "vocab_size": 257, "attention": "sdpa"})
+    model = build_model(config)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    times = []
+    for _ in range(12):
+        x, y = next(batches)
+        tick = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - tick)
+    return per_batch, sorted(times[2:])[len(times[2:]) // 2]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000], help="MB")
+    parser.add_argument("--threads-mb", type=int, default=50, help="MB for the thread test")
+    parser.add_argument("--keep", type=Path, help="generate the corpora here and keep them")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.threads)
+        return
+    base = args.keep or Path(tempfile.mkdtemp(prefix="ablate-data-bench-"))
+    print(f"corpora in {base} ({os.cpu_count()} cores)")
+    peaks = {}
+    for size in args.sizes:
+        folder = base / f"{size}mb"
+        make_corpus(folder, size)
+        r = run_child(folder)
+        peaks[size] = r["peak"]
+        print(
+            f"tokenize {size:>5} MB with gpt2: {r['seconds']:7.1f} s, "
+            f"{r['bytes'] / 1e6 / r['seconds']:5.2f} MB/s, {r['tokens'] / 1e6:7.1f} M tokens, "
+            f"peak RSS {r['peak'] / 2**20:7.0f} MiB"
+        )
+    if len(peaks) >= 2:
+        small, large = min(peaks), max(peaks)
+        growth = peaks[large] / peaks[small] - 1
+        print(
+            f"peak RSS from {small} MB to {large} MB: {100 * growth:+.1f}% (target < +20%); at "
+            f"{large} MB {peaks[large] / 2**30:.2f} GiB (target < 1.5 GB at 1 GB)"
+        )
+    folder = base / f"{args.threads_mb}mb"
+    make_corpus(folder, args.threads_mb)
+    rounds = {1: [], (os.cpu_count() or 1): []}
+    for _ in range(2):
+        for threads in rounds:
+            r = run_child(folder, threads)
+            rounds[threads].append(r["bytes"] / 1e6 / r["seconds"])
+    one, many = max(rounds[1]), max(rounds[max(rounds)])
+    print(
+        f"gpt2 on {args.threads_mb} MB: 1 thread {one:.2f} MB/s, {max(rounds)} threads {many:.2f} MB/s: "
+        f"x{many / one:.2f} (target >= 1.7 on 2 cores; best of 2 rounds each)"
+    )
+    per_batch, per_step = loader_vs_step()
+    print(
+        f"loader: {per_batch * 1e6:.0f} µs per 16 x 128 batch; micro-preset training step "
+        f"{per_step * 1e3:.1f} ms: the loader is x{per_step / per_batch:.0f} faster (target >= 20)"
+    )
+    if not args.keep:
+        import shutil
+
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

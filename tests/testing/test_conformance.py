@@ -38,8 +38,10 @@ def test_registered_component_conforms(kind: str, name: str) -> None:
 def test_every_kind_has_checks_and_every_buildable_component_is_a_case() -> None:
     assert set(KINDS) <= set(CHECKS)
     registered = {(c.kind, c.name) for c in PLUGINS.registry}
-    assert set(CASES) == registered - {("corpus", "files")}  # `files` needs its `path` option
-    with_path = conformance_cases(PLUGINS, {("corpus", "files"): {"path": "x"}})
+    # These corpora need a `path` (or `train`) option: cases only when it is given.
+    needs = {"files": "path", "jsonl": "path", "parquet": "path", "hf": "path", "tokens": "train"}
+    assert set(CASES) == registered - {("corpus", name) for name in needs}
+    with_path = conformance_cases(PLUGINS, {("corpus", n): {o: "x"} for n, o in needs.items()})
     assert set(with_path) == registered
     mine = plugins_with("sampler", "mine", out_of_range_sampler)
     assert conformance_cases(mine, plugin="throwaway") == [("sampler", "mine")]

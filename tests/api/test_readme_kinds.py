@@ -14,21 +14,21 @@ import pytest
 import torch
 from torch import nn
 
+from toolkit.api.kinds import KINDS, README_END, kinds_markdown, with_kinds
 from toolkit.api.manager import Plugins
-from toolkit.api.registry import KINDS, README_END, kinds_markdown, with_kinds
 from toolkit.model.config import ModelConfig
 from toolkit.model.gpt import build_model
 from toolkit.testing import check_component
 
 ROOT = Path(__file__).resolve().parents[2]
-REGENERATE = "python -m toolkit.api.registry --readme README.md"
+REGENERATE = "python -m toolkit.api.kinds --readme README.md"
 
 
 def test_the_readme_lists_every_kind_as_kinds_markdown_renders_it() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert readme == with_kinds(readme), (
         f"README.md's kinds (between <!-- kinds:start and {README_END}) differ from KINDS in "
-        f"toolkit/api/registry.py: run `{REGENERATE}` from the repository root"
+        f"toolkit/api/kinds.py: run `{REGENERATE}` from the repository root"
     )
     for kind in KINDS.values():
         assert f"**{kind.name}**: `{kind.call}`" in kinds_markdown()
@@ -38,7 +38,7 @@ def test_the_regenerate_command_rewrites_only_the_block(tmp_path: Path) -> None:
     readme = tmp_path / "README.md"
     readme.write_text("# Title\n\n<!-- kinds:start -->\nstale\n<!-- kinds:end -->\n\nAfter.\n")
     subprocess.run(
-        [sys.executable, "-m", "toolkit.api.registry", "--readme", str(readme)],
+        [sys.executable, "-m", "toolkit.api.kinds", "--readme", str(readme)],
         cwd=ROOT,
         check=True,
         capture_output=True,

@@ -276,7 +276,7 @@ def test_learned_state_kept_in_memory_when_the_cache_is_read_only(
         raise OSError(30, "Read-only file system")
 
     monkeypatch.setattr(data, "write_atomic", refuse)
-    monkeypatch.setattr(data, "_cache_file", refuse)
+    monkeypatch.setattr(data, "cache_file", refuse)
     tok = CountingBPE()
     with pytest.warns(UserWarning, match="not written"):
         d = _load(DOCS, tok, cache_dir=tmp_path)

@@ -123,7 +123,13 @@ def test_a_failing_run_is_reported_the_same_on_every_executor(executor, tmp_path
         executor=executor,
     )
     assert table["status"].tolist() == ["ok", "failed"]
-    assert table["error"].iloc[1] == "RuntimeError: deliberate failure in forward"
+    # The first step failed: the run probed its model and named the component at fault.
+    assert (
+        table["error"]
+        .iloc[1]
+        .startswith("activation 'raising' (plugin 'tests.executor_plugins') raised in forward")
+    )
+    assert table["error"].iloc[1].endswith("RuntimeError: deliberate failure in forward")
     trace = (tmp_path / "activation=raising/seed-0/error.txt").read_text()
     assert "deliberate failure in forward" in trace and "Traceback" in trace
 

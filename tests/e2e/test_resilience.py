@@ -152,7 +152,7 @@ class NaNAfter(nn.Module):
         self.lin = nn.Linear(config.emb_dim, config.emb_dim)
 
     def forward(self, x):
-        if self.training:
+        if self.training and x.shape[0] > 1:  # training steps, not the one-row probe
             NaNAfter.calls += 1
         out = self.lin(x)
         return out * float("nan") if NaNAfter.calls > 3 else out
@@ -182,7 +182,8 @@ def test_exit_status_is_1_with_a_summary_when_a_run_fails(tmp_path, capsys, monk
         "from torch import nn\nfrom toolkit import hookimpl\n\n"
         "class Boom(nn.Module):\n    def __init__(self, config):\n        super().__init__()\n"
         "        self.lin = nn.Linear(config.emb_dim, config.emb_dim)\n"
-        "    def forward(self, x):\n        raise ValueError('broken forward')\n\n"
+        "    def forward(self, x):\n        if x.shape[0] == 1:\n            return self.lin(x)\n"
+        "        raise ValueError('broken forward')\n\n"
         "@hookimpl\ndef register_components(register):\n    register('activation', 'boom', Boom)\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -194,7 +195,8 @@ def test_exit_status_is_1_with_a_summary_when_a_run_fails(tmp_path, capsys, monk
     )
     assert main(["run", str(spec), "--out", str(tmp_path / "out"), "--quiet"]) == 1
     err = capsys.readouterr().err
-    assert "activation=boom seed=0: failed (ValueError: broken forward)" in err
+    assert "activation=boom seed=0: failed (activation 'boom' (plugin 'boom_plugin')" in err
+    assert "ValueError: broken forward)" in err
     sys.modules.pop("boom_plugin", None)
 
 

@@ -111,10 +111,15 @@ def plugin_modules(plugins: Plugins, executor: str) -> tuple[tuple[str, ...], bo
             f"trains in other processes, which load plugins by module name: put it in a module "
             f"and name it in the spec's plugins or with --plugin, or use the local executor"
         )
+    # Modules loaded by name (--plugin, a spec, Plugins(modules), extra_plugins): the worker
+    # loads them the same way. Built-ins and entry points load there by themselves, and a
+    # module reached through a second door ("; same as ...") was loaded once, by the first.
     modules = tuple(
         name
         for name, info in plugins.info.items()
-        if info.source == "--plugin" or info.source.startswith("spec")
+        if info.source != "builtin"
+        and not info.source.startswith("entry point")
+        and "; same as " not in info.source
     )
     autoload = any(info.source.startswith("entry point") for info in plugins.info.values())
     return modules, autoload

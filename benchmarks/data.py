@@ -187,19 +187,24 @@ WORDS = [
 
 
 def make_corpus(folder: Path, megabytes: int) -> None:
-    """`megabytes` files of about 1 MB of random sentences (deterministic), one per document."""
+    """`megabytes` files of 1 MB of random English-like sentences (deterministic), one document
+    each: 1 MB windows at random line starts of a 32 MB pool, so generating a gigabyte is quick
+    and no two files are alike."""
     import numpy as np
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     words = np.array(WORDS)
+    picks = words[rng.integers(0, len(words), 6_000_000)]
+    lines = [" ".join(picks[j : j + 12]).capitalize() + "." for j in range(0, len(picks), 12)]
+    pool = "\n".join(lines)
+    starts = [0, *(i + 1 for i, c in enumerate(pool) if c == "\n")]
+    usable = [s for s in starts if s + (1 << 20) <= len(pool)]
     for i in range(megabytes):
         path = folder / f"doc{i:05d}.txt"
-        if path.exists():
-            continue
-        picks = words[rng.integers(0, len(words), 190_000)]
-        lines = [" ".join(picks[j : j + 12]).capitalize() + "." for j in range(0, len(picks), 12)]
-        path.write_text("\n".join(lines)[: 1 << 20], encoding="utf-8")
+        if not path.exists():
+            at = usable[int(rng.integers(0, len(usable)))]
+            path.write_text(pool[at : at + (1 << 20)], encoding="utf-8")
 
 
 def child(folder: str, threads: int | None) -> None:

@@ -58,7 +58,8 @@ def test_a_build_in_many_batches_writes_the_ids_of_whole_documents(
 ) -> None:
     docs = [(f"d{i}", f"line {i} of text\nand more {i}\n" * (50 + i)) for i in range(12)]
     whole = load_tokens(ListCorpus(docs), GPT2, 0.2, cache_dir=tmp_path / "a")
-    monkeypatch.setattr(data, "_BATCH_CHARS", 64)  # hundreds of batches, documents cut
+    monkeypatch.setattr(data, "_BATCH_CHARS", 64)  # hundreds of batches
+    monkeypatch.setattr(data, "_PART_CHARS", 64)  # documents cut into many parts
     data.clear_memo()
     batches = []
     real = data._encode_all

@@ -50,6 +50,9 @@ TRAINED_FORMAT = 1
 # Texts handed to a tokenizer's encode_batch at once: big enough for its threads to pay off,
 # small enough that the Python lists of ids it returns stay modest.
 _BATCH_CHARS = 1 << 20
+# Long documents are cut into parts of about this many characters (where a cut changes no id),
+# so that one batch holds many parts for the tokenizer's threads to share.
+_PART_CHARS = 1 << 16
 STALE_TEMP_S = 24 * 3600
 # Corpora at least this long (characters) show their tokenizing progress.
 PROGRESS_CHARS = 20_000_000
@@ -289,7 +292,7 @@ def _build(
     key: str,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Tokenize the corpus into the cache file as it goes, in memory bounded by one batch of
-    text: pieces are cut into parts of about _BATCH_CHARS at newlines, encoded a batch at a
+    text: pieces are cut into parts of about _PART_CHARS at newlines, encoded a batch at a
     time (threaded, when the tokenizer has encode_batch) and appended to the file."""
     eot = np.array([tokenizer.eot_id], dtype=dtype)
     counts = {True: 0, False: 0}
@@ -315,7 +318,7 @@ def _build(
 
     meta: dict[str, Any] = {}
     try:
-        with _cache_file(folder, key, dtype) as out:
+        with cache_file(folder, key, dtype) as out:
             pending_chars = 0
             for is_train, text in _split(corpus, n_train_chars):
                 n_bytes[is_train] += len(text.encode("utf-8", "surrogatepass"))
@@ -377,14 +380,14 @@ _SAFE_CUT = re.compile(r"(?<=\S)\n(?=\S)")
 
 
 def _parts(text: str, tokenizer: Tokenizer, size: int | None = None) -> Iterator[str]:
-    """A piece of text in parts of about `size` characters, cut after a newline between two
+    """A piece of text in parts of about `size` characters (_PART_CHARS), cut after a newline between two
     non-space characters (never elsewhere: a text with no such newline stays whole), so each
     part tokenizes as it would inside the whole and parts can be encoded in parallel. Only
     for tokenizers that say so (`newline_splits = True`); others get the text whole."""
     if not getattr(tokenizer, "newline_splits", False):
         yield text
         return
-    size = size or _BATCH_CHARS
+    size = size or _PART_CHARS
     start = 0
     while len(text) - start > size:
         cut = _SAFE_CUT.search(text, start + size)
@@ -424,7 +427,7 @@ class _CacheWriter:
 
 
 @contextlib.contextmanager
-def _cache_file(folder: Path, key: str, dtype: np.dtype) -> Iterator[_CacheWriter]:
+def cache_file(folder: Path, key: str, dtype: np.dtype) -> Iterator[_CacheWriter]:
     """A writer for the key's .npy, moved into place (and its metadata written, last: it marks
     the ids complete) only when the block ends without an error. A killed process leaves a
     temp file that no reader ever opens (remove_temps clears it later)."""

@@ -257,6 +257,7 @@ def test_two_plugins_registering_one_name_are_named_with_their_doors(tmp_path, m
         sys.modules.pop(name, None)
 
 
+@pytest.mark.slow  # three ablate processes, each importing torch
 def test_the_ablate_command_finds_plugins_in_the_current_folder(tmp_path):
     # The console script's sys.path[0] is its own folder, not the current one: without help,
     # `--plugin my_norm` and a spec's plugins are not found there.

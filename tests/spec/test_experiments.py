@@ -28,7 +28,15 @@ def test_the_families_the_issue_names_are_all_there():
     } <= names
 
 
-@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
+# Tokenizing the standard library's 31.5 MB takes seconds the first time: not in the inner loop.
+HEAVY = {"stdlib"}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [pytest.param(p, marks=pytest.mark.slow) if p.stem in HEAVY else p for p in EXPERIMENTS],
+    ids=lambda p: p.stem,
+)
 def test_experiment_validates(path, plugins):
     spec = load_spec(path, plugins=plugins)
     assert spec.runs and spec.baseline in [v.name for v in spec.variants]

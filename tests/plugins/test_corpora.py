@@ -136,7 +136,7 @@ def test_registered_through_the_hook() -> None:
             kind, name, factory, plugin="test", **meta
         )
     )
-    assert reg.names("corpus") == ["files", "hf", "jsonl", "parquet", "pydoc", "python-stdlib"]
+    assert reg.names("corpus") == ["files", "pydoc", "python-stdlib"]
     files = reg.get("corpus", "files")
     assert list(files.options) == ["path"] and files.options["path"].required
     assert files.options["path"].type is str

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from plugins import corpora
+from plugins import datasets as dataset_corpora
 from toolkit.api.manager import Plugins
 from toolkit.data.tokens import clear_memo, load_tokens
 from toolkit.errors import DataError
@@ -202,7 +203,7 @@ def test_parquet_reads_one_record_batch_at_a_time(
     texts = [f"doc {i}" for i in range(7)]
     file = write_parquet(tmp_path / "a.parquet", {"text": texts}, row_group_size=3)
     assert pq.ParquetFile(file).num_row_groups == 3
-    monkeypatch.setattr(corpora, "BATCH_ROWS", 2)
+    monkeypatch.setattr(dataset_corpora, "BATCH_ROWS", 2)
     read: list[int] = []  # the rows of each batch read so far
     original = pq.ParquetFile.iter_batches
 
@@ -362,7 +363,7 @@ def test_hf_mixed_or_unknown_files(tmp_path: Path, datasets: Any) -> None:
 def test_hf_imports_datasets_in_offline_mode() -> None:
     pytest.importorskip("datasets")
     code = (
-        "import os; from plugins.corpora import _offline_datasets; d = _offline_datasets(); "
+        "import os; from plugins.datasets import _offline_datasets; d = _offline_datasets(); "
         "import huggingface_hub.constants as c; "
         "print(os.environ['HF_DATASETS_OFFLINE'], c.HF_HUB_OFFLINE, d.config.HF_HUB_OFFLINE)"
     )

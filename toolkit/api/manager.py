@@ -36,6 +36,7 @@ BUILTIN_PLUGINS = (
     "plugins.sampling",
     "plugins.tokenizers",
     "plugins.corpora",
+    "plugins.datasets",
     "plugins.token_shards",
     "plugins.loggers",
     "plugins.executors",

@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.data.tokens import TokenData, cache_file, default_cache_dir
+from toolkit.data.cachefile import cache_file
+from toolkit.data.tokens import TokenData, default_cache_dir
 from toolkit.errors import DataError
 
 LLMC_MAGIC = 20240520

@@ -19,9 +19,7 @@ and text cleaning (corpora yield text as they want it modelled).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import os
 import re
@@ -37,8 +35,9 @@ from typing import Any
 import numpy as np
 
 from toolkit.api.contracts import Corpus, Tokenizer, TrainableTokenizer
+from toolkit.data.cachefile import cache_file, cache_paths
 from toolkit.errors import DataError
-from toolkit.files import atomic_path, remove_temps, write_atomic
+from toolkit.files import remove_temps, write_atomic
 
 CACHE_ENV = "ABLATE_CACHE_DIR"
 # Part of every cache key: bump it whenever splitting, tokenizing or the file layout changes, so
@@ -347,7 +346,7 @@ def _build(
         return _build_in_memory(corpus, tokenizer, n_train_chars, dtype)
     finally:
         progress.close()
-    npy, _ = _paths(folder, key)
+    npy, _ = cache_paths(folder, key)
     return np.load(npy, mmap_mode="r"), meta
 
 
@@ -396,49 +395,6 @@ def _parts(text: str, tokenizer: Tokenizer, size: int | None = None) -> Iterator
         yield text[start : cut.end()]
         start = cut.end()
     yield text[start:]
-
-
-class _CacheWriter:
-    """An .npy file written as a stream: a header of fixed length reserved first, the ids
-    appended, the real header written last (its shape is only known at the end)."""
-
-    HEADER = 128  # bytes; numpy pads a 1-D array's header to this for any length we write
-
-    def __init__(self, tmp: Path, dtype: np.dtype) -> None:
-        self.tmp, self.dtype = tmp, dtype
-        self.file = tmp.open("wb")
-        self.file.write(b"\0" * self.HEADER)
-        self.meta: dict[str, Any] = {}
-
-    def write(self, data: bytes) -> None:
-        self.file.write(data)
-
-    def finish(self, n: int, meta: dict[str, Any]) -> None:
-        header = io.BytesIO()
-        np.lib.format.write_array_header_1_0(
-            header, {"descr": self.dtype.str, "fortran_order": False, "shape": (n,)}
-        )
-        if len(header.getvalue()) != self.HEADER:  # cannot happen for a 1-D array, but check
-            raise OSError(f"unexpected .npy header length {len(header.getvalue())}")
-        self.file.seek(0)
-        self.file.write(header.getvalue())
-        self.file.close()
-        self.meta = meta
-
-
-@contextlib.contextmanager
-def cache_file(folder: Path, key: str, dtype: np.dtype) -> Iterator[_CacheWriter]:
-    """A writer for the key's .npy, moved into place (and its metadata written, last: it marks
-    the ids complete) only when the block ends without an error. A killed process leaves a
-    temp file that no reader ever opens (remove_temps clears it later)."""
-    npy, meta_path = _paths(folder, key)
-    with atomic_path(npy, suffix=".npy.tmp") as tmp:
-        writer = _CacheWriter(tmp, dtype)
-        try:
-            yield writer
-        finally:
-            writer.file.close()
-    write_atomic(meta_path, json.dumps(writer.meta))
 
 
 class Progress:
@@ -498,16 +454,12 @@ def _to_array(ids: Sequence[int], dtype: np.dtype, tokenizer: Tokenizer) -> np.n
     return arr.astype(dtype)
 
 
-def _paths(folder: Path, key: str) -> tuple[Path, Path]:
-    return folder / f"{key}.npy", folder / f"{key}.json"
-
-
 def _read_cache(
     folder: Path, key: str, dtype: np.dtype, vocab_size: int
 ) -> tuple[np.ndarray, dict[str, Any]] | None:
     """The cached ids and metadata, or None when absent or damaged (the caller rebuilds, and a
     damaged cache is said so in one line)."""
-    npy, meta_path = _paths(folder, key)
+    npy, meta_path = cache_paths(folder, key)
     if not (npy.is_file() and meta_path.is_file()):
         return None
     try:

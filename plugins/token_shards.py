@@ -20,18 +20,22 @@ LAYOUTS = ("auto", "nanogpt", "llmc")
 
 class TokenShards:
     """Pre-tokenized uint16 shards: a path or glob for training (`train`) and, optionally, for
-    validation (`val`; else the last val_fraction of the training tokens). `format`: "auto"
+    validation (`val`; else the last val_fraction of the training tokens) and test (`test`;
+    else, when data.test_fraction is set, the very end of the training tokens). `format`: "auto"
     (an llm.c header when its magic number is there, else raw ids), "nanogpt" or "llmc"."""
 
     pretokenized = True  # toolkit.data.resolve reads the shards instead of documents()
 
-    def __init__(self, *, train: str, val: str | None = None, format: str = "auto") -> None:
+    def __init__(
+        self, *, train: str, val: str | None = None, test: str | None = None, format: str = "auto"
+    ) -> None:
         if format not in LAYOUTS:
             raise DataError(
                 f"corpus 'tokens': format must be one of {', '.join(LAYOUTS)}, got {format!r}"
             )
-        self.train, self.val, self.layout = train, val, format
-        self.description = f"tokens: {train}" + (f" (val {val})" if val else "")
+        self.train, self.val, self.test, self.layout = train, val, test, format
+        held = [f"{name} {p}" for name, p in (("val", val), ("test", test)) if p]
+        self.description = f"tokens: {train}" + (f" ({', '.join(held)})" if held else "")
 
     def documents(self) -> Iterator[tuple[str, str]]:
         raise DataError(

@@ -10,14 +10,25 @@ import numpy as np
 import pytest
 from conftest import TINY_TOML
 
+from plugins.token_shards import TokenShards
 from plugins.tokenizers import ByteTokenizer, GPT2Tokenizer
 from toolkit.api.manager import Plugins
 from toolkit.cli import main
 from toolkit.data.resolve import corpus_tokens
 from toolkit.data.shards import LLMC_MAGIC, load_shards
+from toolkit.data.splits import Holdout
 from toolkit.errors import DataError
 
 BYTES = ByteTokenizer()
+
+
+def load(train, val=None, fraction=0.1, *, test=None, layout="auto", cache=None, **split):
+    """load_shards on a `tokens` corpus naming these files."""
+    corpus = TokenShards(
+        train=str(train), val=None if val is None else str(val),
+        test=None if test is None else str(test), format=layout,
+    )  # fmt: skip
+    return load_shards(corpus, BYTES, Holdout(val_fraction=fraction, **split), cache_dir=cache)
 
 
 def nanogpt(path: Path, ids: np.ndarray) -> Path:
@@ -38,9 +49,9 @@ def ids(n: int, seed: int = 0, top: int = 257) -> np.ndarray:
 
 def test_nanogpt_bins_load_as_they_are(tmp_path: Path) -> None:
     train, val = ids(5000, 1), ids(800, 2)
-    data = load_shards(
-        str(nanogpt(tmp_path / "train.bin", train)), str(nanogpt(tmp_path / "val.bin", val)),
-        BYTES, 0.1, cache_dir=tmp_path / "cache",
+    data = load(
+        nanogpt(tmp_path / "train.bin", train), nanogpt(tmp_path / "val.bin", val),
+        cache=tmp_path / "cache",
     )  # fmt: skip
     np.testing.assert_array_equal(data.train, train)
     np.testing.assert_array_equal(data.val, val)
@@ -52,15 +63,11 @@ def test_llmc_shards_are_joined_in_order_and_validation_held_out(tmp_path: Path)
     parts = [ids(3000, s) for s in range(3)]
     for i, p in enumerate(parts):
         llmc(tmp_path / f"fineweb_train_{i:06d}.bin", p)
-    data = load_shards(
-        str(tmp_path / "fineweb_train_*.bin"), None, BYTES, 0.1, cache_dir=tmp_path / "cache"
-    )
+    data = load(tmp_path / "fineweb_train_*.bin", cache=tmp_path / "cache")
     whole = np.concatenate(parts)
     np.testing.assert_array_equal(np.concatenate([data.train, data.val]), whole)
     assert len(data.val) == 900
-    again = load_shards(
-        str(tmp_path / "fineweb_train_*.bin"), None, BYTES, 0.1, cache_dir=tmp_path / "cache"
-    )
+    again = load(tmp_path / "fineweb_train_*.bin", cache=tmp_path / "cache")
     assert again.key == data.key and len(list((tmp_path / "cache/tokens").glob("*.npy"))) == 1
 
 
@@ -95,17 +102,38 @@ def test_malformed_shards_are_one_line_naming_the_file(tmp_path: Path, make, mes
     make(tmp_path)
     (path,) = [p for p in tmp_path.glob("*.bin") if p.name != "x.bin"]
     with pytest.raises(DataError) as info:
-        load_shards(str(path), str(path), BYTES, 0.1, cache_dir=tmp_path / "cache")
+        load(path, path, cache=tmp_path / "cache")
     text = str(info.value)
     assert "\n" not in text and str(path) in text and message in text
 
 
 def test_a_missing_shard_and_a_llmc_format_asked_of_a_raw_file(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="matches no file"):
-        load_shards(str(tmp_path / "nope_*.bin"), None, BYTES, 0.1)
+        load(tmp_path / "nope_*.bin")
     raw = nanogpt(tmp_path / "raw.bin", ids(100))
     with pytest.raises(DataError, match=r"not llm\.c's magic number"):
-        load_shards(str(raw), str(raw), BYTES, 0.1, layout="llmc")
+        load(raw, raw, layout="llmc")
+
+
+def test_a_test_split_from_shards_or_from_the_end_of_the_training_tokens(tmp_path: Path) -> None:
+    train, test = ids(10_000, 4), ids(700, 5)
+    path = nanogpt(tmp_path / "train.bin", train)
+    carved = load(path, fraction=0.1, test_fraction=0.05)
+    # Training, then validation, then test: the test split is the very end.
+    assert (len(carved.train), len(carved.val), len(carved.test)) == (8500, 1000, 500)
+    np.testing.assert_array_equal(carved.test, train[-500:])
+    np.testing.assert_array_equal(carved.val, train[-1500:-500])
+    assert carved.key != load(path, fraction=0.1).key
+    given = load(path, fraction=0.1, test=nanogpt(tmp_path / "test.bin", test))
+    np.testing.assert_array_equal(given.test, test)
+    assert len(given.train) == 9000 and given.test_bytes == int((test < 256).sum())
+    assert len(load(path).test) == 0
+
+
+def test_shards_cannot_be_split_by_documents(tmp_path: Path) -> None:
+    path = nanogpt(tmp_path / "train.bin", ids(1000))
+    with pytest.raises(DataError, match="cannot be split by documents"):
+        load(path, by="documents")
 
 
 def test_ablate_trains_on_token_shards(tmp_path: Path, capsys, monkeypatch) -> None:

@@ -12,8 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from plugins.tokenizers import ByteTokenizer, GPT2Tokenizer
+from toolkit.data import encode
 from toolkit.data import tokens as data
-from toolkit.data.tokens import _parts, load_tokens
+from toolkit.data.encode import cut_parts
+from toolkit.data.tokens import load_tokens
 
 GPT2 = GPT2Tokenizer()
 
@@ -28,7 +30,7 @@ PIECES = st.sampled_from(
 @given(pieces=st.lists(PIECES, max_size=200), size=st.integers(1, 40))
 def test_cut_parts_tokenize_as_the_whole_text(pieces: list[str], size: int) -> None:
     text = "".join(pieces)
-    parts = list(_parts(text, GPT2, size))
+    parts = list(cut_parts(text, GPT2, size))
     assert "".join(parts) == text
     assert [i for p in parts for i in GPT2.encode(p)] == GPT2.encode(text)
     assert all(p for p in parts) or parts == [""]
@@ -39,8 +41,8 @@ def test_a_tokenizer_that_does_not_say_so_is_never_cut() -> None:
         newline_splits = False
 
     text = "a\nb\n" * 100
-    assert list(_parts(text, Whole(), 3)) == [text]
-    assert len(list(_parts(text, ByteTokenizer(), 3))) > 10
+    assert list(cut_parts(text, Whole(), 3)) == [text]
+    assert len(list(cut_parts(text, ByteTokenizer(), 3))) > 10
 
 
 class ListCorpus:
@@ -59,12 +61,12 @@ def test_a_build_in_many_batches_writes_the_ids_of_whole_documents(
     docs = [(f"d{i}", f"line {i} of text\nand more {i}\n" * (50 + i)) for i in range(12)]
     whole = load_tokens(ListCorpus(docs), GPT2, 0.2, cache_dir=tmp_path / "a")
     monkeypatch.setattr(data, "_BATCH_CHARS", 64)  # hundreds of batches
-    monkeypatch.setattr(data, "_PART_CHARS", 64)  # documents cut into many parts
+    monkeypatch.setattr(encode, "PART_CHARS", 64)  # documents cut into many parts
     data.clear_memo()
     batches = []
-    real = data._encode_all
+    real = encode.encode_all
     monkeypatch.setattr(
-        data, "_encode_all", lambda t, texts: batches.append(len(texts)) or real(t, texts)
+        encode, "encode_all", lambda t, texts: batches.append(len(texts)) or real(t, texts)
     )
     cut = load_tokens(ListCorpus(docs), GPT2, 0.2, cache_dir=tmp_path / "b")
     assert len(batches) > 100
@@ -86,7 +88,7 @@ def test_the_cache_records_what_it_holds(tmp_path: Path) -> None:
 def test_long_corpora_say_how_tokenizing_goes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(data, "PROGRESS_CHARS", 100)
+    monkeypatch.setattr(encode, "PROGRESS_CHARS", 100)
     load_tokens(ListCorpus([("a", "some text\n" * 50)]), ByteTokenizer(), 0.1, cache_dir=tmp_path)
     err = capsys.readouterr().err.splitlines()
     assert err[0] == "tokenizing 'list' with bytes: 0.0 M characters"

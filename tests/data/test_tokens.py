@@ -18,6 +18,7 @@ from plugins.corpora import PydocCorpus
 from plugins.tokenizers import BPETokenizer, ByteTokenizer, GPT2Tokenizer
 from toolkit.data import tokens as data
 from toolkit.data.batches import TrainBatches, count_windows, eval_batches, eval_starts
+from toolkit.data.splits import Holdout, pieces, plan
 from toolkit.data.tokens import load_tokens
 from toolkit.errors import DataError
 
@@ -202,8 +203,9 @@ SPLIT_DOCS = [
 
 
 def _train_text(docs, val_fraction: float) -> list[str]:
-    n_train = round(sum(len(t) for _, t in docs) * (1 - val_fraction))
-    return [text for is_train, text in data._split(ListCorpus(docs), n_train) if is_train]
+    n_chars = sum(len(t) for _, t in docs)
+    cut = plan(Holdout(val_fraction=val_fraction), n_chars)
+    return [text for split, text in pieces(ListCorpus(docs), cut) if split == "train"]
 
 
 def test_trainable_tokenizer_learns_from_the_training_split_only(tmp_path: Path) -> None:

@@ -130,7 +130,7 @@ BAD = [
         {"train": {"weight_decay_on": "norms"}},
         r"train.weight_decay_on must be one of matrices, all, got 'norms'",
     ),
-    ({"data": {"val_fraction": 1.0}}, r"val_fraction must be between 0 and 1"),
+    ({"data": {"val_fraction": 1.0}}, r"val_fraction must be a number strictly between 0 and 1"),
     (
         {"data": {"tokenizer": "gpt3"}},
         r"unknown tokenizer 'gpt3' \(did you mean 'gpt2'\?\); choose one of: .*bytes, gpt2",

@@ -53,7 +53,7 @@ def test_train_above_val_is_explained_once_per_sweep(jobs, capsys):
     # Right under the first evaluation line that shows it, and one line.
     assert lines[note - 1].startswith(f"{jobs[0].label} step 3/6 train 2.4000 val 2.3500")
     assert "evaluation mode" in lines[note] and "up to 8 fixed windows" in lines[note]
-    assert "last 10% of the corpus" in lines[note] and "no dropout" in lines[note]
+    assert "the last 10% of the characters" in lines[note] and "no dropout" in lines[note]
 
 
 def test_the_note_waits_for_an_evaluation_with_train_above_val(jobs, capsys):

@@ -177,8 +177,8 @@ def format_summary(summary: pd.DataFrame, title: str = "") -> str:
         which += f" and {len(negative) - 3} more" if 3 < len(negative) < len(gaps) else ""
         notes.append(
             f"val_loss below train_loss (mean, {which}) is no bug: both are scored the same "
-            f"way (evaluation mode, no dropout, fixed windows), but validation is the last "
-            f"data.val_fraction of the corpus, a different text that can simply be easier, and "
+            f"way (evaluation mode, no dropout, fixed windows), but validation is held-out "
+            f"text (data.val_fraction), a different text that can simply be easier, and "
             f"a sample of windows is noisy (more: train.eval_batches); overfitting shows as "
             f"val_loss above train_loss."
         )

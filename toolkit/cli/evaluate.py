@@ -35,8 +35,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--context", type=int, help="window length (default: the model's context)")
     p.add_argument(
         "--split",
-        choices=("all", "train", "val"),
-        help="which characters: the last val_fraction (val), the rest (train) or all; default: "
+        choices=("all", "train", "val", "test"),
+        help="which text: the run's validation split (val), its test split (test, when it held "
+        "one out), its training text (train) or all of it; default: "
         "val for a run folder (the text it did not train on), all for a checkpoint file",
     )
     p.add_argument(

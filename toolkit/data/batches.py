@@ -146,10 +146,11 @@ def eval_batches(
     *,
     stride: int | None = None,
     windows: str = "grid",
+    split: str = "validation",
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Fixed evaluation batches: up to max_batches * batch_size windows chosen by `eval_starts`
     (stride defaults to context_length), identical on every call. A small split gives fewer
-    windows; the final batch may be smaller than batch_size."""
+    windows; the final batch may be smaller than batch_size. `split` names it in errors."""
     stride = context_length if stride is None else stride
     _positive(
         context_length=context_length, batch_size=batch_size, max_batches=max_batches,
@@ -158,8 +159,9 @@ def eval_batches(
     n = len(tokens)
     if n < context_length + 1:
         raise DataError(
-            f"the validation split has {n:,} tokens, fewer than context_length + 1 = "
-            f"{context_length + 1}; use a smaller context_length or a larger val_fraction/corpus"
+            f"the {split} split has {n:,} tokens, fewer than context_length + 1 = "
+            f"{context_length + 1}; use a smaller context_length or hold out more text "
+            f"(data.{'test' if split == 'test' else 'val'}_fraction) or a larger corpus"
         )
     starts = eval_starts(n, context_length, stride, max_batches * batch_size, windows)
     return [

@@ -2,7 +2,8 @@
 config.json: the one place that turns data choices into objects.
 
     load_data(data, plugins)           -> (TokenData, tokenizer) for a [data] section
-    corpus_tokens(corpus, tokenizer, f) a corpus's token arrays (text or token shards)
+    holdout_of(data)                   the splits a [data] section or config.json asks for
+    corpus_tokens(corpus, tokenizer, h) a corpus's token arrays (text or token shards)
     data_key(data)                     runs with equal keys train on the same tokens
     run_corpus(run)                    the corpus choice a run's config.json records
     run_tokenizer(run, plugins, ...)   the tokenizer a checkpoint goes with, its learned
@@ -24,6 +25,7 @@ from typing import Any
 from toolkit.api.manager import Plugins
 from toolkit.api.registry import Choice, split_choice
 from toolkit.data.shards import load_shards
+from toolkit.data.splits import Holdout
 from toolkit.data.tokens import TokenData, load_tokens
 from toolkit.errors import DataError
 
@@ -31,24 +33,43 @@ GPT2_VOCAB = 50257  # a checkpoint with this many ids and nothing else to go on 
 
 
 def load_data(data: Any, plugins: Plugins) -> tuple[TokenData, Any]:
-    """The tokens of a [data] section (anything with corpus, tokenizer and val_fraction),
-    through the content-keyed cache, and its tokenizer (trained, when it learns)."""
+    """The tokens of a [data] section (a DataSpec), through the content-keyed cache, and its
+    tokenizer (trained, when it learns)."""
     corpus = plugins.registry.build("corpus", data.corpus)
     tokenizer = plugins.registry.build("tokenizer", data.tokenizer)
-    return corpus_tokens(corpus, tokenizer, data.val_fraction), tokenizer
+    return corpus_tokens(corpus, tokenizer, holdout_of(data)), tokenizer
 
 
-def corpus_tokens(corpus: Any, tokenizer: Any, val_fraction: float) -> TokenData:
+# The [data] keys that say how a corpus is split, and the Holdout field each fills.
+_HOLDOUT_KEYS = {
+    "split": "by",
+    "val_fraction": "val_fraction",
+    "test_fraction": "test_fraction",
+    "val_documents": "val_documents",
+    "test_documents": "test_documents",
+}
+
+
+def holdout_of(data: Any) -> Holdout:
+    """The splits a [data] section (a DataSpec) or a config.json's "data" dict asks for; keys
+    an older config.json lacks take the value runs had before the key existed."""
+    fields = asdict(data) if is_dataclass(data) else dict(data or {})
+    return Holdout(**{h: fields[k] for k, h in _HOLDOUT_KEYS.items() if k in fields})
+
+
+def corpus_tokens(corpus: Any, tokenizer: Any, holdout: Holdout | float) -> TokenData:
     """A corpus's token arrays: its documents tokenized through the cache, or, for a corpus of
-    token shards (`pretokenized = True`: train, val, layout), the shards as they are."""
+    token shards (`pretokenized = True`: train, val, test, layout), the shards as they are."""
+    if not isinstance(holdout, Holdout):
+        holdout = Holdout(val_fraction=holdout)
     if getattr(corpus, "pretokenized", False):
         if getattr(tokenizer, "needs_training", False):
             raise DataError(
                 f"tokenizer {tokenizer.name!r} learns from text, but corpus 'tokens' holds "
                 f"token ids; name the tokenizer that made the shards"
             )
-        return load_shards(corpus.train, corpus.val, tokenizer, val_fraction, corpus.layout)
-    return load_tokens(corpus, tokenizer, val_fraction)
+        return load_shards(corpus, tokenizer, holdout)
+    return load_tokens(corpus, tokenizer, holdout)
 
 
 def data_key(data: Any) -> str:
@@ -103,7 +124,7 @@ def run_tokenizer(
                 f"run's config.json names; give the run folder"
             )
         corpus = plugins.registry.build("corpus", run_corpus(run))
-        load_tokens(corpus, tokenizer, data.get("val_fraction", 0.1))  # restores what it learned
+        load_tokens(corpus, tokenizer, holdout_of(data))  # restores what it learned
         tokenizer = Frozen(tokenizer)
     return tokenizer
 

@@ -6,11 +6,11 @@ Two layouts, told apart by their first four bytes:
 - llm.c / modded-nanogpt (`fineweb_train_000001.bin`): a header of 256 int32 (magic 20240520,
   version 1, the number of tokens), then that many uint16 ids.
 
-`load_shards(train, val, tokenizer, val_fraction)` memory-maps them into a TokenData: one shard
-per split is mapped in place; several are concatenated, as a stream, into the token cache once.
-Every id must be in the named tokenizer's vocabulary (the shards say nothing of which tokenizer
-made them), else a one-line DataError says which file holds which id. Without validation
-shards, the last val_fraction of the training tokens is held out. Not here: the `tokens` corpus
+`load_shards(corpus, tokenizer, holdout)` memory-maps them into a TokenData: one shard per split
+is mapped in place; several are concatenated, as a stream, into the token cache once. Every id
+must be in the named tokenizer's vocabulary (the shards say nothing of which tokenizer made
+them), else a one-line DataError says which file holds which id. Without validation (or test)
+shards, the end of the training tokens is held out: val_fraction of them (and test_fraction). Not here: the `tokens` corpus
 component that names the files (plugins/token_shards.py).
 """
 
@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from toolkit.data.cachefile import cache_file
+from toolkit.data.splits import Holdout
 from toolkit.data.tokens import TokenData, default_cache_dir
 from toolkit.errors import DataError
 
@@ -112,49 +113,63 @@ def check_ids(ids: np.ndarray, path: Path, tokenizer: Any) -> None:
 
 
 def load_shards(
-    train: str,
-    val: str | None,
+    corpus: Any,
     tokenizer: Any,
-    val_fraction: float,
-    layout: str = "auto",
+    holdout: Holdout,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> TokenData:
-    """Token shards as a TokenData: `train` and `val` are paths or globs (val None: the last
-    val_fraction of the training tokens); `layout` as read_shard takes it."""
+    """A `tokens` corpus's shards as a TokenData. `corpus.train`, `.val` and `.test` are paths
+    or globs (val or test None: held out from the end of the training tokens, the last
+    val_fraction for validation, test_fraction after it for test); `corpus.layout` as
+    read_shard takes it. Shards hold no documents, so they split by tokens only."""
+    if holdout.by != "characters" or holdout.val_documents or holdout.test_documents:
+        raise DataError(
+            "corpus 'tokens' holds token ids, not named documents, so it cannot be split by "
+            'documents; leave data.split = "characters" (the end of the training shards is '
+            "held out) or give val and test shards"
+        )
     if tokenizer.vocab_size > 1 << 16:
         raise DataError(
             f"corpus 'tokens' reads uint16 shards, which cannot hold tokenizer "
             f"{tokenizer.name!r}'s {tokenizer.vocab_size:,} ids"
         )
-    splits = {"train": shard_files(train, "train")}
-    if val is not None:
-        splits["val"] = shard_files(val, "val")
+    named = {"train": corpus.train, "val": corpus.val, "test": getattr(corpus, "test", None)}
+    splits = {name: shard_files(p, name) for name, p in named.items() if p is not None}
     folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     arrays = {
-        name: _joined(files, tokenizer, folder / "tokens", layout) for name, files in splits.items()
+        name: _joined(files, tokenizer, folder / "tokens", corpus.layout)
+        for name, files in splits.items()
     }
-    if val is None:
-        n_val = int(len(arrays["train"]) * val_fraction)
-        if n_val < 1 or n_val >= len(arrays["train"]):
+    whole = arrays["train"]
+    fractions = {"test": holdout.test_fraction if named["test"] is None else 0.0}
+    fractions["val"] = holdout.val_fraction if named["val"] is None else 0.0
+    end = len(whole)
+    for name in ("test", "val"):  # carved from the end: test last, validation before it
+        if fractions[name] == 0.0:
+            continue
+        n = int(len(whole) * fractions[name])
+        if n < 1 or n >= end:
             raise DataError(
-                f"corpus 'tokens': {len(arrays['train']):,} training tokens leave no validation "
-                f"split at val_fraction {val_fraction}; give val shards"
+                f"corpus 'tokens': {len(whole):,} training tokens leave no {name} split at "
+                f"{name}_fraction {fractions[name]}; give {name} shards"
             )
-        whole = arrays["train"]
-        arrays = {"train": whole[: len(whole) - n_val], "val": whole[len(whole) - n_val :]}
+        arrays[name], end = whole[end - n : end], end - n
+    arrays["train"] = whole[:end]
+    arrays.setdefault("test", whole[:0])
     token_bytes = np.asarray(tokenizer.token_byte_lengths())
     key = hashlib.sha256(
         json.dumps([_identity(f) for files in splits.values() for f in files]).encode()
     ).hexdigest()
+    carved = "-".join(f"{fractions[n].hex()}" for n in ("val", "test") if fractions[n])
     return TokenData(
         train=arrays["train"],
         val=arrays["val"],
+        test=arrays["test"],
         vocab_size=tokenizer.vocab_size,
         eot_id=tokenizer.eot_id,
         token_bytes=token_bytes,
-        key=f"shards-{key}-{val_fraction.hex() if val is None else 'val'}",
-        train_bytes=_text_bytes(arrays["train"], token_bytes),
-        val_bytes=_text_bytes(arrays["val"], token_bytes),
+        key=f"shards-{key}-{carved or 'val'}",
+        **{f"{n}_bytes": _text_bytes(arrays[n], token_bytes) for n in ("train", "val", "test")},
     )
 
 

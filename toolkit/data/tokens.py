@@ -1,14 +1,14 @@
-"""The token-id pipeline: corpus documents -> cached train/validation token arrays -> batches.
+"""The token-id pipeline: corpus documents -> cached train/validation/test token arrays ->
+batches.
 
-`load_tokens` splits a corpus by characters, tokenizes each split once and keeps the ids in a
-content-keyed cache of .npy files that later runs memory-map (batches.py cuts windows out of
+`load_tokens` splits a corpus (by characters or by documents: splits.py), tokenizes each split
+once (encode.py) and keeps the ids in a content-keyed cache of .npy files that later runs memory-map (batches.py cuts windows out of
 them).
 It works with any corpus and tokenizer object honouring the registry's contracts and imports no
 concrete component.
 
 Tokenizers that learn their vocabulary (`needs_training = True`; see `TrainableTokenizer`) are
-trained here, on the training split's text only (after the character split, never the
-validation text), before anything is encoded. What they learn (`tokenizer.state()`) is cached
+trained here, on the training split's text only (never the validation or test text), before anything is encoded. What they learn (`tokenizer.state()`) is cached
 as `<key>.trained.json` next to the token arrays, keyed by the training text's hash, the
 tokenizer's name and `training_config` and TRAINED_FORMAT; later loads, in this process or
 another, restore it with `load_state` instead of retraining. The token arrays' own key uses the
@@ -22,12 +22,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
-import sys
 import time
 import warnings
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from itertools import takewhile
 from pathlib import Path
 from typing import Any
@@ -35,7 +33,9 @@ from typing import Any
 import numpy as np
 
 from toolkit.api.contracts import Corpus, Tokenizer, TrainableTokenizer
+from toolkit.data import encode
 from toolkit.data.cachefile import cache_file, cache_paths
+from toolkit.data.splits import SPLITS, Holdout, Plan, doc_hash, pieces, plan
 from toolkit.errors import DataError
 from toolkit.files import remove_temps, write_atomic
 
@@ -49,12 +49,7 @@ TRAINED_FORMAT = 1
 # Texts handed to a tokenizer's encode_batch at once: big enough for its threads to pay off,
 # small enough that the Python lists of ids it returns stay modest.
 _BATCH_CHARS = 1 << 20
-# Long documents are cut into parts of about this many characters (where a cut changes no id),
-# so that one batch holds many parts for the tokenizer's threads to share.
-_PART_CHARS = 1 << 16
 STALE_TEMP_S = 24 * 3600
-# Corpora at least this long (characters) show their tokenizing progress.
-PROGRESS_CHARS = 20_000_000
 
 
 @dataclass
@@ -69,6 +64,9 @@ class TokenData:
     key: str  # the cache key: equal keys mean identical token arrays
     train_bytes: int  # UTF-8 bytes of text in each split
     val_bytes: int
+    # The test split: empty unless the spec holds one out (data.test_fraction, test_documents).
+    test: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint16))
+    test_bytes: int = 0
 
 
 def default_cache_dir() -> Path:
@@ -102,36 +100,31 @@ def clear_memo() -> None:
 def load_tokens(
     corpus: Corpus,
     tokenizer: Tokenizer,
-    val_fraction: float,
+    holdout: Holdout | float,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> TokenData:
-    """Tokenize a corpus into train/validation id arrays, through the on-disk cache.
+    """Tokenize a corpus into train/validation(/test) id arrays, through the on-disk cache.
 
-    The first (1 - val_fraction) of the characters (documents concatenated in order) are
-    training text, the rest validation; the document straddling the boundary is cut there.
-    Each split holds its documents' ids with `tokenizer.eot_id` between documents.
+    `holdout` says which text is held out (splits.py); a number is a val_fraction, the last
+    fraction of the characters (documents concatenated in order, the one straddling the
+    boundary cut there). Each split holds its pieces' ids with `tokenizer.eot_id` between them.
     The corpus's documents are read on every call (they are the cache key), and once more to
-    tokenize them when no valid cache file exists, so documents() must yield the same each time.
+    tokenize them when no valid cache file exists (once per split when split by documents), so
+    documents() must yield the same each time.
     A tokenizer with `needs_training = True` is first trained on the training split (or given
     its cached learned state), and is left trained for encode/decode after this returns; that
     reads the documents twice more (three times when it must train).
     """
-    if (
-        isinstance(val_fraction, bool)
-        or not isinstance(val_fraction, int | float)
-        or not 0 < val_fraction < 1
-    ):
-        raise DataError(
-            f"val_fraction must be a number strictly between 0 and 1 (e.g. 0.1), got {val_fraction!r}"
-        )
+    if not isinstance(holdout, Holdout):
+        holdout = Holdout(val_fraction=holdout)
     folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     folder = folder / "tokens"
     # Temp files of writes killed long ago; a live write (another sweep sharing the cache) is
     # younger than this.
     remove_temps(folder, older_than_s=STALE_TEMP_S)
     if getattr(tokenizer, "needs_training", False):
-        _train_tokenizer(corpus, tokenizer, float(val_fraction), folder)
-    key, n_chars = _cache_key(corpus, tokenizer, float(val_fraction))
+        _train_tokenizer(corpus, tokenizer, holdout, folder)
+    key, cut, n_chars = _cache_key(corpus, tokenizer, holdout)
     memo_key = (str(folder.absolute()), key)
     if memo_key in _MEMO:
         return _MEMO[memo_key]
@@ -139,45 +132,50 @@ def load_tokens(
     dtype = token_dtype(tokenizer.vocab_size)
     cached = _read_cache(folder, key, dtype, tokenizer.vocab_size)
     if cached is None:
-        n_train_chars = round(n_chars * (1 - val_fraction))
-        cached = _build(corpus, tokenizer, n_train_chars, n_chars, dtype, folder, key)
+        cached = _build(corpus, tokenizer, cut, n_chars, dtype, folder, key)
     tokens, meta = cached
-    n_train = meta["n_train"]
+    n_train, n_val = meta["n_train"], meta["n_val"]
     data = TokenData(
         train=tokens[:n_train],
-        val=tokens[n_train:],
+        val=tokens[n_train : n_train + n_val],
+        test=tokens[n_train + n_val :],
         vocab_size=tokenizer.vocab_size,
         eot_id=tokenizer.eot_id,
         token_bytes=np.asarray(tokenizer.token_byte_lengths()),
         key=key,
         train_bytes=meta["train_bytes"],
         val_bytes=meta["val_bytes"],
+        test_bytes=meta.get("test_bytes", 0),
     )
     _MEMO[memo_key] = data
     return data
 
 
-def _cache_key(corpus: Corpus, tokenizer: Tokenizer, val_fraction: float) -> tuple[str, int]:
-    """(sha256 of everything the token arrays depend on, total characters); checks the corpus
-    is not empty."""
+def _survey(corpus: Corpus, holdout: Holdout, content: Any = None) -> tuple[Plan, int]:
+    """One checked pass over the documents: the corpus's cut and its length in characters;
+    `content` (a hash) is fed every name and text on the way."""
+    n_chars = 0
+    hashes: list[int] = []
+    for name, text in _checked_documents(corpus):
+        if content is not None:
+            # Length prefixes keep ("ab", "c") and ("a", "bc") from hashing alike.
+            for part in (name, text):
+                _hash_part(content, part)
+        if holdout.by == "documents":
+            hashes.append(doc_hash(name))
+        n_chars += len(text)
+    return plan(holdout, n_chars, hashes), n_chars
+
+
+def _cache_key(corpus: Corpus, tokenizer: Tokenizer, holdout: Holdout) -> tuple[str, Plan, int]:
+    """(sha256 of everything the token arrays depend on, the corpus's cut, its characters);
+    checks the corpus is not empty."""
     h = hashlib.sha256()
     tok = tokenizer
-    header = [
-        CACHE_FORMAT,
-        tok.name,
-        tok.fingerprint,
-        tok.vocab_size,
-        tok.eot_id,
-        val_fraction.hex(),
-    ]
+    header = [CACHE_FORMAT, tok.name, tok.fingerprint, tok.vocab_size, tok.eot_id, *holdout.key()]
     h.update(json.dumps(header).encode())
-    n_chars = 0
-    for name, text in _checked_documents(corpus):
-        # Length prefixes keep ("ab", "c") and ("a", "bc") from hashing alike.
-        for part in (name, text):
-            _hash_part(h, part)
-        n_chars += len(text)
-    return h.hexdigest(), n_chars
+    cut, n_chars = _survey(corpus, holdout, h)
+    return h.hexdigest(), cut, n_chars
 
 
 def _hash_part(h: Any, text: str) -> None:
@@ -205,16 +203,15 @@ def _checked_documents(corpus: Corpus) -> Iterator[tuple[str, str]]:
 
 
 def _train_tokenizer(
-    corpus: Corpus, tokenizer: TrainableTokenizer, val_fraction: float, folder: Path
+    corpus: Corpus, tokenizer: TrainableTokenizer, holdout: Holdout, folder: Path
 ) -> None:
     """Give a trainable tokenizer the state learned from this corpus's training split: from this
     process's memo, else the cache file, else by training it (and caching what it learned)."""
-    n_chars = sum(len(text) for _, text in _checked_documents(corpus))
-    n_train_chars = round(n_chars * (1 - val_fraction))
+    cut, _ = _survey(corpus, holdout)
 
     def train_texts() -> Iterator[str]:
-        # The training pieces come first; stop reading at the first validation piece.
-        return (text for _, text in takewhile(lambda p: p[0], _split(corpus, n_train_chars)))
+        # The training pieces come first; stop reading at the first held-out piece.
+        return (t for _, t in takewhile(lambda p: p[0] == "train", pieces(corpus, cut)))
 
     h = hashlib.sha256()
     for text in train_texts():
@@ -268,50 +265,38 @@ def _describe(corpus: Corpus) -> str:
     return repr(getattr(corpus, "description", None) or type(corpus).__name__)
 
 
-def _split(corpus: Corpus, n_train_chars: int) -> Iterator[tuple[bool, str]]:
-    """(is_train, text piece) for every non-empty piece, train pieces first."""
-    start = 0
-    for _, text in corpus.documents():
-        end = start + len(text)
-        cut = min(max(n_train_chars - start, 0), len(text))
-        if cut:
-            yield True, text[:cut]
-        if cut < len(text):
-            yield False, text[cut:]
-        start = end
-
-
 def _build(
     corpus: Corpus,
     tokenizer: Tokenizer,
-    n_train_chars: int,
+    cut: Plan,
     n_chars: int,
     dtype: np.dtype,
     folder: Path,
     key: str,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Tokenize the corpus into the cache file as it goes, in memory bounded by one batch of
-    text: pieces are cut into parts of about _PART_CHARS at newlines, encoded a batch at a
-    time (threaded, when the tokenizer has encode_batch) and appended to the file."""
+    text: pieces are cut into parts of about encode.PART_CHARS at newlines, encoded a batch at
+    a time (threaded, when the tokenizer has encode_batch) and appended to the file, every
+    training piece first, then validation, then test."""
     eot = np.array([tokenizer.eot_id], dtype=dtype)
-    counts = {True: 0, False: 0}
-    n_bytes = {True: 0, False: 0}
-    started: dict[bool, bool] = {True: False, False: False}  # a split's first document seen
-    progress = Progress(n_chars, _describe(corpus), tokenizer.name)
-    pending: list[tuple[bool, bool, str]] = []  # (is_train, starts a document, text)
+    counts = dict.fromkeys(SPLITS, 0)
+    n_bytes = dict.fromkeys(SPLITS, 0)
+    started = dict.fromkeys(SPLITS, False)  # a split's first piece seen
+    progress = encode.Progress(n_chars, _describe(corpus), tokenizer.name)
+    pending: list[tuple[str, bool, str]] = []  # (split, starts a piece, text)
 
     def flush(out: Any) -> None:
         texts = [t for _, _, t in pending]
-        for (is_train, first, text), ids in zip(
-            pending, _encode_all(tokenizer, texts), strict=True
+        for (split, first, text), ids in zip(
+            pending, encode.encode_all(tokenizer, texts), strict=True
         ):
-            parts = [_to_array(ids, dtype, tokenizer)]
-            if first and started[is_train]:
-                parts.insert(0, eot)  # between documents, never before a split's first
-            started[is_train] = started[is_train] or first
+            parts = [encode.to_array(ids, dtype, tokenizer)]
+            if first and started[split]:
+                parts.insert(0, eot)  # between pieces, never before a split's first
+            started[split] = started[split] or first
             for part in parts:
                 out.write(part.tobytes())
-                counts[is_train] += len(part)
+                counts[split] += len(part)
             progress.update(len(text))
         pending.clear()
 
@@ -319,10 +304,10 @@ def _build(
     try:
         with cache_file(folder, key, dtype) as out:
             pending_chars = 0
-            for is_train, text in _split(corpus, n_train_chars):
-                n_bytes[is_train] += len(text.encode("utf-8", "surrogatepass"))
-                for i, part in enumerate(_parts(text, tokenizer)):
-                    pending.append((is_train, i == 0, part))
+            for split, text in pieces(corpus, cut):
+                n_bytes[split] += len(text.encode("utf-8", "surrogatepass"))
+                for i, part in enumerate(encode.cut_parts(text, tokenizer)):
+                    pending.append((split, i == 0, part))
                     pending_chars += len(part)
                     if pending_chars >= _BATCH_CHARS:
                         flush(out)
@@ -330,20 +315,18 @@ def _build(
             flush(out)
             meta = {
                 "format": CACHE_FORMAT,
-                "n_train": counts[True],
-                "n_val": counts[False],
+                **{f"n_{split}": counts[split] for split in SPLITS},
                 "dtype": dtype.name,
-                "train_bytes": n_bytes[True],
-                "val_bytes": n_bytes[False],
+                **{f"{split}_bytes": n_bytes[split] for split in SPLITS},
                 "corpus": getattr(corpus, "description", None) or type(corpus).__name__,
                 "tokenizer": tokenizer.name,
                 "created": time.time(),
             }
-            out.finish(counts[True] + counts[False], meta)
+            out.finish(sum(counts.values()), meta)
     except OSError as exc:
         # A read-only or full disk costs the cache, not the run: tokenize again into memory.
         warnings.warn(f"token cache not written to {folder} ({exc}); using memory", stacklevel=3)
-        return _build_in_memory(corpus, tokenizer, n_train_chars, dtype)
+        return _build_in_memory(corpus, tokenizer, cut, dtype)
     finally:
         progress.close()
     npy, _ = cache_paths(folder, key)
@@ -351,107 +334,23 @@ def _build(
 
 
 def _build_in_memory(
-    corpus: Corpus, tokenizer: Tokenizer, n_train_chars: int, dtype: np.dtype
+    corpus: Corpus, tokenizer: Tokenizer, cut: Plan, dtype: np.dtype
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """_build without a cache folder: the ids of both splits in one array in memory."""
-    arrays: dict[bool, list[np.ndarray]] = {True: [], False: []}
-    n_bytes = {True: 0, False: 0}
+    """_build without a cache folder: the ids of every split in one array in memory."""
+    arrays: dict[str, list[np.ndarray]] = {split: [] for split in SPLITS}
+    n_bytes = dict.fromkeys(SPLITS, 0)
     eot = np.array([tokenizer.eot_id], dtype=dtype)
-    for is_train, text in _split(corpus, n_train_chars):
-        n_bytes[is_train] += len(text.encode("utf-8", "surrogatepass"))
-        parts = list(_parts(text, tokenizer))
-        ids = [_to_array(i, dtype, tokenizer) for i in _encode_all(tokenizer, parts)]
-        arrays[is_train] += ([eot] if arrays[is_train] else []) + ids
-    train, val = (np.concatenate(arrays[k] or [np.zeros(0, dtype)]) for k in (True, False))
+    for split, text in pieces(corpus, cut):
+        n_bytes[split] += len(text.encode("utf-8", "surrogatepass"))
+        parts = list(encode.cut_parts(text, tokenizer))
+        ids = [encode.to_array(i, dtype, tokenizer) for i in encode.encode_all(tokenizer, parts)]
+        arrays[split] += ([eot] if arrays[split] else []) + ids
+    joined = {s: np.concatenate(arrays[s] or [np.zeros(0, dtype)]) for s in SPLITS}
     meta = {
-        "n_train": len(train),
-        "n_val": len(val),
-        "train_bytes": n_bytes[True],
-        "val_bytes": n_bytes[False],
+        **{f"n_{split}": len(joined[split]) for split in SPLITS},
+        **{f"{split}_bytes": n_bytes[split] for split in SPLITS},
     }
-    return np.concatenate([train, val]), meta
-
-
-# Where a long piece of text may be cut without changing how it tokenizes: a newline between
-# two non-space characters is a pre-token of its own for GPT-2-style pre-tokenizers (and any
-# cut is safe for byte-level ones).
-_SAFE_CUT = re.compile(r"(?<=\S)\n(?=\S)")
-
-
-def _parts(text: str, tokenizer: Tokenizer, size: int | None = None) -> Iterator[str]:
-    """A piece of text in parts of about `size` characters (_PART_CHARS), cut after a newline between two
-    non-space characters (never elsewhere: a text with no such newline stays whole), so each
-    part tokenizes as it would inside the whole and parts can be encoded in parallel. Only
-    for tokenizers that say so (`newline_splits = True`); others get the text whole."""
-    if not getattr(tokenizer, "newline_splits", False):
-        yield text
-        return
-    size = size or _PART_CHARS
-    start = 0
-    while len(text) - start > size:
-        cut = _SAFE_CUT.search(text, start + size)
-        if cut is None:
-            break
-        yield text[start : cut.end()]
-        start = cut.end()
-    yield text[start:]
-
-
-class Progress:
-    """Tokenizing progress on stderr for corpora of at least PROGRESS_CHARS characters: a
-    bar (characters done, MB/s, ETA) on a terminal, else a line at the start and the end."""
-
-    def __init__(self, total: int, corpus: str, tokenizer: str) -> None:
-        self.total, self.done, self.bar = total, 0, None
-        self.started = time.perf_counter()
-        self.shown = total >= PROGRESS_CHARS
-        self.what = f"tokenizing {corpus} with {tokenizer}"
-        if not self.shown:
-            return
-        if sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(
-                total=total, unit="B", unit_scale=True, desc=self.what, file=sys.stderr,
-                leave=False, smoothing=0.1,
-            )  # fmt: skip
-        else:
-            print(f"{self.what}: {total / 1e6:,.1f} M characters", file=sys.stderr, flush=True)
-
-    def update(self, n: int) -> None:
-        self.done += n
-        if self.bar is not None:
-            self.bar.update(n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        if self.shown and self.done >= self.total:
-            seconds = time.perf_counter() - self.started
-            rate = self.total / 1e6 / max(seconds, 1e-9)
-            print(
-                f"{self.what}: done, {self.total / 1e6:,.1f} M characters in {seconds:.1f} s "
-                f"({rate:.1f} M/s)",
-                file=sys.stderr,
-                flush=True,
-            )
-
-
-def _encode_all(tokenizer: Tokenizer, texts: list[str]) -> Sequence[Sequence[int]]:
-    # encode_batch is optional in the contract; tokenizers with one (tiktoken) run it threaded.
-    batch = getattr(tokenizer, "encode_batch", None)
-    return batch(texts) if batch is not None else [tokenizer.encode(t) for t in texts]
-
-
-def _to_array(ids: Sequence[int], dtype: np.dtype, tokenizer: Tokenizer) -> np.ndarray:
-    arr = np.asarray(ids, dtype=np.int64)
-    if arr.size and (arr.min() < 0 or arr.max() >= tokenizer.vocab_size):
-        bad = int(arr.min() if arr.min() < 0 else arr.max())
-        raise DataError(
-            f"tokenizer {tokenizer.name!r} produced id {bad}, outside its vocabulary "
-            f"[0, {tokenizer.vocab_size}); fix its encode() or vocab_size"
-        )
-    return arr.astype(dtype)
+    return np.concatenate([joined[s] for s in SPLITS]), meta
 
 
 def _read_cache(
@@ -465,7 +364,7 @@ def _read_cache(
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         tokens = np.load(npy, mmap_mode="r", allow_pickle=False)
-        n = int(meta["n_train"]) + int(meta["n_val"])
+        n = int(meta["n_train"]) + int(meta["n_val"]) + int(meta.get("n_test", 0))
         ok = (
             meta.get("format") == CACHE_FORMAT
             and tokens.ndim == 1

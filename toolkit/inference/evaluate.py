@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,13 @@ from torch import nn
 
 from toolkit.api.manager import Plugins, load_plugins
 from toolkit.api.registry import Choice
-from toolkit.data.resolve import check_vocab, corpus_tokens, run_corpus, run_tokenizer
+from toolkit.data.resolve import (
+    check_vocab,
+    corpus_tokens,
+    holdout_of,
+    run_corpus,
+    run_tokenizer,
+)
 from toolkit.errors import DataError
 from toolkit.model.checkpoint import open_checkpoint
 
@@ -135,7 +141,7 @@ __all__ = [
 ]
 
 
-SPLITS = ("all", "train", "val")
+SPLITS = ("all", "train", "val", "test")
 
 
 @dataclass
@@ -165,7 +171,7 @@ def evaluate_checkpoint(
     progress: Callable[[str], Progress | None] | None = None,
 ) -> Evaluation:
     """Loss, perplexity and bits per byte of a run folder's (or checkpoint's) model over every
-    token of a corpus split. Defaults: the run's corpus, tokenizer and val_fraction, split "val"
+    token of a corpus split. Defaults: the run's corpus, tokenizer and splits, split "val"
     for a run (the text it did not train on) and "all" for a bare checkpoint (pydoc, and gpt2
     for a 50,257-id vocabulary). `progress(split)` may return a Progress callback per split.
 
@@ -188,9 +194,9 @@ def evaluate_checkpoint(
             f"context {context} is longer than the model's context_length "
             f"({config.context_length}); give at most {config.context_length}"
         )
-    run_data = (run or {}).get("data") or {}
-    if val_fraction is None:
-        val_fraction = run_data.get("val_fraction", 0.1)
+    holdout = holdout_of((run or {}).get("data"))
+    if val_fraction is not None:
+        holdout = replace(holdout, val_fraction=val_fraction)
     split = split or ("val" if run else "all")
     text = plugins.registry.build("corpus", corpus or run_corpus(run))
     tok = run_tokenizer(
@@ -200,9 +206,14 @@ def evaluate_checkpoint(
     check_vocab(
         tok, config.vocab_size, "give the tokenizer the model was trained with (--tokenizer)"
     )
-    data = corpus_tokens(text, tok, val_fraction)
-    arrays = {"train": data.train, "val": data.val}
-    names = ["train", "val"] if split == "all" else [split]
+    data = corpus_tokens(text, tok, holdout)
+    arrays = {"train": data.train, "val": data.val, "test": data.test}
+    if split == "test" and not holdout.has_test:
+        raise DataError(
+            "no test split: the run held out none (data.test_fraction = 0); evaluate split "
+            "val, or train with data.test_fraction set"
+        )
+    names = [n for n in arrays if n == split or (split == "all" and len(arrays[n]))]
     out = Evaluation(
         path, model.num_params(), context, getattr(text, "description", str(corpus)), tok.name,
         split,

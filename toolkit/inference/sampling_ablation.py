@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 
 from toolkit.api.registry import split_choice
-from toolkit.data.resolve import corpus_tokens, run_corpus, run_tokenizer
+from toolkit.data.resolve import corpus_tokens, holdout_of, run_corpus, run_tokenizer
 from toolkit.errors import SpecError
 from toolkit.files import write_atomic
 from toolkit.inference.generate import generate
@@ -109,7 +109,7 @@ def run_ablation(
             )
         data = (config or {}).get("data") or {}
         corpus = plugins.registry.build("corpus", run_corpus(config))
-        val = corpus_tokens(corpus, tokenizer, data.get("val_fraction", 0.1)).val
+        val = corpus_tokens(corpus, tokenizer, holdout_of(data)).val
         prompts = _prompts(val, ablation.n_prompts, ablation.prompt_tokens)
         variant = (config or {}).get("variant", folder.name)
         model_seed = (config or {}).get("seed")

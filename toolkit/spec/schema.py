@@ -27,6 +27,10 @@ DECAY_TARGETS = ("matrices", "all")
 LEGACY_VALUES: dict[str, Any] = {
     "train.weight_decay_on": "matrices",
     "train.eval_windows": "spread",
+    "data.split": "characters",
+    "data.test_fraction": 0.0,
+    "data.val_documents": None,
+    "data.test_documents": None,
 }
 
 
@@ -35,7 +39,11 @@ class DataSpec:
     corpus: Choice = "pydoc"  # a registered corpus; `ablate list corpus`
     path: str | None = None  # shortcut for corpus = {name = "files", path = "..."}
     tokenizer: Choice = "gpt2"
-    val_fraction: float = 0.1  # last fraction of the characters held out for validation
+    split: str = "characters"  # or "documents": whole documents, by a hash of their names
+    val_fraction: float = 0.1  # held out for validation: the last characters, or documents
+    test_fraction: float = 0.0  # held out for test, after validation; 0: no test split
+    val_documents: int | None = None  # split = "documents": this many, instead of a fraction
+    test_documents: int | None = None
 
 
 @dataclass

@@ -17,7 +17,8 @@ from typing import Any
 from toolkit.api.manager import Plugins
 from toolkit.api.registry import check_type, split_choice, suggest
 from toolkit.data.batches import EVAL_WINDOWS
-from toolkit.errors import SpecError, ToolkitError
+from toolkit.data.resolve import holdout_of
+from toolkit.errors import DataError, SpecError, ToolkitError
 from toolkit.model.checkpoint import locate_checkpoint, read_checkpoint
 from toolkit.model.config import NORM_PLACEMENTS, PRESETS, ModelConfig
 from toolkit.model.gpt import count_params
@@ -183,10 +184,10 @@ def _check_values(s: dict[str, Any], where: str) -> None:
         f"model.norm_placement must be one of {', '.join(NORM_PLACEMENTS)}, "
         f"got {m.norm_placement!r}",
     )
-    need(
-        0 < d.val_fraction < 1,
-        f"data.val_fraction must be between 0 and 1 (exclusive), got {d.val_fraction}",
-    )
+    try:
+        holdout_of(d)
+    except DataError as exc:
+        need(False, str(exc))
     budgets = [k for k in BUDGET_KEYS if getattr(t, k) is not None]
     need(len(budgets) <= 1, f"train: give one budget, not {' and '.join(budgets)}")
     if not budgets:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from toolkit.data.resolve import holdout_of
 from toolkit.sweep.jobs import RunJob
 from toolkit.training.resume import resumable_step
 
@@ -227,8 +228,8 @@ def gap_note(job: RunJob) -> str:
     windows = train.eval_batches * train.batch_size
     return (
         f"note: train loss above val loss is no bug: both are scored the same way (evaluation "
-        f"mode, no dropout, up to {windows} fixed windows per split), but validation is the "
-        f"last {100 * data.val_fraction:g}% of the corpus, a different text that can simply "
+        f"mode, no dropout, up to {windows} fixed windows per split), but validation is "
+        f"{holdout_of(data).describe()}, a different text that can simply "
         f"be easier, and a sample of windows is noisy (more: train.eval_batches). Overfitting "
         f"shows as val above train."
     )

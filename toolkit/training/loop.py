@@ -152,6 +152,7 @@ class Training:
     steps: int
     train_eval: Batches
     val_eval: Batches
+    test_eval: Batches | None  # None: the data holds out no test split
     token_bytes: torch.Tensor
     optimizer: torch.optim.Optimizer
     schedule: torch.optim.lr_scheduler.LambdaLR
@@ -185,7 +186,20 @@ def train_run(
         write_atomic(folder / "sample.txt", _sample(tr, tokenizer))
     if tr.world.main and status == "ok" and run.train.checkpoint:
         save_checkpoint(tr.config, tr.model.state_dict(), folder / CHECKPOINT_FILE)
-    return finish(tr, status, diverged_at, columns or {})
+    columns = dict(columns or {})
+    if status == "ok" and tr.test_eval is not None:
+        columns.update(score_test(tr))
+    return finish(tr, status, diverged_at, columns)
+
+
+def score_test(tr: Training) -> dict[str, float]:
+    """The final model on the test split's fixed windows (chosen as the validation split's
+    are), once, after training: the figures a comparison reports when every choice was made
+    on validation loss."""
+    score = (tr.eval_model, tr.token_bytes, tr.device, tr.run.train.precision)
+    assert tr.test_eval is not None
+    loss, bpb = evaluate_batches(score[0], tr.test_eval, *score[1:], world=tr.world)
+    return {"test_loss": loss, "test_perplexity": math.exp(min(loss, 700.0)), "test_bpb": bpb}
 
 
 def set_up(
@@ -247,6 +261,11 @@ def set_up(
         steps=steps,
         train_eval=eval_batches(data.train, context, t.batch_size, t.eval_batches, **where),
         val_eval=eval_batches(data.val, context, t.batch_size, t.eval_batches, **where),
+        test_eval=(
+            eval_batches(data.test, context, t.batch_size, t.eval_batches, **where, split="test")
+            if len(data.test)
+            else None
+        ),
         # A copy: the cache's array may be read-only.
         token_bytes=torch.tensor(np.asarray(data.token_bytes), dtype=torch.long),
         optimizer=optimizer,

@@ -36,6 +36,7 @@ import tempfile
 import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -106,6 +107,18 @@ _BUILD_LOCK = threading.Lock()
 _THREADS = min(8, os.cpu_count() or 1)
 
 
+def _encode_arrays(encoding: tiktoken.Encoding, texts: Sequence[str]) -> list[np.ndarray]:
+    """Each text's ids as a uint32 array, the texts shared among _THREADS threads: tiktoken
+    releases the GIL while it encodes, and an array skips building a Python int per id (a
+    fifth of the time on one core). No special tokens: "<|endoftext|>" in a text is text."""
+    encode = functools.partial(encoding.encode_to_numpy, disallowed_special=())
+    if _THREADS <= 1 or len(texts) <= 1:
+        return [encode(t) for t in texts]
+    # A pool per call: a module-wide one would not survive the fork of a worker process.
+    with ThreadPoolExecutor(min(_THREADS, len(texts))) as pool:
+        return list(pool.map(encode, texts))
+
+
 @functools.cache
 def _gpt2_encoding() -> tuple[tiktoken.Encoding, dict[bytes, int]]:
     """(tiktoken.Encoding, mergeable ranks), built once per process (~0.5 s)."""
@@ -169,8 +182,8 @@ class GPT2Tokenizer:
         # encode_ordinary: "<|endoftext|>" in a corpus is text, never the special id.
         return self.encoding.encode_ordinary(text)
 
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return self.encoding.encode_ordinary_batch(list(texts), num_threads=_THREADS)
+    def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
+        return _encode_arrays(self.encoding, texts)
 
     def decode(self, ids: Iterable[int]) -> str:
         return _tiktoken_decode(self.encoding, self.vocab_size, ids)
@@ -202,8 +215,8 @@ class ByteTokenizer:
     def encode(self, text: str) -> list[int]:
         return list(_utf8(text))
 
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [list(_utf8(t)) for t in texts]
+    def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
+        return [np.frombuffer(_utf8(t), dtype=np.uint8) for t in texts]
 
     def decode(self, ids: Iterable[int]) -> str:
         ids = _as_ints(ids)
@@ -425,9 +438,8 @@ class BPETokenizer:
         # encode_ordinary: "<|endoftext|>" in a corpus is text, never the special id.
         return self._require_trained().encode_ordinary(text)
 
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        encoding = self._require_trained()
-        return encoding.encode_ordinary_batch(list(texts), num_threads=_THREADS)
+    def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
+        return _encode_arrays(self._require_trained(), texts)
 
     def decode(self, ids: Iterable[int]) -> str:
         return _tiktoken_decode(self._require_trained(), self.vocab_size, ids)

@@ -88,17 +88,20 @@ class Progress:
 
 
 def encode_all(tokenizer: Tokenizer, texts: list[str]) -> Sequence[Sequence[int]]:
-    # encode_batch is optional in the contract; tokenizers with one (tiktoken) run it threaded.
+    """Each text's ids: lists, or arrays from tokenizers that give them (encode_batch is optional
+    in the contract; the built-in ones run it threaded and return arrays)."""
     batch = getattr(tokenizer, "encode_batch", None)
     return batch(texts) if batch is not None else [tokenizer.encode(t) for t in texts]
 
 
 def to_array(ids: Sequence[int], dtype: np.dtype, tokenizer: Tokenizer) -> np.ndarray:
-    arr = np.asarray(ids, dtype=np.int64)
-    if arr.size and (arr.min() < 0 or arr.max() >= tokenizer.vocab_size):
-        bad = int(arr.min() if arr.min() < 0 else arr.max())
-        raise DataError(
-            f"tokenizer {tokenizer.name!r} produced id {bad}, outside its vocabulary "
-            f"[0, {tokenizer.vocab_size}); fix its encode() or vocab_size"
-        )
-    return arr.astype(dtype)
+    """Ids in the cache's dtype, each checked to have a row in the vocabulary."""
+    arr = ids if isinstance(ids, np.ndarray) else np.asarray(ids, dtype=np.int64)
+    if arr.size:
+        low, high = int(arr.min()), int(arr.max())
+        if low < 0 or high >= tokenizer.vocab_size:
+            raise DataError(
+                f"tokenizer {tokenizer.name!r} produced id {low if low < 0 else high}, outside "
+                f"its vocabulary [0, {tokenizer.vocab_size}); fix its encode() or vocab_size"
+            )
+    return arr.astype(dtype, copy=False)

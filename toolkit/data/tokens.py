@@ -25,6 +25,7 @@ import os
 import time
 import warnings
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import takewhile
 from pathlib import Path
@@ -283,26 +284,39 @@ def _build(
     n_bytes = dict.fromkeys(SPLITS, 0)
     started = dict.fromkeys(SPLITS, False)  # a split's first piece seen
     progress = encode.Progress(n_chars, _describe(corpus), tokenizer.name)
-    pending: list[tuple[str, bool, str]] = []  # (split, starts a piece, text)
+    # One batch is encoded in the background while this thread reads and cuts the next and
+    # writes the one before: the reading, hashing and writing overlap the encoding.
+    encoder = ThreadPoolExecutor(1, thread_name_prefix="ablate-encode")
+    in_flight: tuple[list[tuple[str, bool, str]], Future[Any]] | None = None
 
-    def flush(out: Any) -> None:
-        texts = [t for _, _, t in pending]
-        for (split, first, text), ids in zip(
-            pending, encode.encode_all(tokenizer, texts), strict=True
-        ):
-            parts = [encode.to_array(ids, dtype, tokenizer)]
+    def write(out: Any) -> None:
+        """Wait for the batch in flight and append its ids to the file."""
+        nonlocal in_flight
+        if in_flight is None:
+            return
+        batch, future = in_flight
+        in_flight = None
+        for (split, first, text), ids in zip(batch, future.result(), strict=True):
             if first and started[split]:
-                parts.insert(0, eot)  # between pieces, never before a split's first
+                out.write(eot.tobytes())  # between pieces, never before a split's first
+                counts[split] += 1
             started[split] = started[split] or first
-            for part in parts:
-                out.write(part.tobytes())
-                counts[split] += len(part)
+            part = encode.to_array(ids, dtype, tokenizer)
+            out.write(part.tobytes())
+            counts[split] += len(part)
             progress.update(len(text))
-        pending.clear()
+
+    def send(out: Any, batch: list[tuple[str, bool, str]]) -> None:
+        nonlocal in_flight
+        write(out)
+        if batch:
+            texts = [t for _, _, t in batch]
+            in_flight = (batch, encoder.submit(encode.encode_all, tokenizer, texts))
 
     meta: dict[str, Any] = {}
     try:
         with cache_file(folder, key, dtype) as out:
+            pending: list[tuple[str, bool, str]] = []  # (split, starts a piece, text)
             pending_chars = 0
             for split, text in pieces(corpus, cut):
                 n_bytes[split] += len(text.encode("utf-8", "surrogatepass"))
@@ -310,9 +324,10 @@ def _build(
                     pending.append((split, i == 0, part))
                     pending_chars += len(part)
                     if pending_chars >= _BATCH_CHARS:
-                        flush(out)
-                        pending_chars = 0
-            flush(out)
+                        send(out, pending)
+                        pending, pending_chars = [], 0
+            send(out, pending)
+            write(out)
             meta = {
                 "format": CACHE_FORMAT,
                 **{f"n_{split}": counts[split] for split in SPLITS},
@@ -328,6 +343,7 @@ def _build(
         warnings.warn(f"token cache not written to {folder} ({exc}); using memory", stacklevel=3)
         return _build_in_memory(corpus, tokenizer, cut, dtype)
     finally:
+        encoder.shutdown(wait=True, cancel_futures=True)
         progress.close()
     npy, _ = cache_paths(folder, key)
     return np.load(npy, mmap_mode="r"), meta

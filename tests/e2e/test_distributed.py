@@ -124,7 +124,7 @@ def metrics(folder: Path) -> list[dict]:
 
 
 def without_time(records: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in records]
+    return [{k: v for k, v in r.items() if k not in ("elapsed_s", "train_s")} for r in records]
 
 
 def summary(folder: Path) -> dict:

@@ -52,7 +52,7 @@ def all_metrics(out: Path) -> dict[str, list[dict]]:
     """Every run's metrics.jsonl, without the wall-clock field."""
     return {
         str(path.parent.relative_to(out)): [
-            {k: v for k, v in json.loads(line).items() if k != "elapsed_s"}
+            {k: v for k, v in json.loads(line).items() if k not in ("elapsed_s", "train_s")}
             for line in path.read_text().splitlines()
         ]
         for path in sorted(out.glob("*/seed-*/metrics.jsonl"))

@@ -31,7 +31,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def metrics(folder: Path) -> list[dict]:
     lines = (folder / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(x).items() if k != "elapsed_s"} for x in lines]
+    return [
+        {k: v for k, v in json.loads(x).items() if k not in ("elapsed_s", "train_s")} for x in lines
+    ]
 
 
 def resumable_doc(tiny_doc: dict) -> dict:

@@ -27,7 +27,7 @@ def test_same_seed_same_losses_and_other_seed_differs(tmp_path, tiny_doc, plugin
     again = run(spec, tmp_path / "b", plugins=plugins, progress=False)
     assert first["val_loss"].tolist() == again["val_loss"].tolist()
     assert read_metrics(tmp_path / "a/base/seed-0") == [
-        {**m, "elapsed_s": a["elapsed_s"]}
+        {**m, "elapsed_s": a["elapsed_s"], "train_s": a["train_s"]}
         for m, a in zip(
             read_metrics(tmp_path / "b/base/seed-0"),
             read_metrics(tmp_path / "a/base/seed-0"),

@@ -31,6 +31,8 @@ LEGACY_VALUES: dict[str, Any] = {
     "data.test_fraction": 0.0,
     "data.val_documents": None,
     "data.test_documents": None,
+    "train.max_flops": None,
+    "train.target_loss": None,
 }
 
 
@@ -64,9 +66,15 @@ class ModelSpec(ModelConfig):
 @dataclass
 class TrainSpec:
     batch_size: int = 8
-    max_steps: int | None = None  # the budget: exactly one of max_steps, max_tokens, epochs
+    # The budget: one of max_steps, max_tokens, epochs, max_flops (training FLOPs, from the
+    # FLOPs per token the model's run records: every variant spends the same compute).
+    max_steps: int | None = None
     max_tokens: int | None = None
     epochs: float | None = None
+    max_flops: float | None = None
+    # Record the tokens, FLOPs and seconds each run needed to first reach this validation loss
+    # (at evaluation granularity: eval_interval); training goes on to the budget.
+    target_loss: float | None = None
     lr: float = 4e-4  # peak learning rate (AdamW)
     min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
     warmup_steps: int = 0  # linear warm-up from 0 to lr
@@ -110,7 +118,7 @@ TOP_LEVEL = {
     "name", "description", "seeds", "plugins", "baseline", "grid", "variants", "sampling_ablation",
     *SECTIONS,
 }  # fmt: skip
-BUDGET_KEYS = ("max_steps", "max_tokens", "epochs")
+BUDGET_KEYS = ("max_steps", "max_tokens", "epochs", "max_flops")
 # Far beyond any model trained with this toolkit, and low enough that validation (which builds
 # every variant on the meta device) never hangs on a typo such as n_layers = 1200000.
 LIMITS = {"context_length": 1 << 20, "emb_dim": 1 << 16, "n_heads": 1 << 10, "n_layers": 1 << 10}

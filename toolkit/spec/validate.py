@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import math
 import re
 import typing
 from dataclasses import asdict
@@ -192,9 +193,14 @@ def _check_values(s: dict[str, Any], where: str) -> None:
     need(len(budgets) <= 1, f"train: give one budget, not {' and '.join(budgets)}")
     if not budgets:
         t.max_steps = DEFAULT_MAX_STEPS
-    for key in ("max_steps", "max_tokens", "epochs"):
+    for key in BUDGET_KEYS:
         value = getattr(t, key)
         need(value is None or value > 0, f"train.{key} must be positive, got {value}")
+    need(
+        t.target_loss is None or (math.isfinite(t.target_loss) and t.target_loss > 0),
+        f"train.target_loss must be a positive validation loss (nats per token), got "
+        f"{t.target_loss}",
+    )
     for key in ("batch_size", "eval_interval", "eval_batches"):
         need(getattr(t, key) >= 1, f"train.{key} must be at least 1, got {getattr(t, key)}")
     need(t.stride is None or t.stride >= 1, f"train.stride must be at least 1, got {t.stride}")

@@ -17,6 +17,7 @@ every collective a no-op.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
@@ -46,10 +47,11 @@ from toolkit.model.checkpoint import CHECKPOINT_FILE, load_initial_weights, save
 from toolkit.model.config import ModelConfig
 from toolkit.model.gpt import GPT, build_model
 from toolkit.model.probe import check_forward
-from toolkit.spec.schema import RunSpec
+from toolkit.spec.schema import BUDGET_KEYS, RunSpec
 from toolkit.training import distributed
+from toolkit.training.budget import time_to_target, total_steps
 from toolkit.training.distributed import World
-from toolkit.training.optimizer import lr_at, make_optimizer, total_steps
+from toolkit.training.optimizer import lr_at, make_optimizer
 from toolkit.training.resume import (
     RESUME_FILE,
     read_resume_everywhere,
@@ -244,7 +246,7 @@ def set_up(
 
     context = config.context_length
     batches = TrainBatches(data.train, context, t.batch_size, run.seed, t.stride)
-    steps = total_steps(run, batches.batches_per_epoch)
+    steps = total_steps(run, batches.batches_per_epoch, flops_per_token(model))
     optimizer = make_optimizer(model, run, device)
     # Both splits are scored on the training stride grid (or as train.eval_windows says).
     where = {"stride": batches.stride, "windows": t.eval_windows}
@@ -390,6 +392,7 @@ def evaluate_and_save(tr: Training, step: int, metrics_file: TextIO | None) -> d
         "val_bpb": val_bpb,
         "lr": tr.schedule.get_last_lr()[0],
         "elapsed_s": tr.clock.elapsed(),
+        "train_s": tr.clock.train_s,  # optimizer steps only (train.target_loss reads it)
     }
     tr.clock.eval_s += time.perf_counter() - tick
     # Every process's RNG state (dropout), so a resumed run draws the same masks.
@@ -440,6 +443,9 @@ def finish(
         "params_non_embedding": tr.info.params_non_embedding,
         "steps": last.get("step", diverged_at or 0),
         "tokens": last.get("tokens", 0),
+        "flops": last.get("tokens", 0) * flops,  # training FLOPs spent (the run's formula)
+        # The budget every run of the sweep matched, e.g. "max_flops=2e+13".
+        "budget": ", ".join(f"{k}={getattr(t, k):g}" for k in BUDGET_KEYS if getattr(t, k)),
         "train_loss": last.get("train_loss"),
         "val_loss": last.get("val_loss"),
         "val_perplexity": last.get("val_perplexity"),
@@ -461,6 +467,9 @@ def finish(
         **({"diverged_at_step": diverged_at} if diverged_at else {}),
         **columns,
     }
+    if world.main and t.target_loss is not None:
+        lines = (tr.folder / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+        summary.update(time_to_target(map(json.loads, lines), t.target_loss, flops))
     if world.main:
         # What the run wrote, so a rerun (toolkit.sweep.verify) can tell it is still intact.
         names = [CHECKPOINT_FILE, "metrics.jsonl"]

@@ -1,7 +1,6 @@
-"""How a run learns and for how long: AdamW with weight decay on matrices (or on every
-parameter, as the book does), the learning
-rate's linear warm-up and cosine decay, and the budget in optimizer steps. Not here: the loop
-that steps them (loop.py).
+"""How a run learns: AdamW with weight decay on matrices (or on every parameter, as the book
+does), and the learning rate's linear warm-up and cosine decay. Not here: how long it learns
+(budget.py) or the loop that steps them (loop.py).
 """
 
 from __future__ import annotations
@@ -12,17 +11,6 @@ import torch
 from torch import nn
 
 from toolkit.spec.schema import RunSpec
-
-
-def total_steps(run: RunSpec, batches_per_epoch: int) -> int:
-    """The budget in optimizer steps: max_steps, or max_tokens / tokens per step, or
-    epochs x batches per epoch (rounded up)."""
-    t = run.train
-    if t.max_tokens is not None:
-        return max(1, math.ceil(t.max_tokens / (t.batch_size * run.model.context_length)))
-    if t.epochs is not None:
-        return max(1, math.ceil(t.epochs * batches_per_epoch))
-    return t.max_steps
 
 
 def lr_at(step: int, total: int, warmup: int, min_ratio: float) -> float:

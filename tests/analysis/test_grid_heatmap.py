@@ -56,7 +56,7 @@ def cell_marks(fig) -> dict[tuple[str, str], tuple[bool, str]]:
 def test_exactly_the_cells_not_shown_to_differ_are_marked():
     runs = runs_table(CELLS)
     summary = summarize(runs)
-    p = summary.set_index("variant")["p_value"]
+    p = summary.set_index("variant")["p_holm"]  # what the verdicts read by default
     assert p["norm=ln,act=relu"] < 0.05 < p["norm=rms,act=gelu"]  # what the cells claim
     assert math.isnan(p["norm=rms,act=relu"])
     fig, _, caption = _grid(runs, "q", "norm", "act", ["norm", "act"], "val_loss", summary)
@@ -73,8 +73,8 @@ def test_exactly_the_cells_not_shown_to_differ_are_marked():
     assert marks[("ln", "relu")] == (False, "2.2645\nn=3")
     legend = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
     assert legend == [
-        "n.s.: not significantly different from the baseline (two-sided t-test, p ≥ 0.05, "
-        "or no test)"
+        "n.s.: not significantly different from the baseline (two-sided t-test, "
+        "Holm-adjusted p ≥ 0.05, or no test)"
     ]
     assert "hatched cells marked n.s." in caption
 

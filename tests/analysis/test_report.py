@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from scipy import stats as sp
 
 from tests.conftest import TINY
+from toolkit.analysis import stats
 from toolkit.analysis.load import load, load_curves
 from toolkit.analysis.render import write_report
 from toolkit.analysis.table import compare, summarize
@@ -195,7 +196,7 @@ def test_resolution_is_the_pooled_paired_mde():
     sd = math.sqrt(sum(np.var(d, ddof=1) * 2 for d in diffs) / 4)
     assert res["paired"] and res["n"] == 3 and res["df"] == 4
     assert res["sd"] == pytest.approx(sd)
-    expected = (sp.t.ppf(0.975, 2) + sp.t.ppf(0.8, 2)) * sd / math.sqrt(3)
+    expected = stats.noncentrality(2) * sd / math.sqrt(3)  # 80% power at 2 df, exactly
     assert res["mde"] == pytest.approx(expected)
     assert s.set_index("variant").loc["b", "mde"] == pytest.approx(expected)
     assert res["mde_pct"] == pytest.approx(100 * expected / 2.1)
@@ -214,9 +215,97 @@ def test_resolution_unpaired_and_with_one_seed():
     res = summarize(t).attrs["resolution"]
     sd = math.sqrt((0.02 + 0.02) / 2)
     assert not res["paired"] and res["sd"] == pytest.approx(sd)
-    assert res["mde"] == pytest.approx((sp.t.ppf(0.975, 2) + sp.t.ppf(0.8, 2)) * sd)
+    assert res["mde"] == pytest.approx(stats.noncentrality(2) * sd)  # sqrt(2/n) = 1 for n = 2
     one = summarize(seeded({"base": [2.0], "b": [1.9]}))
     assert "no estimate of the seed-to-seed noise" in format_summary(one)
+
+
+# -- multiple comparisons, outlier seeds, the A/A check ----------------------------------------
+
+BASE = [2.0, 2.2, 2.1]
+FAMILY = {  # paired differences to the baseline -> two-sided p
+    "base": BASE,
+    "b": [x + d for x, d in zip(BASE, [0.05, 0.07, 0.06], strict=True)],  # p 0.009: worse
+    "c": [x - d for x, d in zip(BASE, [0.03, 0.06, 0.04], strict=True)],  # p 0.039: by chance?
+    "d": [x + d for x, d in zip(BASE, [-0.02, 0.03, 0.01], strict=True)],  # p 0.69
+}
+
+
+def test_holm_adjusts_the_family_of_comparisons_and_the_verdicts_read_it():
+    s = summarize(seeded(FAMILY))
+    by = s.set_index("variant")
+    assert s.attrs["correction"] == "holm" and s.attrs["alpha"] == 0.05
+    # Holm over the 3 tested variants: 3 · p_b, then max(that, 2 · p_c), then max(.., p_d).
+    p = by["p_value"]
+    assert by.loc["b", "p_holm"] == pytest.approx(3 * p["b"])
+    assert by.loc["c", "p_holm"] == pytest.approx(2 * p["c"])
+    assert by.loc["d", "p_holm"] == pytest.approx(p["d"])
+    assert math.isnan(by.loc["base", "p_holm"])
+    assert by["verdict"].to_dict() == {"b": "worse", "c": "n.s.", "d": "n.s.", "base": ""}
+    none = summarize(seeded(FAMILY), correction="none").set_index("variant")
+    assert none.loc["c", "verdict"] == "better"  # p 0.039 < 0.05 unadjusted
+    assert none["p_holm"].equals(by["p_holm"])  # the column is there either way
+    with pytest.raises(ToolkitError, match=r"use 'holm'.*or 'none'"):
+        summarize(seeded(FAMILY), correction="bonferroni")
+
+
+def test_the_text_says_which_correction_the_verdicts_used():
+    text = format_summary(summarize(seeded(FAMILY)))
+    header = text.splitlines()[0]
+    assert " p p Holm verdict test " in f"{header} "
+    assert "Holm-Bonferroni over the 3 comparisons with the baseline" in text
+    assert "--correction none" in text
+    line = next(x for x in text.splitlines() if x.startswith("  c "))
+    assert " 0.039  0.078 n.s. " in line
+    plain = format_summary(summarize(seeded(FAMILY), correction="none"))
+    assert "p Holm" not in plain.splitlines()[0]
+    assert "not corrected for multiple comparisons (correction none): with 3 comparisons" in plain
+    line = next(x for x in plain.splitlines() if x.startswith("  c "))
+    assert " 0.039 better " in line
+    alone = format_summary(summarize(seeded({"base": [2.0, 2.1]})))
+    assert "verdict:" not in alone  # nothing tested, nothing to say
+
+
+def test_outlier_seed_is_flagged_in_the_table_and_named_in_a_note():
+    values = {
+        "base": [2.00, 2.01, 1.99, 2.00, 2.02],
+        "b": [1.95, 1.96, 1.94, 2.30, 1.95],  # seed 3 ran off
+        "c": [2.05, 2.04, 2.06, 2.05, 2.03],
+    }
+    s = summarize(seeded(values))
+    by = s.set_index("variant")
+    assert by["outlier_seeds"].to_dict() == {"b": "3", "base": "", "c": ""}
+    assert by.loc["b", "flags"] == "outlier seed 3"
+    [o] = s.attrs["outliers"]
+    assert (o["variant"], o["seed"], o["value"]) == ("b", 3, 2.30)
+    assert o["others_mean"] == pytest.approx(1.95) and o["p_value"] < 0.01 / 5
+    [line] = [x for x in format_summary(s).splitlines() if x.startswith("outlier:")]
+    assert line.startswith("outlier: b seed 3 has val_loss 2.3000, far from the mean of its ")
+    assert "look at that run" in line
+    clean = summarize(seeded({**values, "b": [1.95, 1.96, 1.94, 1.97, 1.95]}))
+    assert (clean["outlier_seeds"] == "").all() and clean.attrs["outliers"] == []
+    assert "outlier" not in format_summary(clean)
+
+
+def test_aa_check_splits_the_baseline_seeds_in_two_halves():
+    values = {"base": [2.00, 2.01, 1.99, 2.00, 2.02, 2.01], "b": [1.9] * 2}
+    s = summarize(seeded(values))
+    check = s.attrs["aa_check"]
+    assert (check["first"], check["second"]) == ([0, 1, 2], [3, 4, 5])
+    ref = sp.ttest_ind([2.00, 2.01, 1.99], [2.00, 2.02, 2.01], equal_var=True)
+    assert check["p_value"] == pytest.approx(ref.pvalue) and check["test"] == "Student t"
+    assert check["delta"] == pytest.approx(-0.01) and not check["alarm"]
+    [line] = [x for x in format_summary(s).splitlines() if x.startswith("A/A check")]
+    assert line.startswith("A/A check: baseline seeds 0-2 vs 3-5: Δ -0.0100 nats/token, p ")
+    assert line.endswith("as expected, two halves of one configuration do not differ.")
+
+    drift = summarize(seeded({**values, "base": [2.00, 2.01, 1.99, 2.10, 2.11, 2.12]}))
+    assert drift.attrs["aa_check"]["alarm"]
+    [line] = [x for x in format_summary(drift).splitlines() if x.startswith("A/A check")]
+    assert ": warning, two halves of one configuration differ at p < 0.05." in line
+
+    few = summarize(seeded({**values, "base": [2.0, 2.1, 2.0]}))
+    assert few.attrs["aa_check"] is None and "A/A check" not in format_summary(few)
 
 
 # -- properties of the aggregation --------------------------------------------------------------
@@ -406,6 +495,55 @@ def test_report_command_writes_into_the_folder_or_out(tmp_path, capsys):
         assert (tmp_path / "elsewhere" / name).is_file(), name
     assert not (folder / "report.md").exists()
     assert (tmp_path / "elsewhere" / "figures" / "final.png").is_file()
+
+
+def test_rendered_report_shows_holm_verdicts_outliers_and_the_aa_check(tmp_path):
+    results = {}
+    for seed, (base, rms, relu) in enumerate(
+        [(2.00, 1.95, 2.10), (2.01, 1.96, 2.11), (1.99, 1.94, 2.09), (2.00, 2.40, 2.12),
+         (2.02, 1.95, 2.10), (2.01, 1.96, 2.11)]
+    ):  # fmt: skip
+        results |= {("base", seed): base, ("rms", seed): rms, ("relu", seed): relu}
+    folder = fake_experiment(tmp_path / "exp", "exp", results)
+    result = write_report(folder, tmp_path / "rep", figures=False)
+    md = result.markdown.read_text()
+    assert "| p (test) | p Holm | verdict |" in md
+    assert "**p Holm**: Holm-Bonferroni over the 2 comparisons with the baseline" in md
+    assert "- Outlier: `rms` seed 3 has val_loss 2.4000" in md
+    assert "A/A check: baseline seeds 0-2 vs 3-5: Δ " in md
+    assert "`p_holm_(i) = max_{j ≤ i} min(1, (m - j + 1) · p_(j))`" in md
+    assert "outlier: rms seed 3 has val_loss 2.4000" in result.text
+    assert "A/A check: baseline seeds 0-2 vs 3-5" in result.text
+    csv = pd.read_csv(result.folder / "report_summary.csv", dtype={"outlier_seeds": str})
+    csv = csv.set_index("variant")
+    assert {"p_holm", "verdict", "outlier_seeds"} <= set(csv.columns)
+    assert csv.loc["relu", "verdict"] == "worse" and csv.loc["rms", "outlier_seeds"] == "3"
+    assert result.summary.attrs["aa_check"]["first"] == [0, 1, 2]
+
+    plain = write_report(folder, tmp_path / "plain", figures=False, correction="none")
+    md = plain.markdown.read_text()
+    assert "p Holm |" not in md and "| p (test) | verdict |" in md
+    assert "p is not corrected for multiple comparisons (correction none)" in md
+
+
+def test_report_command_passes_the_correction(tmp_path, monkeypatch, capsys):
+    import toolkit.analysis.render as render
+
+    seen = {}
+
+    def fake_write_report(dirs, out=None, **kwargs):
+        seen.update(kwargs)
+        return render.Report(tmp_path, tmp_path / "r.md", tmp_path / "r.html", [], None, "table")
+
+    monkeypatch.setattr(render, "write_report", fake_write_report)
+    assert main(["report", str(tmp_path)]) == 0
+    assert seen == {"correction": "holm"}
+    assert main(["report", str(tmp_path), "--correction", "none"]) == 0
+    assert seen == {"correction": "none"}
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", str(tmp_path), "--correction", "bonferroni"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'bonferroni'" in capsys.readouterr().err
 
 
 # -- the report reads what the runs recorded -----------------------------------------------------

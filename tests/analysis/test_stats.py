@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from scipy import stats as sp
 
 from toolkit.analysis import stats
+from toolkit.errors import ToolkitError
 
 values = st.lists(st.floats(0.5, 10, allow_nan=False), min_size=2, max_size=8)
 
@@ -132,19 +133,35 @@ def test_pooled_std_by_hand():
     assert math.isnan(stats.pooled_std([[1.0], [2.0]])[0])
 
 
+def power_by_scipy(delta: float, sd: float, df: int, k: float) -> float:
+    """A two-sided t-test's power at a true difference delta, from the noncentral t's two tails
+    as scipy states them: P(T' > c) + P(T' < -c), λ = delta / (sd · k)."""
+    c, lam = sp.t.ppf(0.975, df), delta / (sd * k)
+    return float(sp.nct.sf(c, df, lam) + sp.nct.cdf(-c, df, lam))
+
+
 def test_min_detectable_difference_formula():
-    # paired, n = 2: (t(0.975, 1) + t(0.8, 1)) * s / sqrt 2 = (12.7062 + 1.3764) * s / sqrt 2
+    # paired, n = 2 (1 df): the difference at which the test has exactly 80% power
     mde = stats.min_detectable_difference(0.01, 2, paired=True)
-    assert mde == pytest.approx((12.706204736 + 1.376381920) * 0.01 / math.sqrt(2))
+    assert power_by_scipy(mde, 0.01, 1, 1 / math.sqrt(2)) == pytest.approx(0.8, abs=1e-9)
+    # the normal-approximation shortcut (t(0.975, 1) + t(0.8, 1)) · s / √n gives less power
+    shortcut = (12.706204736 + 1.376381920) * 0.01 / math.sqrt(2)
+    assert shortcut < mde and power_by_scipy(shortcut, 0.01, 1, 1 / math.sqrt(2)) < 0.75
     two = stats.min_detectable_difference(0.01, 4, paired=False, n_other=6)
-    df = 8
-    expected = (sp.t.ppf(0.975, df) + sp.t.ppf(0.8, df)) * 0.01 * math.sqrt(1 / 4 + 1 / 6)
-    assert two == pytest.approx(expected)
+    k = math.sqrt(1 / 4 + 1 / 6)
+    assert power_by_scipy(two, 0.01, 8, k) == pytest.approx(0.8, abs=1e-9)
     assert math.isnan(stats.min_detectable_difference(0.01, 1, paired=True))
     assert math.isnan(stats.min_detectable_difference(float("nan"), 5))
     # more seeds resolve smaller differences
     sizes = [stats.min_detectable_difference(1.0, n) for n in (2, 3, 5, 10)]
     assert sizes == sorted(sizes, reverse=True)
+    # other levels and powers: still exact
+    for alpha, power in ((0.01, 0.9), (0.1, 0.5)):
+        lam = stats.noncentrality(6, alpha, power)
+        c = sp.t.ppf(1 - alpha / 2, 6)
+        assert sp.nct.sf(c, 6, lam) + sp.nct.cdf(-c, 6, lam) == pytest.approx(power, abs=1e-9)
+    with pytest.raises(ValueError, match="alpha < power"):
+        stats.min_detectable_difference(1.0, 5, power=0.01)
 
 
 def test_min_detectable_difference_has_about_the_stated_power():
@@ -160,3 +177,93 @@ def test_min_detectable_difference_has_about_the_stated_power():
 
 def test_no_spread_has_no_detectable_difference():
     assert math.isnan(stats.min_detectable_difference(0.0, 5))
+
+
+# -- Holm-Bonferroni ------------------------------------------------------------------------------
+
+
+def test_holm_by_hand():
+    # sorted: 4 · 0.01 = 0.04; 3 · 0.02 = 0.06; 2 · 0.03 = 0.06; 1 · 0.04 = 0.04 -> running max 0.06
+    assert stats.holm([0.01, 0.02, 0.03, 0.04]) == pytest.approx([0.04, 0.06, 0.06, 0.06])
+    # in the order given, not sorted
+    assert stats.holm([0.04, 0.01, 0.03]) == pytest.approx([0.06, 0.03, 0.06])
+    assert stats.holm([0.5, 0.6]) == [1.0, 1.0]  # capped at 1
+    assert stats.holm([0.2]) == [0.2]  # a family of one is not adjusted
+    assert stats.holm([]) == []
+
+
+def test_holm_leaves_nan_out_of_the_family():
+    nan = float("nan")
+    adjusted = stats.holm([nan, 0.01, 0.04, nan, 0.03])
+    assert math.isnan(adjusted[0]) and math.isnan(adjusted[3])
+    assert adjusted[1:3] + adjusted[4:] == pytest.approx([0.03, 0.06, 0.06])  # m = 3, not 5
+    assert all(math.isnan(x) for x in stats.holm([nan, nan]))
+
+
+def test_adjust_by_correction():
+    p = [0.01, 0.04, 0.03]
+    assert stats.adjust(p, "holm") == stats.holm(p)
+    assert stats.adjust(p, "none") == p
+    with pytest.raises(ToolkitError, match=r"unknown correction 'bh': use 'holm'"):
+        stats.adjust(p, "bh")
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.one_of(st.floats(0, 1), st.just(float("nan"))), max_size=10))
+def test_holm_is_monotone_and_between_p_and_bonferroni(p):
+    adjusted = stats.holm(p)
+    m = sum(math.isfinite(x) for x in p)
+    pairs = sorted((x, a) for x, a in zip(p, adjusted, strict=True) if math.isfinite(x))
+    for x, a in pairs:
+        assert x <= a <= min(1.0, m * x) + 1e-12
+    assert [a for _, a in pairs] == sorted(a for _, a in pairs)  # same order as p
+
+
+# -- Student's t, the A/A check, outlier seeds ---------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(values, values)
+def test_student_t_matches_scipy_ttest_ind(a, b):
+    ours = stats.student_t(a, b)
+    if np.var(a, ddof=1) + np.var(b, ddof=1) < 1e-12:
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        theirs = sp.ttest_ind(a, b, equal_var=True)
+    assert ours.test == stats.STUDENT and ours.df == len(a) + len(b) - 2
+    assert ours.statistic == pytest.approx(theirs.statistic, rel=1e-7)
+    assert ours.p_value == pytest.approx(theirs.pvalue, rel=1e-7, abs=1e-12)
+
+
+def test_aa_check_splits_sorted_seeds_in_halves():
+    check = stats.aa_check({4: 5.0, 0: 1.0, 3: 4.0, 1: 2.0, 2: 3.0})
+    assert (check.first, check.second) == ((0, 1), (2, 3, 4))  # the second half takes the odd one
+    ref = sp.ttest_ind([1.0, 2.0], [3.0, 4.0, 5.0], equal_var=True)
+    assert check.result.p_value == pytest.approx(ref.pvalue)
+    assert check.result.delta == pytest.approx(1.5 - 4.0)
+    assert stats.aa_check({0: 1.0, 1: 2.0, 2: 3.0}) is None  # needs 4 seeds
+    assert stats.aa_check({0: 1.0, 1: 2.0, 2: 3.0, 3: float("nan")}) is None  # 3 finite
+    flat = stats.aa_check({s: 2.0 for s in range(4)})
+    assert math.isnan(flat.result.p_value)  # no spread: no p-value, no alarm
+
+
+def test_outliers_by_hand():
+    # a: seeds 0-2 at 0, seed 3 at 10; b: 1, -1, 1, -1 (squares 4, 3 df).
+    # Seed 3 of a: others' mean 0 and squares 0, pooled with b: s² = 4 / 5 (df 3 + 3 - 1 = 5);
+    # t = 10 / (√(4/5) · √(1 + 1/3)) = 10 · √(15/16).
+    groups = {"a": {0: 0.0, 1: 0.0, 2: 0.0, 3: 10.0}, "b": {0: 1.0, 1: -1.0, 2: 1.0, 3: -1.0}}
+    [o] = stats.outliers(groups)
+    assert (o.group, o.seed, o.value, o.others_mean, o.df) == ("a", 3, 10.0, 0.0, 5)
+    assert o.t == pytest.approx(10 * math.sqrt(15 / 16))
+    assert o.p_value == pytest.approx(2 * sp.t.sf(10 * math.sqrt(15 / 16), 5))
+    assert o.p_value < stats.OUTLIER_ALPHA / 4
+
+
+def test_outliers_need_three_seeds_and_some_spread():
+    assert stats.outliers({"a": {0: 1.0, 1: 100.0}}) == []  # two seeds: which one is odd?
+    assert stats.outliers({"a": {0: 1.0, 1: 1.0, 2: 1.0}}) == []  # no spread at all
+    # the other seeds agree exactly, but another variant gives the noise: flagged
+    found = stats.outliers({"a": {0: 1.0, 1: 1.0, 2: 1.0, 3: 9.0}, "b": {0: 0.9, 1: 1.1, 2: 1.0}})
+    assert [(o.group, o.seed) for o in found] == [("a", 3)]
+    assert stats.outliers({"a": {0: 1.0, 1: 1.1, 2: float("nan"), 3: 0.9}}) == []  # NaN left out

@@ -4,7 +4,9 @@ One module per step, each importable alone:
 
 - load.py: read experiment folders into one `Experiments` (runs, baseline, missing runs, curves);
 - table.py: the per-variant table and its statistics (`summarize`, `compare`);
-- stats.py: the formulas (t-intervals, paired and Welch t-tests, detectable differences);
+- stats.py: the formulas (t-intervals, paired, Welch and Student t-tests, Holm-Bonferroni,
+  detectable differences, outlier seeds, the A/A check);
+- steps.py: the steps of cumulative variants (`after`): each against the one it builds on;
 - text.py: the table as terminal text (`format_summary`, `report`);
 - figures.py: the PNG figures;
 - render.py: the report files (`write_report`: report.md, report.html, CSVs, figures).

@@ -13,7 +13,8 @@ its path, title and caption:
 - gap.png: validation minus training loss, at the end per variant and during training;
 - grid-<experiment>-<axis>-x-<axis>.png: for an experiment with several axes, one heatmap of
   the mean final metric per pair of axes, its colour range in the title and the cells that do
-  not differ significantly from the baseline hatched and marked "n.s.".
+  not differ significantly from the baseline hatched and marked "n.s." (the summary's verdict
+  column: Holm-adjusted p by default, see table.py).
 
 Not here: the numbers the figures show (table.py computes them, stats.py the intervals) and
 where the figures go in the report (render.py). Metric names and units come from table.py, so
@@ -33,7 +34,8 @@ import numpy as np
 import pandas as pd
 
 from toolkit.analysis import stats
-from toolkit.analysis.table import ALPHA, NAMES, UNITS, finite
+from toolkit.analysis.stats import HOLM
+from toolkit.analysis.table import ALPHA, BETTER, NAMES, UNITS, WORSE
 from toolkit.files import write_atomic
 from toolkit.names import slug
 
@@ -411,9 +413,10 @@ def _grid(
     summary: pd.DataFrame,
 ) -> tuple[Any, str, str] | None:
     """The heatmap of the mean final metric per pair of values of axes a and b. A cell whose
-    variants none differ from the baseline at α = ALPHA (summary's p_value; NaN, no test,
-    counts as not shown to differ) is hatched and annotated "n.s.", so a strong colour over a
-    small spread does not read as a strong effect; the title states the range the colour spans."""
+    variants none differ from the baseline (summary's verdict: its p_holm, or p_value with
+    correction "none", below α; no test counts as not shown to differ) is hatched and annotated
+    "n.s.", so a strong colour over a small spread does not read as a strong effect; the title
+    states the range the colour spans."""
     import seaborn as sns
     from matplotlib.patches import Patch, Rectangle
 
@@ -465,9 +468,11 @@ def _grid(
         else "no finite values"
     )
     ax.set_title(f"{title}\n(mean over {over}; lower is better)\ncolour: {metric} {span}")
+    alpha = summary.attrs.get("alpha", ALPHA)
+    which = "Holm-adjusted p" if summary.attrs.get("correction", HOLM) == HOLM else "p"
     key = (
         f"{NOT_SIGNIFICANT}: not significantly different from the baseline (two-sided t-test, "
-        f"p ≥ {ALPHA:g}, or no test)"
+        f"{which} ≥ {alpha:g}, or no test)"
     )
     if any(" sig." in m for row in marks for m in row):
         key += "\nk/m sig.: k of the m variants the cell averages differ significantly"
@@ -480,8 +485,9 @@ def _grid(
         f"(rows) and {b} (columns), averaged over {over}; n is the number of finished runs in "
         f"the cell. Darker is worse. The colour spans only the cells' own range, {span}, so a "
         f"small spread is coloured as strongly as a large one: hatched cells marked "
-        f"{NOT_SIGNIFICANT} do not differ significantly from the baseline (two-sided t-test at "
-        f"α = {ALPHA:g}; no test, e.g. with one seed, counts as not significant)"
+        f"{NOT_SIGNIFICANT} do not differ significantly from the baseline (two-sided t-test: "
+        f"significant at {which} < {alpha:g}; no test, e.g. with one seed, counts as not "
+        f"significant)"
         + (
             f"; a cell averaging several variants is marked {NOT_SIGNIFICANT} when none of "
             f"them differs, k/m sig. when k of its m do."
@@ -501,14 +507,15 @@ def _significance_marks(
     summary: pd.DataFrame,
 ) -> list[list[str]]:
     """Per heatmap cell: "baseline" for the baseline's own cell, "n.s." when none of its
-    other variants differs from the baseline at α = ALPHA, "k/m sig." when k of m do, "" when
-    all do (or with an empty summary); "\n(+ baseline)" after that when the cell averages the
-    baseline with other variants. The grid's runs are named as in the experiment folder; the
-    summary names them '<experiment>/<variant>' when several folders were combined."""
+    other variants differs from the baseline (the summary's verdict), "k/m sig." when k of m
+    do, "" when all do (or with an empty summary); "\n(+ baseline)" after that when the cell
+    averages the baseline with other variants. The grid's runs are named as in the experiment
+    folder; the summary names them '<experiment>/<variant>' when several folders were
+    combined."""
     marks = [[""] * mean.shape[1] for _ in range(mean.shape[0])]
     if summary.empty or "variant" not in ok:
         return marks
-    p_values = dict(zip(summary["variant"], summary["p_value"], strict=True))
+    verdicts = dict(zip(summary["variant"], summary["verdict"], strict=True))
     baseline = summary.attrs.get("baseline")
     is_base = ok["baseline"].fillna(False).astype(bool) if "baseline" in ok else None
     cells: dict[tuple[str, str], set[str]] = {}
@@ -516,14 +523,14 @@ def _significance_marks(
         name = str(variant)
         if baseline is not None and (name == baseline or (is_base is not None and is_base[index])):
             name = baseline
-        elif name not in p_values and f"{experiment}/{name}" in p_values:
+        elif name not in verdicts and f"{experiment}/{name}" in verdicts:
             name = f"{experiment}/{name}"
         cells.setdefault((rows_key[index], cols_key[index]), set()).add(name)
     for i, row in enumerate(mean.index):
         for j, column in enumerate(mean.columns):
             names = cells.get((str(row), str(column)), set())
             tested = [n for n in names if n != baseline]
-            significant = sum(finite(p_values.get(n)) and p_values[n] < ALPHA for n in tested)
+            significant = sum(verdicts.get(n) in (BETTER, WORSE) for n in tested)
             if not tested:
                 marks[i][j] = "baseline" if names else ""
                 continue

@@ -7,7 +7,8 @@ into one `Experiments`: the runs table of `toolkit.sweep.results.collect` plus e
 experiment.json lists that have no summary.json yet. Several folders must share a baseline
 (the same config hash, or the same training config under any name): their baseline runs are
 pooled by seed and their other variants are named '<experiment>/<variant>'. `load_curves(runs)`
-reads every run's metrics.jsonl.
+reads every run's metrics.jsonl. A folder whose variants build on one another (a spec's `after`)
+gets two more columns from their config.json: after and changes (toolkit.analysis.steps).
 
 Not here: statistics (table.py), text (text.py), report files (render.py). Nothing is computed
 from a run's config: what a run measured (losses, throughput, FLOPs per token) is read as the run
@@ -25,6 +26,7 @@ from typing import Any
 
 import pandas as pd
 
+from toolkit.analysis.steps import describe_keys
 from toolkit.errors import ToolkitError
 from toolkit.files import read_json
 from toolkit.names import run_folder
@@ -96,6 +98,7 @@ def _load_part(folder: Path) -> Part:
         str(folder / (folders.get((v, s)) or run_folder(v, s)))
         for v, s in zip(table["variant"], table["seed"], strict=True)
     ]
+    table = _with_steps(table)
     baseline = experiment.get("baseline")
     if baseline is None and not table.empty and table["baseline"].fillna(False).astype(bool).any():
         baseline = table.loc[table["baseline"].fillna(False).astype(bool), "variant"].iloc[0]
@@ -103,6 +106,31 @@ def _load_part(folder: Path) -> Part:
         baseline = experiment["variants"][0]
     name = str(experiment.get("name") or folder.name)
     return Part(folder, name, experiment, table, baseline, expected)
+
+
+def _with_steps(table: pd.DataFrame) -> pd.DataFrame:
+    """The runs with after (the variant each run's variant builds on; '' for none) and changes
+    (the keys it sets itself, or for one that builds on none what it sets over the base), from
+    the config.json of a run of each variant; the table as it is when no variant builds on
+    another, so the reports of other folders do not change."""
+    configs: dict[str, dict[str, Any]] = {}
+    for variant, run_dir in zip(table["variant"], table["run_dir"], strict=True):
+        if variant not in configs:
+            config = read_json(Path(run_dir) / "config.json")
+            if isinstance(config, dict):
+                configs[variant] = config
+    if not any(isinstance(c.get("after"), str) for c in configs.values()):
+        return table
+    link = {
+        v: (c["after"], describe_keys(c.get("own_overrides")))
+        if isinstance(c.get("after"), str)
+        else ("", describe_keys(c.get("overrides")))
+        for v, c in configs.items()
+    }
+    table = table.copy()
+    table["after"] = [link.get(v, ("", ""))[0] for v in table["variant"]]
+    table["changes"] = [link.get(v, ("", ""))[1] for v in table["variant"]]
+    return table
 
 
 def _baseline_identity(part: Part) -> tuple[str | None, set[str]]:
@@ -173,6 +201,8 @@ def load(dirs: str | Path | Iterable[str | Path]) -> Experiments:
         }
         relabel |= {(part.name, v): label for v, label in labels.items()}
         table["variant"] = table["variant"].map(labels)
+        if "after" in table:
+            table["after"] = [labels.get(a, a) if a else a for a in table["after"]]
         base = table[is_base & ~table["seed"].isin(seen)]
         seen |= set(base["seed"])
         frames += [base, table[~is_base]]

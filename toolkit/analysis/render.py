@@ -5,6 +5,7 @@ the data behind them.
 
     result = write_report("runs/quickstart", out="reports/qs")   # report.md, report.html, ...
     print(result.text)                                           # the terminal table
+    result.summary.attrs["aa_check"]                             # the A/A check, as a dict
 
 `write_report(dirs, out=None)` writes into out (default: the experiment folder; for several
 folders, report-<a>+<b> next to the first): report.md, report.html (figures embedded as PNG, no
@@ -32,8 +33,20 @@ import pandas as pd
 
 from toolkit.analysis.figures import FigureFile, make_figures
 from toolkit.analysis.load import Experiments, load, load_curves
+from toolkit.analysis.stats import HOLM, OUTLIER_ALPHA, check_correction
 from toolkit.analysis.table import NAMES, UNITS, finite, summarize
-from toolkit.analysis.text import num, pvalue, resolution_text, seconds, si, terminal_text
+from toolkit.analysis.text import (
+    aa_text,
+    correction_text,
+    num,
+    outlier_lines,
+    pvalue,
+    resolution_text,
+    seconds,
+    si,
+    step_cells,
+    terminal_text,
+)
 from toolkit.errors import ToolkitError
 from toolkit.files import write_atomic
 
@@ -62,12 +75,17 @@ def write_report(
     out: str | Path | None = None,
     *,
     figures: bool = True,
+    correction: str = HOLM,
 ) -> Report:
     """Write report.md, report.html, figures/*.png, report_runs.csv, report_summary.csv and
     report_curves.csv into out (default: the experiment folder; for several folders,
-    report-<a>+<b> next to the first). Everything is checked before anything is written."""
+    report-<a>+<b> next to the first). correction: the p-value the verdicts read, "holm"
+    (Holm-adjusted) or "none". Everything is checked before anything is written."""
+    check_correction(correction)
     experiments = load(dirs)
-    summary = summarize(experiments.runs, experiments.baseline, asked=experiments.asked)
+    summary = summarize(
+        experiments.runs, experiments.baseline, asked=experiments.asked, correction=correction
+    )
     curves = load_curves(experiments.runs)
     folder = Path(out) if out is not None else default_out([p.folder for p in experiments.parts])
     if folder.exists() and not folder.is_dir():
@@ -145,8 +163,11 @@ def _document(
         doc.append(("h2", "Results"))
         doc.append(_results_table(summary))
         doc.append(("ul", _table_notes(summary)))
+        doc += _steps_blocks(summary)
         doc.append(("h2", "What the sweep could resolve"))
         doc.append(("p", resolution_text(summary, markdown=True)))
+        if summary.attrs.get("aa_check"):
+            doc.append(("p", aa_text(summary)))
     if experiments.missing:
         doc.append(("h2", "Missing runs"))
         doc.append(
@@ -203,12 +224,14 @@ def _results_table(summary: pd.DataFrame) -> tuple:
             text += f"\n[{num(r[f'{m}_ci_low'], spec[m])}, {num(r[f'{m}_ci_high'], spec[m])}]"
         return text
 
+    holm = summary.attrs.get("correction", HOLM) == HOLM
     header = [
         "variant", "seeds", f"{labels[metric]} ({UNITS[metric]})", "Δ vs baseline", "p (test)",
-        "detectable Δ", *[labels[m] for m in others], "params", "FLOP/token", "tokens/s",
-        "wall time", "flags",
+        *(["p Holm"] if holm else []), "verdict", "detectable Δ", *[labels[m] for m in others],
+        "params", "FLOP/token", "tokens/s", "wall time", "flags",
     ]  # fmt: skip
-    align = ["l", "r", "r", "r", "r", "r", "r", "r", "r", "r", "r", "r", "l"]
+    align = ["l", "r", "r", "r", "r", *(["r"] if holm else []), "l", "r", "r", "r", "r", "r",
+             "r", "r", "l"]  # fmt: skip
     rows, bold = [], set()
     for i, r in enumerate(summary.to_dict("records")):
         if r["baseline"]:
@@ -227,6 +250,8 @@ def _results_table(summary: pd.DataFrame) -> tuple:
                 stat(r, metric),
                 delta,
                 p,
+                *([pvalue(r["p_holm"])] if holm else []),
+                r["verdict"] or "-",
                 num(r["mde"], ".4f"),
                 *[stat(r, m) for m in others],
                 params,
@@ -241,7 +266,6 @@ def _results_table(summary: pd.DataFrame) -> tuple:
 
 def _table_notes(summary: pd.DataFrame) -> list[str]:
     metric = summary.attrs.get("metric", "val_loss")
-    k = int((summary["test"] != "").sum())
     notes = [
         "Each statistic is over the finished seeds of a variant: mean ± sample std (n - 1), "
         "and below it the 95% confidence interval of the mean (t-interval, "
@@ -250,8 +274,7 @@ def _table_notes(summary: pd.DataFrame) -> list[str]:
         "**p**: two-sided t-test against the baseline: `paired t` on the seeds both have "
         "(a seed fixes the initialisation and the data order), `Welch t` when they share "
         "fewer than two seeds, `-` when either side has one seed (no estimate of the noise).",
-        f"p-values are not corrected for multiple comparisons: with {k} comparisons, about "
-        f"{0.05 * k:.2g} would fall under 0.05 by chance if no variant differed.",
+        correction_text(summary, markdown=True),
         "**detectable Δ**: the smallest true difference this comparison detects with 80% power "
         "at α = 0.05 (see below).",
         "**params**: unique parameters (a tied head counted once), and without the token and "
@@ -275,9 +298,46 @@ def _table_notes(summary: pd.DataFrame) -> list[str]:
         notes.append(
             "**flags**: diverged runs (non-finite loss) and failed runs (error.txt in the run "
             "folder) are left out of the statistics; `k/n seeds` means fewer finished seeds "
-            "than the spec asks."
+            "than the spec asks; `outlier seed` names a seed far from the variant's other seeds "
+            "(see below), which stays in the statistics."
         )
-    return notes
+    notes.extend(line[0].upper() + line[1:] for line in outlier_lines(summary, markdown=True))
+    return [n for n in notes if n]
+
+
+def _steps_blocks(summary: pd.DataFrame) -> list[tuple]:
+    """The steps of cumulative variants (a spec's `after`, toolkit.analysis.steps): a heading,
+    the table and its notes; nothing for an experiment without them."""
+    header, rows, baseline = step_cells(summary)
+    if not rows:
+        return []
+    metric = summary.attrs.get("metric", "val_loss")
+    rows = [[r[0] + (" (baseline)" if i in baseline else ""), *r[1:]] for i, r in enumerate(rows)]
+    return [
+        ("h2", "Steps"),
+        (
+            "p",
+            f"The variants that build on another (`after` in the spec) and those they build on, "
+            f"in the spec's order: what each changes, what that step gains in {NAMES[metric]} "
+            f"({UNITS[metric]}; negative is better), and the running total against the baseline.",
+        ),
+        ("table", header, rows, ["l", "l", "l", "r", "r", "r", "r"], baseline),
+        (
+            "ul",
+            [
+                f"**Δ step**: mean {metric} minus the mean of the variant it builds on "
+                "(**after**), over their finished seeds. **95% CI** and **p**: the interval of "
+                "that difference and a two-sided t-test of it: `paired t` on the seeds both "
+                "have, `Welch t` when they share fewer than two, `-` when either has one seed. "
+                "These p-values are not adjusted for multiple comparisons.",
+                "**changes**: the keys the variant sets itself; for one that builds on no "
+                "other, what it sets over the spec's base settings.",
+                "**running total**: Δ against the baseline, as in the results table. Along a "
+                "chain that starts at the baseline the steps add up to it (differences of "
+                "means; each step has its own interval and test).",
+            ],
+        ),
+    ]
 
 
 def _method_notes() -> list[str]:
@@ -292,10 +352,26 @@ def _method_notes() -> list[str]:
         "`t = mean(d) / (s_d / √n)`, `df = n - 1`.",
         "Welch's t-test: `t = (m_a - m_b) / √(s_a²/n_a + s_b²/n_b)`, Welch-Satterthwaite "
         "`df = (s_a²/n_a + s_b²/n_b)² / ((s_a²/n_a)²/(n_a-1) + (s_b²/n_b)²/(n_b-1))`.",
-        "Minimum detectable difference (α = 0.05 two-sided, power 0.8): paired "
-        "`(t(1-α/2, n-1) + t(power, n-1)) · s_diff / √n`, unpaired "
-        "`(t(1-α/2, n_a+n_b-2) + t(power, n_a+n_b-2)) · s · √(1/n_a + 1/n_b)`; s is pooled "
-        "across variants: `√(Σ(n_i-1)s_i² / Σ(n_i-1))`.",
+        "Holm-Bonferroni (the default verdicts; `ablate report --correction none` turns it "
+        "off): the m comparisons with the baseline that have a p-value are one family; sorted "
+        "`p_(1) ≤ ... ≤ p_(m)`, `p_holm_(i) = max_{j ≤ i} min(1, (m - j + 1) · p_(j))`. "
+        "The chance that any verdict in the table is a false alarm is then at most α.",
+        "Minimum detectable difference (α = 0.05 two-sided, power 0.8), exact from the "
+        "noncentral t: the δ with `P(T'(df, λ) > c) + P(T'(df, -λ) > c) = 0.8`, "
+        "`c = t(1-α/2, df)`; paired `λ = δ · √n / s_diff`, `df = n-1`; unpaired "
+        "`λ = δ / (s · √(1/n_a + 1/n_b))`, `df = n_a+n_b-2` (Student's test: Welch's has less "
+        "power with few seeds a side); s is pooled across variants: "
+        "`√(Σ(n_i-1)s_i² / Σ(n_i-1))`.",
+        "Outlier seeds (variants with 3 or more seeds): seed i's deleted residual "
+        "`t_i = (x_i - m_-i) / (s_-i · √(1 + 1/(n-1)))`, with `m_-i` the mean of the "
+        "variant's other seeds and `s_-i` the seed-to-seed std pooled over every variant with "
+        "seed i left out; flagged when `2 · P(T_df > |t_i|) < "
+        f"{OUTLIER_ALPHA:g} / n`, so a variant without an outlier is flagged with probability "
+        f"at most {OUTLIER_ALPHA:.0%} (when the seeds are normal with one spread).",
+        "A/A check (a baseline with 4 or more seeds): its seeds in sorted order, the first "
+        "half against the second, by Student's two-sample t-test. Both halves are runs of one "
+        "configuration, so p < α is a false alarm; more than the expected one in 20 means the "
+        "seed-to-seed noise is not what the t-tests assume.",
         "FLOPs per token (Kaplan et al. 2020), forward and backward: `6 · (weights of every "
         "matrix product, the LM head included) + 12 · n_layers · emb_dim · context_length`, "
         "as each run recorded it in summary.json (computed by `toolkit.training.throughput` "

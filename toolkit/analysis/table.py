@@ -5,6 +5,7 @@ what the sweep could resolve.
 
     table = compare("runs/quickstart")           # pandas.DataFrame, one row per variant
     table = compare(["runs/norms", "runs/acts"])   # several folders that share a baseline
+    table = compare("runs/quickstart", correction="none")   # verdicts on unadjusted p-values
 
 `compare(dirs)` reads experiment folders (toolkit.analysis.load) and returns the table `ablate
 report` prints, sorted by the comparison metric (mean final validation loss; bits per byte when
@@ -20,15 +21,24 @@ builds it from a tidy runs table (`toolkit.sweep.results.collect`). Columns:
   the comparison metric (delta_pct in % of the baseline's mean)
 - test ("paired t" on the seeds shared with the baseline, "Welch t", or "" when a side has a
   single seed), pairs (seeds the test paired), statistic, df, p_value (two-sided; NaN without
-  a test), mde (minimum detectable difference of this comparison, see below)
+  a test), p_holm (p_value Holm-adjusted over the family of every comparison with the baseline
+  in the table), verdict ("better" or "worse" when the p the correction picks, p_holm by
+  default or p_value with correction="none", is below α; "n.s." when it is not; "" without a
+  test), mde (minimum detectable difference of this comparison, see below)
 - params, params_non_embedding, flops_per_token, tokens_per_s, train_s, wall_s (means per run)
 - causal, eval_windows (which windows its losses were scored on, train.eval_windows: "grid" or
   "spread", joined by "+" when its seeds differ), diverged, failed (counts), flags (text:
   non-causal, eval windows other than the baseline's, diverged or failed runs, fewer finished
-  seeds than asked)
+  seeds than asked, outlier seeds); outlier_seeds (text: the seeds `stats.outliers` flags in
+  the comparison metric, "3" or "3, 7"; "" for none)
+- after, changes, delta_step, delta_step_ci_low, delta_step_ci_high, test_step, p_step: only
+  when some variant builds on another (a spec's `after`): toolkit.analysis.steps
 
-`summary.attrs` holds "metric" (the comparison metric), "baseline" and "resolution" (what the
-sweep could resolve: sd, df, n, paired, mde, mde_pct, alpha, power).
+`summary.attrs` holds "metric" (the comparison metric), "baseline", "correction" ("holm" or
+"none"), "alpha", "resolution" (what the sweep could resolve: sd, df, n, paired, mde, mde_pct,
+alpha, power), "outliers" (one dict per flagged seed: variant, seed, value, others_mean, t, df,
+p_value) and "aa_check" (the A/A check of the baseline: first and second, the seeds of each
+half; test, delta, statistic, df, p_value, alarm (p < α); None below 4 baseline seeds).
 
 Formulas (toolkit.analysis.stats has them written out):
 
@@ -36,10 +46,19 @@ Formulas (toolkit.analysis.stats has them written out):
 - Paired t-test (variant and baseline share ≥ 2 seeds; a seed fixes the initialisation and the
   data order, so runs with the same seed are paired): d = variant - baseline per shared seed,
   t = mean(d) / (s_d / √n), df = n - 1. Else Welch's t-test (each side ≥ 2 seeds). Else none.
+- Holm-Bonferroni: the m comparisons with a p-value are one family; with p_(1) ≤ ... ≤ p_(m),
+  p_holm_(i) = max_{j ≤ i} min(1, (m - j + 1) · p_(j)). Verdicts at p_holm < α are wrong
+  anywhere in the table with probability at most α; at p_value < α, one of k null comparisons
+  comes out "significant" with probability up to 1 - (1 - α)^k.
 - Minimum detectable difference (α = 0.05, power 0.8), with s the seed-to-seed spread pooled
   across variants (of the per-seed differences to the baseline when the design is paired):
-  paired: (t(1 - α/2, n - 1) + t(power, n - 1)) · s_diff / √n;
-  unpaired: (t(1 - α/2, 2n - 2) + t(power, 2n - 2)) · s · √(2/n).
+  the δ at which the t-test's power from the noncentral t is 0.8, δ = λ · s · k with
+  paired: λ for df = n - 1, k = 1/√n; unpaired: λ for df = 2n - 2, k = √(2/n).
+- Outlier seeds: a seed whose deleted residual (its distance to the mean of its variant's other
+  seeds, in units of the seed-to-seed std pooled over every variant without it) has p < 0.01/n
+  in a variant of n ≥ 3 seeds; a clean variant is flagged with probability at most 1%.
+- A/A check: the baseline's seeds, sorted, first half against second half, Student's t-test;
+  p < α there is a false alarm (both halves are one configuration).
 
 FLOPs per token, parameters and throughput are what each run recorded in its summary.json (FLOPs
 per token: toolkit.training.throughput, 6 x the weights of every matrix product, the LM head
@@ -62,6 +81,8 @@ import pandas as pd
 
 from toolkit.analysis import stats
 from toolkit.analysis.load import load
+from toolkit.analysis.stats import HOLM
+from toolkit.analysis.steps import add_steps
 
 METRICS = ("val_loss", "val_perplexity", "val_bpb")
 # How each metric is named and measured, in the table, the report and the figures alike.
@@ -78,6 +99,8 @@ NAMES = {
     "val_bpb": "validation bits per byte",
 }
 ALPHA, POWER, CONFIDENCE = 0.05, 0.8, 0.95
+# The verdict of a comparison (every comparison metric here is lower-is-better).
+BETTER, WORSE, NOT_SIGNIFICANT = "better", "worse", "n.s."
 
 
 def comparison_metric(table: pd.DataFrame) -> str:
@@ -88,11 +111,23 @@ def comparison_metric(table: pd.DataFrame) -> str:
     return "val_loss"
 
 
-def compare(dirs: str | Path | Iterable[str | Path], baseline: str | None = None) -> pd.DataFrame:
+def compare(
+    dirs: str | Path | Iterable[str | Path],
+    baseline: str | None = None,
+    *,
+    correction: str = HOLM,
+) -> pd.DataFrame:
     """The comparison table (one row per variant, see the module docstring) of one or several
-    experiment folders sharing a baseline."""
+    experiment folders sharing a baseline. correction: "holm" (verdicts on Holm-adjusted
+    p-values) or "none"."""
+    stats.check_correction(correction)
     experiments = load(dirs)
-    return summarize(experiments.runs, baseline or experiments.baseline, asked=experiments.asked)
+    return summarize(
+        experiments.runs,
+        baseline or experiments.baseline,
+        asked=experiments.asked,
+        correction=correction,
+    )
 
 
 def summarize(
@@ -103,11 +138,14 @@ def summarize(
     alpha: float = ALPHA,
     power: float = POWER,
     confidence: float = CONFIDENCE,
+    correction: str = HOLM,
 ) -> pd.DataFrame:
     """One row per variant over its finished (status ok) runs, sorted by the comparison metric
     (mean final validation loss; bits per byte when tokenizers differ), ties by name. See the
     module docstring for the columns. baseline defaults to the variant whose runs are marked
-    baseline; asked maps variant -> runs the spec lists (default: runs recorded)."""
+    baseline; asked maps variant -> runs the spec lists (default: runs recorded); correction
+    picks the p-value the verdicts read: "holm" (p_holm) or "none" (p_value)."""
+    stats.check_correction(correction)
     if table.empty:
         return pd.DataFrame()
     table = table.reset_index(drop=True)
@@ -191,6 +229,15 @@ def summarize(
         }
         extra.append(out)
     summary = pd.concat([summary, pd.DataFrame(extra)], axis=1)
+    summary["p_holm"] = stats.holm(summary["p_value"])
+    verdict_p = stats.adjust(summary["p_value"], correction)
+    summary["verdict"] = [
+        _verdict(p, t, alpha) for p, t in zip(verdict_p, summary["statistic"], strict=True)
+    ]
+    found = stats.outliers({v: per[metric] for v, per in values.items()})
+    summary["outlier_seeds"] = [
+        ", ".join(str(o.seed) for o in found if o.group == v) for v in summary["variant"]
+    ]
     base_windows = summary.loc[summary["baseline"], "eval_windows"].tolist()
     summary["flags"] = [
         _flags(r, base_windows[0] if base_windows else None) for r in summary.to_dict("records")
@@ -201,18 +248,57 @@ def summarize(
         *[f"{m}_{s}" for m in METRICS for s in ("mean", "std", "ci_low", "ci_high")],
         "train_loss_mean", "gap_mean", "gap_std", "gap_ci_low", "gap_ci_high",
         "delta_val_loss", "delta_val_bpb", "delta", "delta_pct",
-        "test", "pairs", "statistic", "df", "p_value", "mde",
+        "test", "pairs", "statistic", "df", "p_value", "p_holm", "verdict", "mde",
         "params", "params_non_embedding", "flops_per_token", "tokens_per_s", "train_s", "wall_s",
-        "causal", "eval_windows", "diverged", "failed", "flags",
+        "causal", "eval_windows", "diverged", "failed", "outlier_seeds", "flags",
     ]  # fmt: skip
     summary = summary[order]
     summary["_key"] = summary[f"{metric}_mean"]
     summary = summary.sort_values(["_key", "variant"], na_position="last", kind="stable")
     summary = summary.drop(columns="_key").reset_index(drop=True)
+    summary = add_steps(summary, table, {v: p[metric] for v, p in values.items()}, confidence)
     summary.attrs["metric"] = metric
     summary.attrs["baseline"] = baseline
+    summary.attrs["correction"] = correction
+    summary.attrs["alpha"] = alpha
     summary.attrs["resolution"] = resolution
+    summary.attrs["outliers"] = [
+        {"variant": o.group, "seed": _plain(o.seed), "value": o.value,
+         "others_mean": o.others_mean, "t": o.t, "df": o.df, "p_value": o.p_value}
+        for o in found
+    ]  # fmt: skip
+    summary.attrs["aa_check"] = _aa_check(base[metric] if base is not None else {}, alpha)
     return summary
+
+
+def _verdict(p: float, statistic: float, alpha: float) -> str:
+    if not finite(p):
+        return ""
+    if p >= alpha:
+        return NOT_SIGNIFICANT
+    return BETTER if statistic < 0 else WORSE
+
+
+def _plain(seed: Any) -> Any:
+    """A seed as a plain int when it is a whole number (pandas hands back numpy integers)."""
+    return int(seed) if isinstance(seed, (int, np.integer)) else seed
+
+
+def _aa_check(baseline: dict[Any, float], alpha: float) -> dict[str, Any] | None:
+    check = stats.aa_check(baseline)
+    if check is None:
+        return None
+    r = check.result
+    return {
+        "first": [_plain(s) for s in check.first],
+        "second": [_plain(s) for s in check.second],
+        "test": r.test,
+        "delta": r.delta,
+        "statistic": r.statistic,
+        "df": r.df,
+        "p_value": r.p_value,
+        "alarm": bool(finite(r.p_value) and r.p_value < alpha),
+    }
 
 
 def _column(frame: pd.DataFrame, name: str) -> pd.Series:
@@ -341,6 +427,9 @@ def _flags(row: dict[str, Any], base_windows: str | None) -> str:
         flags.append(f"{row['failed']} failed")
     if row["other"]:
         flags.append(f"{row['other']} other status")
+    if row["outlier_seeds"]:
+        many = "," in row["outlier_seeds"]
+        flags.append(f"outlier seed{'s' if many else ''} {row['outlier_seeds']}")
     if row["ok"] < row["seeds_asked"]:
         flags.append(f"{row['ok']}/{row['seeds_asked']} seeds")
     return ", ".join(flags)

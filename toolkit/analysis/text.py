@@ -5,10 +5,12 @@
     summary, text = report("runs/quickstart")    # (the table, the text); writes nothing
 
 `format_summary(summary)` lays the table out in fixed-width columns (the baseline marked '*'),
-with notes on units, tests and what the sweep could resolve; `report(dir)` reads a folder and
-adds a title and the runs still missing. The number formats here (`num`, `pvalue`, `si`,
-`seconds`) and `resolution_text` are shared with report.md and report.html, so a number reads
-the same in all three.
+with notes on units, tests, which p-value the verdicts read (Holm-adjusted or not), what the
+sweep could resolve, the A/A check of the baseline and any outlier seed; `report(dir)` reads a
+folder and adds a title and the runs still missing. The number formats here (`num`, `pvalue`,
+`si`, `seconds`) and the notes (`resolution_text`, `correction_text`, `aa_text`,
+`outlier_lines`) are shared with report.md and report.html, so a number reads the same in all
+three.
 
 Not here: the statistics (table.py), reading folders (load.py), writing files (render.py).
 """
@@ -21,7 +23,9 @@ from typing import Any
 import pandas as pd
 
 from toolkit.analysis.load import Experiments, load
-from toolkit.analysis.table import UNITS, finite, summarize
+from toolkit.analysis.stats import HOLM, OUTLIER_ALPHA
+from toolkit.analysis.steps import steps_view
+from toolkit.analysis.table import ALPHA, UNITS, finite, summarize
 
 
 def num(x: Any, spec: str) -> str:
@@ -97,19 +101,91 @@ def resolution_text(summary: pd.DataFrame, markdown: bool = False) -> str:
             )
         else:
             test = "a paired t-test" if res["paired"] else "a two-sample t-test"
-            formula = (
-                "(t(1-α/2, n-1) + t(power, n-1)) · s_diff / √n"
-                if res["paired"]
-                else "(t(1-α/2, 2n-2) + t(power, 2n-2)) · s · √(2/n)"
+            formula, df = (
+                ("λ · s_diff / √n", "n-1") if res["paired"] else ("λ · s · √(2/n)", "2n-2")
             )
             pct = f" ({res['mde_pct']:.2f}% of the baseline)" if finite(res["mde_pct"]) else ""
             body = (
                 f"{spread}, {test} at α = {res['alpha']:g} detects a true difference with "
                 f"{res['power']:.0%} power when it is at least about {res['mde']:.4f} {unit}"
                 f"{pct}. 'No significant difference' here means none larger than that, not none "
-                f"at all. Formula: MDE ≈ {code(formula)}."
+                f"at all. Formula: MDE = {code(formula)}, λ the noncentrality at which a t-test "
+                f"with {df} df has that power (noncentral t)."
             )
     return lead + body if lead else body[0].upper() + body[1:]
+
+
+def correction_text(summary: pd.DataFrame, markdown: bool = False) -> str:
+    """Which p-value the verdicts read: Holm-adjusted over the comparisons with the baseline
+    (correction "holm"), or p as it is ("none", with how many would pass by chance); '' when
+    nothing was tested."""
+    alpha = summary.attrs.get("alpha", ALPHA)
+    k = int(summary["p_value"].map(finite).sum()) if "p_value" in summary else 0
+    if not k:
+        return ""
+    bold = (lambda s: f"**{s}**") if markdown else (lambda s: s)
+    code = (lambda s: f"`{s}`") if markdown else (lambda s: s)
+    if summary.attrs.get("correction", HOLM) == HOLM:
+        return (
+            f"{bold('verdict')}: better or worse when the Holm-adjusted p ({bold('p Holm')}: "
+            f"Holm-Bonferroni over the {k} comparisons with the baseline, so that the chance of "
+            f"any false verdict in the table is at most {alpha:g}) is below {alpha:g}, "
+            f"else n.s.; {code('ablate report --correction none')} bases them on p alone."
+        )
+    return (
+        f"{bold('verdict')}: better or worse when p < {alpha:g}, else n.s. p is not corrected "
+        f"for multiple comparisons (correction none): with {k} comparisons, about "
+        f"{alpha * k:.2g} would fall under {alpha:g} by chance if no variant differed."
+    )
+
+
+def seed_span(seeds: list[Any]) -> str:
+    """Seeds as a range when they run on without a gap: [0, 1, 2] -> '0-2', [0, 2] -> '0, 2'."""
+    whole = len(seeds) > 1 and all(isinstance(s, int) for s in seeds)
+    if whole and seeds == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ", ".join(map(str, seeds))
+
+
+def aa_text(summary: pd.DataFrame) -> str:
+    """The A/A check of the baseline in one line ('' below 4 baseline seeds)."""
+    check = summary.attrs.get("aa_check")
+    if not check:
+        return ""
+    metric = summary.attrs.get("metric", "val_loss")
+    alpha = summary.attrs.get("alpha", ALPHA)
+    head = (
+        f"A/A check: baseline seeds {seed_span(check['first'])} vs "
+        f"{seed_span(check['second'])}: Δ {num(check['delta'], '+.4f')} {UNITS[metric]}"
+    )
+    if not finite(check["p_value"]):
+        return f"{head}, no p-value (no spread in either half)."
+    head += f", p {pvalue(check['p_value'])} ({check['test']})"
+    if not check["alarm"]:
+        return f"{head}; as expected, two halves of one configuration do not differ."
+    return (
+        f"{head}: warning, two halves of one configuration differ at p < {alpha:g}. That "
+        f"happens by chance in {alpha:.0%} of sweeps; otherwise the seeds vary more, or less "
+        f"independently, than the t-tests assume (runs on other hardware or code versions?), "
+        f"so read the p-values with care."
+    )
+
+
+def outlier_lines(summary: pd.DataFrame, markdown: bool = False) -> list[str]:
+    """One line per outlier seed: the variant, seed and value, and the run to look at."""
+    metric = summary.attrs.get("metric", "val_loss")
+    counts = dict(zip(summary["variant"], summary["ok"], strict=True)) if not summary.empty else {}
+    code = (lambda s: f"`{s}`") if markdown else (lambda s: s)
+    lines = []
+    for o in summary.attrs.get("outliers", []):
+        n = counts.get(o["variant"], 0)
+        lines.append(
+            f"outlier: {code(o['variant'])} seed {o['seed']} has {metric} {o['value']:.4f}, far "
+            f"from the mean of its other seeds, {o['others_mean']:.4f} (deleted-residual "
+            f"t = {o['t']:.1f}, p = {o['p_value']:.2g} < {OUTLIER_ALPHA:g}/{n}); look at that "
+            f"run (its curves, log and config) before trusting {code(o['variant'])}'s mean and p."
+        )
+    return lines
 
 
 def format_summary(summary: pd.DataFrame, title: str = "") -> str:
@@ -134,6 +210,8 @@ def format_summary(summary: pd.DataFrame, title: str = "") -> str:
         "Δ vs base": [num(r.get(f"delta_{metric}"), "+.4f") for r in records],
         "Δ %": [num(r.get("delta_pct"), "+.2f") for r in records],
         "p": [pvalue(r.get("p_value")) for r in records],
+        "p Holm": [pvalue(r.get("p_holm")) for r in records],
+        "verdict": [r.get("verdict") or "-" for r in records],
         "test": [(r.get("test") or "-") if finite(r.get("p_value")) else "-" for r in records],
         "ppl": [num(r["val_perplexity_mean"], ".2f") for r in records],
         second: [num(r[f"{second}_mean"], ".4f") for r in records],
@@ -143,7 +221,9 @@ def format_summary(summary: pd.DataFrame, title: str = "") -> str:
         "wall": [seconds(r.get("wall_s")) for r in records],
         "flags": [_flags_without_causal(r.get("flags", "")) for r in records],
     }  # fmt: skip
-    body = _fixed_width(pd.DataFrame(columns), left=("", "variant", "test", "flags"))
+    if summary.attrs.get("correction", HOLM) != HOLM:
+        del columns["p Holm"]
+    body = _fixed_width(pd.DataFrame(columns), left=("", "variant", "verdict", "test", "flags"))
     notes = [
         f"* baseline. mean ± sample std over seeds; 95% CI: t-interval of the mean. Δ: mean minus "
         f"the baseline's; p: two-sided t-test of {metric} against the baseline (paired by seed "
@@ -151,9 +231,12 @@ def format_summary(summary: pd.DataFrame, title: str = "") -> str:
         f"ppl = exp(loss); val_bpb: bits per UTF-8 byte; FLOP/token: training FLOPs, "
         f"6 x (matrix params, head included) + 12 x layers x emb_dim x context; wall: per run."
     ]
+    notes.append(correction_text(summary))
     resolution = resolution_text(summary)
     if resolution and summary["ok"].max() > 0:
         notes.append(resolution)
+    notes.append(aa_text(summary))
+    notes.extend(outlier_lines(summary))
     if metric == "val_bpb":
         notes.append(
             "The variants use different tokenizers, so they are compared by val_bpb: loss and "
@@ -229,14 +312,62 @@ def _missing_text(experiments: Experiments, limit: int = 20) -> str:
 
 
 def terminal_text(experiments: Experiments, summary: pd.DataFrame) -> str:
-    """The table under its title, then the runs still missing: what `ablate report` prints."""
-    parts = [format_summary(summary, _title(experiments)), _missing_text(experiments)]
+    """The table under its title, the steps of cumulative variants, then the runs still
+    missing: what `ablate report` prints."""
+    parts = [format_summary(summary, _title(experiments)), format_steps(summary)]
+    parts.append(_missing_text(experiments))
     return "\n".join(filter(None, parts))
 
 
-def report(out_dir: str | Path) -> tuple[pd.DataFrame, str]:
+def report(out_dir: str | Path, *, correction: str = HOLM) -> tuple[pd.DataFrame, str]:
     """Summarize an experiment folder; returns (summary table, printable text). Writes
-    nothing (write_report writes the files)."""
+    nothing (write_report writes the files). correction: "holm" or "none" (see table.py)."""
     experiments = load(out_dir)
-    summary = summarize(experiments.runs, experiments.baseline, asked=experiments.asked)
+    summary = summarize(
+        experiments.runs, experiments.baseline, asked=experiments.asked, correction=correction
+    )
     return summary, terminal_text(experiments, summary)
+
+
+# -- the steps of cumulative variants (a spec's `after`; toolkit.analysis.steps) ----------------
+
+
+def step_cells(summary: pd.DataFrame) -> tuple[list[str], list[list[str]], set[int]]:
+    """The steps table as text, shared with report.md and report.html: header, one row per
+    variant of a chain in the spec's order, and the rows of the baseline; no rows without one."""
+    records = steps_view(summary).to_dict("records")
+    header = ["variant", "after", "changes", "Δ step", "95% CI", "p", "running total"]
+    rows = [
+        [
+            r["variant"],
+            r["after"] or "-",
+            r["changes"] or "-",
+            num(r["delta_step"], "+.4f"),
+            f"[{num(r['delta_step_ci_low'], '+.4f')}, {num(r['delta_step_ci_high'], '+.4f')}]"
+            if finite(r["delta_step_ci_low"])
+            else "-",
+            pvalue(r["p_step"]),
+            num(r["delta"], "+.4f"),
+        ]
+        for r in records
+    ]
+    return header, rows, {i for i, r in enumerate(records) if r["baseline"]}
+
+
+def format_steps(summary: pd.DataFrame) -> str:
+    """The steps table for the terminal, with what its columns mean; '' without a chain."""
+    header, rows, baseline = step_cells(summary)
+    if not rows:
+        return ""
+    metric = summary.attrs.get("metric", "val_loss")
+    view = pd.DataFrame(
+        [["*" if i in baseline else "", *row] for i, row in enumerate(rows)], columns=["", *header]
+    )
+    note = (
+        f"Δ step: mean {metric} minus that of the variant it builds on (after), with the 95% CI "
+        f"and p of a t-test against it (paired by seed when they share seeds, else Welch; '-' "
+        f"with one seed; p not adjusted for multiple comparisons); running total: Δ vs base. "
+        f"From the baseline, the steps of a chain add up to its running total."
+    )
+    body = _fixed_width(view, left=("", "variant", "after", "changes"))
+    return "\n".join([f"steps, each variant against the one it builds on ({metric}):", body, note])

@@ -5,7 +5,7 @@
     ablate validate SPEC [--set ...] [--plugin ...]
     ablate list [KIND]
     ablate plugins
-    ablate report DIR [DIR ...] [--out REPORT_DIR]
+    ablate report DIR [DIR ...] [--out REPORT_DIR] [--correction holm|none]
     ablate generate RUN_DIR|CHECKPOINT [--prompt TEXT] [--sampler NAME] [--set sampling.KEY=VALUE]...
                     [--max-new-tokens N] [--seed S] [--no-cache]
     ablate import --format hf-gpt2|book SOURCE --out FILE.pt [--n-heads N] [--tokenizer NAME] [--force]

@@ -24,13 +24,21 @@ def add_parser(sub: Any) -> None:
         help="where to write the report (default: DIR; for several, report-<a>+<b> beside the "
         "first)",
     )
+    p.add_argument(
+        "--correction",
+        choices=["holm", "none"],
+        default="holm",
+        help="the p-values the verdicts (better, worse, n.s.) and the figures' n.s. marks read: "
+        "holm (default), adjusted by Holm-Bonferroni over the comparisons with the baseline, "
+        "or none, as they are",
+    )
     p.set_defaults(func=cmd_report)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from toolkit.analysis.render import write_report
 
-    result = write_report(args.dirs, args.out)
+    result = write_report(args.dirs, args.out, correction=args.correction)
     print(result.text)
     print(f"report: {result.markdown} and {result.html} ({len(result.figures)} figures)")
     return 0

@@ -21,6 +21,8 @@ from toolkit.api.registry import check_type, suggest
 from toolkit.errors import SpecError
 from toolkit.names import label, slug
 from toolkit.spec import limits
+from toolkit.spec.chains import AFTER, link
+from toolkit.spec.ladder import ladder_variants, params_counter, parse_ladder, rung_variant
 from toolkit.spec.schema import (
     SECTIONS,
     SLOTS,
@@ -31,6 +33,7 @@ from toolkit.spec.schema import (
     as_choice,
     default,
 )
+from toolkit.spec.tune import check_tunable, parse_tune
 from toolkit.spec.validate import resolve, sampling_ablation
 
 # -- loading ------------------------------------------------------------------------------
@@ -139,20 +142,60 @@ def parse_spec(
             f"{source}: baseline {baseline!r} is not a variant{suggest(baseline, names)}; "
             f"variants: {', '.join(names)}"
         )
+    ladder = None
+    if "ladder" in raw:
+        if "tune" in raw:
+            raise SpecError(
+                f"{source}: [tune] and [ladder] together are not supported yet; tune at one "
+                f"size, then climb the ladder with the chosen settings"
+            )
+        ladder = parse_ladder(raw["ladder"], source)
+        vocab = (
+            base["model"].get("vocab_size")
+            or plugins.registry.build("tokenizer", base["data"].get("tokenizer", "gpt2")).vocab_size
+        )
+        params_at = params_counter(base, source, plugins, vocab)
+        variants = ladder_variants(ladder, variants, baseline, base, source, params_at)
+        baseline = rung_variant(baseline, list(ladder.sizes)[-1])
+        if len(variants) * len(seeds) > max_runs:
+            raise SpecError(
+                f"{source}: {len(variants) * len(seeds):,} runs (variants x sizes x seeds) is "
+                f"more than the limit of {max_runs:,}; pass --max-runs "
+                f"{len(variants) * len(seeds)} (max_runs= in Python) if you mean it"
+            )
 
     resolved = {v.name: resolve(base, v, source, plugins) for v in variants}
     runs = [
-        RunSpec(name, v.name, seed, v.overrides, **copy.deepcopy(resolved[v.name]))
+        RunSpec(
+            name,
+            v.name,
+            seed,
+            v.overrides,
+            **copy.deepcopy(resolved[v.name]),
+            after=v.after,
+            own_overrides=v.own,
+        )
         for seed in seeds
         for v in variants
     ]
     ablation = None
     if "sampling_ablation" in raw:
         ablation = sampling_ablation(raw["sampling_ablation"], source, plugins)
-    return Spec(
+    tune = parse_tune(raw["tune"], seeds, source) if "tune" in raw else None
+    spec = Spec(
         name, source, description, seeds, plugin_modules, baseline, variants, runs, base,
-        ablation, notes,
+        ablation, notes, tune, ladder=ladder,
     )  # fmt: skip
+    if tune is not None:
+        check_tunable(spec)
+        n_tuning = len(variants) * len(tune.points()) * len(tune.seeds)
+        if n_tuning + len(runs) > max_runs:
+            raise SpecError(
+                f"{source}: {n_tuning + len(runs):,} runs ({n_tuning:,} tuning, {len(runs):,} "
+                f"final) is more than the limit of {max_runs:,}; pass --max-runs "
+                f"{n_tuning + len(runs)} (max_runs= in Python) if you mean it"
+            )
+    return spec
 
 
 def parse_override(item: str, source: str = "--set") -> tuple[str, Any]:
@@ -269,7 +312,7 @@ def _override_variants(raw: dict[str, Any], dotted: str, value: Any, source: str
         for i, table in enumerate(variants):
             if not isinstance(table, dict):
                 continue
-            flat = _flatten({k: v for k, v in table.items() if k != "name"})
+            flat = _flatten({k: v for k, v in table.items() if k not in ("name", AFTER)})
             if dotted in flat:
                 del flat[dotted]
             elif any(key in SLOTS and dotted.startswith(f"{key}.") for key in flat):
@@ -277,7 +320,8 @@ def _override_variants(raw: dict[str, Any], dotted: str, value: Any, source: str
                 flat[key] = {**as_choice(flat[key], key, source), dotted[len(key) + 1 :]: value}
             else:
                 continue
-            variants[i] = {"name": table.get("name"), **flat}
+            after = {AFTER: table[AFTER]} if AFTER in table else {}
+            variants[i] = {"name": table.get("name"), **after, **flat}
             changed.append(str(table.get("name")))
         if changed:
             notes.append(
@@ -337,6 +381,7 @@ def _check_key(dotted: str, source: str, where: str) -> None:
 
 def _expand_variants(raw: dict[str, Any], source: str) -> list[Variant]:
     variants: list[Variant] = []
+    afters: dict[str, Any] = {}  # variant name -> its `after` (toolkit.spec.chains)
     explicit = raw.get("variants", [])
     if not isinstance(explicit, list) or not all(isinstance(v, dict) for v in explicit):
         raise SpecError(
@@ -347,6 +392,8 @@ def _expand_variants(raw: dict[str, Any], source: str) -> list[Variant]:
         name = table.pop("name", None)
         if not isinstance(name, str) or not name.strip():
             raise SpecError(f'{source}: variant #{i + 1} needs a name (name = "...")')
+        if AFTER in table:
+            afters[name] = table.pop(AFTER)
         overrides = _flatten(table)
         for key in overrides:
             _check_key(key, source, f"variant {name!r}:")
@@ -357,11 +404,17 @@ def _expand_variants(raw: dict[str, Any], source: str) -> list[Variant]:
         raise SpecError(f'{source}: grid must be a table ([grid] with "section.key" = [values])')
     axes = _flatten_grid(grid)
     for key, values in axes.items():
+        if key == AFTER:
+            raise SpecError(
+                f"{source}: [grid] cannot vary after: grid variants vary the base settings; "
+                f'write the steps as [[variants]] with after = "previous" instead'
+            )
         _check_key(key, source, "[grid]")
         if not isinstance(values, list) or not values:
             raise SpecError(
                 f"{source}: [grid] {key!r} must be a non-empty list of values, got {values!r}"
             )
+    grid_names = []
     if axes:
         labels = _axis_labels(list(axes))
         points: list[dict[str, Any]] = [{}]
@@ -370,6 +423,7 @@ def _expand_variants(raw: dict[str, Any], source: str) -> list[Variant]:
         for point in points:
             name = ",".join(f"{labels[k]}={label(v)}" for k, v in point.items())
             variants.append(Variant(name, point))
+            grid_names.append(name)
 
     if not variants:
         variants.append(Variant("base", {}))
@@ -388,7 +442,7 @@ def _expand_variants(raw: dict[str, Any], source: str) -> list[Variant]:
                 f"folder {slug(v.name)!r}; rename one"
             )
         slugs[slug(v.name)] = v.name
-    return variants
+    return link(variants, afters, grid_names, source)
 
 
 def _flatten_grid(grid: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -116,7 +116,7 @@ SLOTS: dict[str, str] = {
 }
 TOP_LEVEL = {
     "name", "description", "seeds", "plugins", "baseline", "grid", "variants", "sampling_ablation",
-    *SECTIONS,
+    "tune", "ladder", *SECTIONS,
 }  # fmt: skip
 BUDGET_KEYS = ("max_steps", "max_tokens", "epochs", "max_flops")
 # Far beyond any model trained with this toolkit, and low enough that validation (which builds
@@ -137,6 +137,10 @@ class RunSpec:
     model: ModelSpec
     train: TrainSpec
     sampling: SamplingSpec
+    # A cumulative variant ([[variants]] after = ...): the variant it builds on, and the keys it
+    # sets itself on top of that one's. Recorded in config.json for reports; not in the hash.
+    after: str | None = None
+    own_overrides: dict[str, Any] | None = None
 
     @property
     def folder(self) -> str:
@@ -150,13 +154,14 @@ class RunSpec:
             "variant": self.variant,
             "seed": self.seed,
             "overrides": self.overrides,
+            **({"after": self.after, "own_overrides": self.own_overrides} if self.after else {}),
             **{name: asdict(getattr(self, name)) for name in SECTIONS},
         }
 
     def config_hash(self) -> str:
-        """Identifies what is trained (not what it is called): same hash, same results. Keys
-        at their LEGACY_VALUES are left out, so the hash is the one runs had before they
-        existed."""
+        """Identifies what is trained (not what it is called, nor what it builds on): same
+        hash, same results. Keys at their LEGACY_VALUES are left out, so the hash is the one
+        runs had before they existed."""
         body: dict[str, Any] = {name: asdict(getattr(self, name)) for name in SECTIONS}
         for dotted, value in LEGACY_VALUES.items():
             section, key = dotted.split(".")
@@ -182,7 +187,9 @@ class RunSpec:
 @dataclass
 class Variant:
     name: str
-    overrides: dict[str, Any]
+    overrides: dict[str, Any]  # dotted key -> value: everything that differs from the base
+    after: str | None = None  # the variant it builds on (after = ...; toolkit.spec.chains)
+    own: dict[str, Any] | None = None  # with after: the keys it sets itself
 
 
 @dataclass
@@ -202,6 +209,9 @@ class Spec:
         None  # a toolkit.inference.sampling_ablation.SamplingAblation, if asked for
     )
     notes: list[str] = field(default_factory=list)  # what --set changed beyond one key
+    tune: Any = None  # a toolkit.spec.tune.Tune when the spec has a [tune] table
+    ladder: Any = None  # a toolkit.spec.ladder.Ladder when the spec has a [ladder] table
+    tuned: dict[str, dict[str, Any]] = field(default_factory=dict)  # variant -> chosen point
 
     def run_named(self, variant: str, seed: int) -> RunSpec:
         return next(r for r in self.runs if r.variant == variant and r.seed == seed)

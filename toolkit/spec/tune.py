@@ -1,0 +1,251 @@
+"""[tune]: every variant gets its own training settings, chosen on the validation split, before
+it is compared.
+
+    [tune]
+    "train.lr" = { log_range = [1e-4, 3e-3], points = 5 }   # or a list: [1e-4, 3e-4, 1e-3]
+    "train.warmup_steps" = [0, 50]                         # several keys: their product
+    seeds = [0]                                            # default: the spec's first seed
+    metric = "val_loss"                                    # or "val_bpb"
+
+A tuned sweep has two phases. Tuning (`tuning_spec`): every variant x every point of the grid
+x the tuning seeds, as variants named "VARIANT@lr=0.001", in the output folder's tune/. Then
+each variant's best point (the lowest mean metric over the tuning seeds; the first point on a
+tie) is set on it (`tuned_spec`), and the spec trains as usual on all its seeds. Choosing on
+validation loss and reporting it is biased upward in a variant's favour, so a tuned spec must
+hold out a test split (data.test_fraction, or test documents or shards), on which the final runs
+are reported. Not here: running the phases and choosing the points (toolkit/sweep/tuning.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from toolkit.api.manager import Plugins
+from toolkit.data.resolve import holdout_of
+from toolkit.errors import SpecError
+from toolkit.names import label
+from toolkit.spec.schema import RunSpec, Spec, Variant
+from toolkit.spec.validate import resolve
+
+# Training keys a tuning grid may vary: how a run learns, never how long (a budget would always
+# tune to its largest value) or how it is measured.
+TUNABLE = (
+    "lr", "min_lr_ratio", "warmup_steps", "betas", "weight_decay", "weight_decay_on", "grad_clip",
+)  # fmt: skip
+METRICS = ("val_loss", "val_bpb")
+OPTIONS = ("seeds", "metric")
+MAX_POINTS = 1000
+
+
+@dataclass
+class Tune:
+    """The tuning grid: candidate values per dotted train key (in the order given), the seeds
+    each point trains with, and the validation metric that chooses."""
+
+    values: dict[str, list[Any]]
+    seeds: list[int]
+    metric: str = "val_loss"
+    logs: set[str] = field(default_factory=set)  # keys given as log_range: plotted on a log axis
+
+    def points(self) -> list[dict[str, Any]]:
+        """Every combination of the candidates, the first key varying slowest."""
+        keys = list(self.values)
+        return [
+            dict(zip(keys, combo, strict=True))
+            for combo in itertools.product(*self.values.values())
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"values": self.values, "seeds": self.seeds, "metric": self.metric}
+
+
+def point_label(point: dict[str, Any]) -> str:
+    """'lr=0.001,warmup_steps=10': a point as it reads in a variant name."""
+    return ",".join(f"{key.split('.', 1)[1]}={label(value)}" for key, value in point.items())
+
+
+def tune_variant(variant: str, point: dict[str, Any]) -> str:
+    """The name of a variant's tuning run at a point: 'rmsnorm@lr=0.001'."""
+    return f"{variant}@{point_label(point)}"
+
+
+def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        dotted = f"{prefix}{key}"
+        is_range = isinstance(value, dict) and ({"range", "log_range"} & set(value))
+        if isinstance(value, dict) and not is_range and "." not in key:
+            out.update(_flatten(value, f"{dotted}."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def _candidates(key: str, value: Any, where: str) -> tuple[list[Any], bool]:
+    """A key's candidate values from a list or a {range|log_range = [lo, hi], points = n}
+    table; (values, given as a log range)."""
+    if isinstance(value, list):
+        if len(value) < 2:
+            raise SpecError(
+                f"{where}: [tune] {key} needs at least 2 values to choose from, got {value!r}"
+            )
+        if any(a == b for a, b in itertools.combinations(value, 2)):
+            raise SpecError(f"{where}: [tune] {key} lists a value twice: {value!r}")
+        return list(value), False
+    if not isinstance(value, dict):
+        raise SpecError(
+            f"{where}: [tune] {key} must be a list of values or {{log_range = [lo, hi], points = n}}, "
+            f"got {value!r}"
+        )
+    kind = "log_range" if "log_range" in value else "range"
+    extra = sorted(set(value) - {kind, "points"})
+    bounds, points = value.get(kind), value.get("points", 5)
+    ok = isinstance(bounds, list) and len(bounds) == 2
+    ok = ok and all(isinstance(b, int | float) and not isinstance(b, bool) for b in bounds)
+    ok = ok and not extra and bounds[0] < bounds[1]
+    if not ok:
+        raise SpecError(
+            f"{where}: [tune] {key} = {value!r}: give {kind} = [low, high] with low < high and "
+            f"optionally points = n"
+        )
+    if isinstance(points, bool) or not isinstance(points, int) or points < 2:
+        raise SpecError(
+            f"{where}: [tune] {key}: points must be a whole number >= 2, got {points!r}"
+        )
+    low, high = (float(b) for b in bounds)
+    if kind == "log_range":
+        if low <= 0:
+            raise SpecError(
+                f"{where}: [tune] {key}: log_range needs positive bounds, got {bounds!r}"
+            )
+        grid = [
+            math.exp(math.log(low) + i * (math.log(high) - math.log(low)) / (points - 1))
+            for i in range(points)
+        ]
+    else:
+        grid = [low + i * (high - low) / (points - 1) for i in range(points)]
+    if all(isinstance(b, int) for b in bounds):
+        grid = [round(g) for g in grid]
+    else:
+        grid = [float(f"{g:.4g}") for g in grid]  # 0.000316 reads better than 0.00031622776
+    unique = list(dict.fromkeys(grid))
+    if len(unique) < 2:
+        raise SpecError(f"{where}: [tune] {key} = {value!r} gives fewer than 2 distinct values")
+    return unique, kind == "log_range"
+
+
+def parse_tune(raw: Any, seeds: list[int], where: str) -> Tune:
+    """The [tune] table, checked; its keys must be tunable train keys."""
+    if not isinstance(raw, dict):
+        raise SpecError(f"{where}: tune must be a table ([tune]), got {raw!r}")
+    options = {k: raw[k] for k in OPTIONS if k in raw}
+    keys = _flatten({k: v for k, v in raw.items() if k not in OPTIONS})
+    if not keys:
+        raise SpecError(
+            f'{where}: [tune] names no key to tune; e.g. "train.lr" = [1e-4, 3e-4, 1e-3]'
+        )
+    values: dict[str, list[Any]] = {}
+    logs: set[str] = set()
+    for key, value in keys.items():
+        section, _, name = key.partition(".")
+        if section != "train" or name not in TUNABLE:
+            raise SpecError(
+                f"{where}: [tune] cannot tune {key!r}; it tunes how a run learns: "
+                f"{', '.join(f'train.{k}' for k in TUNABLE)} (vary the model with a grid or variants)"
+            )
+        values[key], is_log = _candidates(key, value, where)
+        if is_log:
+            logs.add(key)
+    tune_seeds = options.get("seeds", seeds[:1])
+    if (
+        not isinstance(tune_seeds, list)
+        or not tune_seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in tune_seeds)
+        or len(set(tune_seeds)) != len(tune_seeds)
+    ):
+        raise SpecError(
+            f"{where}: [tune] seeds must be a non-empty list of distinct seeds, got {tune_seeds!r}"
+        )
+    metric = options.get("metric", "val_loss")
+    if metric not in METRICS:
+        raise SpecError(
+            f"{where}: [tune] metric must be one of {', '.join(METRICS)} (the validation split "
+            f"chooses; the test split reports), got {metric!r}"
+        )
+    tune = Tune(values, tune_seeds, metric, logs)
+    if len(tune.points()) > MAX_POINTS:
+        raise SpecError(
+            f"{where}: [tune] has {len(tune.points()):,} points; at most {MAX_POINTS:,}"
+        )
+    return tune
+
+
+def check_tunable(spec: Spec) -> None:
+    """A tuned spec's variants leave the tuned keys to [tune], and hold out a test split."""
+    assert spec.tune is not None
+    for v in spec.variants:
+        clash = sorted(set(v.overrides) & set(spec.tune.values))
+        if clash:
+            raise SpecError(
+                f"{spec.path}: variant {v.name!r} sets {clash[0]}, which [tune] chooses for "
+                f"every variant; take it out of the variant (or out of [tune])"
+            )
+    for r in spec.runs:
+        corpus = r.data.corpus
+        shards = isinstance(corpus, dict) and corpus.get("test")
+        if not (holdout_of(r.data).has_test or shards):
+            raise SpecError(
+                f"{spec.path}: [tune] chooses on the validation split, so results are reported "
+                f"on a test split: set data.test_fraction (e.g. 0.05), or data.test_documents "
+                f'with data.split = "documents"'
+            )
+
+
+def tuning_spec(spec: Spec, plugins: Plugins) -> Spec:
+    """Phase one: every variant at every point of the grid, on the tuning seeds."""
+    assert spec.tune is not None
+    variants = [
+        Variant(tune_variant(v.name, point), {**v.overrides, **point})
+        for v in spec.variants
+        for point in spec.tune.points()
+    ]
+    return _spec_of(
+        spec, variants, spec.tune.seeds, plugins, tune_variant(spec.baseline, spec.tune.points()[0])
+    )
+
+
+def tuned_spec(spec: Spec, chosen: dict[str, dict[str, Any]], plugins: Plugins) -> Spec:
+    """Phase two: each variant at its chosen point, on all the spec's seeds."""
+    variants = [
+        Variant(v.name, {**v.overrides, **chosen[v.name]}, v.after, v.own) for v in spec.variants
+    ]
+    final = _spec_of(spec, variants, spec.seeds, plugins, spec.baseline)
+    final.tuned = chosen
+    return final
+
+
+def _spec_of(
+    spec: Spec, variants: list[Variant], seeds: list[int], plugins: Plugins, baseline: str
+) -> Spec:
+    resolved = {v.name: resolve(spec.base, v, spec.path, plugins) for v in variants}
+    runs = [
+        RunSpec(
+            spec.name,
+            v.name,
+            seed,
+            v.overrides,
+            **copy.deepcopy(resolved[v.name]),
+            after=v.after,
+            own_overrides=v.own,
+        )
+        for seed in seeds
+        for v in variants
+    ]
+    return Spec(
+        spec.name, spec.path, spec.description, seeds, spec.plugins, baseline, variants, runs,
+        spec.base, None, spec.notes, spec.tune,
+    )  # fmt: skip

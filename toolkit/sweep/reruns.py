@@ -35,13 +35,20 @@ def finished(folder: Path, config_hash: str) -> bool:
     return not found
 
 
-def rerun_indices(spec: Spec, names: list[str] | tuple[str, ...]) -> set[int]:
-    """The positions of the runs `names` ask to train again ("VARIANT/seed-N" or the run's
-    folder, "VARIANT_SLUG/seed-N"); an unknown name is an error listing some that exist."""
+def run_names(spec: Spec) -> dict[str, int]:
+    """Every name a run answers to ("VARIANT/seed-N", and its folder "VARIANT_SLUG/seed-N")
+    -> its position in the sweep."""
     by_name = {}
     for i, r in enumerate(spec.runs):
         by_name[f"{r.variant}/seed-{r.seed}"] = i
         by_name[r.folder] = i
+    return by_name
+
+
+def rerun_indices(spec: Spec, names: list[str] | tuple[str, ...]) -> set[int]:
+    """The positions of the runs `names` ask to train again ("VARIANT/seed-N" or the run's
+    folder, "VARIANT_SLUG/seed-N"); an unknown name is an error listing some that exist."""
+    by_name = run_names(spec)
     unknown = [n for n in names if n.rstrip("/") not in by_name]
     if unknown:
         some = ", ".join(f"{r.variant}/seed-{r.seed}" for r in spec.runs[:3])
@@ -52,10 +59,13 @@ def rerun_indices(spec: Spec, names: list[str] | tuple[str, ...]) -> set[int]:
     return {by_name[n.rstrip("/")] for n in names}
 
 
-def check_unchanged(spec: Spec, out: Path, skip: set[int] = frozenset()) -> None:
+def check_unchanged(
+    spec: Spec, out: Path, skip: set[int] = frozenset(), free: tuple[str, ...] = ()
+) -> None:
     """Refuse to train over runs of another config: a run folder of this spec that holds a run
     (finished or interrupted) trained with other settings would be replaced. The error names
-    what changed and the two ways on. Runs asked to be retrained (`skip`) are not checked."""
+    what changed and the two ways on. Runs asked to be retrained (`skip`) are not checked, nor
+    runs that differ only in the dotted keys `free` (what tuning chose: a new choice retrains)."""
     for i, r in enumerate(spec.runs):
         if i in skip:
             continue
@@ -63,6 +73,8 @@ def check_unchanged(spec: Spec, out: Path, skip: set[int] = frozenset()) -> None
         if not isinstance(recorded, dict) or recorded.get("config_hash") in (None, r.config_hash()):
             continue
         changes = config_changes(recorded, r.config())
+        if changes and all(c.split(":", 1)[0] in free for c in changes):
+            continue
         # A key added since that run was recorded, now at another value than it ran with:
         # setting the old value back continues those runs as they were trained and measured.
         before = _flat(with_legacy_values(recorded))

@@ -32,6 +32,11 @@ NUMERIC_COLUMNS = [
     "train_loss", "val_loss", "val_perplexity", "val_bpb",
     "tokens_per_s", "flops_per_token", "mfu", "train_s", "wall_s",
 ]  # fmt: skip
+# Measured columns only some runs have (a test split, a target loss): numeric when present.
+OPTIONAL_NUMERIC = [
+    "test_loss", "test_perplexity", "test_bpb", "flops",
+    "target_loss", "target_step", "target_tokens", "target_flops", "target_s",
+]  # fmt: skip
 
 
 def collect(out_dir: str | Path) -> pd.DataFrame:
@@ -64,7 +69,7 @@ def collect(out_dir: str | Path) -> pd.DataFrame:
             table[column] = None
     # Runs recorded before train.eval_windows existed were scored on the windows it names.
     table["eval_windows"] = table["eval_windows"].fillna(LEGACY_VALUES["train.eval_windows"])
-    for column in NUMERIC_COLUMNS:
+    for column in NUMERIC_COLUMNS + [c for c in OPTIONAL_NUMERIC if c in table]:
         table[column] = pd.to_numeric(table[column], errors="coerce")
     order = {name: i for i, name in enumerate(experiment.get("variants", []))}
     table["_order"] = table["variant"].map(lambda v: order.get(v, len(order)))

@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +43,15 @@ from toolkit.inference import sampling_ablation
 from toolkit.model.checkpoint import initial_weights
 from toolkit.model.gpt import build_model
 from toolkit.model.probe import check_architecture
-from toolkit.names import label
+from toolkit.names import label, slug
 from toolkit.spec.parse import load_spec
 from toolkit.spec.schema import RunSpec, Spec
+from toolkit.spec.tune import point_label, tuned_spec, tuning_spec
 from toolkit.sweep.display import SweepDisplay
 from toolkit.sweep.jobs import RunJob, Sweep
-from toolkit.sweep.reruns import check_unchanged, finished, rerun_indices
+from toolkit.sweep.reruns import check_unchanged, finished, rerun_indices, run_names
 from toolkit.sweep.results import collect, write_table
+from toolkit.sweep.tuning import TUNE_DIR, choose, write_choice
 from toolkit.training import distributed
 
 
@@ -81,18 +84,82 @@ def run(
     for module in spec.plugins:
         plugins.load_module(module, source=f"spec {spec.path}")
     name, runner = resolve_executor(executor, plugins)
-    if world.active:
-        check_distributed(spec, world.size, name)
     out = Path(out_dir) if out_dir is not None else Path("runs") / spec.name
     if out.exists() and not out.is_dir():
         raise SpecError(f"output path {out} is a file; give a folder with --out")
+    phase = Phase(plugins, name, runner, progress and world.main, restart)
+    if spec.tune is None:
+        return _run_phase(spec, out, phase, rerun)
+    return _run_tuned(spec, out, phase, rerun)
+
+
+@dataclass
+class Phase:
+    """What every phase of a sweep shares: the plugins, the executor and the switches."""
+
+    plugins: Plugins
+    executor_name: str
+    executor: Any
+    progress: bool
+    restart: bool
+
+
+def _run_tuned(
+    spec: Spec, out: Path, phase: Phase, rerun: list[str] | tuple[str, ...]
+) -> pd.DataFrame:
+    """A spec with [tune]: every variant at every point on the tuning seeds (in out/tune), then
+    each at its best point on all seeds (in out), reported like any sweep."""
+    assert spec.tune is not None
+    world = distributed.current()
+    tuning = tuning_spec(spec, phase.plugins)
+    if any(slug(v.name) == TUNE_DIR for v in spec.variants):
+        raise SpecError(
+            f"{spec.path}: a variant named {TUNE_DIR!r} would share the tuning runs' folder; rename it"
+        )
+    in_tuning = {n for n in rerun if n.rstrip("/") in run_names(tuning)}
+    if phase.progress:
+        t = spec.tune
+        print(
+            f"tuning {', '.join(t.values)}: {len(spec.variants)} variant(s) x {len(t.points())} "
+            f"point(s) x {len(t.seeds)} seed(s), in {out / TUNE_DIR}",
+            file=sys.stderr,
+        )
+    _run_phase(tuning, out / TUNE_DIR, phase, sorted(in_tuning))
+    choice = choose(spec, collect(out / TUNE_DIR))
+    if world.main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_choice(out, choice)
+        if phase.progress:
+            for variant, point in choice.chosen.items():
+                print(f"tuned {variant}: {point_label(point)}", file=sys.stderr)
+        for warning in choice.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+    final = tuned_spec(spec, choice.chosen, phase.plugins)
+    # A changed choice (another grid, or tuning runs retrained) trains the final runs again.
+    free = tuple(spec.tune.values)
+    return _run_phase(final, out, phase, [n for n in rerun if n not in in_tuning], free)
+
+
+def _run_phase(
+    spec: Spec,
+    out: Path,
+    phase: Phase,
+    rerun: list[str] | tuple[str, ...],
+    free: tuple[str, ...] = (),
+) -> pd.DataFrame:
+    """Train every run of a spec into out (one sweep, or one phase of a tuned one). Runs in
+    out of settings that differ only in the keys `free` are trained again, not refused."""
+    world = distributed.current()
+    plugins, runner, restart = phase.plugins, phase.executor, phase.restart
+    if world.active:
+        check_distributed(spec, world.size, phase.executor_name)
     # Every check passes before anything is written. Under torchrun, rank 0 tokenizes into the
     # cache first and the other ranks then read it.
     if world.main:
         datasets = prepare_data(spec, plugins)
         again = rerun_indices(spec, rerun)
         if not restart:
-            check_unchanged(spec, out, skip=again)
+            check_unchanged(spec, out, skip=again, free=free)
         # The executor's checks (a package, a cluster, its resources) cover every run; last,
         # since a Ray executor starts its cluster here.
         runner.prepare(make_jobs(spec, out, range(len(spec.runs))), plugins)
@@ -104,9 +171,7 @@ def run(
     with OutputLock(out) if world.main else contextlib.nullcontext():
         if world.main:  # the folder is ours now: what interrupted writes left can go
             remove_temps(out, recursive=True)
-        table = _sweep(
-            spec, out, plugins, datasets, progress and world.main, restart, runner, again
-        )
+        table = _sweep(spec, out, plugins, datasets, phase.progress, restart, runner, again)
     distributed.barrier()  # every rank returns the finished table
     return table if world.main else collect(out)
 
@@ -245,6 +310,8 @@ def write_experiment(spec: Spec, out: Path) -> None:
                 for r in spec.runs
             ],
             "base": spec.base,
+            **({"tune": {**spec.tune.to_dict(), "chosen": spec.tuned}} if spec.tune else {}),
+            **({"ladder": spec.ladder.to_dict()} if spec.ladder else {}),
         },
     )
 

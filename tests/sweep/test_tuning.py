@@ -1,0 +1,132 @@
+"""[tune]: every variant tuned on its own (on the validation split, with the tuning seeds), then
+trained on every seed at its best point and reported on the test split."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+from conftest import interrupting_plugins
+
+from toolkit.errors import SpecError
+from toolkit.spec.parse import parse_spec
+from toolkit.spec.tune import parse_tune
+from toolkit.sweep.results import collect
+from toolkit.sweep.runner import run
+
+LRS = [1e-3, 3e-3, 1e-2]
+
+
+@pytest.fixture
+def tuned_doc(tiny_doc) -> dict:
+    tiny_doc["seeds"] = [0, 1]
+    tiny_doc["data"]["test_fraction"] = 0.05
+    tiny_doc["train"].pop("lr")
+    tiny_doc["grid"] = {"model.norm": ["layernorm", "rmsnorm"]}
+    tiny_doc["tune"] = {"train.lr": LRS}
+    return tiny_doc
+
+
+def test_each_variant_trains_on_every_seed_at_its_own_best_point(tmp_path, tuned_doc, plugins):
+    table = run(parse_spec(tuned_doc), tmp_path, plugins=plugins, progress=False)
+    tuning = collect(tmp_path / "tune")
+    # Phase one: 2 variants x 3 learning rates x the first seed.
+    assert len(tuning) == 6 and set(tuning["seed"]) == {0}
+    chosen = pd.read_csv(tmp_path / "tuning.csv")
+    assert len(chosen) == 6 and chosen["chosen"].sum() == 2
+    for norm in ("layernorm", "rmsnorm"):
+        variant = f"norm={norm}"
+        mine = tuning[tuning["variant"].str.startswith(f"{variant}@")]
+        best = mine.loc[mine["val_loss"].idxmin()]
+        folder = tmp_path / "tune" / best["variant"].replace("@", "_") / "seed-0"
+        best_lr = json.loads((folder / "config.json").read_text())["train"]["lr"]
+        # Phase two: every seed, at that variant's best learning rate, with a test loss.
+        finals = table[table["variant"] == variant]
+        assert sorted(finals["seed"]) == [0, 1]
+        for seed in (0, 1):
+            config = json.loads((tmp_path / variant / f"seed-{seed}/config.json").read_text())
+            assert config["train"]["lr"] == best_lr
+        assert finals["test_loss"].notna().all()
+        row = chosen[(chosen["variant"] == variant) & chosen["chosen"]].iloc[0]
+        assert math.isclose(row["val_loss"], best["val_loss"])
+    experiment = json.loads((tmp_path / "experiment.json").read_text())
+    assert experiment["tune"]["values"] == {"train.lr": LRS}
+    assert set(experiment["tune"]["chosen"]) == {"norm=layernorm", "norm=rmsnorm"}
+
+
+def test_a_rerun_trains_nothing_and_gives_the_same_table(tmp_path, tuned_doc, plugins):
+    first = run(parse_spec(tuned_doc), tmp_path, plugins=plugins, progress=False)
+    summaries = sorted(tmp_path.glob("**/summary.json"))
+    assert len(summaries) == 6 + 4
+    written = [p.stat().st_mtime_ns for p in summaries]
+    again = run(parse_spec(tuned_doc), tmp_path, plugins=plugins, progress=False)
+    assert [p.stat().st_mtime_ns for p in summaries] == written  # nothing trained again
+    columns = ["variant", "seed", "val_loss", "test_loss", "config_hash"]
+    pd.testing.assert_frame_equal(first[columns], again[columns])
+
+
+def test_a_choice_at_the_edge_of_the_range_is_flagged(tmp_path, tuned_doc, plugins, capsys):
+    tuned_doc["tune"] = {"train.lr": [1e-5, 2e-5]}  # far too small: the largest is best
+    run(parse_spec(tuned_doc), tmp_path, plugins=plugins, progress=False)
+    err = capsys.readouterr().err
+    assert "the best train.lr (2e-05) is the largest tried; widen the [tune] range" in err
+
+
+def test_ranges_become_grids() -> None:
+    tune = parse_tune({"train": {"lr": {"log_range": [1e-4, 1e-2], "points": 3}}}, [4, 5], "s")
+    assert tune.values == {"train.lr": [1e-4, 1e-3, 1e-2]} and tune.seeds == [4]
+    tune = parse_tune(
+        {"train.warmup_steps": {"range": [0, 100], "points": 3}, "seeds": [1, 2]}, [0], "s"
+    )
+    assert tune.values == {"train.warmup_steps": [0, 50, 100]} and tune.seeds == [1, 2]
+    two = parse_tune({"train.lr": [1e-3, 2e-3], "train.warmup_steps": [0, 10]}, [0], "s")
+    assert [p["train.lr"] for p in two.points()] == [1e-3, 1e-3, 2e-3, 2e-3]
+
+
+@pytest.mark.parametrize(
+    ("tune", "message"),
+    [
+        ({"model.emb_dim": [32, 64]}, "cannot tune 'model.emb_dim'"),
+        ({"train.max_steps": [5, 10]}, "cannot tune 'train.max_steps'"),
+        ({"train.lr": [1e-3]}, "needs at least 2 values"),
+        ({"train.lr": [1e-3, 1e-3]}, "lists a value twice"),
+        ({"train.lr": {"log_range": [0, 1e-2]}}, "log_range needs positive bounds"),
+        ({"train.lr": {"log_range": [1e-2, 1e-3]}}, "with low < high"),
+        ({"train.lr": {"range": [1e-3, 1e-2], "points": 1}}, "points must be a whole number >= 2"),
+        ({"train.lr": [1e-3, 1e-2], "metric": "test_loss"}, "metric must be one of val_loss"),
+        ({"train.lr": [1e-3, 1e-2], "seeds": []}, "seeds must be a non-empty list"),
+        ({"seeds": [0]}, "names no key to tune"),
+    ],
+)
+def test_bad_tune_tables_are_one_line_errors(tuned_doc, tune, message) -> None:
+    tuned_doc["tune"] = tune
+    with pytest.raises(SpecError, match=message) as info:
+        parse_spec(tuned_doc)
+    assert "\n" not in str(info.value)
+
+
+def test_a_tuned_spec_needs_a_test_split_and_leaves_tuned_keys_to_tune(tuned_doc) -> None:
+    no_test = {**tuned_doc, "data": {**tuned_doc["data"], "test_fraction": 0.0}}
+    with pytest.raises(SpecError, match=r"set data\.test_fraction"):
+        parse_spec(no_test)
+    tuned_doc["variants"] = [{"name": "fast", "train": {"lr": 1e-2}}]
+    tuned_doc.pop("grid")
+    with pytest.raises(SpecError, match=r"variant 'fast' sets train\.lr, which \[tune\] chooses"):
+        parse_spec(tuned_doc)
+
+
+def test_an_interrupted_tuning_phase_resumes_to_the_same_tables(tmp_path, tuned_doc):
+    whole = run(parse_spec(tuned_doc), tmp_path / "whole", progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        run(
+            parse_spec(tuned_doc), tmp_path / "cut", plugins=interrupting_plugins(3), progress=False
+        )
+    assert not (tmp_path / "cut/tuning.csv").exists()  # stopped inside the tuning phase
+    resumed = run(parse_spec(tuned_doc), tmp_path / "cut", progress=False)
+    columns = ["variant", "seed", "val_loss", "test_loss", "config_hash"]
+    pd.testing.assert_frame_equal(whole[columns], resumed[columns])
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "whole/tuning.csv"), pd.read_csv(tmp_path / "cut/tuning.csv")
+    )

@@ -1,0 +1,101 @@
+"""Choosing each variant's training settings from its tuning runs ([tune]: toolkit/spec/tune.py).
+
+    choose(spec, table)   -> Choice: per variant the point with the lowest mean validation
+                             metric over the tuning seeds, the table of every point, and the
+                             warnings (a choice at the edge of its range)
+
+A point where any tuning seed failed or diverged scores +inf: a learning rate that blows up
+on one seed is not a safe choice. Ties go to the first point in the grid's order, so the
+choice is the same on every rerun. Not here: the grid (spec/tune.py) or running the phases
+(runner.py).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from toolkit.errors import ToolkitError
+from toolkit.files import write_atomic
+from toolkit.names import label
+from toolkit.spec.schema import Spec
+from toolkit.spec.tune import point_label, tune_variant
+
+TUNE_DIR = "tune"  # the tuning runs' folder inside the experiment's
+TUNING_FILE = "tuning.csv"
+
+
+@dataclass
+class Choice:
+    chosen: dict[str, dict[str, Any]]  # variant -> {dotted key: value}
+    table: pd.DataFrame  # one row per variant x point
+    warnings: list[str] = field(default_factory=list)
+
+
+def choose(spec: Spec, table: pd.DataFrame) -> Choice:
+    """Each variant's best point from the tuning phase's results table."""
+    tune = spec.tune
+    assert tune is not None
+    metric = tune.metric
+    rows = []
+    chosen: dict[str, dict[str, Any]] = {}
+    warnings: list[str] = []
+    for v in spec.variants:
+        scores = []
+        for point in tune.points():
+            runs = table[table["variant"] == tune_variant(v.name, point)]
+            values = [
+                float(row[metric])
+                if row["status"] == "ok" and math.isfinite(float(row[metric]))
+                else math.inf
+                for _, row in runs.iterrows()
+            ]
+            # A seed with no run at all (the phase did not finish) counts as failed too.
+            values += [math.inf] * (len(tune.seeds) - len(values))
+            score = float(np.mean(values))
+            scores.append(score)
+            rows.append({
+                "variant": v.name, "point": point_label(point),
+                **{key: label(value) for key, value in point.items()},
+                metric: score if math.isfinite(score) else None,
+                "seeds": sum(math.isfinite(x) for x in values),
+                "chosen": False,
+            })  # fmt: skip
+        best = int(np.argmin(scores))
+        if not math.isfinite(scores[best]):
+            raise ToolkitError(
+                f"every tuning run of variant {v.name!r} failed or diverged; see the error.txt "
+                f"files under {TUNE_DIR}/ and widen or move the [tune] range"
+            )
+        point = tune.points()[best]
+        chosen[v.name] = point
+        rows[len(rows) - len(scores) + best]["chosen"] = True
+        warnings += _edges(v.name, point, tune.values)
+    return Choice(chosen, pd.DataFrame(rows), warnings)
+
+
+def _edges(variant: str, point: dict[str, Any], values: dict[str, list[Any]]) -> list[str]:
+    """A warning per numeric key whose chosen value is the smallest or largest tried."""
+    out = []
+    for key, candidates in values.items():
+        numbers = [c for c in candidates if isinstance(c, int | float) and not isinstance(c, bool)]
+        if len(numbers) != len(candidates):
+            continue  # betas, weight_decay_on: no order to speak of
+        value = point[key]
+        end = "smallest" if value == min(numbers) else "largest" if value == max(numbers) else ""
+        if end:
+            out.append(
+                f"variant {variant!r}: the best {key} ({label(value)}) is the {end} tried; "
+                f"widen the [tune] range past it, or the true best may lie outside"
+            )
+    return out
+
+
+def write_choice(out: Path, choice: Choice) -> None:
+    """tuning.csv: every variant x point with its mean metric and which was chosen."""
+    write_atomic(out / TUNING_FILE, choice.table.to_csv(index=False))

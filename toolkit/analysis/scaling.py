@@ -1,0 +1,746 @@
+"""Scaling ladders: loss against training compute per variant, and a variant's gain stated as the
+factor of compute the baseline would need to match it.
+
+A ladder trains every variant at several model sizes over seeds. Its results table has one row
+per finished run: variant (str), size (a label), seed (int), compute (training FLOPs, > 0) and
+loss (final validation or test loss). Everything here is a plain function of that table or of
+fitted curves; nothing trains.
+
+Curves (`fit_curve`)
+- Saturating: L(C) = E + A · C^(-α), with the floor 0 ≤ E < min L (the smallest loss fitted),
+  A > 0 and 0 < α ≤ 3 (α ≥ 1e-4 in practice). For conditioning it is fitted in centred log compute,
+  x = ln C - μ with μ the mean of ln C over the runs, as L = E + exp(a - α x), so that
+  A = exp(a + α μ). Residuals are in log loss, r_i = ln(E + exp(a - α x_i)) - ln L_i, and the fit
+  minimises Σ w_i ρ(r_i) with Huber's ρ(r) = r²/2 for |r| ≤ δ and δ|r| - δ²/2 beyond (δ = 0.01
+  by default: a run within 1% of the curve counts in full, a diverged run only linearly). w_i is
+  1, or how often a bootstrap resample drew run i. Starting points: for each floor E0 = f · min L
+  with f in {0, 0.3, 0.6, 0.8, 0.9, 0.95, 0.98}, the least-squares line ln(L - E0) = a0 - α0 x
+  gives a0 and α0 (clipped to [0.02, 2.5]); the 3 of lowest Σ w ρ each start a Levenberg-Marquardt
+  descent (below), and the converged fit of lowest Σ w ρ is kept.
+- Power law, the fallback: L = A · C^(-α) (E = 0), from ordinary least squares of ln L on ln C:
+  α = -slope, ln A = intercept. Used with fewer than 4 distinct computes (3 parameters need one
+  level to spare) or when no saturating descent converges; the fit says so in its warnings.
+- R² of log loss: 1 - Σ w (ln L_i - ln L̂_i)² / Σ w (ln L_i - mean_w ln L)².
+- The descent: Levenberg-Marquardt, solving (H + λ D) Δ = -g with the gradient
+  g = Σ w ψ(r) ∇r, ψ(r) = clip(r, -δ, δ), the Gauss-Newton curvature H = Σ w ψ'(r) ∇r ∇rᵀ
+  (ψ' = 1 for |r| ≤ δ, 0 beyond) and D the diagonal of Σ w min(1, δ/|r|) ∇r ∇rᵀ (the
+  reweighted least-squares curvature, never 0: it scales the damping). A step is kept (λ /= 3)
+  when Σ w ρ falls, else λ *= 4; a parameter at a bound whose gradient points out of the box
+  is held there for the step. It stops when a kept step lowers Σ w ρ by less than 1e-8 of
+  itself (scipy's ftol), when λ passes 1e12 (no step lowers it), or when Σ w ρ ≤ 1e-30
+  (noiseless data); after 200 steps it has not converged. It runs as numpy arrays over many
+  problems at once (every start of every bootstrap resample together: 1000 refits take well
+  under a second, where scipy.optimize.least_squares takes about 6 ms per start), and reaches
+  the optimum least_squares(loss="huber") reaches (tests/analysis/test_scaling.py).
+
+Compute multiplier (`compute_multiplier`)
+- m(C) = C'/C where L_base(C') = L_var(C): how many times the baseline's compute must grow to
+  reach the loss the variant reaches with compute C. m > 1: the variant is better. Inverting the
+  baseline's curve, C' = (A_b / (L_var(C) - E_b))^(1/α_b), so m = +inf when L_var(C) ≤ E_b (no
+  baseline compute gets there). With the same E and α, m = (A_b / A_v)^(1/α) at every C. Two
+  power laws (E = 0): m(C) = (A_b / A_v)^(1/α_b) · C^(α_v/α_b - 1), constant when α_v = α_b.
+- `crossings(a, b, low, high)`: the computes in [low, high] where d(C) = ln L_a(C) - ln L_b(C)
+  changes sign (the ranking flips), located on 2001 log-spaced computes and refined by brentq in
+  ln C. A touch without a flip is not a crossing; coinciding curves have none.
+
+Bootstrap (`bootstrap`, `ladder_summary`)
+- Within each size, a variant's n_s runs are drawn n_s times with replacement and the curve is
+  refitted (the same kind as the fit to all runs, started also from that fit): the spread
+  reflects seed-to-seed noise at fixed sizes. Refits that do not converge are left out and
+  counted. The variant and the baseline are resampled independently (conservative when seeds
+  pair their runs), and refit i of one is paired with refit i of the other. The interval of m is
+  the pair of order statistics at (1 - c)/2 and (1 + c)/2 ("inverted cdf" quantiles, which allow
+  m = +inf) of the m of the pairs, c the confidence.
+- Calibration, measured by simulation (as in test_bootstrap_interval_coverage): ladders of 4
+  sizes x 5 seeds over 1e15-1e18 FLOPs, 2% log-normal noise on each run's loss, the baseline
+  L = 2 + 445 C^-0.15 and the variant the same curve with twice the compute (true m = 2 at
+  every C). The 95% interval of m at 1e18 FLOPs covered 2 in 91.2% ± 0.9% of 1000 ladders with
+  200 refits each (50 intervals wholly below 2, 38 above: no side favoured) and in 92.7% ± 1.3%
+  of 400 ladders with 1000 refits, so more refits do not fix it. It undercovers because a
+  resample of 5 seeds spreads √(4/5) as much as the seeds do, and a percentile interval over so
+  few seeds is too narrow besides: read a "95%" interval from 5 seeds as about 90%. It is wide
+  all the same: its median ratio high/low was 4.5 (e^1.5). With the baseline's own noise left
+  out of the interval, coverage fell to 73%.
+- Each variant's resamples come from numpy's generator seeded with (seed, crc32 of the variant's
+  name), so a variant's interval does not change when other variants are added or the table's
+  rows are reordered.
+
+`ladder_summary` returns one row per variant (the baseline first, its multiplier 1): the fit
+(kind, E, A, alpha, r2), the runs, sizes and distinct computes it used, the multiplier m at the
+largest compute the baseline trained (`at_flops`) with its bootstrap interval, the same at
+`target_flops` when given, the crossings against the baseline between the smallest compute trained
+and max(target_flops, largest compute trained), the bootstrap counts, and `warnings`: short
+sentences for fewer than 3 sizes, a poor fit (R² of log loss below 0.9, or more than 10% of
+refits failed), a target more than 10x past the largest compute the variant or the baseline
+trained, the fallback to a power law, an infinite multiplier and a crossing. `ladder_figure`
+draws the runs, the curves and their bootstrap bands on log-log axes.
+
+Not here: training the ladder (its table comes from the sweep) and where the summary goes in a
+report.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import optimize as _scipy_optimize
+
+from toolkit.errors import ToolkitError
+from toolkit.files import write_atomic
+
+SATURATING, POWER = "saturating", "power"
+KINDS = (SATURATING, POWER)
+COLUMNS = ("variant", "size", "seed", "compute", "loss")
+HUBER_DELTA = 0.01
+ALPHA_LOW, ALPHA_HIGH = 1e-4, 3.0
+MIN_SATURATING_COMPUTES = 4
+MIN_SIZES = 3
+POOR_R2 = 0.9
+MAX_FAILED = 0.1  # fraction of bootstrap refits
+MAX_EXTRAPOLATION = 10.0
+FLOOR_GRID = (0.0, 0.3, 0.6, 0.8, 0.9, 0.95, 0.98)  # starting E0 as fractions of min L
+STARTS = 3
+MAX_STEPS = 200
+GRID_POINTS = 2001  # crossings
+
+FEWER_SIZES = f"a curve through fewer than {MIN_SIZES} sizes is a guess: add sizes"
+
+
+@dataclass(frozen=True)
+class ScalingFit:
+    """L(C) = E + A · C^(-alpha); kind "power" has E = 0. n_points counts runs (with
+    multiplicity in a bootstrap refit), n_computes the distinct computes; r2 is of log loss."""
+
+    kind: str
+    E: float
+    A: float
+    alpha: float
+    n_points: int
+    n_computes: int
+    r2: float
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BootstrapFits:
+    """The refits of one variant's curve that converged, out of n resamples."""
+
+    fits: tuple[ScalingFit, ...]
+    failed: int
+    n: int
+
+
+def loss_at(fit: ScalingFit, compute: Any) -> Any:
+    """L(C) = E + A · C^(-alpha), computed as E + exp(ln A - alpha · ln C); float or array."""
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        c = np.asarray(compute, dtype=float)
+        out = fit.E + np.exp(math.log(fit.A) - fit.alpha * np.log(c)) if fit.A > 0 else c * np.nan
+    return float(out) if out.ndim == 0 else out
+
+
+def compute_at(fit: ScalingFit, loss: float) -> float:
+    """The compute at which the curve reaches loss: (A / (loss - E))^(1/alpha); +inf at or below
+    the floor E, NaN for a curve that does not fall (alpha ≤ 0)."""
+    return float(_inverse(loss, fit.E, fit.A, fit.alpha))
+
+
+def _inverse(loss: Any, E: Any, A: Any, alpha: Any) -> np.ndarray:
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        gap = np.asarray(loss, dtype=float) - E
+        c = np.exp((np.log(A) - np.log(np.where(gap > 0, gap, 1.0))) / alpha)
+        c = np.where(gap > 0, c, np.inf)
+        return np.where((np.asarray(alpha) > 0) & (np.asarray(A) > 0) & ~np.isnan(gap), c, np.nan)
+
+
+# --- fitting ---------------------------------------------------------------------------------
+
+
+def fit_curve(
+    compute: Sequence[float],
+    loss: Sequence[float],
+    *,
+    kind: str | None = None,
+    huber_delta: float = HUBER_DELTA,
+) -> ScalingFit:
+    """Fit L(C) = E + A · C^(-alpha) (see the module docstring). kind None: saturating with at
+    least 4 distinct computes, else a power law, and a power law too when the saturating fit
+    does not converge (both said in the warnings); "saturating" or "power" forces one, and a
+    forced saturating fit that does not converge raises ToolkitError."""
+    c, y = _points(compute, loss)
+    fits, ok = _fit_many(c, y, np.ones((1, len(c))), kind, huber_delta)
+    if not ok[0]:
+        raise ToolkitError(
+            f"the saturating fit did not converge on {len(c)} runs: fit kind='power' instead"
+        )
+    return fits[0]
+
+
+def _points(compute: Sequence[float], loss: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    c, y = np.asarray(compute, dtype=float), np.asarray(loss, dtype=float)
+    if c.shape != y.shape or c.ndim != 1:
+        raise ToolkitError("compute and loss must be sequences of the same length")
+    if not (np.isfinite(c).all() and (c > 0).all() and np.isfinite(y).all() and (y > 0).all()):
+        raise ToolkitError("compute and loss must be finite and > 0: leave failed runs out")
+    if len(np.unique(c)) < 2:
+        raise ToolkitError("a curve needs runs at 2 or more distinct computes: add sizes")
+    return c, y
+
+
+def _fit_many(
+    compute: np.ndarray,
+    loss: np.ndarray,
+    w: np.ndarray,
+    kind: str | None,
+    delta: float,
+    warm: np.ndarray | None = None,
+) -> tuple[list[ScalingFit | None], np.ndarray]:
+    """One fit per row of the weights w (fits x runs: each run's multiplicity), of kind or the
+    automatic kind; warm, [E, a, alpha] in centred log compute, starts every saturating fit as
+    well. Returns the fits (None where a forced saturating fit failed) and which succeeded."""
+    if kind is not None and kind not in KINDS:
+        raise ToolkitError(f"unknown curve kind {kind!r}: use 'saturating' or 'power'")
+    lnc = np.log(compute)
+    mu = float(lnc.mean())
+    x, y = lnc - mu, np.log(loss)
+    distinct = np.array([len(np.unique(compute[row > 0])) for row in w])
+    warn: list[list[str]] = [[] for _ in w]
+    saturating = np.full(len(w), kind == SATURATING)
+    if kind is None:
+        saturating = distinct >= MIN_SATURATING_COMPUTES
+        for i in np.flatnonzero(~saturating):
+            warn[i].append(
+                f"{distinct[i]} distinct computes: fitted a pure power law L = A·C^-alpha "
+                f"(a saturating fit needs at least {MIN_SATURATING_COMPUTES})"
+            )
+    params = np.full((len(w), 3), np.nan)  # E, a, alpha
+    converged = np.ones(len(w), dtype=bool)
+    if saturating.any():
+        rows = np.flatnonzero(saturating)
+        found, ok = _saturating(x, y, w[rows], delta, warm)
+        params[rows] = found
+        converged[rows] = ok
+        if kind is None:
+            for i in rows[~ok]:
+                warn[i].append(
+                    "the saturating fit did not converge: fitted a pure power law L = A·C^-alpha"
+                )
+            saturating[rows[~ok]] = False
+            converged[rows] = True
+    power = ~saturating
+    if power.any():
+        params[power] = _power(x, y, w[power])
+    fits = []
+    for i, (E, a, alpha) in enumerate(params):
+        if not converged[i]:
+            fits.append(None)
+            continue
+        yhat = np.log(E + np.exp(a - alpha * x))
+        mean = np.average(y, weights=w[i])
+        ss_tot = float(np.sum(w[i] * (y - mean) ** 2))
+        r2 = 1 - float(np.sum(w[i] * (y - yhat) ** 2)) / ss_tot if ss_tot > 0 else math.nan
+        is_sat = bool(saturating[i])
+        if is_sat and np.min(loss[w[i] > 0]) * (1 - 1e-4) <= E:
+            warn[i].append(
+                "the fitted floor E sits at the smallest loss observed: the curve has flattened, "
+                "so multipliers against it are unreliable"
+            )
+        if is_sat and alpha >= ALPHA_HIGH * (1 - 1e-6):
+            warn[i].append(f"alpha reached its bound {ALPHA_HIGH:g}: check the smallest sizes")
+        if not alpha > 0:
+            warn[i].append("loss does not fall with compute (alpha ≤ 0): check the runs")
+        fits.append(
+            ScalingFit(
+                SATURATING if is_sat else POWER, float(E), float(math.exp(a + alpha * mu)),
+                float(alpha), round(float(w[i].sum())), int(distinct[i]), r2, tuple(warn[i]),
+            )
+        )  # fmt: skip
+    return fits, converged
+
+
+def _power(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weighted least squares of y = a - alpha · x, one row of weights per fit: [0, a, alpha]."""
+    sw = w.sum(1)
+    xm, ym = (w @ x) / sw, (w @ y) / sw
+    dx = x[None, :] - xm[:, None]
+    sxx = (w * dx * dx).sum(1)
+    slope = (w * dx * (y[None, :] - ym[:, None])).sum(1) / np.where(sxx > 0, sxx, np.nan)
+    return np.stack([np.zeros_like(xm), ym + (-slope) * xm, -slope], axis=1)
+
+
+def _saturating(
+    x: np.ndarray, y: np.ndarray, w: np.ndarray, delta: float, warm: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The best converged descent per row of w (see the module docstring): ([E, a, alpha],
+    converged)."""
+    n_fits = len(w)
+    loss = np.exp(y)
+    floor = np.where(w > 0, loss[None, :], np.inf).min(1) * (1 - 1e-6)
+    # Starts: the line through ln(L - E0) for each E0 on the grid, the best few by Σ w ρ.
+    e0 = floor[:, None] * np.asarray(FLOOR_GRID)[None, :]  # (fits, grid)
+    # (fits, grid, runs); a run the resample left out may lie below its floor: ln 1 there, weight 0
+    drawn = (w > 0)[:, None, :]
+    z = np.log(np.where(drawn, loss[None, None, :] - e0[:, :, None], 1.0))
+    sw = w.sum(1)[:, None]
+    xm = (w @ x)[:, None] / sw
+    zm = np.einsum("fn,fgn->fg", w, z) / sw
+    dx = x[None, :] - xm
+    sxx = (w * dx * dx).sum(1)[:, None]
+    slope = np.einsum("fn,fgn->fg", w * dx, z - zm[:, :, None]) / sxx
+    alpha0 = np.clip(-slope, 0.02, 2.5)
+    a0 = zm + alpha0 * xm
+    grid = np.stack([e0, a0, alpha0], axis=-1)  # (fits, grid, 3)
+    r = np.log(grid[..., :1] + np.exp(grid[..., 1:2] - grid[..., 2:3] * x)) - y
+    cost = (w[:, None, :] * _rho(r, delta)).sum(-1)
+    best = np.argsort(cost, axis=1, kind="stable")[:, :STARTS]
+    starts = np.take_along_axis(grid, best[:, :, None], axis=1)
+    if warm is not None:
+        starts = np.concatenate([starts, np.broadcast_to(warm, (n_fits, 1, 3))], axis=1)
+    k = starts.shape[1]
+    theta, cost, ok = _descend(
+        x, y, np.repeat(w, k, axis=0), starts.reshape(-1, 3), np.repeat(floor, k), delta
+    )
+    cost = np.where(ok, cost, np.inf).reshape(n_fits, k)
+    pick = np.argmin(cost, axis=1)
+    theta = theta.reshape(n_fits, k, 3)[np.arange(n_fits), pick]
+    return theta, np.isfinite(cost[np.arange(n_fits), pick])
+
+
+def _rho(r: np.ndarray, delta: float) -> np.ndarray:
+    a = np.abs(r)
+    return np.where(a <= delta, 0.5 * r * r, delta * a - 0.5 * delta * delta)
+
+
+def _residuals(theta: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """r = ln(E + exp(a - alpha x)) - y and its Jacobian (fits, runs, 3)."""
+    E, a, alpha = theta[:, :1], theta[:, 1:2], theta[:, 2:3]
+    t = np.exp(np.clip(a - alpha * x, -700.0, 700.0))
+    m = E + t
+    return np.log(m) - y, np.stack([1 / m, t / m, -x * t / m], axis=-1)
+
+
+def _descend(
+    x: np.ndarray, y: np.ndarray, w: np.ndarray, theta: np.ndarray, floor: np.ndarray, delta: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Levenberg-Marquardt for Σ w ρ(r), one problem per row, within the bounds
+    0 ≤ E ≤ floor, ALPHA_LOW ≤ alpha ≤ ALPHA_HIGH. Returns (theta, Σ w ρ, converged)."""
+    n = len(theta)
+    low = np.broadcast_to(np.array([0.0, -np.inf, ALPHA_LOW]), (n, 3))
+    high = np.stack([floor, np.full(n, np.inf), np.full(n, ALPHA_HIGH)], axis=1)
+    theta = np.clip(theta, low, high)
+    cost = np.full(n, np.inf)
+    lam = np.full(n, 1e-3)
+    converged = np.zeros(n, dtype=bool)
+    active = np.arange(n)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        r, jac = _residuals(theta, x, y)
+        cost = (w * _rho(r, delta)).sum(1)
+        active = active[np.isfinite(cost)]
+        r, jac = r[active], jac[active]
+        for _ in range(MAX_STEPS):
+            if not len(active):
+                break
+            th, wa, lo, hi = theta[active], w[active], low[active], high[active]
+            g = np.einsum("bn,bnk->bk", wa * np.clip(r, -delta, delta), jac)
+            omega = wa * np.minimum(1.0, delta / np.maximum(np.abs(r), 1e-300))
+            scale = np.einsum("bn,bnk->bk", omega, jac * jac)
+            inner = wa * (np.abs(r) <= delta)
+            hess = np.matmul(np.swapaxes(jac * inner[..., None], 1, 2), jac)
+            held = ((th <= lo) & (g > 0)) | ((th >= hi) & (g < 0))
+            d = np.maximum(scale, 1e-12 * scale.max(1, keepdims=True) + 1e-300)
+            system = hess + lam[active, None, None] * (d[:, :, None] * np.eye(3))
+            system = np.where(held[:, :, None] | held[:, None, :], 0.0, system)
+            system = system + held[:, :, None] * np.eye(3)
+            step = np.linalg.solve(system, np.where(held, 0.0, -g)[..., None])[..., 0]
+            trial = np.clip(th + step, lo, hi)
+            r_new, jac_new = _residuals(trial, x, y)
+            new = (wa * _rho(r_new, delta)).sum(1)
+            old = cost[active]
+            kept = np.isfinite(new) & (new < old)
+            theta[active[kept]] = trial[kept]
+            cost[active[kept]] = new[kept]
+            r = np.where(kept[:, None], r_new, r)
+            jac = np.where(kept[:, None, None], jac_new, jac)
+            settled = kept & (old - new <= 1e-8 * old)
+            lam[active] = np.where(kept, np.maximum(lam[active] / 3, 1e-12), lam[active] * 4)
+            done = settled | (lam[active] > 1e12) | (cost[active] <= 1e-30)
+            converged[active[done]] = True
+            r, jac, active = r[~done], jac[~done], active[~done]
+    return theta, cost, converged & np.isfinite(theta).all(1)
+
+
+# --- the table ---------------------------------------------------------------------------------
+
+
+def _runs(table: pd.DataFrame) -> pd.DataFrame:
+    """The table's runs with a finite loss, sorted by variant, size and seed."""
+    missing = [c for c in COLUMNS if c not in table]
+    if missing:
+        raise ToolkitError(
+            f"the ladder table lacks {', '.join(missing)}: it needs one row per finished run "
+            f"with columns {', '.join(COLUMNS)}"
+        )
+    runs = table[list(COLUMNS)].copy()
+    runs["compute"] = pd.to_numeric(runs["compute"], errors="coerce")
+    runs["loss"] = pd.to_numeric(runs["loss"], errors="coerce")
+    if not (np.isfinite(runs["compute"]) & (runs["compute"] > 0)).all():
+        raise ToolkitError("every run's compute must be a number of FLOPs > 0")
+    runs = runs[np.isfinite(runs["loss"]) & (runs["loss"] > 0)]
+    runs = runs.astype({"variant": str, "size": str})
+    return runs.sort_values(["variant", "size", "seed"], kind="stable").reset_index(drop=True)
+
+
+def _of(runs: pd.DataFrame, variant: str) -> pd.DataFrame:
+    mine = runs[runs["variant"] == variant]
+    if mine.empty:
+        raise ToolkitError(
+            f"variant {variant!r} has no finished runs in the ladder table: it has "
+            f"{', '.join(sorted(set(runs['variant']))) or 'none'}"
+        )
+    return mine
+
+
+def bootstrap(
+    table: pd.DataFrame,
+    variant: str,
+    n: int = 1000,
+    rng: np.random.Generator | int | None = None,
+    *,
+    kind: str | None = None,
+    huber_delta: float = HUBER_DELTA,
+) -> BootstrapFits:
+    """n refits of the variant's curve, each on its runs resampled with replacement within each
+    size (see the module docstring); the refits that did not converge are counted in failed.
+    kind: that of the fit to all runs unless given. rng: a numpy Generator or a seed."""
+    if n < 1:
+        raise ToolkitError(f"bootstrap needs n ≥ 1 resamples, not {n}")
+    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    mine = _of(_runs(table), variant)
+    c, y = _points(mine["compute"].to_numpy(), mine["loss"].to_numpy())
+    point = fit_curve(c, y, kind=kind, huber_delta=huber_delta)
+    w = np.zeros((n, len(c)))
+    for _, rows in mine.reset_index(drop=True).groupby("size", sort=True).groups.items():
+        index = np.asarray(rows)
+        draws = index[rng.integers(0, len(index), size=(n, len(index)))]
+        np.add.at(w, (np.arange(n)[:, None], draws), 1.0)
+    mu = float(np.log(c).mean())
+    warm = np.array([point.E, math.log(point.A) - point.alpha * mu, point.alpha])
+    fits, ok = _fit_many(c, y, w, point.kind, huber_delta, warm)
+    kept = tuple(f for f, good in zip(fits, ok, strict=True) if good)
+    return BootstrapFits(kept, n - len(kept), n)
+
+
+# --- comparing curves ------------------------------------------------------------------------
+
+
+def compute_multiplier(fit_variant: ScalingFit, fit_baseline: ScalingFit, at: float) -> float:
+    """C'/at where L_baseline(C') = L_variant(at): > 1 when the variant is better, +inf when the
+    variant's loss at `at` is at or below the baseline's floor E (no baseline compute reaches
+    it), NaN when the baseline's curve does not fall. Same E and alpha: (A_b/A_v)^(1/alpha)."""
+    if not at > 0:
+        raise ToolkitError(f"the compute to compare at must be > 0 FLOPs, not {at}")
+    target = loss_at(fit_variant, at)
+    return float(_inverse(target, fit_baseline.E, fit_baseline.A, fit_baseline.alpha) / at)
+
+
+def crossings(fit_a: ScalingFit, fit_b: ScalingFit, low: float, high: float) -> list[float]:
+    """The computes in [low, high] where the two curves cross and their ranking flips, ascending
+    (see the module docstring)."""
+    if not 0 < low < high:
+        raise ToolkitError(f"crossings need 0 < low < high FLOPs, not [{low}, {high}]")
+    u = np.linspace(math.log(low), math.log(high), GRID_POINTS)
+
+    def gap(v: Any) -> Any:
+        c = np.exp(v)
+        return np.log(loss_at(fit_a, c)) - np.log(loss_at(fit_b, c))
+
+    d = gap(u)
+    s = np.sign(d)
+    found = [
+        _scipy_optimize.brentq(gap, u[i], u[i + 1], xtol=1e-12)
+        for i in np.flatnonzero(s[:-1] * s[1:] < 0)
+    ]
+    found += [u[i] for i in range(1, len(u) - 1) if s[i] == 0 and s[i - 1] * s[i + 1] < 0]
+    return [float(math.exp(v)) for v in sorted(found)]
+
+
+def _multipliers(fv: Sequence[ScalingFit], fb: Sequence[ScalingFit], at: float) -> np.ndarray:
+    """compute_multiplier of fv[i] against fb[i] for the pairs, at once."""
+    k = min(len(fv), len(fb))
+    if k == 0:
+        return np.array([])
+    pv = np.array([(f.E, f.A, f.alpha) for f in fv[:k]])
+    pb = np.array([(f.E, f.A, f.alpha) for f in fb[:k]])
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        target = pv[:, 0] + np.exp(np.log(pv[:, 1]) - pv[:, 2] * math.log(at))
+    return _inverse(target, pb[:, 0], pb[:, 1], pb[:, 2]) / at
+
+
+def _interval(m: np.ndarray, confidence: float) -> tuple[float, float]:
+    m = m[~np.isnan(m)]
+    if not len(m):
+        return math.nan, math.nan
+    q = np.quantile(m, [(1 - confidence) / 2, (1 + confidence) / 2], method="inverted_cdf")
+    return float(q[0]), float(q[1])
+
+
+# --- the summary --------------------------------------------------------------------------------
+
+
+def variant_rng(seed: int, variant: str) -> np.random.Generator:
+    """The generator of one variant's bootstrap resamples: seeded with (seed, crc32(name))."""
+    return np.random.default_rng([seed, zlib.crc32(variant.encode())])
+
+
+def ladder_summary(
+    table: pd.DataFrame,
+    baseline: str,
+    target_flops: float | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> pd.DataFrame:
+    """One row per variant, the baseline first (see the module docstring); attrs carry the
+    baseline, target_flops, confidence and, under "bootstrap", each variant's refits as
+    (E, A, alpha) tuples for `ladder_figure`."""
+    if not 0 < confidence < 1:
+        raise ToolkitError(f"confidence must be between 0 and 1, not {confidence}")
+    if target_flops is not None and not target_flops > 0:
+        raise ToolkitError(f"target_flops must be > 0 FLOPs, not {target_flops}")
+    runs = _runs(table)
+    base_runs = _of(runs, baseline)
+    order = [baseline] + [v for v in dict.fromkeys(table["variant"].astype(str)) if v != baseline]
+    order = [v for v in order if v in set(runs["variant"])]
+    at = float(base_runs["compute"].max())
+    try:
+        base_fit = fit_curve(base_runs["compute"], base_runs["loss"])
+    except ToolkitError as exc:
+        raise ToolkitError(f"the baseline's curve cannot be fitted: {exc}") from None
+    boots: dict[str, BootstrapFits] = {}
+    rows = []
+    for variant in order:
+        mine = runs[runs["variant"] == variant]
+        row: dict[str, Any] = {
+            "variant": variant, "baseline": variant == baseline, "runs": len(mine),
+            "sizes": mine["size"].nunique(), "at_flops": at, "target_flops": target_flops,
+        }  # fmt: skip
+        warnings: list[str] = []
+        if row["sizes"] < MIN_SIZES:
+            warnings.append(FEWER_SIZES)
+        try:
+            fit = base_fit if variant == baseline else fit_curve(mine["compute"], mine["loss"])
+        except ToolkitError as exc:
+            rows.append(row | {"warnings": [*warnings, f"no curve: {exc}"], "crossings": []})
+            continue
+        boot = bootstrap(runs, variant, n_boot, variant_rng(seed, variant), kind=fit.kind)
+        boots[variant] = boot
+        warnings += fit.warnings
+        row |= {
+            "kind": fit.kind, "E": fit.E, "A": fit.A, "alpha": fit.alpha, "r2": fit.r2,
+            "computes": fit.n_computes, "boot_fits": len(boot.fits), "boot_failed": boot.failed,
+        }  # fmt: skip
+        if fit.r2 < POOR_R2:
+            warnings.append(
+                f"poor fit (R² of log loss {fit.r2:.2f} < {POOR_R2}): look for diverged runs, "
+                f"or add sizes"
+            )
+        if boot.failed > MAX_FAILED * boot.n:
+            warnings.append(
+                f"{boot.failed} of {boot.n} bootstrap refits failed (over {MAX_FAILED:.0%}): "
+                f"the interval is unreliable; add seeds or sizes"
+            )
+        trained = min(float(mine["compute"].max()), at)
+        if target_flops is not None and target_flops > MAX_EXTRAPOLATION * trained:
+            warnings.append(
+                f"target {target_flops:.3g} FLOPs is {target_flops / trained:.0f}x past the "
+                f"largest compute trained ({trained:.3g}): the multiplier there is an "
+                f"extrapolation of the fitted curves"
+            )
+        for name, point in (("at", at), ("target", target_flops)):
+            if point is None:
+                continue
+            if variant == baseline:
+                m, low, high = 1.0, 1.0, 1.0
+            else:
+                m = compute_multiplier(fit, base_fit, point)
+                base_boot = boots[baseline].fits
+                low, high = _interval(_multipliers(boot.fits, base_boot, point), confidence)
+                if m == math.inf:
+                    warnings.append(
+                        f"at {point:.3g} FLOPs the loss is at or below the baseline's fitted "
+                        f"floor E = {base_fit.E:.4g}: no baseline compute reaches it "
+                        f"(multiplier +inf)"
+                    )
+            prefix = "multiplier" if name == "at" else "target_multiplier"
+            row |= {prefix: m, f"{prefix}_low": low, f"{prefix}_high": high}
+        low_c = float(min(mine["compute"].min(), base_runs["compute"].min()))
+        high_c = max(float(mine["compute"].max()), at, target_flops or 0.0)
+        row["crossings"] = [] if variant == baseline else crossings(fit, base_fit, low_c, high_c)
+        if row["crossings"]:
+            where = ", ".join(f"{c:.3g}" for c in row["crossings"])
+            warnings.append(
+                f"the curve crosses the baseline's at {where} FLOPs: the ranking flips there"
+            )
+        rows.append(row | {"warnings": warnings})
+    columns = [
+        "variant", "baseline", "kind", "E", "A", "alpha", "r2", "runs", "sizes", "computes",
+        "at_flops", "multiplier", "multiplier_low", "multiplier_high", "target_flops",
+        "target_multiplier", "target_multiplier_low", "target_multiplier_high", "crossings",
+        "boot_fits", "boot_failed", "warnings",
+    ]  # fmt: skip
+    summary = pd.DataFrame(rows).reindex(columns=columns)
+    summary.attrs = {
+        "baseline": baseline, "target_flops": target_flops, "confidence": confidence,
+        "bootstrap": {v: tuple((f.E, f.A, f.alpha) for f in b.fits) for v, b in boots.items()},
+    }  # fmt: skip
+    return summary
+
+
+# --- the figure ---------------------------------------------------------------------------------
+
+
+def ladder_figure(
+    table: pd.DataFrame,
+    summary_or_fits: pd.DataFrame | Mapping[str, ScalingFit],
+    path: Path | str,
+    *,
+    baseline: str | None = None,
+    target_flops: float | None = None,
+) -> Any:
+    """Loss against compute on log-log axes: every run, each variant's curve (dashed beyond the
+    computes it trained, up to target_flops) and, from a ladder_summary, the band of its
+    bootstrap refits (pointwise 2.5-97.5%) and its multiplier in the legend. From a mapping
+    variant -> ScalingFit: no bands, multipliers against `baseline` when given. Writes a PNG and
+    returns its figures.FigureFile (path, title, caption)."""
+    import seaborn as sns
+    from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullFormatter
+
+    from toolkit.analysis.figures import DPI, WIDTH, FigureFile, _figure, _palette
+
+    runs = _runs(table)
+    if isinstance(summary_or_fits, pd.DataFrame):
+        summary = summary_or_fits[summary_or_fits["kind"].notna()]
+        fits = {
+            r.variant: ScalingFit(r.kind, r.E, r.A, r.alpha, r.runs, r.computes, r.r2)
+            for r in summary.itertuples()
+        }
+        attrs = summary_or_fits.attrs
+        baseline = baseline or attrs.get("baseline")
+        target_flops = target_flops or attrs.get("target_flops")
+        bands = attrs.get("bootstrap", {})
+        legend_m = {
+            r.variant: (r.multiplier, r.multiplier_low, r.multiplier_high)
+            for r in summary.itertuples()
+        }
+    else:
+        fits, bands, legend_m = dict(summary_or_fits), {}, {}
+        if baseline in fits:
+            at = float(runs.loc[runs["variant"] == baseline, "compute"].max())
+            legend_m = {
+                v: (compute_multiplier(f, fits[baseline], at), math.nan, math.nan)
+                for v, f in fits.items()
+            }
+    order = [v for v in fits if v == baseline] + [v for v in fits if v != baseline]
+    palette = _palette(order)
+    low = float(runs["compute"].min()) / 1.5
+    high = max(float(runs["compute"].max()), target_flops or 0.0) * 1.5
+    grid = np.geomspace(low, high, 200)
+    with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.9):
+        fig = _figure(WIDTH * 0.8, 6.0)
+        ax = fig.subplots()
+        for v in order:
+            color, fit = palette[v], fits[v]
+            mine = runs[runs["variant"] == v]
+            ax.scatter(mine["compute"], mine["loss"], color=color, s=16, alpha=0.55, lw=0)
+            edge = float(mine["compute"].max()) if len(mine) else high
+            inside = grid <= edge * 1.0001
+            ax.plot(
+                grid[inside],
+                loss_at(fit, grid[inside]),
+                color=color,
+                lw=1.8,
+                label=_name(v, baseline, legend_m.get(v)),
+            )
+            ax.plot(grid[~inside], loss_at(fit, grid[~inside]), color=color, lw=1.5, ls="--")
+            if bands.get(v):
+                p = np.asarray(bands[v])
+                with np.errstate(over="ignore", invalid="ignore"):
+                    curves = p[:, :1] + np.exp(np.log(p[:, 1:2]) - p[:, 2:3] * np.log(grid))
+                lo_band, hi_band = np.nanpercentile(curves, [2.5, 97.5], axis=0)
+                ax.fill_between(grid, lo_band, hi_band, color=color, alpha=0.15, lw=0)
+        if target_flops:
+            ax.axvline(target_flops, color="0.4", lw=1, ls=":")
+            ax.annotate(
+                f"target {target_flops:.3g}", (target_flops, 1), xycoords=("data", "axes fraction"),
+                xytext=(-4, -4), textcoords="offset points", ha="right", va="top", fontsize="small",
+            )  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlim(low, high)
+        # The runs and the curves (not the bands, which may fan out) set the loss axis; its ticks
+        # are at round losses, as a loss range rarely spans a decade.
+        shown = np.concatenate(
+            [runs["loss"].to_numpy(), *(loss_at(f, grid) for f in fits.values())]
+        )
+        shown = shown[np.isfinite(shown) & (shown > 0)]
+        y_low, y_high = float(shown.min()) / 1.03, float(shown.max()) * 1.03
+        ax.set_ylim(y_low, y_high)
+        ax.yaxis.set_major_locator(FixedLocator(MaxNLocator(nbins=6).tick_values(y_low, y_high)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("training compute (FLOPs)")
+        ax.set_ylabel("final loss")
+        handles, labels = ax.get_legend_handles_labels()
+        legend_title = "variant"
+        if any(not math.isnan(m[0]) for m in legend_m.values()):
+            at_text = f"{float(runs.loc[runs['variant'] == baseline, 'compute'].max()):.3g}"
+            legend_title += f": compute multiplier at {at_text} FLOPs"
+            if bands:
+                confidence = summary_or_fits.attrs.get("confidence", 0.95)
+                legend_title += f" [{confidence:.0%} bootstrap interval]"
+        fig.legend(
+            handles, labels, loc="outside lower center", ncol=min(2, len(labels)), frameon=False,
+            title=legend_title,
+        )  # fmt: skip
+        title = "Loss against training compute"
+        band = "; bands: 95% of bootstrap refits" if bands else ""
+        fig.suptitle(f"{title}\n(fit L = E + A·C^−α; dashed: extrapolated{band})")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    path = Path(path)
+    write_atomic(path, buffer.getvalue())
+    caption = (
+        "Final loss of every run against its training compute, both axes logarithmic, with each "
+        "variant's fitted curve L = E + A·C^−α (a pure power law where too few sizes were "
+        "trained), solid over the computes it trained and dashed beyond"
+        + (
+            "; bands hold the middle 95% of the curves refitted to seeds resampled within each "
+            "size. The legend gives each variant's compute multiplier at the baseline's largest "
+            "compute: how many times more compute the baseline needs to reach the same loss."
+            if bands
+            else "."
+        )
+    )
+    return FigureFile(path, title, caption)
+
+
+def _name(variant: str, baseline: str | None, m: tuple[float, float, float] | None) -> str:
+    if variant == baseline:
+        return f"{variant} (baseline)"
+    if m is None or math.isnan(m[0]):
+        return variant
+    text = f"{variant}: {_times(m[0])}"
+    if not math.isnan(m[1]):
+        text += f" [{_times(m[1])}, {_times(m[2])}]"
+    return text
+
+
+def _times(m: float) -> str:
+    return "∞×" if m == math.inf else f"{m:.2f}×"

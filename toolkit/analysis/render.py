@@ -31,11 +31,13 @@ from typing import Any
 
 import pandas as pd
 
+from toolkit.analysis import phases
 from toolkit.analysis.figures import FigureFile, make_figures
 from toolkit.analysis.load import Experiments, load, load_curves
 from toolkit.analysis.stats import HOLM, OUTLIER_ALPHA, check_correction
 from toolkit.analysis.table import NAMES, UNITS, finite, summarize
 from toolkit.analysis.text import (
+    TUNED_NOTE,
     aa_text,
     correction_text,
     num,
@@ -84,8 +86,9 @@ def write_report(
     check_correction(correction)
     experiments = load(dirs)
     summary = summarize(
-        experiments.runs, experiments.baseline, asked=experiments.asked, correction=correction
-    )
+        phases.comparable_runs(experiments), experiments.baseline, asked=experiments.asked,
+        correction=correction,
+    )  # fmt: skip
     curves = load_curves(experiments.runs)
     folder = Path(out) if out is not None else default_out([p.folder for p in experiments.parts])
     if folder.exists() and not folder.is_dir():
@@ -104,14 +107,17 @@ def write_report(
             [(p.name, p.axes, p.table) for p in experiments.parts],
             folder / "figures",
         )
+    where = folder / "figures" if figures else None
+    sections = [phases.tuning(experiments, where), phases.scaling(experiments, where)]
+    made += [f for s in sections for f in s.figures]
     write_atomic(folder / "report_runs.csv", experiments.runs.to_csv(index=False))
     write_atomic(folder / "report_summary.csv", summary.to_csv(index=False))
     write_atomic(folder / "report_curves.csv", curves.to_csv(index=False))
-    doc = _document(experiments, summary, made)
+    doc = _document(experiments, summary, made, [b for s in sections for b in s.blocks])
     md, page = folder / "report.md", folder / "report.html"
     write_atomic(md, render_markdown(doc))
     write_atomic(page, render_html(doc, folder, title=f"Ablation report: {experiments.name}"))
-    text = terminal_text(experiments, summary)
+    text = terminal_text(experiments, summary, sections)
     return Report(folder, md, page, [f.path for f in made], summary, text)
 
 
@@ -122,7 +128,10 @@ def write_report(
 
 
 def _document(
-    experiments: Experiments, summary: pd.DataFrame, figures: list[FigureFile]
+    experiments: Experiments,
+    summary: pd.DataFrame,
+    figures: list[FigureFile],
+    sections: list[tuple] = (),
 ) -> list[tuple]:
     metric = summary.attrs.get("metric", "val_loss")
     doc: list[tuple] = [("h1", f"Ablation report: {experiments.name}")]
@@ -150,9 +159,14 @@ def _document(
         why = (
             " The variants use different tokenizers, so they are compared by bits per byte: "
             "loss and perplexity are per token and do not compare across vocabularies."
-            if metric == "val_bpb"
+            if metric.endswith("_bpb")
             else ""
         )
+        if metric.startswith("test_"):
+            why += " " + TUNED_NOTE[0].upper() + TUNED_NOTE[1:]
+        budgets = sorted(set(experiments.runs.get("budget", pd.Series(dtype=str)).dropna()))
+        if budgets:
+            why += f" Budget per run: `{'`, `'.join(budgets)}`."
         doc.append(
             (
                 "p",
@@ -164,6 +178,7 @@ def _document(
         doc.append(_results_table(summary))
         doc.append(("ul", _table_notes(summary)))
         doc += _steps_blocks(summary)
+        doc += sections
         doc.append(("h2", "What the sweep could resolve"))
         doc.append(("p", resolution_text(summary, markdown=True)))
         if summary.attrs.get("aa_check"):
@@ -215,8 +230,12 @@ def _document(
 def _results_table(summary: pd.DataFrame) -> tuple:
     metric = summary.attrs.get("metric", "val_loss")
     others = [m for m in ("val_loss", "val_perplexity", "val_bpb") if m != metric]
-    labels = {"val_loss": "val loss", "val_perplexity": "perplexity", "val_bpb": "bits/byte"}
-    spec = {"val_loss": ".4f", "val_perplexity": ".3f", "val_bpb": ".4f"}
+    labels = {
+        "val_loss": "val loss", "val_perplexity": "perplexity", "val_bpb": "bits/byte",
+        "test_loss": "test loss", "test_bpb": "test bits/byte",
+    }  # fmt: skip
+    spec = {"val_loss": ".4f", "val_perplexity": ".3f", "val_bpb": ".4f", "test_loss": ".4f"}
+    spec["test_bpb"] = ".4f"
 
     def stat(r: dict[str, Any], m: str) -> str:
         text = f"{num(r[f'{m}_mean'], spec[m])} ± {num(r[f'{m}_std'], spec[m])}"
@@ -230,8 +249,8 @@ def _results_table(summary: pd.DataFrame) -> tuple:
         *(["p Holm"] if holm else []), "verdict", "detectable Δ", *[labels[m] for m in others],
         "params", "FLOP/token", "tokens/s", "wall time", "flags",
     ]  # fmt: skip
-    align = ["l", "r", "r", "r", "r", *(["r"] if holm else []), "l", "r", "r", "r", "r", "r",
-             "r", "r", "l"]  # fmt: skip
+    align = ["l", "r", "r", "r", "r", *(["r"] if holm else []), "l", "r",
+             *["r"] * len(others), "r", "r", "r", "r", "l"]  # fmt: skip
     rows, bold = [], set()
     for i, r in enumerate(summary.to_dict("records")):
         if r["baseline"]:

@@ -84,20 +84,27 @@ from toolkit.analysis.load import load
 from toolkit.analysis.stats import HOLM
 from toolkit.analysis.steps import add_steps
 
-METRICS = ("val_loss", "val_perplexity", "val_bpb")
+METRICS = ("val_loss", "val_perplexity", "val_bpb", "test_loss", "test_bpb")
 # How each metric is named and measured, in the table, the report and the figures alike.
 UNITS = {
     "val_loss": "nats/token",
     "train_loss": "nats/token",
     "val_perplexity": "exp(nats)",
     "val_bpb": "bits/byte",
+    "test_loss": "nats/token",
+    "test_bpb": "bits/byte",
     "gap": "nats/token",
 }
 NAMES = {
     "val_loss": "validation loss",
     "val_perplexity": "validation perplexity",
     "val_bpb": "validation bits per byte",
+    "test_loss": "test loss",
+    "test_bpb": "test bits per byte",
 }
+# A variant whose non-embedding parameters or FLOPs per token differ from the baseline's by
+# more than this fraction is flagged: part of its Δ may be its size, not its idea.
+MISMATCH = 0.02
 ALPHA, POWER, CONFIDENCE = 0.05, 0.8, 0.95
 # The verdict of a comparison (every comparison metric here is lower-is-better).
 BETTER, WORSE, NOT_SIGNIFICANT = "better", "worse", "n.s."
@@ -105,10 +112,12 @@ BETTER, WORSE, NOT_SIGNIFICANT = "better", "worse", "n.s."
 
 def comparison_metric(table: pd.DataFrame) -> str:
     """'val_loss', or 'val_bpb' when the runs use different tokenizers: loss is per token and
-    only bits per byte compares across vocabularies."""
-    if "tokenizer" in table and table["tokenizer"].dropna().nunique() > 1:
-        return "val_bpb"
-    return "val_loss"
+    only bits per byte compares across vocabularies. 'test_loss' (or 'test_bpb') when the
+    sweep was tuned ([tune]): its settings were chosen on the validation split, which would
+    flatter every variant, so the held-out test split reports."""
+    kind = "bpb" if "tokenizer" in table and table["tokenizer"].dropna().nunique() > 1 else "loss"
+    tuned = "tuned" in table and len(table) and table["tuned"].fillna(False).astype(bool).all()
+    return f"{'test' if tuned else 'val'}_{kind}"
 
 
 def compare(
@@ -208,7 +217,7 @@ def summarize(
     for row in rows:
         mine = values[row["variant"]]
         out: dict[str, Any] = {}
-        for m in ("val_loss", "val_bpb"):
+        for m in dict.fromkeys(("val_loss", "val_bpb", metric)):
             out[f"delta_{m}"] = (
                 row[f"{m}_mean"] - _mean(base[m].values()) if base is not None else math.nan
             )
@@ -238,9 +247,9 @@ def summarize(
     summary["outlier_seeds"] = [
         ", ".join(str(o.seed) for o in found if o.group == v) for v in summary["variant"]
     ]
-    base_windows = summary.loc[summary["baseline"], "eval_windows"].tolist()
+    base_rows = summary[summary["baseline"]].to_dict("records")
     summary["flags"] = [
-        _flags(r, base_windows[0] if base_windows else None) for r in summary.to_dict("records")
+        _flags(r, base_rows[0] if base_rows else None) for r in summary.to_dict("records")
     ]
     summary = summary.drop(columns="other")
     order = [
@@ -411,16 +420,20 @@ def _row_mde(
     return math.nan
 
 
-def _flags(row: dict[str, Any], base_windows: str | None) -> str:
+def _flags(row: dict[str, Any], base: dict[str, Any] | None) -> str:
     flags = []
     if not row["causal"]:
         flags.append("non-causal")
     # Losses scored on other windows than the baseline's (or on two kinds across seeds) are
     # another measurement: say so rather than compare them silently.
     if "+" in row["eval_windows"] or (
-        base_windows is not None and row["eval_windows"] != base_windows
+        base is not None and row["eval_windows"] != base["eval_windows"]
     ):
         flags.append(f"eval windows: {row['eval_windows']}")
+    for column, what in (("params_non_embedding", "params"), ("flops_per_token", "FLOP/token")):
+        mine, theirs = row[column], base[column] if base is not None else None
+        if finite(mine) and finite(theirs) and theirs and abs(mine / theirs - 1) > MISMATCH:
+            flags.append(f"{what} {100 * (mine / theirs - 1):+.1f}%")
     if row["diverged"]:
         flags.append(f"{row['diverged']} diverged")
     if row["failed"]:

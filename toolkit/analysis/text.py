@@ -17,11 +17,13 @@ Not here: the statistics (table.py), reading folders (load.py), writing files (r
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from toolkit.analysis import phases
 from toolkit.analysis.load import Experiments, load
 from toolkit.analysis.stats import HOLM, OUTLIER_ALPHA
 from toolkit.analysis.steps import steps_view
@@ -188,12 +190,20 @@ def outlier_lines(summary: pd.DataFrame, markdown: bool = False) -> list[str]:
     return lines
 
 
+TUNED_NOTE = (
+    "tuned: every variant trained at its own settings, chosen on the validation split "
+    "(tuning.csv); the comparison is on the held-out test split, which no choice saw."
+)
+
+
 def format_summary(summary: pd.DataFrame, title: str = "") -> str:
     """A fixed-width table for the terminal; the baseline is marked with '*'."""
     if summary.empty:
         return f"{title}\n(no finished runs yet)" if title else "(no finished runs yet)"
     metric = summary.attrs.get("metric", "val_loss")
-    second = "val_loss" if metric == "val_bpb" else "val_bpb"
+    second = {"val_bpb": "val_loss", "test_loss": "val_loss", "test_bpb": "val_bpb"}.get(
+        metric, "val_bpb"
+    )
     records = summary.to_dict("records")
     columns: dict[str, list[str]] = {
         "": ["*" if r["baseline"] else "" for r in records],
@@ -207,7 +217,7 @@ def format_summary(summary: pd.DataFrame, title: str = "") -> str:
             else "-"
             for r in records
         ],
-        "Δ vs base": [num(r.get(f"delta_{metric}"), "+.4f") for r in records],
+        "Δ vs base": [num(r.get("delta"), "+.4f") for r in records],
         "Δ %": [num(r.get("delta_pct"), "+.2f") for r in records],
         "p": [pvalue(r.get("p_value")) for r in records],
         "p Holm": [pvalue(r.get("p_holm")) for r in records],
@@ -232,6 +242,8 @@ def format_summary(summary: pd.DataFrame, title: str = "") -> str:
         f"6 x (matrix params, head included) + 12 x layers x emb_dim x context; wall: per run."
     ]
     notes.append(correction_text(summary))
+    if metric.startswith("test_"):
+        notes.append(TUNED_NOTE)
     resolution = resolution_text(summary)
     if resolution and summary["ok"].max() > 0:
         notes.append(resolution)
@@ -311,10 +323,14 @@ def _missing_text(experiments: Experiments, limit: int = 20) -> str:
     return "\n".join(lines)
 
 
-def terminal_text(experiments: Experiments, summary: pd.DataFrame) -> str:
-    """The table under its title, the steps of cumulative variants, then the runs still
-    missing: what `ablate report` prints."""
+def terminal_text(
+    experiments: Experiments, summary: pd.DataFrame, sections: Sequence[phases.Section] = ()
+) -> str:
+    """The table under its title, the steps of cumulative variants, the lines of a tuned
+    sweep's or a ladder's sections, then the runs still missing: what `ablate report`
+    prints."""
     parts = [format_summary(summary, _title(experiments)), format_steps(summary)]
+    parts += ["\n".join(s.lines) for s in sections]
     parts.append(_missing_text(experiments))
     return "\n".join(filter(None, parts))
 
@@ -324,9 +340,11 @@ def report(out_dir: str | Path, *, correction: str = HOLM) -> tuple[pd.DataFrame
     nothing (write_report writes the files). correction: "holm" or "none" (see table.py)."""
     experiments = load(out_dir)
     summary = summarize(
-        experiments.runs, experiments.baseline, asked=experiments.asked, correction=correction
-    )
-    return summary, terminal_text(experiments, summary)
+        phases.comparable_runs(experiments), experiments.baseline, asked=experiments.asked,
+        correction=correction,
+    )  # fmt: skip
+    sections = [phases.tuning(experiments, None), phases.scaling(experiments, None)]
+    return summary, terminal_text(experiments, summary, sections)
 
 
 # -- the steps of cumulative variants (a spec's `after`; toolkit.analysis.steps) ----------------

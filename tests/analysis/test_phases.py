@@ -1,0 +1,81 @@
+"""The report of a tuned sweep (its tuning phase, the test split) and of a ladder (its scaling
+fits), from real tiny sweeps."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from toolkit.analysis.render import write_report
+from toolkit.analysis.text import report
+from toolkit.spec.parse import parse_spec
+from toolkit.sweep.runner import run
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory, plugins):
+    doc = {
+        "name": "tuned", "seeds": [0, 1],
+        "data": {"corpus": "pydoc", "tokenizer": "bytes", "test_fraction": 0.05},
+        "model": {"context_length": 32, "emb_dim": 32, "n_heads": 2, "n_layers": 1, "drop_rate": 0.0},
+        "train": {"batch_size": 4, "max_steps": 6, "eval_interval": 3, "eval_batches": 2},
+        "sampling": {"max_new_tokens": 0},
+        "grid": {"model.norm": ["layernorm", "rmsnorm"]},
+        "tune": {"train.lr": [1e-4, 3e-3, 1e-2]},
+    }  # fmt: skip
+    out = tmp_path_factory.mktemp("tuned")
+    run(parse_spec(doc), out, plugins=plugins, progress=False)
+    return out
+
+
+def test_a_tuned_sweep_is_compared_on_its_test_split(tuned) -> None:
+    summary, text = report(tuned)
+    assert summary.attrs["metric"] == "test_loss"
+    assert summary["test_loss_mean"].notna().all()
+    assert "tuned: every variant trained at its own settings" in text
+    assert "tuned norm=layernorm: lr=" in text
+
+
+def test_the_report_shows_the_tuning_table_and_figure(tuned, tmp_path) -> None:
+    result = write_report(tuned, tmp_path)
+    md = result.markdown.read_text()
+    assert "## Tuning (tuned)" in md and "mean val_loss" in md
+    assert "the comparison is on the held-out test split" in md
+    assert (tmp_path / "figures/tuning-tuned.png").stat().st_size > 1000
+    chosen = pd.read_csv(tuned / "tuning.csv")
+    assert chosen["chosen"].sum() == 2
+
+
+@pytest.fixture(scope="module")
+def ladder(tmp_path_factory, plugins):
+    doc = {
+        "name": "ladder", "seeds": [0, 1],
+        "data": {"corpus": "pydoc", "tokenizer": "bytes"},
+        "model": {"context_length": 32, "emb_dim": 32, "n_heads": 2, "n_layers": 1, "drop_rate": 0.0},
+        "train": {"batch_size": 4, "eval_interval": 5, "eval_batches": 2, "lr": 3e-3},
+        "sampling": {"max_new_tokens": 0},
+        "grid": {"model.activation": ["gelu", "relu"]},
+        "ladder": {
+            "sizes": [{"emb_dim": 16, "n_layers": 1, "n_heads": 2},
+                      {"emb_dim": 32, "n_layers": 1, "n_heads": 2},
+                      {"emb_dim": 48, "n_layers": 2, "n_heads": 2}],
+            "tokens": [1280, 1920, 2560], "target_flops": 1e11,
+        },
+    }  # fmt: skip
+    out = tmp_path_factory.mktemp("ladder")
+    run(parse_spec(doc), out, plugins=plugins, progress=False)
+    return out
+
+
+def test_a_ladder_reports_compute_multipliers_and_compares_its_largest_size(ladder, tmp_path):
+    summary, text = report(ladder)
+    # The Results table: the largest size only, each variant against the baseline there.
+    assert sorted(summary["variant"]) == ["activation=gelu@d48-L2-h2", "activation=relu@d48-L2-h2"]
+    assert "scaling (compute multiplier against the baseline; > 1 is better):" in text
+    assert "activation=gelu: x1.00" in text and "activation=relu: x" in text
+    result = write_report(ladder, tmp_path)
+    md = result.markdown.read_text()
+    assert "## Scaling" in md and "multiplier at largest" in md
+    # Three sizes fit a pure power law (fewer than 4 computes), and the report says so.
+    assert "power" in md
+    assert (tmp_path / "figures/scaling.png").stat().st_size > 1000

@@ -1,0 +1,248 @@
+"""The report's sections for sweeps that are more than one comparison: the tuning phase of a
+tuned sweep ([tune]) and the scaling fits of a ladder ([ladder]).
+
+    comparable_runs(experiments)       the runs the Results table compares: for a ladder, its
+                                       largest size only (a small model against a large
+                                       baseline says nothing about the idea)
+    tuning(experiments, figures_dir)   Section: tuning.csv's table (mean validation metric of
+                                       every variant x point, the choice marked), its edge
+                                       warnings and a figure of the metric against the first
+                                       tuned key, one line per variant
+    scaling(experiments, figures_dir)  Section: toolkit.analysis.scaling's ladder_summary of
+                                       loss against training FLOPs per variant (compute
+                                       multipliers with bootstrap intervals, crossings,
+                                       warnings) and its log-log figure
+
+A Section holds report blocks (render.py's format), figure files and terminal lines; empty for
+a sweep without the phase. Not here: the fits (scaling.py), choosing the points
+(toolkit/sweep/tuning.py).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from toolkit.analysis import scaling as fits
+from toolkit.analysis.figures import FigureFile, _figure, _palette, _save
+from toolkit.analysis.load import Experiments
+
+TUNING_FILE = "tuning.csv"  # written by toolkit.sweep.tuning into the experiment folder
+
+
+@dataclass
+class Section:
+    blocks: list[tuple] = field(default_factory=list)
+    figures: list[FigureFile] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)  # for the terminal
+
+
+def _ladder(experiments: Experiments) -> dict[str, Any] | None:
+    found = [p.experiment["ladder"] for p in experiments.parts if p.experiment.get("ladder")]
+    return found[0] if found else None
+
+
+def comparable_runs(experiments: Experiments) -> pd.DataFrame:
+    """The runs the Results table compares (see the module docstring)."""
+    ladder = _ladder(experiments)
+    runs = experiments.runs
+    if ladder is None or runs.empty:
+        return runs
+    largest = list(ladder["sizes"])[-1]
+    return runs[runs["variant"].astype(str).str.endswith(f"@{largest}")].reset_index(drop=True)
+
+
+def _number(text: Any) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def tuning(experiments: Experiments, figures_dir: Path | None) -> Section:
+    """The tuning phase's section (see the module docstring)."""
+    section = Section()
+    for part in experiments.parts:
+        tune = part.experiment.get("tune")
+        path = part.folder / TUNING_FILE
+        if not tune or not path.is_file():
+            continue
+        table = pd.read_csv(path)
+        metric, keys = tune.get("metric", "val_loss"), list(tune.get("values", {}))
+        section.blocks.append(("h2", f"Tuning ({part.name})"))
+        section.blocks.append((
+            "p",
+            f"Each variant trained at every point of the grid on seed(s) "
+            f"{', '.join(map(str, tune.get('seeds', [])))}; its point with the lowest mean "
+            f"{metric} (in bold) is the one its final runs used. A point where a seed failed "
+            f"or diverged counts as infinitely bad.",
+        ))  # fmt: skip
+        header = ["variant", *keys, f"mean {metric}", "seeds", "chosen"]
+        rows, bold = [], set()
+        for i, r in enumerate(table.to_dict("records")):
+            if r["chosen"]:
+                bold.add(i)
+            rows.append([
+                str(r["variant"]), *[str(r[k]) for k in keys], _num(r.get(metric), ".4f"),
+                str(r["seeds"]), "yes" if r["chosen"] else "",
+            ])  # fmt: skip
+        section.blocks.append(
+            ("table", header, rows, ["l"] * (len(keys) + 1) + ["r", "r", "l"], bold)
+        )
+        warnings = edge_warnings(table, tune)
+        if warnings:
+            section.blocks.append(("ul", warnings))
+        section.lines += [
+            f"tuned {r['variant']}: {r['point']}" for r in table.to_dict("records") if r["chosen"]
+        ]
+        section.lines += [f"warning: {w}" for w in warnings]
+        if figures_dir is not None and keys:
+            section.figures.append(tuning_figure(table, tune, part.name, figures_dir))
+    return section
+
+
+def edge_warnings(table: pd.DataFrame, tune: dict[str, Any]) -> list[str]:
+    """A line per variant whose chosen value of a numeric key is the smallest or largest tried."""
+    out = []
+    for r in table[table["chosen"].astype(bool)].to_dict("records"):
+        for key, candidates in tune.get("values", {}).items():
+            numbers = [
+                c for c in candidates if isinstance(c, int | float) and not isinstance(c, bool)
+            ]
+            if len(numbers) != len(candidates):
+                continue
+            value = _number(r[key])
+            end = (
+                "smallest" if value == min(numbers) else "largest" if value == max(numbers) else ""
+            )
+            if end:
+                out.append(
+                    f"{r['variant']}: the chosen {key} ({r[key]}) is the {end} tried; widen the "
+                    f"[tune] range past it, or the best may lie outside"
+                )
+    return out
+
+
+def tuning_figure(table: pd.DataFrame, tune: dict[str, Any], name: str, folder: Path) -> FigureFile:
+    """The metric against the first tuned key, one line per variant (with several keys: the best
+    over the others at each value), the chosen points ringed."""
+    metric, key = tune.get("metric", "val_loss"), next(iter(tune["values"]))
+    frame = table.assign(x=table[key].map(_number), y=pd.to_numeric(table[metric], errors="coerce"))
+    variants = list(dict.fromkeys(frame["variant"]))
+    palette = _palette(variants)
+    fig = _figure(6.4, 4.0)
+    ax = fig.subplots()
+    for variant in variants:
+        mine = frame[frame["variant"] == variant]
+        best = mine.groupby("x", sort=True)["y"].min()
+        ax.plot(best.index, best.values, marker="o", color=palette[variant], label=variant)
+        chosen = mine[mine["chosen"].astype(bool)]
+        ax.scatter(chosen["x"], chosen["y"], s=160, facecolors="none", edgecolors=palette[variant])
+    xs = frame["x"].dropna()
+    if len(xs) and xs.min() > 0 and xs.max() / xs.min() >= 10:
+        ax.set_xscale("log")
+    ax.set_xlabel(key)
+    ax.set_ylabel(f"mean {metric} (tuning seeds)")
+    ax.legend(fontsize="small")
+    title = f"Tuning: {metric} against {key} ({name})"
+    caption = (
+        f"Mean final {metric} over the tuning seeds at each {key} tried, per variant; the ringed "
+        f"point is each variant's choice. A choice at either end of the range may not be the best."
+    )
+    return _save(folder, f"tuning-{name}", fig, title, caption)[0]
+
+
+def ladder_frame(runs: pd.DataFrame, ladder: dict[str, Any]) -> pd.DataFrame:
+    """scaling.py's input from a ladder's runs: variant and size (from "VARIANT@SIZE"), seed,
+    compute (the run's training FLOPs) and loss (the ladder's metric), finished runs only."""
+    ok = runs[runs["status"] == "ok"]
+    metric = ladder.get("metric", "val_loss")
+    if ok.empty or metric not in ok:
+        return pd.DataFrame(columns=["variant", "size", "seed", "compute", "loss"])
+    names = ok["variant"].astype(str).str.rsplit("@", n=1)
+    flops = ok["flops"] if "flops" in ok else ok["tokens"] * ok["flops_per_token"]
+    frame = pd.DataFrame({
+        "variant": names.str[0], "size": names.str[1], "seed": ok["seed"],
+        "compute": pd.to_numeric(flops, errors="coerce"),
+        "loss": pd.to_numeric(ok[metric], errors="coerce"),
+    })  # fmt: skip
+    return frame.dropna().reset_index(drop=True)
+
+
+def scaling(experiments: Experiments, figures_dir: Path | None, n_boot: int = 1000) -> Section:
+    """The ladder's section (see the module docstring)."""
+    section = Section()
+    ladder = _ladder(experiments)
+    if ladder is None:
+        return section
+    frame = ladder_frame(experiments.runs, ladder)
+    baseline = str(experiments.baseline or "").rsplit("@", 1)[0]
+    section.blocks.append(("h2", "Scaling"))
+    if frame.empty or baseline not in set(frame["variant"]):
+        section.blocks.append(("p", "No finished runs of the baseline on the ladder yet."))
+        return section
+    target = ladder.get("target_flops")
+    summary = fits.ladder_summary(frame, baseline, target_flops=target, n_boot=n_boot)
+    metric = ladder.get("metric", "val_loss")
+    section.blocks.append((
+        "p",
+        f"Every variant trained at {len(ladder['sizes'])} sizes ({', '.join(ladder['sizes'])}); "
+        f"its final {metric} is fitted against the run's training FLOPs as "
+        f"`L(C) = E + A · C^(-alpha)` (a pure power law `A · C^(-alpha)` with fewer than 4 "
+        f"computes). The **compute multiplier** is the factor by which the baseline's compute "
+        f"must grow to reach the variant's loss: above 1 the variant is better. Intervals: "
+        f"{int(100 * summary.attrs.get('confidence', 0.95))}% percentile bootstrap over seeds "
+        f"within each size (about 90% coverage with 5 seeds, measured by simulation).",
+    ))  # fmt: skip
+    header = ["variant", "fit", "alpha", "R²", "multiplier at largest", "at target", "crossings"]
+    rows, bold = [], set()
+    for i, r in enumerate(summary.to_dict("records")):
+        if r["variant"] == baseline:
+            bold.add(i)
+        rows.append([
+            r["variant"], r["kind"], _num(r["alpha"], ".3f"), _num(r["r2"], ".3f"),
+            _multiplier(r["multiplier"], r["multiplier_low"], r["multiplier_high"]),
+            _multiplier(r.get("target_multiplier"), r.get("target_multiplier_low"),
+                        r.get("target_multiplier_high")),
+            ", ".join(f"{c:.2g}" for c in r["crossings"]) or "-",
+        ])  # fmt: skip
+    section.blocks.append(("table", header, rows, ["l", "l", "r", "r", "r", "r", "l"], bold))
+    warnings = [f"{r['variant']}: {w}" for r in summary.to_dict("records") for w in r["warnings"]]
+    if warnings:
+        section.blocks.append(("ul", warnings))
+    section.lines.append("scaling (compute multiplier against the baseline; > 1 is better):")
+    for r in summary.to_dict("records"):
+        mult = _multiplier(r["multiplier"], r["multiplier_low"], r["multiplier_high"])
+        line = f"  {r['variant']}: {mult} at the largest size"
+        if target:
+            at = _multiplier(
+                r.get("target_multiplier"), r.get("target_multiplier_low"),
+                r.get("target_multiplier_high"),
+            )  # fmt: skip
+            line += f", {at} at {target:.2g} FLOPs"
+        section.lines.append(f"{line} ({r['kind']} fit)")
+    section.lines += [f"warning: {w}" for w in warnings]
+    if figures_dir is not None:
+        section.figures.append(
+            fits.ladder_figure(frame, summary, figures_dir / "scaling.png", baseline=baseline,
+                                  target_flops=target)
+        )  # fmt: skip
+    return section
+
+
+def _num(value: Any, spec: str) -> str:
+    number = _number(value)
+    return "-" if math.isnan(number) else format(number, spec)
+
+
+def _multiplier(value: Any, low: Any, high: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    text = f"x{value:.2f}" if math.isfinite(value) else "x∞"
+    if low is not None and not (isinstance(low, float) and math.isnan(low)):
+        text += f" [{low:.2f}, {high:.2f}]"
+    return text

@@ -2,7 +2,8 @@
 
 Plain: `gelu` (the book's tanh approximation), `gelu-exact` (erf), `relu`, `relu2` (squared ReLU)
 (relu(x)^2) and `silu` (x * sigmoid(x)); each is Linear(d, 4d), activation, Linear(4d, d), laid
-out as in the book (`ff.layers.0`, `ff.layers.2`).
+out as in the book (`ff.layers.0`, `ff.layers.2`). The config's `ffn_hidden` replaces the
+hidden width (4d here, 8d/3 for the gated units) when set.
 
 Gated (GLU, Shazeer 2020): `swiglu` and `geglu`, down(act(gate(x)) * up(x)), laid out as
 `ff.gate`, `ff.up`, `ff.down`. Their hidden width defaults to 8d/3 so that their three matrices
@@ -22,12 +23,14 @@ from toolkit.errors import ComponentError
 
 
 class FeedForward(nn.Module):
-    """Position-wise feed-forward: Linear(d, 4d), activation, Linear(4d, d)."""
+    """Position-wise feed-forward: Linear(d, h), activation, Linear(h, d), h = 4d unless the
+    config's ffn_hidden says otherwise."""
 
     def __init__(self, config, activation: nn.Module) -> None:
         super().__init__()
         d = config.emb_dim
-        self.layers = nn.Sequential(nn.Linear(d, 4 * d), activation, nn.Linear(4 * d, d))
+        h = getattr(config, "ffn_hidden", None) or 4 * d
+        self.layers = nn.Sequential(nn.Linear(d, h), activation, nn.Linear(h, d))
 
     def forward(self, x):
         return self.layers(x)
@@ -59,9 +62,16 @@ class GatedFeedForward(nn.Module):
         return self.down(self.act(self.gate(x)) * self.up(x))
 
 
-def gated_hidden(name: str, emb_dim: int, match_params: bool, hidden_mult: float | None) -> int:
-    """The hidden width of a gated feed-forward: round(hidden_mult * d) when given, else 8d/3
-    (rounded down) with match_params, else 4d. `gated_hidden("swiglu", 768, True, None) -> 2048`."""
+def gated_hidden(
+    name: str,
+    emb_dim: int,
+    match_params: bool,
+    hidden_mult: float | None,
+    ffn_hidden: int | None = None,
+) -> int:
+    """The hidden width of a gated feed-forward: round(hidden_mult * d) when given, else the
+    config's ffn_hidden when set, else 8d/3 (rounded down) with match_params, else 4d.
+    `gated_hidden("swiglu", 768, True, None) -> 2048`."""
     if hidden_mult is not None:
         # Checked here too: the registry lets any value through an `X | None` annotation.
         number = isinstance(hidden_mult, int | float) and not isinstance(hidden_mult, bool)
@@ -76,6 +86,8 @@ def gated_hidden(name: str, emb_dim: int, match_params: bool, hidden_mult: float
                 f"emb_dim {emb_dim}; use at least 1/emb_dim = {1 / emb_dim:.3g}"
             )
         return hidden
+    if ffn_hidden:
+        return ffn_hidden
     # 3 * d * h (+ 2h + d biases) against the plain block's 8 * d^2 (+ 5d): h = 8d/3.
     return 8 * emb_dim // 3 if match_params else 4 * emb_dim
 
@@ -109,7 +121,9 @@ def swiglu_feed_forward(
     config, *, match_params: bool = True, hidden_mult: float | None = None
 ) -> GatedFeedForward:
     """SwiGLU: down(silu(gate(x)) * up(x)), hidden 8d/3 by default to match gelu's parameters (Shazeer 2020)"""
-    hidden = gated_hidden("swiglu", config.emb_dim, match_params, hidden_mult)
+    hidden = gated_hidden(
+        "swiglu", config.emb_dim, match_params, hidden_mult, getattr(config, "ffn_hidden", None)
+    )
     return GatedFeedForward(config, nn.SiLU(), hidden=hidden)
 
 
@@ -117,7 +131,9 @@ def geglu_feed_forward(
     config, *, match_params: bool = True, hidden_mult: float | None = None
 ) -> GatedFeedForward:
     """GEGLU: down(gelu(gate(x)) * up(x)), erf GELU, hidden 8d/3 by default to match gelu's parameters (Shazeer 2020)"""
-    hidden = gated_hidden("geglu", config.emb_dim, match_params, hidden_mult)
+    hidden = gated_hidden(
+        "geglu", config.emb_dim, match_params, hidden_mult, getattr(config, "ffn_hidden", None)
+    )
     return GatedFeedForward(config, nn.GELU(), hidden=hidden)
 
 

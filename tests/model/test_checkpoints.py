@@ -75,14 +75,16 @@ def tiny_config(**overrides) -> ModelConfig:
         {"tie_word_embeddings": False},
         {"activation_function": "relu"},
         {"activation_function": "gelu", "layer_norm_epsilon": 1e-6},
+        {"n_inner": 48},
     ],
-    ids=["tied-gelu_new", "untied", "relu", "exact-gelu-eps"],
+    ids=["tied-gelu_new", "untied", "relu", "exact-gelu-eps", "n_inner"],
 )
 @pytest.mark.slow
 def test_import_hf_gpt2_matches_transformers(tmp_path, overrides):
     hf = hf_model(**overrides)
     config, state = import_hf_gpt2(save_hf(hf, tmp_path / "hf"))
     assert config.tie_embeddings == overrides.get("tie_word_embeddings", True)
+    assert config.ffn_hidden == overrides.get("n_inner")
     assert config.context_length == 64 and config.qkv_bias and config.attention == "sdpa"
     assert config.norm == {"name": "layernorm", "eps": overrides.get("layer_norm_epsilon", 1e-5)}
     assert (config.drop_rate, config.drop_rate_emb, config.drop_rate_attn) == (0.1, 0.1, 0.1)
@@ -129,8 +131,9 @@ def test_export_hf_gpt2_loads_in_transformers(tmp_path):
     [
         {"qkv_bias": False, "activation": "gelu-exact", "attention": "multihead"},
         {"qkv_bias": True, "tie_embeddings": True, "norm": "torch-layernorm", "activation": "relu"},
+        {"ffn_hidden": 24},
     ],
-    ids=["no-qkv-bias-exact-gelu", "tied-torch-layernorm-relu"],
+    ids=["no-qkv-bias-exact-gelu", "tied-torch-layernorm-relu", "ffn_hidden"],
 )
 def test_toolkit_model_exports_exactly(tmp_path, overrides):
     """A model trained here (no qkv biases: exported as zeros) gives the same logits in
@@ -271,7 +274,7 @@ def test_bad_hf_folders(tmp_path):
     good = json.loads((folder / "config.json").read_text())
     for change, error, match in [
         ({"activation_function": "silu"}, ComponentError, "activation_function 'silu'"),
-        ({"n_inner": 100}, ComponentError, "n_inner"),
+        ({"n_inner": 0}, ComponentError, "n_inner 0"),
         ({"n_positions": 32}, DataError, r"wpe.weight has shape \(64, 32\).*\(32, 32\)"),
         ({"n_layer": 3}, DataError, "holds 2 transformer blocks"),
         ({"n_embd": 30, "n_head": 4}, DataError, "not divisible"),

@@ -31,6 +31,9 @@ class ModelConfig:
     activation: Choice = "gelu"
     positional: Choice = "learned"
     init: Choice = "default"  # "default": PyTorch's (as the book); "gpt2": normal(0.02), scaled
+    # The feed-forward's hidden width; None: 4 x emb_dim (8 x emb_dim / 3 for gated units, which
+    # then hold as many parameters). A spec's match_params sets it to match the baseline's size.
+    ffn_hidden: int | None = None
 
     @property
     def head_dim(self) -> int:

@@ -108,8 +108,9 @@ def hf_config_to_model_config(hf: dict[str, Any], where: Path | str = "config.js
         problems.append(
             f"activation_function {activation!r} (supported: {', '.join(HF_ACTIVATIONS)})"
         )
-    if hf.get("n_inner") not in (None, 4 * emb):
-        problems.append(f"n_inner {hf['n_inner']} (the toolkit's feed-forward is 4 x n_embd)")
+    inner = hf.get("n_inner")
+    if inner is not None and (isinstance(inner, bool) or not isinstance(inner, int) or inner < 1):
+        problems.append(f"n_inner {inner!r} (a feed-forward width is a whole number >= 1)")
     if hf.get("scale_attn_weights", True) is not True:
         problems.append("scale_attn_weights = false")
     if hf.get("scale_attn_by_inverse_layer_idx", False):
@@ -136,6 +137,7 @@ def hf_config_to_model_config(hf: dict[str, Any], where: Path | str = "config.js
         activation=HF_ACTIVATIONS[activation],
         positional="learned",
         init="default",
+        ffn_hidden=None if inner in (None, 4 * emb) else inner,
     )
 
 
@@ -191,6 +193,7 @@ def _from_hf(config: ModelConfig, source: Path, keys: list[str], take: Take) -> 
     prefix = "transformer." if any(k.startswith("transformer.") for k in keys) else ""
     names = set(keys)
     d, v, n = config.emb_dim, config.vocab_size, config.context_length
+    inner = config.ffn_hidden or 4 * d
     layers = {
         int(m.group(1)) for k in keys if (m := re.match(rf"{re.escape(prefix)}h\.(\d+)\.", k))
     }
@@ -234,9 +237,9 @@ def _from_hf(config: ModelConfig, source: Path, keys: list[str], take: Take) -> 
             state[ours + f"att.{part}.bias"] = qkv_bias[j * d : (j + 1) * d]
         state[ours + "att.out_proj.weight"] = linear(h + "attn.c_proj.weight", d, d)
         state[ours + "att.out_proj.bias"] = get(h + "attn.c_proj.bias", (d,))
-        state[ours + "ff.layers.0.weight"] = linear(h + "mlp.c_fc.weight", d, 4 * d)
-        state[ours + "ff.layers.0.bias"] = get(h + "mlp.c_fc.bias", (4 * d,))
-        state[ours + "ff.layers.2.weight"] = linear(h + "mlp.c_proj.weight", 4 * d, d)
+        state[ours + "ff.layers.0.weight"] = linear(h + "mlp.c_fc.weight", d, inner)
+        state[ours + "ff.layers.0.bias"] = get(h + "mlp.c_fc.bias", (inner,))
+        state[ours + "ff.layers.2.weight"] = linear(h + "mlp.c_proj.weight", inner, d)
         state[ours + "ff.layers.2.bias"] = get(h + "mlp.c_proj.bias", (d,))
     state["final_norm.scale"] = get("ln_f.weight", (d,))
     state["final_norm.shift"] = get("ln_f.bias", (d,))
@@ -305,7 +308,7 @@ def export_hf_gpt2(
         "n_embd": d,
         "n_layer": config.n_layers,
         "n_head": config.n_heads,
-        "n_inner": None,
+        "n_inner": config.ffn_hidden,  # None: 4 x n_embd
         "activation_function": TO_HF_ACTIVATION[split_choice(config.activation)[0]],
         "layer_norm_epsilon": float(norm_options.get("eps", 1e-5)),
         "resid_pdrop": config.dropout("resid"),

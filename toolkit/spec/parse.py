@@ -23,6 +23,7 @@ from toolkit.names import label, slug
 from toolkit.spec import limits
 from toolkit.spec.chains import AFTER, link
 from toolkit.spec.ladder import ladder_variants, params_counter, parse_ladder, rung_variant
+from toolkit.spec.matching import match_params
 from toolkit.spec.schema import (
     SECTIONS,
     SLOTS,
@@ -143,6 +144,14 @@ def parse_spec(
             f"variants: {', '.join(names)}"
         )
     ladder = None
+    counter = None
+    if "ladder" in raw or raw.get("match_params"):
+        vocab = (
+            base["model"].get("vocab_size")
+            or plugins.registry.build("tokenizer", base["data"].get("tokenizer", "gpt2")).vocab_size
+        )
+        counter = params_counter(base, source, plugins, vocab)
+    first_baseline = baseline
     if "ladder" in raw:
         if "tune" in raw:
             raise SpecError(
@@ -150,12 +159,7 @@ def parse_spec(
                 f"size, then climb the ladder with the chosen settings"
             )
         ladder = parse_ladder(raw["ladder"], source)
-        vocab = (
-            base["model"].get("vocab_size")
-            or plugins.registry.build("tokenizer", base["data"].get("tokenizer", "gpt2")).vocab_size
-        )
-        params_at = params_counter(base, source, plugins, vocab)
-        variants = ladder_variants(ladder, variants, baseline, base, source, params_at)
+        variants = ladder_variants(ladder, variants, baseline, base, source, counter)
         baseline = rung_variant(baseline, list(ladder.sizes)[-1])
         if len(variants) * len(seeds) > max_runs:
             raise SpecError(
@@ -163,6 +167,18 @@ def parse_spec(
                 f"more than the limit of {max_runs:,}; pass --max-runs "
                 f"{len(variants) * len(seeds)} (max_runs= in Python) if you mean it"
             )
+    match = _top(raw, "match_params", bool, False, source)
+    if match:
+        assert counter is not None
+
+        def reference_of(name: str) -> str:
+            """The variant a variant must match: the baseline, at its ladder size."""
+            if ladder is None:
+                return baseline
+            return rung_variant(first_baseline, name.rsplit("@", 1)[1])
+
+        variants, matched = match_params(variants, reference_of, counter, source)
+        notes += matched
 
     resolved = {v.name: resolve(base, v, source, plugins) for v in variants}
     runs = [

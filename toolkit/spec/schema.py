@@ -31,6 +31,7 @@ LEGACY_VALUES: dict[str, Any] = {
     "data.test_fraction": 0.0,
     "data.val_documents": None,
     "data.test_documents": None,
+    "model.ffn_hidden": None,
     "train.max_flops": None,
     "train.target_loss": None,
 }
@@ -116,7 +117,7 @@ SLOTS: dict[str, str] = {
 }
 TOP_LEVEL = {
     "name", "description", "seeds", "plugins", "baseline", "grid", "variants", "sampling_ablation",
-    "tune", "ladder", *SECTIONS,
+    "tune", "ladder", "match_params", *SECTIONS,
 }  # fmt: skip
 BUDGET_KEYS = ("max_steps", "max_tokens", "epochs", "max_flops")
 # Far beyond any model trained with this toolkit, and low enough that validation (which builds

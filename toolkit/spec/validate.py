@@ -177,6 +177,11 @@ def _check_values(s: dict[str, Any], where: str) -> None:
         f"model.emb_dim ({m.emb_dim}) must be divisible by model.n_heads ({m.n_heads}); "
         f"e.g. n_heads = {max(h for h in range(1, m.n_heads + 1) if m.emb_dim % h == 0)}",
     )
+    need(
+        m.ffn_hidden is None or (isinstance(m.ffn_hidden, int) and m.ffn_hidden >= 1),
+        f"model.ffn_hidden must be a whole number >= 1 (the feed-forward's hidden width), got "
+        f"{m.ffn_hidden}",
+    )
     for key in ("drop_rate", "drop_rate_emb", "drop_rate_attn", "drop_rate_resid"):
         rate = getattr(m, key)
         need(rate is None or 0 <= rate < 1, f"model.{key} must be in [0, 1), got {rate}")

@@ -176,6 +176,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
         f"{plural(len(spec.seeds), 'seed')} = {plural(len(spec.runs), 'run')}; "
         f"baseline {spec.baseline!r}"
     )
+    if spec.tune is not None:
+        t = spec.tune
+        n = len(spec.variants) * len(t.points()) * len(t.seeds)
+        print(
+            f"  first tuning {', '.join(t.values)}: {plural(len(t.points()), 'point')} x "
+            f"{plural(len(t.seeds), 'seed')} per variant = {plural(n, 'run')} (in tune/), then "
+            f"the runs below at each variant's best point"
+        )
     rows = []
     counts: dict[str, tuple[int, int]] = {}
     for r in spec.runs[: len(spec.variants)]:

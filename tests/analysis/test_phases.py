@@ -79,3 +79,24 @@ def test_a_ladder_reports_compute_multipliers_and_compares_its_largest_size(ladd
     # Three sizes fit a pure power law (fewer than 4 computes), and the report says so.
     assert "power" in md
     assert (tmp_path / "figures/scaling.png").stat().st_size > 1000
+
+
+def test_the_report_says_what_each_variant_needed_to_reach_the_target(tmp_path, plugins):
+    doc = {
+        "name": "target", "seeds": [0, 1],
+        "data": {"corpus": "pydoc", "tokenizer": "bytes"},
+        "model": {"context_length": 32, "emb_dim": 32, "n_heads": 2, "n_layers": 1, "drop_rate": 0.0},
+        "train": {"batch_size": 4, "max_steps": 12, "eval_interval": 2, "eval_batches": 2,
+                  "lr": 3e-3, "target_loss": 10.0},  # met at the first evaluation
+        "sampling": {"max_new_tokens": 0},
+        "grid": {"model.activation": ["gelu", "relu"]},
+    }  # fmt: skip
+    table = run(parse_spec(doc), tmp_path / "runs", plugins=plugins, progress=False)
+    _, text = report(tmp_path / "runs")
+    assert "time to val_loss <= 10 (mean over seeds that reached it):" in text
+    assert (table["target_tokens"] == 2 * 4 * 32).all()  # step 2 of batch 4 x 32 tokens
+    line = next(x for x in text.splitlines() if x.startswith("  activation=relu:"))
+    assert line.startswith("  activation=relu: 2/2 seeds, 256 tokens, ")
+    assert line.endswith("x1.000 the baseline's FLOPs")  # the same FLOPs per token
+    md = write_report(tmp_path / "runs", tmp_path / "report").markdown.read_text()
+    assert "## Time to target (validation loss 10)" in md

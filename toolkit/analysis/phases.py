@@ -8,6 +8,8 @@ tuned sweep ([tune]) and the scaling fits of a ladder ([ladder]).
                                        every variant x point, the choice marked), its edge
                                        warnings and a figure of the metric against the first
                                        tuned key, one line per variant
+    target(experiments)                Section: what each variant needed to first reach
+                                       train.target_loss (tokens, FLOPs, seconds)
     scaling(experiments, figures_dir)  Section: toolkit.analysis.scaling's ladder_summary of
                                        loss against training FLOPs per variant (compute
                                        multipliers with bootstrap intervals, crossings,
@@ -231,6 +233,48 @@ def scaling(experiments: Experiments, figures_dir: Path | None, n_boot: int = 10
             fits.ladder_figure(frame, summary, figures_dir / "scaling.png", baseline=baseline,
                                   target_flops=target)
         )  # fmt: skip
+    return section
+
+
+def target(experiments: Experiments) -> Section:
+    """What each variant needed to reach train.target_loss: the mean tokens, training FLOPs and
+    training seconds over the seeds that reached it, and the FLOPs against the baseline's."""
+    section = Section()
+    runs = experiments.runs
+    if "target_loss" not in runs or runs["target_loss"].dropna().empty:
+        return section
+    ok = runs[runs["status"] == "ok"]
+    goal = float(ok["target_loss"].dropna().iloc[0])
+    rows_data = []
+    for variant, group in ok.groupby("variant", sort=False):
+        reached = group.dropna(subset=["target_flops"])
+        rows_data.append((variant, len(reached), len(group), *(
+            float(reached[c].mean()) if len(reached) else math.nan
+            for c in ("target_tokens", "target_flops", "target_s")
+        )))  # fmt: skip
+    base = next((r for r in rows_data if r[0] == experiments.baseline), None)
+    section.blocks.append(("h2", f"Time to target (validation loss {goal:g})"))
+    section.blocks.append((
+        "p",
+        "The first evaluation at or below the target (checked every `train.eval_interval` "
+        "steps): tokens, training FLOPs and training seconds, mean over the seeds that reached "
+        "it; **FLOPs vs baseline** below 1 means the variant got there on less compute.",
+    ))  # fmt: skip
+    header = ["variant", "reached", "tokens", "FLOPs", "seconds", "FLOPs vs baseline"]
+    rows, bold = [], set()
+    section.lines.append(f"time to val_loss <= {goal:g} (mean over seeds that reached it):")
+    for i, (variant, hit, n, tokens, flops, secs) in enumerate(rows_data):
+        if variant == experiments.baseline:
+            bold.add(i)
+        ratio = flops / base[4] if base is not None and base[4] else math.nan
+        cells = [f"{hit}/{n}", _num(tokens, ",.0f"), _num(flops, ".3g"), _num(secs, ".1f"),
+                 _num(ratio, ".3f")]  # fmt: skip
+        rows.append([str(variant), *cells])
+        section.lines.append(
+            f"  {variant}: {cells[0]} seeds, {cells[1]} tokens, {cells[2]} FLOPs, "
+            f"{cells[3]} s, x{cells[4]} the baseline's FLOPs"
+        )
+    section.blocks.append(("table", header, rows, ["l", "r", "r", "r", "r", "r"], bold))
     return section
 
 

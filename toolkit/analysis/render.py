@@ -108,7 +108,10 @@ def write_report(
             folder / "figures",
         )
     where = folder / "figures" if figures else None
-    sections = [phases.tuning(experiments, where), phases.scaling(experiments, where)]
+    sections = [
+        phases.tuning(experiments, where), phases.scaling(experiments, where),
+        phases.target(experiments),
+    ]  # fmt: skip
     made += [f for s in sections for f in s.figures]
     write_atomic(folder / "report_runs.csv", experiments.runs.to_csv(index=False))
     write_atomic(folder / "report_summary.csv", summary.to_csv(index=False))

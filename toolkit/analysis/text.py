@@ -343,7 +343,10 @@ def report(out_dir: str | Path, *, correction: str = HOLM) -> tuple[pd.DataFrame
         phases.comparable_runs(experiments), experiments.baseline, asked=experiments.asked,
         correction=correction,
     )  # fmt: skip
-    sections = [phases.tuning(experiments, None), phases.scaling(experiments, None)]
+    sections = [
+        phases.tuning(experiments, None), phases.scaling(experiments, None),
+        phases.target(experiments),
+    ]  # fmt: skip
     return summary, terminal_text(experiments, summary, sections)
 
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+from toolkit.api.contracts import TrainConfig
 from toolkit.api.kinds import KINDS, README_END, kinds_markdown, with_kinds
 from toolkit.api.manager import Plugins
 from toolkit.model.config import ModelConfig
@@ -74,12 +75,19 @@ def test_every_example_registers_a_component_that_builds(kind: str) -> None:
     plugins, name = example_plugins(kind)
     component = plugins.registry.get(kind, name)
     arguments = {"config": TINY, "dim": TINY.emb_dim, "model": build_model(TINY, plugins)}
+    arguments.update(step=3, total_steps=10)  # a schedule's
+    if kind == "optimizer":  # an optimizer's config is the run's training settings
+        arguments["config"] = TrainConfig(1e-3, (0.9, 0.95), 0.1, "matrices")
     built = component.build(*(arguments[a] for a in KINDS[kind].arg_names))
     x = torch.randn(2, 5, TINY.emb_dim)
     if kind in ("attention", "normalization", "activation", "positional"):
         assert isinstance(built, nn.Module) and built(x).shape == x.shape
     elif kind == "init":
         assert built is None
+    elif kind == "optimizer":
+        assert isinstance(built, torch.optim.Optimizer)
+    elif kind == "schedule":
+        assert isinstance(built, float) and 0 <= built <= 1
     elif kind == "sampler":
         ids = built(torch.randn(2, 7), torch.Generator().manual_seed(0))
         assert ids.shape == (2, 1) and ids.dtype == torch.int64

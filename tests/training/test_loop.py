@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import itertools
 import json
 import math
 
@@ -12,7 +11,6 @@ from toolkit.api.manager import Plugins
 from toolkit.errors import SpecError
 from toolkit.spec.parse import parse_spec
 from toolkit.sweep.runner import run
-from toolkit.training.optimizer import lr_at
 
 
 def read_metrics(folder):
@@ -109,15 +107,6 @@ def test_budget_in_tokens_and_epochs(tmp_path, tiny_doc, plugins):
     tiny_doc["train"]["max_tokens"] = 4 * 32 * 5  # five steps of 4 x 32 tokens
     table = run(parse_spec(tiny_doc), tmp_path / "t", plugins=plugins, progress=False)
     assert table["steps"].iloc[0] == 5 and table["tokens"].iloc[0] == 640
-
-
-def test_lr_schedule_warms_up_then_decays_to_the_floor():
-    assert lr_at(0, 100, 10, 0.1) == pytest.approx(0.1)
-    assert lr_at(9, 100, 10, 0.1) == pytest.approx(1.0)
-    assert lr_at(10, 100, 10, 0.1) == pytest.approx(1.0)
-    assert lr_at(100, 100, 10, 0.1) == pytest.approx(0.1)
-    values = [lr_at(s, 100, 10, 0.1) for s in range(10, 101)]
-    assert all(a >= b for a, b in itertools.pairwise(values))
 
 
 def test_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path, tiny_doc):

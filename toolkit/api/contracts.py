@@ -3,9 +3,9 @@
 `toolkit.api.registry.KINDS` says in words what each kind's factory receives and returns; the
 Protocols here are the objects some of those factories return, for plugin authors' type
 checkers and the engine's signatures. `RunInfo` is what the observer hooks receive
-(`toolkit.api.hookspecs`). Modules, attention and feed-forward blocks are plain torch modules
-and need no Protocol. Not here: checking that a component honours its contract
-(`toolkit.testing`).
+(`toolkit.api.hookspecs`); `TrainConfig` is what an optimizer factory receives. Modules,
+attention and feed-forward blocks are plain torch modules and need no Protocol. Not here:
+checking that a component honours its contract (`toolkit.testing`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     import numpy as np
+    from torch import nn
 
     from toolkit.api.manager import Plugins
     from toolkit.sweep.jobs import RunJob, Sweep
@@ -33,6 +34,49 @@ class RunInfo:
     folder: Path
     params: int
     params_non_embedding: int
+
+
+# -- kinds optimizer and schedule: how a run learns --------------------------------------------
+DECAY_TARGETS = ("matrices", "all")  # the values of train.weight_decay_on
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What an optimizer factory receives besides the model: the run's training settings that
+    say how it learns (the [train] keys of the same names), and where the model is.
+
+    An optimizer takes what applies to it and says in its description what it ignores (SGD has
+    no betas). Its own settings are its options (`train.optimizer = {name = "sgd", momentum =
+    0.9}`). The schedule multiplies every parameter group's "lr" by its multiplier at each step,
+    so `lr` is the peak. Not here: the budget and the schedule (the loop owns them).
+    """
+
+    lr: float  # train.lr: the peak learning rate
+    betas: tuple[float, float]  # train.betas: moment decay rates (Adam's, Lion's)
+    weight_decay: float  # train.weight_decay
+    weight_decay_on: str  # train.weight_decay_on: "matrices" or "all" (see decay_groups)
+    # Where the parameters are: "cpu", "cuda", "cuda:N", "mps"; "meta" when a spec is validated
+    # (the optimizer is built over a model without storage, and never stepped).
+    device: str = "cpu"
+
+    def decay_groups(self, params: Iterable[nn.Parameter]) -> list[dict[str, Any]]:
+        """Parameter groups as train.weight_decay_on says: "matrices" -> two groups, the
+        matrices and embeddings (dim >= 2) with weight_decay and the rest (norms, biases) with
+        0.0; "all" -> one group, every parameter with weight_decay (the book's chapter 5).
+        Both groups are returned even when one is empty, so a state_dict always has as many."""
+        params = list(params)
+        if self.weight_decay_on == "all":
+            return [{"params": params, "weight_decay": self.weight_decay}]
+        return [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": self.weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+
+
+class Schedule(Protocol):
+    """A learning-rate schedule: the multiplier of the peak lr at a 0-based optimizer step."""
+
+    def __call__(self, step: int, total_steps: int, **options: Any) -> float: ...
 
 
 # -- data: kinds corpus and tokenizer ----------------------------------------------------------

@@ -187,6 +187,58 @@ def register_components(register):
 ''',
         ),
         Kind(
+            "optimizer",
+            ("model: nn.Module", "config: TrainConfig"),
+            "torch.optim.Optimizer over the model's trainable parameters (the model is a GPT in "
+            "a run; the conformance checks also pass a plain nn.Linear), each in exactly one "
+            'parameter group, every group with its own "lr" (the schedule multiplies it at each '
+            "step), and state_dict() / load_state_dict() restoring it exactly, so a resumed run "
+            "continues bit for bit. config (toolkit.api.contracts.TrainConfig) holds train.lr "
+            "(the peak), betas, weight_decay, weight_decay_on and the device; "
+            "config.decay_groups(params) splits parameters as train.weight_decay_on says",
+            '''\
+import torch
+
+from toolkit import hookimpl
+
+
+def my_sgd(model, config, *, momentum: float = 0.0):
+    """SGD at train.lr, weight decay where train.weight_decay_on says"""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.SGD(config.decay_groups(params), lr=config.lr, momentum=momentum)
+
+
+@hookimpl
+def register_components(register):
+    register("optimizer", "my-sgd", my_sgd)
+''',
+        ),
+        Kind(
+            "schedule",
+            ("step: int", "total_steps: int"),
+            "the multiplier (a finite float >= 0) of every parameter group's peak lr at the "
+            "0-based optimizer step `step` of a run of total_steps, for step 0 .. total_steps "
+            "(the last after the final update); a pure function: the same arguments, the same "
+            "number. Options named warmup_steps and min_lr_ratio get train.warmup_steps and "
+            "train.min_lr_ratio unless the schedule's table sets them",
+            '''\
+from toolkit import hookimpl
+
+
+def my_exponential(step, total_steps, *, warmup_steps: int = 0, final: float = 0.01):
+    """Linear warm-up, then exponential decay to `final` x the peak at the end"""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return final ** min(1.0, progress)
+
+
+@hookimpl
+def register_components(register):
+    register("schedule", "my-exponential", my_exponential)
+''',
+        ),
+        Kind(
             "sampler",
             (),
             "callable(logits (B, V), generator) -> next token ids (B, 1), "

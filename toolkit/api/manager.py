@@ -33,6 +33,8 @@ BUILTIN_PLUGINS = (
     "plugins.activations",
     "plugins.positional",
     "plugins.initialization",
+    "plugins.optimizers",
+    "plugins.schedules",
     "plugins.sampling",
     "plugins.tokenizers",
     "plugins.corpora",

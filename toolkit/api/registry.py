@@ -1,7 +1,8 @@
 """The component registry: kind -> name -> factory + metadata.
 
 Plugins fill it through the `register_components(register)` hook; the model builder, data
-pipeline and sampler look components up here by the names a spec gives. The registry knows
+pipeline, training loop (optimizer, schedule) and sampler look components up here by the names
+a spec gives. The registry knows
 *kinds* of component and what each kind must provide, never a concrete component.
 
 A component's options are the keyword-only parameters of its factory, with their defaults and

@@ -10,6 +10,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from toolkit.api.contracts import TrainConfig
 from toolkit.api.registry import Choice, split_choice
 from toolkit.errors import SpecError
 from toolkit.model.config import COMPONENT_SLOTS, ModelConfig
@@ -17,8 +18,10 @@ from toolkit.names import run_folder
 
 # Training precisions: "fp32", or bfloat16 autocast with float32 weights and optimizer.
 PRECISIONS = ("fp32", "bf16-mixed")
-# Which parameters AdamW's weight decay applies to.
-DECAY_TARGETS = ("matrices", "all")
+# train.weight_decay_on: which parameters weight decay applies to (DECAY_TARGETS, from
+# toolkit.api.contracts). The train keys that feed the schedule's options of the same names,
+# unless train.schedule's table sets them (validate.py moves a table's value to the train key).
+SCHEDULE_KEYS = ("warmup_steps", "min_lr_ratio")
 
 # Keys added after runs were first recorded, and the value every run recorded before the key
 # existed was trained or evaluated with. A run at that value hashes as it did before the key
@@ -34,6 +37,10 @@ LEGACY_VALUES: dict[str, Any] = {
     "model.ffn_hidden": None,
     "train.max_flops": None,
     "train.target_loss": None,
+    # Recorded as validated: a choice with no options of its own is its bare name (adamw has
+    # none; cosine's are SCHEDULE_KEYS, which are recorded as the train keys).
+    "train.optimizer": "adamw",
+    "train.schedule": "cosine",
 }
 
 
@@ -76,8 +83,10 @@ class TrainSpec:
     # Record the tokens, FLOPs and seconds each run needed to first reach this validation loss
     # (at evaluation granularity: eval_interval); training goes on to the budget.
     target_loss: float | None = None
-    lr: float = 4e-4  # peak learning rate (AdamW)
-    min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
+    optimizer: Choice = "adamw"  # a registered optimizer; `ablate list optimizer`
+    schedule: Choice = "cosine"  # a registered lr schedule; `ablate list schedule`
+    lr: float = 4e-4  # peak learning rate (the optimizer's; the schedule multiplies it)
+    min_lr_ratio: float = 0.1  # a decaying schedule ends at lr * min_lr_ratio
     warmup_steps: int = 0  # linear warm-up from 0 to lr
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     weight_decay: float = 0.1
@@ -93,6 +102,11 @@ class TrainSpec:
     peak_tflops: float | None = None  # hardware peak for MFU; None: measured at the start
     threads: int | None = None  # torch CPU threads; None: torch's default
     checkpoint: bool = True  # save the final weights to checkpoint.pt
+
+    def optimizer_config(self, device: str) -> TrainConfig:
+        """What the optimizer factory receives: these settings, and where the model is."""
+        betas = (float(self.betas[0]), float(self.betas[1]))
+        return TrainConfig(self.lr, betas, self.weight_decay, self.weight_decay_on, device)
 
 
 @dataclass
@@ -114,6 +128,8 @@ SLOTS: dict[str, str] = {
     "data.tokenizer": "tokenizer",
     "data.corpus": "corpus",
     "sampling.sampler": "sampler",
+    "train.optimizer": "optimizer",
+    "train.schedule": "schedule",
 }
 TOP_LEVEL = {
     "name", "description", "seeds", "plugins", "baseline", "grid", "variants", "sampling_ablation",

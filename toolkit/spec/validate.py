@@ -15,21 +15,24 @@ import typing
 from dataclasses import asdict
 from typing import Any
 
+import torch
+
+from toolkit.api.contracts import DECAY_TARGETS
 from toolkit.api.manager import Plugins
-from toolkit.api.registry import check_type, split_choice, suggest
+from toolkit.api.registry import Component, check_type, split_choice, suggest
 from toolkit.data.batches import EVAL_WINDOWS
 from toolkit.data.resolve import holdout_of
-from toolkit.errors import DataError, SpecError, ToolkitError
+from toolkit.errors import ComponentError, DataError, SpecError, ToolkitError
 from toolkit.model.checkpoint import locate_checkpoint, read_checkpoint
 from toolkit.model.config import NORM_PLACEMENTS, PRESETS, ModelConfig
-from toolkit.model.gpt import count_params
+from toolkit.model.gpt import build_model
 from toolkit.names import label
 from toolkit.spec.schema import (
     BUDGET_KEYS,
-    DECAY_TARGETS,
     DEFAULT_MAX_STEPS,
     LIMITS,
     PRECISIONS,
+    SCHEDULE_KEYS,
     SLOTS,
     DataSpec,
     ModelSpec,
@@ -118,27 +121,109 @@ def _validate(doc: dict[str, Any], where: str, plugins: Plugins) -> dict[str, An
         name, options = split_choice(as_choice(getattr(sections[section], key), dotted, where))
         component = plugins.registry.get(kind, name)
         resolved = component.check_options(options, where=f"{dotted} {name!r}")
+        if dotted == "train.schedule":
+            resolved = _schedule_keys(component, options, resolved, doc["train"], sections, where)
         setattr(sections[section], key, {"name": name, **resolved} if resolved else name)
     _check_values(sections, where)
-    # Build the sampler and count the model's parameters on the meta device: a factory that
-    # rejects its options fails now, not after an hour of training.
+    # Build the sampler, the optimizer and the schedule, and count the model's parameters on
+    # the meta device: a factory that rejects its options fails now, not after an hour of
+    # training.
     name, options = split_choice(sections["sampling"].sampler)
     plugins.registry.get("sampler", name).build(**options)
-    _builds(plugins, json.dumps(asdict(to_model_config(sections["model"], 256)), default=str))
+    t = sections["train"]
+    model = json.dumps(asdict(to_model_config(sections["model"], 256)), default=str)
+    _builds(plugins, model, json.dumps(t.optimizer), t.weight_decay_on)
+    _schedule_runs(plugins, t, where)
     return sections
+
+
+def _schedule_keys(
+    component: Component,
+    options: dict[str, Any],
+    resolved: dict[str, Any],
+    train_doc: dict[str, Any],
+    sections: dict[str, Any],
+    where: str,
+) -> dict[str, Any]:
+    """train.warmup_steps and train.min_lr_ratio feed the schedule's options of those names:
+    a value the schedule's table gives moves to the train key (so the run records it once, and
+    hashes as the same setting made with the train key), unless [train] sets that key to
+    another value, which is an error. Returns the schedule's other options."""
+    train = sections["train"]
+    for key in SCHEDULE_KEYS:
+        if key not in component.options:
+            continue  # this schedule has no such option: the train key is not used
+        value = resolved.pop(key)
+        if key not in options:
+            continue  # the train key's value (or its default) feeds it
+        if key in train_doc and getattr(train, key) != value:
+            raise SpecError(
+                f"{where} train.schedule sets {key} = {value!r} and train.{key} = "
+                f"{getattr(train, key)!r}; set it in one place"
+            )
+        setattr(train, key, value)
+    return resolved
+
+
+@functools.lru_cache(maxsize=1024)
+def _builds(plugins: Plugins, config: str, optimizer: str, weight_decay_on: str) -> None:
+    """Build a model config's model on the meta device, and the chosen optimizer over its
+    parameters, once per architecture, optimizer choice and weight_decay_on: a grid over 10,000
+    learning rates builds one model. The optimizer is given [train]'s default lr, betas and
+    weight decay (a spec's own are checked by _check_values), and never stepped."""
+    with torch.device("meta"):
+        model = build_model(ModelConfig.from_dict(json.loads(config)), plugins)
+    train = TrainSpec(weight_decay_on=weight_decay_on)
+    name, options = split_choice(json.loads(optimizer))
+    component = plugins.registry.get("optimizer", name)
+    optimizer = component.build(model, train.optimizer_config("meta"), **options)
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise ComponentError(
+            f"optimizer {name!r} (plugin {component.plugin!r}) returned "
+            f"{type(optimizer).__name__}, not a torch.optim.Optimizer"
+        )
+
+
+def _schedule_runs(plugins: Plugins, t: TrainSpec, where: str) -> None:
+    """The chosen schedule at the first and last steps of a run of train.max_steps (1 when the
+    budget is set otherwise: the steps are not known before the data is): a factory that
+    rejects its options, or returns something other than a finite number >= 0, fails now."""
+    problem = _schedule_problem(
+        plugins, json.dumps(t.schedule), t.warmup_steps, t.min_lr_ratio, t.max_steps or 1
+    )
+    if problem:
+        raise SpecError(f"{where} {problem}")
+
+
+@functools.lru_cache(maxsize=1024)
+def _schedule_problem(
+    plugins: Plugins, choice: str, warmup_steps: int, min_lr_ratio: float, total: int
+) -> str | None:
+    """What is wrong with a schedule's multipliers at steps 0 and total, or None; once per
+    distinct setting (a factory that raises raises a ComponentError)."""
+    name, options = split_choice(json.loads(choice))
+    component = plugins.registry.get("schedule", name)
+    fed = {"warmup_steps": warmup_steps, "min_lr_ratio": min_lr_ratio}
+    options.update({k: fed[k] for k in SCHEDULE_KEYS if k in component.options})
+    for step in (0, total):
+        value = component.build(step, total, **options)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+            problem = "not a number >= 0"
+        elif not math.isfinite(value):
+            problem = "not a finite number"
+        else:
+            continue
+        return (
+            f"train.schedule {name!r} (plugin {component.plugin!r}) returned {value!r} at step "
+            f"{step} of {total}, {problem}"
+        )
+    return None
 
 
 @functools.cache
 def _hints(cls: type) -> dict[str, Any]:
     """A section's field types, resolved once (typing.get_type_hints is slow)."""
     return typing.get_type_hints(cls)
-
-
-@functools.lru_cache(maxsize=1024)
-def _builds(plugins: Plugins, config: str) -> None:
-    """Build a model config's model on the meta device, once per distinct architecture: a grid
-    over 10,000 learning rates builds one model, not 10,000."""
-    count_params(ModelConfig.from_dict(json.loads(config)), plugins)
 
 
 def _typed(cls: type, table: dict[str, Any], where: str, section: str) -> Any:

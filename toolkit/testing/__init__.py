@@ -19,6 +19,12 @@ one's error. What each kind must do (`toolkit.api.registry.KINDS`):
   scheme returns x unchanged, and rotate() / score_bias() have the right shapes and offsets.
 - init: tiny models with it, over the registered components: finite parameters and loss, and the
   same parameters from the same seed.
+- optimizer: a torch.optim.Optimizer with every trainable parameter of tiny GPTs in exactly one
+  group; finite parameters after a step; a least-squares loss reduced; its state through
+  state_dict(), torch.save/load and load_state_dict() (under a LambdaLR restored as a resumed run
+  restores it) continuing bit for bit.
+- schedule: a finite multiplier >= 0 at every step 0 .. total_steps, the same when asked again
+  (a pure function), and a rising warm-up when it takes `warmup_steps`.
 - sampler: (B, 1) int64 ids in [0, V), logits left alone, the same ids from the same generator
   seed, bfloat16 logits accepted.
 - tokenizer (trained first when `needs_training`): ids in [0, vocab_size) and never eot_id,
@@ -47,7 +53,8 @@ checks say whether a component fits the engine, not whether it is a good idea.
 The checks live one module per family of kinds, each saying what it checks and what it leaves
 out: core.py (what they share: the case, the drawn inputs, the hypothesis settings, common
 assertions), attention.py, modules.py (normalization, activation, positional, init),
-sampling.py, text.py (tokenizer, corpus) and executor.py. `CHECKS` below maps a kind to its check.
+optimization.py (optimizer, schedule), sampling.py, text.py (tokenizer, corpus) and
+executor.py. `CHECKS` below maps a kind to its check.
 """
 
 from __future__ import annotations
@@ -85,6 +92,7 @@ from toolkit.testing.modules import (
     check_positional,
     check_positionwise,
 )
+from toolkit.testing.optimization import check_optimizer, check_schedule
 from toolkit.testing.sampling import check_sampler
 from toolkit.testing.text import TRAINING_TEXT, check_corpus, check_tokenizer
 
@@ -94,6 +102,8 @@ CHECKS: dict[str, Callable[[Case, int], None]] = {
     "activation": check_positionwise,
     "positional": check_positional,
     "init": check_init,
+    "optimizer": check_optimizer,
+    "schedule": check_schedule,
     "sampler": check_sampler,
     "tokenizer": check_tokenizer,
     "corpus": check_corpus,

@@ -1,5 +1,6 @@
-"""One training run: build the model, AdamW with warm-up and cosine decay, gradient clipping,
-evaluation on fixed batches, a generated sample, a checkpoint, and the run folder's files.
+"""One training run: build the model, the optimizer and learning-rate schedule the spec chooses
+(AdamW with warm-up and cosine decay by default), gradient clipping, evaluation on fixed
+batches, a generated sample, a checkpoint, and the run folder's files.
 
 `train_run` reads top to bottom in four parts: `set_up` (device, model, data order, optimizer,
 the run folder, and an interrupted run's state restored), `train_steps` (the loop), then the
@@ -51,7 +52,7 @@ from toolkit.spec.schema import BUDGET_KEYS, RunSpec
 from toolkit.training import distributed
 from toolkit.training.budget import time_to_target, total_steps
 from toolkit.training.distributed import World
-from toolkit.training.optimizer import lr_at, make_optimizer
+from toolkit.training.optimizer import make_optimizer, make_schedule
 from toolkit.training.resume import (
     RESUME_FILE,
     read_resume_everywhere,
@@ -247,7 +248,7 @@ def set_up(
     context = config.context_length
     batches = TrainBatches(data.train, context, t.batch_size, run.seed, t.stride)
     steps = total_steps(run, batches.batches_per_epoch, flops_per_token(model))
-    optimizer = make_optimizer(model, run, device)
+    optimizer = make_optimizer(model, run, device, plugins)
     # Both splits are scored on the training stride grid (or as train.eval_windows says).
     where = {"stride": batches.stride, "windows": t.eval_windows}
     tr = Training(
@@ -271,9 +272,7 @@ def set_up(
         # A copy: the cache's array may be read-only.
         token_bytes=torch.tensor(np.asarray(data.token_bytes), dtype=torch.long),
         optimizer=optimizer,
-        schedule=torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: lr_at(s, steps, t.warmup_steps, t.min_lr_ratio)
-        ),
+        schedule=torch.optim.lr_scheduler.LambdaLR(optimizer, make_schedule(run, steps, plugins)),
         clock=clock,
     )
     if resume:

@@ -1,39 +1,81 @@
-"""How a run learns: AdamW with weight decay on matrices (or on every parameter, as the book
-does), and the learning rate's linear warm-up and cosine decay. Not here: how long it learns
-(budget.py) or the loop that steps them (loop.py).
+"""How a run learns: the optimizer (train.optimizer) and the learning-rate schedule
+(train.schedule), both components from the registry, resolved once when the run is set up.
+
+    make_optimizer(model, run, device, plugins)   the optimizer, its groups checked
+    make_schedule(run, total_steps, plugins)      step -> multiplier of every group's peak lr
+
+The loop wraps the multiplier in torch's LambdaLR, which saves and restores its step with the
+optimizer's state on resume. Not here: how long a run learns (budget.py) or the loop that steps
+them (loop.py); the built-in optimizers and schedules (plugins/optimizers.py, schedules.py).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from toolkit.spec.schema import RunSpec
+from toolkit.api.manager import Plugins, load_plugins
+from toolkit.api.registry import split_choice
+from toolkit.errors import ComponentError, one_line
+from toolkit.spec.schema import SCHEDULE_KEYS, RunSpec
 
 
-def lr_at(step: int, total: int, warmup: int, min_ratio: float) -> float:
-    """Multiplier of the peak lr at a 0-based step: linear warm-up, then cosine to min_ratio.
-    lr_at(0, 100, 10, 0.1) -> 0.1;  lr_at(99, 100, 0, 0.1) -> ~0.1."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+def make_optimizer(
+    model: nn.Module, run: RunSpec, device: str, plugins: Plugins | None = None
+) -> torch.optim.Optimizer:
+    """The run's optimizer over the model's trainable parameters (the default: AdamW with
+    weight decay on matrices and embeddings). Raises ComponentError naming the optimizer when
+    it returns something else than a torch.optim.Optimizer, or leaves a trainable parameter out
+    of its groups, or puts one in two."""
+    plugins = plugins or load_plugins()
+    name, options = split_choice(run.train.optimizer)
+    component = plugins.registry.get("optimizer", name)
+    optimizer = component.build(model, run.train.optimizer_config(device), **options)
+    where = f"optimizer {name!r} (plugin {component.plugin!r})"
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise ComponentError(
+            f"{where} returned {type(optimizer).__name__}, not a torch.optim.Optimizer"
+        )
+    seen: dict[int, int] = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            seen[id(p)] = seen.get(id(p), 0) + 1
+    for param_name, p in model.named_parameters():
+        if p.requires_grad and seen.get(id(p), 0) != 1:
+            count = "none" if id(p) not in seen else f"{seen[id(p)]}"
+            raise ComponentError(
+                f"{where} puts parameter {param_name!r} in {count} of its parameter groups; "
+                f"every trainable parameter must be in exactly one"
+            )
+    return optimizer
 
 
-def make_optimizer(model: nn.Module, run: RunSpec, device: str) -> torch.optim.Optimizer:
-    """AdamW. train.weight_decay_on = "matrices": weight decay on matrices and embeddings
-    (dim >= 2), not on norms or biases; "all": on every parameter (the book's chapter 5)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = run.train.weight_decay
-    if run.train.weight_decay_on == "all":
-        groups = [{"params": params, "weight_decay": decay}]
-    else:
-        groups = [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-        ]
-    # The fused CUDA kernel updates every parameter in one launch; same maths.
-    fused = {"fused": True} if device.startswith("cuda") else {}
-    return torch.optim.AdamW(groups, lr=run.train.lr, betas=tuple(run.train.betas), **fused)
+def make_schedule(run: RunSpec, total_steps: int, plugins: Plugins) -> Callable[[int], float]:
+    """The multiplier of every parameter group's peak lr at a 0-based step (for LambdaLR): the
+    run's schedule, given train.warmup_steps and train.min_lr_ratio when it takes options of
+    those names. A schedule that raises, or returns a negative or non-finite multiplier, is a
+    ComponentError naming it and the step."""
+    name, options = split_choice(run.train.schedule)
+    component = plugins.registry.get("schedule", name)
+    options.update({k: getattr(run.train, k) for k in SCHEDULE_KEYS if k in component.options})
+    options = component.check_options(options, where=f"train.schedule {name!r}")
+    factory, where = component.factory, f"schedule {name!r} (plugin {component.plugin!r})"
+
+    def multiplier(step: int) -> float:
+        try:
+            value = factory(step, total_steps, **options)
+        except Exception as exc:
+            raise ComponentError(
+                f"{where} failed at step {step} of {total_steps}: {one_line(exc)}"
+            ) from exc
+        if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+            raise ComponentError(
+                f"{where} returned {value!r} at step {step} of {total_steps}, not a finite "
+                f"number >= 0"
+            )
+        return value
+
+    return multiplier

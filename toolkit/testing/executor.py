@@ -19,6 +19,9 @@ from toolkit.errors import ToolkitError, one_line
 from toolkit.spec.parse import parse_spec
 from toolkit.testing.core import Case
 
+# metrics.jsonl fields that time a run: they differ between any two runs, however identical.
+CLOCKS = ("elapsed_s", "train_s")
+
 
 def check_executor(case: Case, max_examples: int) -> None:
     """A 2-run sweep trained by the executor equals the same sweep trained locally: every run
@@ -59,7 +62,7 @@ def check_executor(case: Case, max_examples: int) -> None:
         for r in spec.runs:
             mine, local = (
                 [
-                    {k: v for k, v in json.loads(line).items() if k != "elapsed_s"}
+                    {k: v for k, v in json.loads(line).items() if k not in CLOCKS}
                     for line in (out / side / r.folder / "metrics.jsonl").read_text().splitlines()
                 ]
                 for side in ("other", "local")

@@ -25,7 +25,7 @@ import os
 import time
 import warnings
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from itertools import takewhile
 from pathlib import Path
@@ -275,59 +275,27 @@ def _build(
     folder: Path,
     key: str,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Tokenize the corpus into the cache file as it goes, in memory bounded by one batch of
-    text: pieces are cut into parts of about encode.PART_CHARS at newlines, encoded a batch at
-    a time (threaded, when the tokenizer has encode_batch) and appended to the file, every
-    training piece first, then validation, then test."""
-    eot = np.array([tokenizer.eot_id], dtype=dtype)
+    """Tokenize the corpus into the cache file as it goes, in memory bounded by a few batches
+    of text: pieces are cut into parts of about encode.PART_CHARS at newlines, encoded a batch
+    at a time (in worker processes on long corpora: encode.encode_batches) and appended to the
+    file, every training piece first, then validation, then test."""
+    eot = np.array([tokenizer.eot_id], dtype=dtype).tobytes()
     counts = dict.fromkeys(SPLITS, 0)
     n_bytes = dict.fromkeys(SPLITS, 0)
-    started = dict.fromkeys(SPLITS, False)  # a split's first piece seen
     progress = encode.Progress(n_chars, _describe(corpus), tokenizer.name)
-    # One batch is encoded in the background while this thread reads and cuts the next and
-    # writes the one before: the reading, hashing and writing overlap the encoding.
-    encoder = ThreadPoolExecutor(1, thread_name_prefix="ablate-encode")
-    in_flight: tuple[list[tuple[str, bool, str]], Future[Any]] | None = None
-
-    def write(out: Any) -> None:
-        """Wait for the batch in flight and append its ids to the file."""
-        nonlocal in_flight
-        if in_flight is None:
-            return
-        batch, future = in_flight
-        in_flight = None
-        for (split, first, text), ids in zip(batch, future.result(), strict=True):
-            if first and started[split]:
-                out.write(eot.tobytes())  # between pieces, never before a split's first
-                counts[split] += 1
-            started[split] = started[split] or first
-            part = encode.to_array(ids, dtype, tokenizer)
-            out.write(part.tobytes())
-            counts[split] += len(part)
-            progress.update(len(text))
-
-    def send(out: Any, batch: list[tuple[str, bool, str]]) -> None:
-        nonlocal in_flight
-        write(out)
-        if batch:
-            texts = [t for _, _, t in batch]
-            in_flight = (batch, encoder.submit(encode.encode_all, tokenizer, texts))
-
     meta: dict[str, Any] = {}
     try:
-        with cache_file(folder, key, dtype) as out:
-            pending: list[tuple[str, bool, str]] = []  # (split, starts a piece, text)
-            pending_chars = 0
-            for split, text in pieces(corpus, cut):
-                n_bytes[split] += len(text.encode("utf-8", "surrogatepass"))
-                for i, part in enumerate(encode.cut_parts(text, tokenizer)):
-                    pending.append((split, i == 0, part))
-                    pending_chars += len(part)
-                    if pending_chars >= _BATCH_CHARS:
-                        send(out, pending)
-                        pending, pending_chars = [], 0
-            send(out, pending)
-            write(out)
+        batches = _batches(corpus, tokenizer, cut, n_bytes)
+        encoded = encode.encode_batches(tokenizer, dtype, n_chars, batches)
+        with cache_file(folder, key, dtype) as out, closing(encoded):
+            for tags, ids in encoded:
+                for (split, between, n), part in zip(tags, ids, strict=True):
+                    if between:
+                        out.write(eot)
+                        counts[split] += 1
+                    out.write(part.tobytes())
+                    counts[split] += len(part)
+                    progress.update(n)
             meta = {
                 "format": CACHE_FORMAT,
                 **{f"n_{split}": counts[split] for split in SPLITS},
@@ -341,26 +309,54 @@ def _build(
     except OSError as exc:
         # A read-only or full disk costs the cache, not the run: tokenize again into memory.
         warnings.warn(f"token cache not written to {folder} ({exc}); using memory", stacklevel=3)
-        return _build_in_memory(corpus, tokenizer, cut, dtype)
+        return _build_in_memory(corpus, tokenizer, cut, n_chars, dtype)
     finally:
-        encoder.shutdown(wait=True, cancel_futures=True)
         progress.close()
     npy, _ = cache_paths(folder, key)
     return np.load(npy, mmap_mode="r"), meta
 
 
+_Tag = tuple[str, bool, int]  # (split, an end-of-text goes before it, characters)
+
+
+def _batches(
+    corpus: Corpus, tokenizer: Tokenizer, cut: Plan, n_bytes: dict[str, int]
+) -> Iterator[tuple[list[_Tag], list[str]]]:
+    """The corpus's pieces in split order, cut into parts (encode.cut_parts) and gathered in
+    batches of about _BATCH_CHARS characters, each part tagged with its split, whether an
+    end-of-text goes before it (a piece's first part, except a split's first piece) and its
+    length; `n_bytes` counts each split's UTF-8 bytes as the pieces pass."""
+    tags: list[_Tag] = []
+    texts: list[str] = []
+    chars = 0
+    started = dict.fromkeys(SPLITS, False)
+    for split, text in pieces(corpus, cut):
+        n_bytes[split] += len(text.encode("utf-8", "surrogatepass"))
+        for i, part in enumerate(encode.cut_parts(text, tokenizer)):
+            tags.append((split, i == 0 and started[split], len(part)))
+            texts.append(part)
+            chars += len(part)
+            if chars >= _BATCH_CHARS:
+                yield tags, texts
+                tags, texts, chars = [], [], 0
+        started[split] = True
+    if texts:
+        yield tags, texts
+
+
 def _build_in_memory(
-    corpus: Corpus, tokenizer: Tokenizer, cut: Plan, dtype: np.dtype
+    corpus: Corpus, tokenizer: Tokenizer, cut: Plan, n_chars: int, dtype: np.dtype
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """_build without a cache folder: the ids of every split in one array in memory."""
     arrays: dict[str, list[np.ndarray]] = {split: [] for split in SPLITS}
     n_bytes = dict.fromkeys(SPLITS, 0)
     eot = np.array([tokenizer.eot_id], dtype=dtype)
-    for split, text in pieces(corpus, cut):
-        n_bytes[split] += len(text.encode("utf-8", "surrogatepass"))
-        parts = list(encode.cut_parts(text, tokenizer))
-        ids = [encode.to_array(i, dtype, tokenizer) for i in encode.encode_all(tokenizer, parts)]
-        arrays[split] += ([eot] if arrays[split] else []) + ids
+    batches = _batches(corpus, tokenizer, cut, n_bytes)
+    encoded = encode.encode_batches(tokenizer, dtype, n_chars, batches)
+    with closing(encoded):
+        for tags, ids in encoded:
+            for (split, between, _), part in zip(tags, ids, strict=True):
+                arrays[split] += [eot, part] if between else [part]
     joined = {s: np.concatenate(arrays[s] or [np.zeros(0, dtype)]) for s in SPLITS}
     meta = {
         **{f"n_{split}": len(joined[split]) for split in SPLITS},

@@ -24,8 +24,12 @@ class ModelConfig:
     drop_rate_attn: float | None = None  # on the attention weights (None: drop_rate)
     drop_rate_resid: float | None = None  # on each residual branch (None: drop_rate)
     qkv_bias: bool = False  # biases on the query/key/value projections (GPT-2 has them)
+    # Biases anywhere: false removes every linear layer's bias and every norm's shift (Llama),
+    # qkv_bias included; true leaves each where its component puts it.
+    bias: bool = True
     tie_embeddings: bool = False  # head shares the token embedding matrix (GPT-2) or not (the book)
-    norm_placement: str = "pre"  # "pre" (GPT-2, the book), "post" (2017 original), "sandwich"
+    # "pre" (GPT-2, the book), "post" (2017 original), "sandwich", "parallel" (GPT-J, PaLM)
+    norm_placement: str = "pre"
     attention: Choice = "multihead"
     norm: Choice = "layernorm"
     activation: Choice = "gelu"
@@ -34,6 +38,11 @@ class ModelConfig:
     # The feed-forward's hidden width; None: 4 x emb_dim (8 x emb_dim / 3 for gated units, which
     # then hold as many parameters). A spec's match_params sets it to match the baseline's size.
     ffn_hidden: int | None = None
+    # The head's logits squashed to (-cap, cap) by cap * tanh(logits / cap) (Gemma 2); None: off.
+    logit_softcap: float | None = None
+    # PaLM's z-loss: this weight x mean(logsumexp(logits)^2) joins the training loss (an
+    # auxiliary loss: validation loss stays the cross-entropy alone); 0: off.
+    z_loss: float = 0.0
 
     @property
     def head_dim(self) -> int:
@@ -71,7 +80,7 @@ COMPONENT_SLOTS = {
     "positional": "positional",
     "init": "init",
 }
-NORM_PLACEMENTS = ("pre", "post", "sandwich")
+NORM_PLACEMENTS = ("pre", "post", "sandwich", "parallel")
 
 # Architecture presets. GPT-2's are exact (FACTS: 124,439,808 parameters for gpt2-small);
 # the small ones train in minutes on a laptop CPU.

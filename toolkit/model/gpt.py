@@ -1,8 +1,8 @@
 """The GPT skeleton, assembled from registry components. Read it top to bottom.
 
 Shape and wiring are fixed here (token + positional embedding, dropout, blocks of attention
-and feed-forward with residual connections and norms placed pre, post or sandwich, final norm,
-LM head, initialisation); every component
+and feed-forward with residual connections and norms placed pre, post, sandwich or parallel,
+final norm, LM head with optional logit soft-capping, initialisation); every component
 inside is looked up by kind and name once, at build time. There is no indirection in forward()
 beyond the modules themselves. Names follow "Build a Large Language Model From Scratch"
 (tok_emb, pos_emb, trf_blocks, att, ff, norm1, norm2, final_norm, out_head), so the book's
@@ -11,6 +11,14 @@ state dicts line up.
 forward_cached() is the same network for generation with a KV cache: a separate method, so
 the training forward() has no cache argument or branch. It needs an attention registered with
 `kv_cache=True` (GPT.supports_kv_cache); generate.py falls back to forward() otherwise.
+
+Two contracts any module inside the model may honour (toolkit.api.contracts says more):
+- auxiliary losses: a module holding `aux_losses` (a dict of name -> scalar tensor, already
+  weighted, set by its latest forward in training mode) adds them to the training loss
+  (GPT.aux_losses() gathers them; the z-loss is the GPT's own); validation loss never has them;
+- active parameters: a module with `active_fraction` (a float) says a token uses that fraction
+  of its parameters (a mixture of experts: top_k / n_experts); num_params(active=True) and the
+  FLOPs per token count only those.
 
 Not here: the config and presets (config.py), training (toolkit.training), generation
 (toolkit.inference), and the components (plugins/).
@@ -34,9 +42,9 @@ class PreNormBlock(nn.Module):
 
     def __init__(self, config: ModelConfig, plugins: Plugins, positional: nn.Module) -> None:
         super().__init__()
-        self.norm1 = _build(plugins, "norm", config.norm, config.emb_dim)
+        self.norm1 = _build_norm(plugins, config)
         self.att = _build_attention(plugins, config, positional)
-        self.norm2 = _build(plugins, "norm", config.norm, config.emb_dim)
+        self.norm2 = _build_norm(plugins, config)
         self.ff = _build(plugins, "activation", config.activation, config)
         self.drop_shortcut = nn.Dropout(config.dropout("resid"))
 
@@ -72,8 +80,8 @@ class SandwichBlock(PreNormBlock):
 
     def __init__(self, config: ModelConfig, plugins: Plugins, positional: nn.Module) -> None:
         super().__init__(config, plugins, positional)
-        self.norm1_out = _build(plugins, "norm", config.norm, config.emb_dim)
-        self.norm2_out = _build(plugins, "norm", config.norm, config.emb_dim)
+        self.norm1_out = _build_norm(plugins, config)
+        self.norm2_out = _build_norm(plugins, config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_shortcut(self.norm1_out(self.att(self.norm1(x))))
@@ -87,7 +95,33 @@ class SandwichBlock(PreNormBlock):
         return x
 
 
-BLOCKS = {"pre": PreNormBlock, "post": PostNormBlock, "sandwich": SandwichBlock}
+class ParallelBlock(nn.Module):
+    """x + drop(att(norm1(x))) + drop(ff(norm1(x))): both branches read the same normalized
+    input and join the residual stream together (GPT-J, PaLM); one norm per block."""
+
+    def __init__(self, config: ModelConfig, plugins: Plugins, positional: nn.Module) -> None:
+        super().__init__()
+        self.norm1 = _build_norm(plugins, config)
+        self.att = _build_attention(plugins, config, positional)
+        self.ff = _build(plugins, "activation", config.activation, config)
+        self.drop_shortcut = nn.Dropout(config.dropout("resid"))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm1(x)
+        return x + self.drop_shortcut(self.att(h)) + self.drop_shortcut(self.ff(h))
+
+    def forward_cached(self, x: torch.Tensor, cache: dict, start: int) -> torch.Tensor:
+        h = self.norm1(x)
+        att = self.att.forward_cached(h, cache, start)
+        return x + self.drop_shortcut(att) + self.drop_shortcut(self.ff(h))
+
+
+BLOCKS = {
+    "pre": PreNormBlock,
+    "post": PostNormBlock,
+    "sandwich": SandwichBlock,
+    "parallel": ParallelBlock,
+}
 
 
 class KVCache:
@@ -113,9 +147,7 @@ class GPT(nn.Module):
         )
         # Post-norm blocks already end in a norm; a second one before the head adds nothing.
         self.final_norm = (
-            nn.Identity()
-            if config.norm_placement == "post"
-            else _build(plugins, "norm", config.norm, config.emb_dim)
+            nn.Identity() if config.norm_placement == "post" else _build_norm(plugins, config)
         )
         self.out_head = nn.Linear(config.emb_dim, config.vocab_size, bias=False)
         if config.tie_embeddings:
@@ -123,6 +155,7 @@ class GPT(nn.Module):
         # The attention's registry fact: it has forward_cached(), so generation can cache.
         attention = plugins.registry.get("attention", split_choice(config.attention)[0])
         self.supports_kv_cache = bool(attention.facts.get("kv_cache"))
+        self.aux_losses: dict[str, torch.Tensor] = {}  # the z-loss, when config.z_loss > 0
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """Token ids (B, T) -> logits (B, T, vocab_size)."""
@@ -131,7 +164,29 @@ class GPT(nn.Module):
         x = self.drop_emb(x)
         x = self.trf_blocks(x)
         x = self.final_norm(x)
-        return self.out_head(x)  # (B, T, vocab_size)
+        logits = self.head(x)  # (B, T, vocab_size)
+        if self.config.z_loss:  # training only; an evaluation forward leaves none behind
+            self.aux_losses = {}
+            if self.training:
+                z = torch.logsumexp(logits.float(), dim=-1)
+                self.aux_losses = {"z_loss": self.config.z_loss * z.square().mean()}
+        return logits
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """The LM head, its logits soft-capped to (-cap, cap) when config.logit_softcap says."""
+        logits = self.out_head(x)
+        cap = self.config.logit_softcap
+        return cap * torch.tanh(logits / cap) if cap else logits
+
+    def gather_aux_losses(self) -> dict[str, torch.Tensor]:
+        """Every auxiliary loss the latest training forward left (this model's z-loss and its
+        modules' `aux_losses`, those of one name summed over modules): each already weighted,
+        to be added to the cross-entropy for training and recorded by name."""
+        total: dict[str, torch.Tensor] = {}
+        for module in self.modules():
+            for name, value in getattr(module, "aux_losses", {}).items():
+                total[name] = total[name] + value if name in total else value
+        return total
 
     # -- generation with a KV cache: a separate path, so forward() above stays as it is -------
     def new_cache(self) -> KVCache:
@@ -158,16 +213,31 @@ class GPT(nn.Module):
         if last_only:
             x = x[:, -1:]
         x = self.final_norm(x)
-        return self.out_head(x)
+        return self.head(x)
 
-    def num_params(self, non_embedding: bool = False) -> int:
+    def num_params(self, non_embedding: bool = False, active: bool = False) -> int:
         """Unique parameters (a tied head counted once). non_embedding leaves out the token
-        embedding and the positional component's parameters."""
-        total = sum(p.numel() for p in self.parameters())
+        embedding and the positional component's parameters; active counts what one token
+        uses (each parameter times its module's `active_fraction`, rounded)."""
+        share = active_shares(self) if active else {}
+        total = sum(p.numel() * share.get(id(p), 1.0) for p in self.parameters())
         if non_embedding:
             total -= self.tok_emb.weight.numel()
             total -= sum(p.numel() for p in self.pos_emb.parameters())
-        return total
+        return round(total)
+
+
+def active_shares(model: nn.Module) -> dict[int, float]:
+    """id(parameter) -> the fraction of it one token uses, for the parameters of modules with
+    an `active_fraction` (nested ones multiply); parameters not listed are used whole."""
+    share: dict[int, float] = {}
+    for module in model.modules():
+        fraction = getattr(module, "active_fraction", None)
+        if fraction is None:
+            continue
+        for p in module.parameters():
+            share[id(p)] = share.get(id(p), 1.0) * float(fraction)
+    return share
 
 
 def _build_attention(plugins: Plugins, config: ModelConfig, positional: nn.Module) -> nn.Module:
@@ -178,6 +248,16 @@ def _build_attention(plugins: Plugins, config: ModelConfig, positional: nn.Modul
     if plugins.registry.get("positional", pos_name).facts.get("inside_attention"):
         att.bind_positional(positional)  # checked to exist by check_compatible()
     return att
+
+
+def _build_norm(plugins: Plugins, config: ModelConfig) -> nn.Module:
+    """A norm of the config's kind; with model.bias = false, one without a shift: norms with a
+    `bias` option are told so unless the norm's own options say otherwise (those without one,
+    RMSNorm's kind, have no shift to drop)."""
+    name, options = split_choice(config.norm)
+    if not config.bias and "bias" in plugins.registry.get(COMPONENT_SLOTS["norm"], name).options:
+        options = {"bias": False, **options}
+    return _build(plugins, "norm", {"name": name, **options}, config.emb_dim)
 
 
 def _build(plugins: Plugins, slot: str, choice: Choice, *args: Any) -> nn.Module:
@@ -232,8 +312,12 @@ def check_compatible(config: ModelConfig, plugins: Plugins) -> None:
             )
 
 
-def count_params(config: ModelConfig, plugins: Plugins | None = None) -> tuple[int, int]:
-    """(total, non-embedding) parameters of the model a config builds, without allocating."""
+def count_params(
+    config: ModelConfig, plugins: Plugins | None = None, active: bool = False
+) -> tuple[int, int]:
+    """(total, non-embedding) parameters of the model a config builds, without allocating;
+    active: those one token uses (GPT.num_params(active=True): a mixture of experts counts
+    its top_k experts)."""
     with torch.device("meta"):
         model = build_model(config, plugins)
-    return model.num_params(), model.num_params(non_embedding=True)
+    return model.num_params(active=active), model.num_params(non_embedding=True, active=active)

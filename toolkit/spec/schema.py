@@ -35,6 +35,9 @@ LEGACY_VALUES: dict[str, Any] = {
     "data.val_documents": None,
     "data.test_documents": None,
     "model.ffn_hidden": None,
+    "model.bias": True,
+    "model.logit_softcap": None,
+    "model.z_loss": 0.0,
     "train.max_flops": None,
     "train.target_loss": None,
     # Recorded as validated: a choice with no options of its own is its bare name (adamw has

@@ -275,6 +275,20 @@ def _check_values(s: dict[str, Any], where: str) -> None:
         f"model.norm_placement must be one of {', '.join(NORM_PLACEMENTS)}, "
         f"got {m.norm_placement!r}",
     )
+    need(
+        m.logit_softcap is None or (math.isfinite(m.logit_softcap) and m.logit_softcap > 0),
+        f"model.logit_softcap must be a positive number (Gemma 2 uses 30), or left out for no "
+        f"capping; got {m.logit_softcap}",
+    )
+    need(
+        math.isfinite(m.z_loss) and m.z_loss >= 0,
+        f"model.z_loss must be 0 (off) or positive (PaLM uses 1e-4), got {m.z_loss}",
+    )
+    need(
+        m.bias or not m.qkv_bias,
+        "model.bias = false removes every bias, yet model.qkv_bias = true asks for some; drop "
+        "one of them",
+    )
     try:
         holdout_of(d)
     except DataError as exc:

@@ -163,6 +163,8 @@ class Training:
     start_step: int = 1
     resumed: bool = False
     last: dict[str, Any] = field(default_factory=dict)  # the latest evaluation's metrics
+    # Each auxiliary loss's values since the last evaluation (GPT.gather_aux_losses), by name.
+    aux: dict[str, list[float]] = field(default_factory=dict)
     ddp: nn.Module | None = None  # the model in DDP (the model itself in one process)
     step_model: nn.Module | None = None  # what a step runs: compiled or not
     eval_model: nn.Module | None = None
@@ -323,7 +325,7 @@ def train_steps(tr: Training, progress: Progress | None) -> tuple[str, int | Non
             x = distributed.share(x, world).to(tr.device)
             y = distributed.share(y, world).to(tr.device)
             try:
-                loss = _forward_backward(tr.step_model, tr.optimizer, x, y, tr.device, t.precision)
+                loss = _forward_backward(tr, x, y)
             except Exception as exc:
                 if step != tr.start_step:
                     raise
@@ -338,7 +340,8 @@ def train_steps(tr: Training, progress: Progress | None) -> tuple[str, int | Non
                 )
                 tr.step_model, tr.eval_model = tr.ddp, tr.model
                 torch.set_rng_state(fallback_rng)
-                loss = _forward_backward(tr.step_model, tr.optimizer, x, y, tr.device, t.precision)
+                tr.aux.clear()
+                loss = _forward_backward(tr, x, y)
             if t.grad_clip > 0:
                 nn.utils.clip_grad_norm_(tr.model.parameters(), t.grad_clip)
             tr.optimizer.step()
@@ -392,6 +395,7 @@ def evaluate_and_save(tr: Training, step: int, metrics_file: TextIO | None) -> d
         "lr": tr.schedule.get_last_lr()[0],
         "elapsed_s": tr.clock.elapsed(),
         "train_s": tr.clock.train_s,  # optimizer steps only (train.target_loss reads it)
+        **aux_metrics(tr),
     }
     tr.clock.eval_s += time.perf_counter() - tick
     # Every process's RNG state (dropout), so a resumed run draws the same masks.
@@ -440,6 +444,7 @@ def finish(
         "causal": bool(tr.plugins.registry.get("attention", attention).facts.get("causal")),
         "params": tr.info.params,
         "params_non_embedding": tr.info.params_non_embedding,
+        **active_params(tr.model),
         "steps": last.get("step", diverged_at or 0),
         "tokens": last.get("tokens", 0),
         "flops": last.get("tokens", 0) * flops,  # training FLOPs spent (the run's formula)
@@ -464,6 +469,8 @@ def finish(
         **({"resumed_at_step": tr.start_step - 1} if tr.resumed else {}),
         "config_hash": run.config_hash(),
         **({"diverged_at_step": diverged_at} if diverged_at else {}),
+        # Each auxiliary loss at the last evaluation (its mean over the steps before it).
+        **{k: v for k, v in last.items() if k.startswith("aux_")},
         **columns,
     }
     if world.main and t.target_loss is not None:
@@ -483,20 +490,43 @@ def finish(
     return summary
 
 
-def _forward_backward(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    device: str,
-    precision: str,
-) -> torch.Tensor:
-    with autocast(device, precision):
-        logits = model(x)
+def _forward_backward(tr: Training, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One step's gradients; returns the cross-entropy (what the progress shows and the
+    divergence check reads). The auxiliary losses the forward left join the loss that is
+    differentiated, and their values are kept for the next metrics line."""
+    with autocast(tr.device, tr.run.train.precision):
+        logits = tr.step_model(x)
     loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    aux = tr.model.gather_aux_losses()
+    tr.optimizer.zero_grad(set_to_none=True)
+    (loss + sum(aux.values()) if aux else loss).backward()
+    for name, value in aux.items():
+        tr.aux.setdefault(name, []).append(value.item())
     return loss
+
+
+def active_params(model: GPT) -> dict[str, int]:
+    """The parameters one token uses, total and non-embedding, for models where that is not
+    all of them (a mixture of experts); nothing for the rest, so their summaries stay as they
+    were."""
+    active = model.num_params(active=True)
+    if active == model.num_params():
+        return {}
+    return {
+        "params_active": active,
+        "params_active_non_embedding": model.num_params(non_embedding=True, active=True),
+    }
+
+
+def aux_metrics(tr: Training) -> dict[str, float]:
+    """Each auxiliary loss's mean over the steps since the last evaluation, as `aux_<name>`
+    (averaged over processes under torchrun), then forgotten; none when the model has none."""
+    names = sorted(tr.aux)
+    means = [sum(tr.aux[n]) / len(tr.aux[n]) for n in names]
+    if tr.world.active:
+        means = [v / tr.world.size for v in distributed.all_reduce_sum(means)]
+    tr.aux.clear()
+    return {f"aux_{name}": value for name, value in zip(names, means, strict=True)}
 
 
 def _sample(tr: Training, tokenizer: Any) -> str:

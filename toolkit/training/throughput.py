@@ -3,6 +3,8 @@ of a matrix product, and model FLOPs utilisation (MFU).
 
 FLOPs per token = 6 x (weights used in matrix products, the LM head included)
                   + 12 x n_layers x emb_dim x context_length
+where a mixture of experts' weights count as much as one token uses (toolkit.model.gpt:
+`active_fraction`), so FLOPs follow the active parameters, not the total.
 (2 per multiply-add, x3 for forward and backward; the second term is the attention scores and
 the weighted sum of values). The peak is measured, not looked up: a large matrix product in
 the training precision, on the threads training uses. Not here: timing training itself
@@ -19,15 +21,18 @@ import torch
 from torch import nn
 
 from toolkit.errors import one_line
+from toolkit.model.gpt import active_shares
 
 # The dtype each precision (toolkit.spec.schema.PRECISIONS) computes matrix products in.
 DTYPES = {"fp32": torch.float32, "bf16-mixed": torch.bfloat16}
 
 
 def matmul_params(model: nn.Module) -> int:
-    """Weights of every nn.Linear, each counted once (a tied head is a matrix product too)."""
+    """Weights of every nn.Linear, each counted once (a tied head is a matrix product too) and
+    as much as one token uses (active_shares)."""
     linears = {id(m.weight): m.weight for m in model.modules() if isinstance(m, nn.Linear)}
-    return sum(w.numel() for w in linears.values())
+    share = active_shares(model)
+    return round(sum(w.numel() * share.get(i, 1.0) for i, w in linears.items()))
 
 
 def flops_per_token(model: nn.Module) -> float:

@@ -130,3 +130,39 @@ def test_an_interrupted_tuning_phase_resumes_to_the_same_tables(tmp_path, tuned_
     pd.testing.assert_frame_equal(
         pd.read_csv(tmp_path / "whole/tuning.csv"), pd.read_csv(tmp_path / "cut/tuning.csv")
     )
+
+
+def test_a_variant_with_its_own_candidates_tunes_over_them(tmp_path, tuned_doc, plugins):
+    """SGD and Adam want learning rates orders of magnitude apart: [tune.variants.NAME] gives
+    a variant its own candidates for a tuned key; the rest keep the shared ones."""
+    own = [0.03, 0.1]
+    tuned_doc["tune"]["variants"] = {"norm=rmsnorm": {"train.lr": own}}
+    spec = parse_spec(tuned_doc)
+    assert spec.tune.points("norm=rmsnorm") == [{"train.lr": v} for v in own]
+    assert spec.tune.points("norm=layernorm") == [{"train.lr": v} for v in LRS]
+    assert spec.tune.n_runs([v.name for v in spec.variants]) == 3 + 2
+    run(spec, tmp_path, plugins=plugins, progress=False)
+    tuning = collect(tmp_path / "tune")
+    rms = tuning[tuning["variant"].str.startswith("norm=rmsnorm@")]
+    assert sorted(rms["variant"]) == ["norm=rmsnorm@lr=0.03", "norm=rmsnorm@lr=0.1"]
+    chosen = pd.read_csv(tmp_path / "tuning.csv")
+    assert chosen[chosen["variant"] == "norm=rmsnorm"]["train.lr"].tolist() == own
+    config = json.loads((tmp_path / "norm=rmsnorm/seed-1/config.json").read_text())
+    assert config["train"]["lr"] in own
+    experiment = json.loads((tmp_path / "experiment.json").read_text())
+    assert experiment["tune"]["variants"] == {"norm=rmsnorm": {"train.lr": own}}
+
+
+@pytest.mark.parametrize(
+    ("variants", "message"),
+    [
+        ({"norm=rmsnrm": {"train.lr": [0.1, 0.3]}}, r"names 'norm=rmsnrm', which is not a variant \(did you mean 'norm=rmsnorm'\?\)"),
+        ({"norm=rmsnorm": {"train.warmup_steps": [0, 5]}}, r"gives 'train.warmup_steps', which \[tune\] does not tune"),
+        ({"norm=rmsnorm": {"train.lr": [0.1]}}, r"variant 'norm=rmsnorm': \[tune\] train.lr needs at least 2 values"),
+        ({"norm=rmsnorm": [0.1, 0.3]}, r"\[tune\] variants must be tables"),
+    ],
+)  # fmt: skip
+def test_bad_own_candidates_are_one_line_errors(tuned_doc, variants, message):
+    tuned_doc["tune"]["variants"] = variants
+    with pytest.raises(SpecError, match=message):
+        parse_spec(tuned_doc)

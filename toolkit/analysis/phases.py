@@ -111,7 +111,8 @@ def edge_warnings(table: pd.DataFrame, tune: dict[str, Any]) -> list[str]:
     """A line per variant whose chosen value of a numeric key is the smallest or largest tried."""
     out = []
     for r in table[table["chosen"].astype(bool)].to_dict("records"):
-        for key, candidates in tune.get("values", {}).items():
+        own = tune.get("variants", {}).get(r["variant"], {})
+        for key, candidates in {**tune.get("values", {}), **own}.items():
             numbers = [
                 c for c in candidates if isinstance(c, int | float) and not isinstance(c, bool)
             ]

@@ -7,6 +7,9 @@ it is compared.
     seeds = [0]                                            # default: the spec's first seed
     metric = "val_loss"                                    # or "val_bpb"
 
+    [tune.variants.sgd]                                    # a variant's own candidates for
+    "train.lr" = { log_range = [0.03, 1.0], points = 5 }   # keys above (SGD wants larger lr)
+
 A tuned sweep has two phases. Tuning (`tuning_spec`): every variant x every point of the grid
 x the tuning seeds, as variants named "VARIANT@lr=0.001", in the output folder's tune/. Then
 each variant's best point (the lowest mean metric over the tuning seeds; the first point on a
@@ -25,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from toolkit.api.manager import Plugins
+from toolkit.api.registry import suggest
 from toolkit.data.resolve import holdout_of
 from toolkit.errors import SpecError
 from toolkit.names import label
@@ -37,7 +41,7 @@ TUNABLE = (
     "lr", "min_lr_ratio", "warmup_steps", "betas", "weight_decay", "weight_decay_on", "grad_clip",
 )  # fmt: skip
 METRICS = ("val_loss", "val_bpb")
-OPTIONS = ("seeds", "metric")
+OPTIONS = ("seeds", "metric", "variants")
 MAX_POINTS = 1000
 
 
@@ -50,17 +54,28 @@ class Tune:
     seeds: list[int]
     metric: str = "val_loss"
     logs: set[str] = field(default_factory=set)  # keys given as log_range: plotted on a log axis
+    # Variants' own candidates for some of the keys above ([tune.variants.NAME]).
+    variants: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
 
-    def points(self) -> list[dict[str, Any]]:
-        """Every combination of the candidates, the first key varying slowest."""
-        keys = list(self.values)
+    def values_for(self, variant: str | None = None) -> dict[str, list[Any]]:
+        """The candidates a variant tries: its own where [tune.variants] gives them."""
+        return {**self.values, **self.variants.get(variant or "", {})}
+
+    def points(self, variant: str | None = None) -> list[dict[str, Any]]:
+        """Every combination of a variant's candidates, the first key varying slowest."""
+        values = self.values_for(variant)
+        keys = list(values)
         return [
-            dict(zip(keys, combo, strict=True))
-            for combo in itertools.product(*self.values.values())
+            dict(zip(keys, combo, strict=True)) for combo in itertools.product(*values.values())
         ]
 
+    def n_runs(self, variants: list[str]) -> int:
+        """Tuning runs for these variants: each one's points x the tuning seeds."""
+        return sum(len(self.points(v)) for v in variants) * len(self.seeds)
+
     def to_dict(self) -> dict[str, Any]:
-        return {"values": self.values, "seeds": self.seeds, "metric": self.metric}
+        own = {"variants": self.variants} if self.variants else {}
+        return {"values": self.values, "seeds": self.seeds, "metric": self.metric, **own}
 
 
 def point_label(point: dict[str, Any]) -> str:
@@ -176,17 +191,41 @@ def parse_tune(raw: Any, seeds: list[int], where: str) -> Tune:
             f"{where}: [tune] metric must be one of {', '.join(METRICS)} (the validation split "
             f"chooses; the test split reports), got {metric!r}"
         )
-    tune = Tune(values, tune_seeds, metric, logs)
-    if len(tune.points()) > MAX_POINTS:
+    own = options.get("variants", {})
+    if not isinstance(own, dict) or not all(isinstance(t, dict) for t in own.values()):
         raise SpecError(
-            f"{where}: [tune] has {len(tune.points()):,} points; at most {MAX_POINTS:,}"
+            f"{where}: [tune] variants must be tables of a variant's own candidates, e.g. "
+            f'[tune.variants.sgd] "train.lr" = [0.1, 0.3]; got {own!r}'
         )
+    by_variant: dict[str, dict[str, list[Any]]] = {}
+    for variant, table in own.items():
+        by_variant[variant] = {}
+        for key, value in _flatten(table).items():
+            if key not in values:
+                raise SpecError(
+                    f"{where}: [tune.variants.{variant}] gives {key!r}, which [tune] does not "
+                    f"tune; tune it for every variant first ({', '.join(values)} are)"
+                )
+            by_variant[variant][key], _ = _candidates(key, value, f"{where}: variant {variant!r}")
+    tune = Tune(values, tune_seeds, metric, logs, by_variant)
+    for variant in ["", *by_variant]:
+        if len(tune.points(variant)) > MAX_POINTS:
+            raise SpecError(
+                f"{where}: [tune] has {len(tune.points(variant)):,} points; at most {MAX_POINTS:,}"
+            )
     return tune
 
 
 def check_tunable(spec: Spec) -> None:
     """A tuned spec's variants leave the tuned keys to [tune], and hold out a test split."""
     assert spec.tune is not None
+    names = [v.name for v in spec.variants]
+    for name in spec.tune.variants:
+        if name not in names:
+            raise SpecError(
+                f"{spec.path}: [tune.variants] names {name!r}, which is not a variant"
+                f"{suggest(name, names)}; the variants: {', '.join(names)}"
+            )
     for v in spec.variants:
         clash = sorted(set(v.overrides) & set(spec.tune.values))
         if clash:
@@ -208,14 +247,14 @@ def check_tunable(spec: Spec) -> None:
 def tuning_spec(spec: Spec, plugins: Plugins) -> Spec:
     """Phase one: every variant at every point of the grid, on the tuning seeds."""
     assert spec.tune is not None
+    tune = spec.tune
     variants = [
         Variant(tune_variant(v.name, point), {**v.overrides, **point})
         for v in spec.variants
-        for point in spec.tune.points()
+        for point in tune.points(v.name)
     ]
-    return _spec_of(
-        spec, variants, spec.tune.seeds, plugins, tune_variant(spec.baseline, spec.tune.points()[0])
-    )
+    baseline = tune_variant(spec.baseline, tune.points(spec.baseline)[0])
+    return _spec_of(spec, variants, tune.seeds, plugins, baseline)
 
 
 def tuned_spec(spec: Spec, chosen: dict[str, dict[str, Any]], plugins: Plugins) -> Spec:

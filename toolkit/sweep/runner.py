@@ -120,8 +120,8 @@ def _run_tuned(
     if phase.progress:
         t = spec.tune
         print(
-            f"tuning {', '.join(t.values)}: {len(spec.variants)} variant(s) x {len(t.points())} "
-            f"point(s) x {len(t.seeds)} seed(s), in {out / TUNE_DIR}",
+            f"tuning {', '.join(t.values)}: {len(spec.variants)} variant(s), "
+            f"{t.n_runs([v.name for v in spec.variants])} run(s) in all, in {out / TUNE_DIR}",
             file=sys.stderr,
         )
     _run_phase(tuning, out / TUNE_DIR, phase, sorted(in_tuning))

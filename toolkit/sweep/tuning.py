@@ -47,7 +47,7 @@ def choose(spec: Spec, table: pd.DataFrame) -> Choice:
     warnings: list[str] = []
     for v in spec.variants:
         scores = []
-        for point in tune.points():
+        for point in tune.points(v.name):
             runs = table[table["variant"] == tune_variant(v.name, point)]
             values = [
                 float(row[metric])
@@ -72,10 +72,10 @@ def choose(spec: Spec, table: pd.DataFrame) -> Choice:
                 f"every tuning run of variant {v.name!r} failed or diverged; see the error.txt "
                 f"files under {TUNE_DIR}/ and widen or move the [tune] range"
             )
-        point = tune.points()[best]
+        point = tune.points(v.name)[best]
         chosen[v.name] = point
         rows[len(rows) - len(scores) + best]["chosen"] = True
-        warnings += _edges(v.name, point, tune.values)
+        warnings += _edges(v.name, point, tune.values_for(v.name))
     return Choice(chosen, pd.DataFrame(rows), warnings)
 
 

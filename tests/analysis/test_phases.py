@@ -100,3 +100,26 @@ def test_the_report_says_what_each_variant_needed_to_reach_the_target(tmp_path, 
     assert line.endswith("x1.000 the baseline's FLOPs")  # the same FLOPs per token
     md = write_report(tmp_path / "runs", tmp_path / "report").markdown.read_text()
     assert "## Time to target (validation loss 10)" in md
+
+
+def test_variants_tuning_other_keys_get_their_own_panel_and_table_cells(tmp_path):
+    from toolkit.analysis.phases import edge_warnings, tuned_keys, tuning_figure
+
+    tune = {
+        "values": {"train.lr": [1e-3, 1e-2]},
+        "variants": {"muon": {"train.optimizer.muon_lr": [0.01, 0.04]}},
+        "metric": "val_loss",
+    }
+    table = pd.DataFrame([
+        {"variant": "adamw", "train.lr": 1e-3, "val_loss": 2.0, "chosen": False},
+        {"variant": "adamw", "train.lr": 1e-2, "val_loss": 1.5, "chosen": True},
+        {"variant": "muon", "train.optimizer.muon_lr": 0.01, "val_loss": 1.4, "chosen": False},
+        {"variant": "muon", "train.optimizer.muon_lr": 0.04, "val_loss": 1.2, "chosen": True},
+    ])  # fmt: skip
+    assert tuned_keys(tune) == ["train.lr", "train.optimizer.muon_lr"]
+    figure = tuning_figure(table, tune, "opt", tmp_path)
+    assert figure.path.is_file()
+    assert "train.lr and train.optimizer.muon_lr" in figure.title
+    # Each variant's edges are judged on its own grid: both chose their largest value.
+    warnings = edge_warnings(table, tune)
+    assert len(warnings) == 2 and "muon: the chosen train.optimizer.muon_lr (0.04)" in warnings[1]

@@ -134,7 +134,7 @@ def test_an_interrupted_tuning_phase_resumes_to_the_same_tables(tmp_path, tuned_
 
 def test_a_variant_with_its_own_candidates_tunes_over_them(tmp_path, tuned_doc, plugins):
     """SGD and Adam want learning rates orders of magnitude apart: [tune.variants.NAME] gives
-    a variant its own candidates for a tuned key; the rest keep the shared ones."""
+    a variant its own grid, in place of the shared one."""
     own = [0.03, 0.1]
     tuned_doc["tune"]["variants"] = {"norm=rmsnorm": {"train.lr": own}}
     spec = parse_spec(tuned_doc)
@@ -157,8 +157,10 @@ def test_a_variant_with_its_own_candidates_tunes_over_them(tmp_path, tuned_doc, 
     ("variants", "message"),
     [
         ({"norm=rmsnrm": {"train.lr": [0.1, 0.3]}}, r"names 'norm=rmsnrm', which is not a variant \(did you mean 'norm=rmsnorm'\?\)"),
-        ({"norm=rmsnorm": {"train.warmup_steps": [0, 5]}}, r"gives 'train.warmup_steps', which \[tune\] does not tune"),
-        ({"norm=rmsnorm": {"train.lr": [0.1]}}, r"variant 'norm=rmsnorm': \[tune\] train.lr needs at least 2 values"),
+        ({"norm=rmsnorm": {"model.emb_dim": [16, 32]}}, r"\[tune.variants.norm=rmsnorm\]: \[tune\] cannot tune 'model.emb_dim'"),
+        ({"norm=rmsnorm": {"train.lr": [0.1]}}, r"\[tune.variants.norm=rmsnorm\]: \[tune\] train.lr needs at least 2 values"),
+        ({"norm=rmsnorm": {}}, r"\[tune.variants.norm=rmsnorm\] names no key to tune"),
+        ({"norm=rmsnorm": {"train.optimizer.momentum": [0.5, 0.9]}}, r"train.optimizer 'adamw' takes no option 'momentum'"),
         ({"norm=rmsnorm": [0.1, 0.3]}, r"\[tune\] variants must be tables"),
     ],
 )  # fmt: skip
@@ -166,3 +168,20 @@ def test_bad_own_candidates_are_one_line_errors(tuned_doc, variants, message):
     tuned_doc["tune"]["variants"] = variants
     with pytest.raises(SpecError, match=message):
         parse_spec(tuned_doc)
+
+
+def test_an_optimizer_option_is_tuned_in_a_variants_own_grid(tmp_path, tuned_doc, plugins):
+    tuned_doc.pop("grid")
+    tuned_doc["variants"] = [{"name": "adamw"}, {"name": "sgd", "train.optimizer": "sgd"}]
+    tuned_doc["tune"]["variants"] = {
+        "sgd": {"train.lr": [0.1, 0.3], "train.optimizer.momentum": [0.5, 0.9]}
+    }
+    spec = parse_spec(tuned_doc)
+    assert len(spec.tune.points("sgd")) == 4 and len(spec.tune.points("adamw")) == 3
+    run(spec, tmp_path, plugins=plugins, progress=False)
+    chosen = pd.read_csv(tmp_path / "tuning.csv")
+    best = chosen[(chosen["variant"] == "sgd") & chosen["chosen"]].iloc[0]
+    config = json.loads((tmp_path / "sgd/seed-1/config.json").read_text())
+    assert config["train"]["optimizer"]["name"] == "sgd"
+    assert config["train"]["optimizer"]["momentum"] == best["train.optimizer.momentum"]
+    assert config["train"]["lr"] == best["train.lr"]

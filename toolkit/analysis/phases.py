@@ -74,7 +74,7 @@ def tuning(experiments: Experiments, figures_dir: Path | None) -> Section:
         if not tune or not path.is_file():
             continue
         table = pd.read_csv(path)
-        metric, keys = tune.get("metric", "val_loss"), list(tune.get("values", {}))
+        metric, keys = tune.get("metric", "val_loss"), tuned_keys(tune)
         section.blocks.append(("h2", f"Tuning ({part.name})"))
         section.blocks.append((
             "p",
@@ -89,7 +89,7 @@ def tuning(experiments: Experiments, figures_dir: Path | None) -> Section:
             if r["chosen"]:
                 bold.add(i)
             rows.append([
-                str(r["variant"]), *[str(r[k]) for k in keys], _num(r.get(metric), ".4f"),
+                str(r["variant"]), *[_cell(r.get(k)) for k in keys], _num(r.get(metric), ".4f"),
                 str(r["seeds"]), "yes" if r["chosen"] else "",
             ])  # fmt: skip
         section.blocks.append(
@@ -107,12 +107,27 @@ def tuning(experiments: Experiments, figures_dir: Path | None) -> Section:
     return section
 
 
+def tuned_keys(tune: dict[str, Any]) -> list[str]:
+    """Every key some variant tuned: the shared grid's, then the variants' own grids'."""
+    own = [k for grid in tune.get("variants", {}).values() for k in grid]
+    return list(dict.fromkeys([*tune.get("values", {}), *own]))
+
+
+def grid_of(tune: dict[str, Any], variant: str) -> dict[str, list[Any]]:
+    """A variant's grid: its own ([tune.variants]) or the shared one."""
+    return tune.get("variants", {}).get(variant, tune.get("values", {}))
+
+
+def _cell(value: Any) -> str:
+    """A tuning table cell: empty where the variant's grid has no such key."""
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+
+
 def edge_warnings(table: pd.DataFrame, tune: dict[str, Any]) -> list[str]:
     """A line per variant whose chosen value of a numeric key is the smallest or largest tried."""
     out = []
     for r in table[table["chosen"].astype(bool)].to_dict("records"):
-        own = tune.get("variants", {}).get(r["variant"], {})
-        for key, candidates in {**tune.get("values", {}), **own}.items():
+        for key, candidates in grid_of(tune, r["variant"]).items():
             numbers = [
                 c for c in candidates if isinstance(c, int | float) and not isinstance(c, bool)
             ]
@@ -131,30 +146,41 @@ def edge_warnings(table: pd.DataFrame, tune: dict[str, Any]) -> list[str]:
 
 
 def tuning_figure(table: pd.DataFrame, tune: dict[str, Any], name: str, folder: Path) -> FigureFile:
-    """The metric against the first tuned key, one line per variant (with several keys: the best
-    over the others at each value), the chosen points ringed."""
-    metric, key = tune.get("metric", "val_loss"), next(iter(tune["values"]))
-    frame = table.assign(x=table[key].map(_number), y=pd.to_numeric(table[metric], errors="coerce"))
-    variants = list(dict.fromkeys(frame["variant"]))
-    palette = _palette(variants)
-    fig = _figure(6.4, 4.0)
-    ax = fig.subplots()
+    """The metric against the first key of each variant's grid, one line per variant (with
+    several keys: the best over the others at each value), the chosen points ringed; variants
+    whose grids start with different keys ([tune.variants]) get a panel per key."""
+    metric = tune.get("metric", "val_loss")
+    variants = list(dict.fromkeys(table["variant"]))
+    by_key: dict[str, list[str]] = {}
     for variant in variants:
-        mine = frame[frame["variant"] == variant]
-        best = mine.groupby("x", sort=True)["y"].min()
-        ax.plot(best.index, best.values, marker="o", color=palette[variant], label=variant)
-        chosen = mine[mine["chosen"].astype(bool)]
-        ax.scatter(chosen["x"], chosen["y"], s=160, facecolors="none", edgecolors=palette[variant])
-    xs = frame["x"].dropna()
-    if len(xs) and xs.min() > 0 and xs.max() / xs.min() >= 10:
-        ax.set_xscale("log")
-    ax.set_xlabel(key)
-    ax.set_ylabel(f"mean {metric} (tuning seeds)")
-    ax.legend(fontsize="small")
-    title = f"Tuning: {metric} against {key} ({name})"
+        by_key.setdefault(next(iter(grid_of(tune, variant))), []).append(variant)
+    palette = _palette(variants)
+    fig = _figure(6.4 * len(by_key) ** 0.5 + 1.6 * (len(by_key) - 1), 4.0)
+    axes = fig.subplots(1, len(by_key), squeeze=False)[0]
+    for ax, (key, mine_variants) in zip(axes, by_key.items(), strict=True):
+        frame = table.assign(
+            x=table[key].map(_number), y=pd.to_numeric(table[metric], errors="coerce")
+        )
+        for variant in mine_variants:
+            mine = frame[frame["variant"] == variant]
+            best = mine.groupby("x", sort=True)["y"].min()
+            ax.plot(best.index, best.values, marker="o", color=palette[variant], label=variant)
+            chosen = mine[mine["chosen"].astype(bool)]
+            ax.scatter(
+                chosen["x"], chosen["y"], s=160, facecolors="none", edgecolors=palette[variant]
+            )
+        xs = frame[frame["variant"].isin(mine_variants)]["x"].dropna()
+        if len(xs) and xs.min() > 0 and xs.max() / xs.min() >= 10:
+            ax.set_xscale("log")
+        ax.set_xlabel(key)
+        ax.set_ylabel(f"mean {metric} (tuning seeds)")
+        ax.legend(fontsize="small")
+    keys = " and ".join(by_key)
+    title = f"Tuning: {metric} against {keys} ({name})"
     caption = (
-        f"Mean final {metric} over the tuning seeds at each {key} tried, per variant; the ringed "
-        f"point is each variant's choice. A choice at either end of the range may not be the best."
+        f"Mean final {metric} over the tuning seeds at each {keys} tried, per variant; the "
+        f"ringed point is each variant's choice. A choice at either end of the range may not be "
+        f"the best."
     )
     return _save(folder, f"tuning-{name}", fig, title, caption)[0]
 

@@ -181,7 +181,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         n = t.n_runs([v.name for v in spec.variants])
         own = f" ({', '.join(t.variants)} with their own candidates)" if t.variants else ""
         print(
-            f"  first tuning {', '.join(t.values)}: {plural(len(t.points()), 'point')}{own} x "
+            f"  first tuning {', '.join(t.keys())}: {plural(len(t.points()), 'point')}{own} x "
             f"{plural(len(t.seeds), 'seed')} per variant = {plural(n, 'run')} (in tune/), then "
             f"the runs below at each variant's best point"
         )

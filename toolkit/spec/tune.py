@@ -7,8 +7,8 @@ it is compared.
     seeds = [0]                                            # default: the spec's first seed
     metric = "val_loss"                                    # or "val_bpb"
 
-    [tune.variants.sgd]                                    # a variant's own candidates for
-    "train.lr" = { log_range = [0.03, 1.0], points = 5 }   # keys above (SGD wants larger lr)
+    [tune.variants.muon]                                   # a variant's own grid, in place
+    "train.optimizer.muon_lr" = [0.01, 0.02, 0.04]          # of the one above
 
 A tuned sweep has two phases. Tuning (`tuning_spec`): every variant x every point of the grid
 x the tuning seeds, as variants named "VARIANT@lr=0.001", in the output folder's tune/. Then
@@ -36,10 +36,12 @@ from toolkit.spec.schema import RunSpec, Spec, Variant
 from toolkit.spec.validate import resolve
 
 # Training keys a tuning grid may vary: how a run learns, never how long (a budget would always
-# tune to its largest value) or how it is measured.
+# tune to its largest value) or how it is measured; and the optimizer's and the schedule's own
+# options ("train.optimizer.muon_lr"), checked against the component when a variant resolves.
 TUNABLE = (
     "lr", "min_lr_ratio", "warmup_steps", "betas", "weight_decay", "weight_decay_on", "grad_clip",
 )  # fmt: skip
+TUNABLE_OPTIONS = ("optimizer", "schedule")
 METRICS = ("val_loss", "val_bpb")
 OPTIONS = ("seeds", "metric", "variants")
 MAX_POINTS = 1000
@@ -54,12 +56,16 @@ class Tune:
     seeds: list[int]
     metric: str = "val_loss"
     logs: set[str] = field(default_factory=set)  # keys given as log_range: plotted on a log axis
-    # Variants' own candidates for some of the keys above ([tune.variants.NAME]).
+    # Variants' own grids, each in place of the shared one ([tune.variants.NAME]).
     variants: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
 
     def values_for(self, variant: str | None = None) -> dict[str, list[Any]]:
-        """The candidates a variant tries: its own where [tune.variants] gives them."""
-        return {**self.values, **self.variants.get(variant or "", {})}
+        """The candidates a variant tries: its own grid where [tune.variants] gives one."""
+        return self.variants.get(variant or "", self.values)
+
+    def keys(self) -> list[str]:
+        """Every key some variant tunes."""
+        return list(dict.fromkeys([*self.values, *(k for v in self.variants.values() for k in v)]))
 
     def points(self, variant: str | None = None) -> list[dict[str, Any]]:
         """Every combination of a variant's candidates, the first key varying slowest."""
@@ -153,6 +159,26 @@ def _candidates(key: str, value: Any, where: str) -> tuple[list[Any], bool]:
     return unique, kind == "log_range"
 
 
+def _grid(keys: dict[str, Any], logs: set[str], where: str) -> dict[str, list[Any]]:
+    """Each tunable key's candidates (keys given as log ranges are added to `logs`)."""
+    values: dict[str, list[Any]] = {}
+    for key, value in keys.items():
+        parts = key.split(".")
+        plain = len(parts) == 2 and parts[1] in TUNABLE
+        option = len(parts) == 3 and parts[1] in TUNABLE_OPTIONS
+        if parts[0] != "train" or not (plain or option):
+            raise SpecError(
+                f"{where}: [tune] cannot tune {key!r}; it tunes how a run learns: "
+                f"{', '.join(f'train.{k}' for k in TUNABLE)}, and the optimizer's and the "
+                f"schedule's options (train.optimizer.NAME) (vary the model with a grid or "
+                f"variants)"
+            )
+        values[key], is_log = _candidates(key, value, where)
+        if is_log:
+            logs.add(key)
+    return values
+
+
 def parse_tune(raw: Any, seeds: list[int], where: str) -> Tune:
     """The [tune] table, checked; its keys must be tunable train keys."""
     if not isinstance(raw, dict):
@@ -163,18 +189,8 @@ def parse_tune(raw: Any, seeds: list[int], where: str) -> Tune:
         raise SpecError(
             f'{where}: [tune] names no key to tune; e.g. "train.lr" = [1e-4, 3e-4, 1e-3]'
         )
-    values: dict[str, list[Any]] = {}
     logs: set[str] = set()
-    for key, value in keys.items():
-        section, _, name = key.partition(".")
-        if section != "train" or name not in TUNABLE:
-            raise SpecError(
-                f"{where}: [tune] cannot tune {key!r}; it tunes how a run learns: "
-                f"{', '.join(f'train.{k}' for k in TUNABLE)} (vary the model with a grid or variants)"
-            )
-        values[key], is_log = _candidates(key, value, where)
-        if is_log:
-            logs.add(key)
+    values = _grid(keys, logs, where)
     tune_seeds = options.get("seeds", seeds[:1])
     if (
         not isinstance(tune_seeds, list)
@@ -197,16 +213,16 @@ def parse_tune(raw: Any, seeds: list[int], where: str) -> Tune:
             f"{where}: [tune] variants must be tables of a variant's own candidates, e.g. "
             f'[tune.variants.sgd] "train.lr" = [0.1, 0.3]; got {own!r}'
         )
-    by_variant: dict[str, dict[str, list[Any]]] = {}
-    for variant, table in own.items():
-        by_variant[variant] = {}
-        for key, value in _flatten(table).items():
-            if key not in values:
-                raise SpecError(
-                    f"{where}: [tune.variants.{variant}] gives {key!r}, which [tune] does not "
-                    f"tune; tune it for every variant first ({', '.join(values)} are)"
-                )
-            by_variant[variant][key], _ = _candidates(key, value, f"{where}: variant {variant!r}")
+    by_variant = {
+        variant: _grid(_flatten(table), logs, f"{where}: [tune.variants.{variant}]")
+        for variant, table in own.items()
+    }
+    for variant, grid in by_variant.items():
+        if not grid:
+            raise SpecError(
+                f"{where}: [tune.variants.{variant}] names no key to tune; give its grid, e.g. "
+                f'"train.lr" = [0.1, 0.3], or leave the table out to use the shared one'
+            )
     tune = Tune(values, tune_seeds, metric, logs, by_variant)
     for variant in ["", *by_variant]:
         if len(tune.points(variant)) > MAX_POINTS:
@@ -216,8 +232,10 @@ def parse_tune(raw: Any, seeds: list[int], where: str) -> Tune:
     return tune
 
 
-def check_tunable(spec: Spec) -> None:
-    """A tuned spec's variants leave the tuned keys to [tune], and hold out a test split."""
+def check_tunable(spec: Spec, plugins: Plugins) -> None:
+    """A tuned spec's variants leave the tuned keys to [tune], hold out a test split, and take
+    every point of their grids (an optimizer option the variant's optimizer lacks fails here,
+    before anything trains)."""
     assert spec.tune is not None
     names = [v.name for v in spec.variants]
     for name in spec.tune.variants:
@@ -227,7 +245,7 @@ def check_tunable(spec: Spec) -> None:
                 f"{suggest(name, names)}; the variants: {', '.join(names)}"
             )
     for v in spec.variants:
-        clash = sorted(set(v.overrides) & set(spec.tune.values))
+        clash = sorted(set(v.overrides) & set(spec.tune.values_for(v.name)))
         if clash:
             raise SpecError(
                 f"{spec.path}: variant {v.name!r} sets {clash[0]}, which [tune] chooses for "
@@ -242,6 +260,9 @@ def check_tunable(spec: Spec) -> None:
                 f"on a test split: set data.test_fraction (e.g. 0.05), or data.test_documents "
                 f'with data.split = "documents"'
             )
+    for v in spec.variants:
+        for point in spec.tune.points(v.name):
+            resolve(spec.base, Variant(v.name, {**v.overrides, **point}), spec.path, plugins)
 
 
 def tuning_spec(spec: Spec, plugins: Plugins) -> Spec:

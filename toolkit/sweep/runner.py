@@ -120,7 +120,7 @@ def _run_tuned(
     if phase.progress:
         t = spec.tune
         print(
-            f"tuning {', '.join(t.values)}: {len(spec.variants)} variant(s), "
+            f"tuning {', '.join(t.keys())}: {len(spec.variants)} variant(s), "
             f"{t.n_runs([v.name for v in spec.variants])} run(s) in all, in {out / TUNE_DIR}",
             file=sys.stderr,
         )
@@ -136,7 +136,7 @@ def _run_tuned(
             print(f"warning: {warning}", file=sys.stderr)
     final = tuned_spec(spec, choice.chosen, phase.plugins)
     # A changed choice (another grid, or tuning runs retrained) trains the final runs again.
-    free = tuple(spec.tune.values)
+    free = tuple(spec.tune.keys())
     return _run_phase(final, out, phase, [n for n in rerun if n not in in_tuning], free)
 
 

@@ -3,7 +3,8 @@
 Plain: `gelu` (the book's tanh approximation), `gelu-exact` (erf), `relu`, `relu2` (squared ReLU)
 (relu(x)^2) and `silu` (x * sigmoid(x)); each is Linear(d, 4d), activation, Linear(4d, d), laid
 out as in the book (`ff.layers.0`, `ff.layers.2`). The config's `ffn_hidden` replaces the
-hidden width (4d here, 8d/3 for the gated units) when set.
+hidden width (4d here, 8d/3 for the gated units) when set. Every Linear has a bias unless
+model.bias = false.
 
 Gated (GLU, Shazeer 2020): `swiglu` and `geglu`, down(act(gate(x)) * up(x)), laid out as
 `ff.gate`, `ff.up`, `ff.down`. Their hidden width defaults to 8d/3 so that their three matrices
@@ -24,13 +25,15 @@ from toolkit.errors import ComponentError
 
 class FeedForward(nn.Module):
     """Position-wise feed-forward: Linear(d, h), activation, Linear(h, d), h = 4d unless the
-    config's ffn_hidden says otherwise."""
+    config's ffn_hidden says otherwise; biased unless model.bias = false."""
 
     def __init__(self, config, activation: nn.Module) -> None:
         super().__init__()
         d = config.emb_dim
         h = getattr(config, "ffn_hidden", None) or 4 * d
-        self.layers = nn.Sequential(nn.Linear(d, h), activation, nn.Linear(h, d))
+        self.layers = nn.Sequential(
+            nn.Linear(d, h, bias=config.bias), activation, nn.Linear(h, d, bias=config.bias)
+        )
 
     def forward(self, x):
         return self.layers(x)
@@ -47,16 +50,17 @@ class GatedFeedForward(nn.Module):
     """Gated feed-forward: down(act(gate(x)) * up(x)), gate and up Linear(d, hidden).
 
     All three linears carry biases, like the plain FeedForward's, so that parameter counts
-    compare like with like (LLaMA-style models drop them; the difference is 2 * hidden + d).
+    compare like with like; LLaMA-style models drop them: model.bias = false removes these
+    2 * hidden + d parameters (and the plain block's hidden + d).
     """
 
     def __init__(self, config, activation: nn.Module, *, hidden: int) -> None:
         super().__init__()
         d = config.emb_dim
-        self.gate = nn.Linear(d, hidden)
-        self.up = nn.Linear(d, hidden)
+        self.gate = nn.Linear(d, hidden, bias=config.bias)
+        self.up = nn.Linear(d, hidden, bias=config.bias)
         self.act = activation
-        self.down = nn.Linear(hidden, d)
+        self.down = nn.Linear(hidden, d, bias=config.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down(self.act(self.gate(x)) * self.up(x))

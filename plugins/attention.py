@@ -14,6 +14,10 @@ heads than the queries, shared by groups of query heads). `multihead`, `sdpa` an
 `sliding-window` share parameter names and shapes, so their state dicts load into each other,
 and into `gqa` when n_kv_heads == n_heads.
 
+Biases: with model.bias = true (the default) the query/key/value projections have them when
+model.qkv_bias says (GPT-2's do, the book's default does not) and out_proj always, as in the
+book; model.bias = false removes every one, qkv_bias included (Llama's attention has none).
+
 Every attention with per-head queries and keys (all but `simplified` and `self`) takes the
 option `qk_norm` and applies positional schemes that act inside attention (RoPE rotates queries
 and keys, ALiBi biases the scores) once the model hands it one through bind_positional(); that
@@ -40,6 +44,12 @@ from toolkit.errors import ComponentError
 # enable_gqa arrived in torch 2.5; older ones (the project allows 2.4) get expanded keys/values.
 _SDPA_HAS_GQA = torch.__version__ >= (2, 5)
 QK_NORM_EPS = 1e-6
+
+
+def qkv_bias(config) -> bool:
+    """Whether the query/key/value projections carry biases: model.qkv_bias, unless
+    model.bias = false removes every bias in the model."""
+    return config.qkv_bias and config.bias
 
 
 class HeadRMSNorm(nn.Module):
@@ -234,7 +244,8 @@ class ProjectedAttention(HeadAttention):
     """Multi-head attention's projections, head splitting and output projection
 
     W_query (d -> d), W_key and W_value (d -> n_kv_heads x head_dim) and out_proj (d -> d),
-    registered last so the gpt2 init finds it as the residual projection. Forward is the
+    registered last so the gpt2 init finds it as the residual projection. out_proj has a bias
+    (the book's) unless model.bias = false; the others as qkv_bias() says. Forward is the
     subclasses'; forward_cached (generation with a KV cache) is shared, with the subclass's
     `window` and `fused_cache` (F.scaled_dot_product_attention or attend()'s explicit maths).
     """
@@ -246,10 +257,10 @@ class ProjectedAttention(HeadAttention):
         super().__init__(config, head_dim=config.head_dim, qk_norm=qk_norm)
         d, kv = config.emb_dim, n_kv_heads * config.head_dim
         self.n_heads, self.n_kv_heads = config.n_heads, n_kv_heads
-        self.W_query = nn.Linear(d, d, bias=config.qkv_bias)
-        self.W_key = nn.Linear(d, kv, bias=config.qkv_bias)
-        self.W_value = nn.Linear(d, kv, bias=config.qkv_bias)
-        self.out_proj = nn.Linear(d, d)
+        self.W_query = nn.Linear(d, d, bias=qkv_bias(config))
+        self.W_key = nn.Linear(d, kv, bias=qkv_bias(config))
+        self.W_value = nn.Linear(d, kv, bias=qkv_bias(config))
+        self.out_proj = nn.Linear(d, d, bias=config.bias)
 
     def split_heads(
         self, x: torch.Tensor, start: int = 0
@@ -367,9 +378,9 @@ class SelfAttention(nn.Module):
     def __init__(self, config) -> None:
         super().__init__()
         d = config.emb_dim
-        self.W_query = nn.Linear(d, d, bias=config.qkv_bias)
-        self.W_key = nn.Linear(d, d, bias=config.qkv_bias)
-        self.W_value = nn.Linear(d, d, bias=config.qkv_bias)
+        self.W_query = nn.Linear(d, d, bias=qkv_bias(config))
+        self.W_key = nn.Linear(d, d, bias=qkv_bias(config))
+        self.W_value = nn.Linear(d, d, bias=qkv_bias(config))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.W_query(x), self.W_key(x), self.W_value(x)
@@ -391,9 +402,9 @@ class CausalAttention(HeadAttention):
     ) -> None:
         d_out = config.emb_dim if d_out is None else d_out
         super().__init__(config, head_dim=d_out, qk_norm=qk_norm, bias_head=head)
-        self.W_query = nn.Linear(config.emb_dim, d_out, bias=config.qkv_bias)
-        self.W_key = nn.Linear(config.emb_dim, d_out, bias=config.qkv_bias)
-        self.W_value = nn.Linear(config.emb_dim, d_out, bias=config.qkv_bias)
+        self.W_query = nn.Linear(config.emb_dim, d_out, bias=qkv_bias(config))
+        self.W_key = nn.Linear(config.emb_dim, d_out, bias=qkv_bias(config))
+        self.W_value = nn.Linear(config.emb_dim, d_out, bias=qkv_bias(config))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (B, T, d) -> (B, 1, T, d_out): a head axis, so norms and positionals see their usual shape

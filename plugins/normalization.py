@@ -2,6 +2,9 @@
 RMSNorm (`rmsnorm`), ScaleNorm (`scalenorm`) and no normalization at all (`none`).
 
 Each factory takes the normalized width and returns a module normalizing the last dimension.
+Those with an additive shift (layernorm, torch-layernorm) take `bias`: false builds them without
+it (no parameter at all, the maths with a zero shift); model.bias = false passes it (gpt.py's
+_build_norm). The others have no shift to drop, so no such option.
 Not here: placement (pre/post/sandwich) belongs to the block, not to the norm.
 """
 
@@ -20,11 +23,13 @@ from toolkit.errors import ComponentError
 class LayerNorm(nn.Module):
     """scale * (x - mean) / sqrt(var + eps) + shift, biased variance (the book's LayerNorm)."""
 
-    def __init__(self, dim: int, *, eps: float = 1e-5) -> None:
+    def __init__(self, dim: int, *, eps: float = 1e-5, bias: bool = True) -> None:
         super().__init__()
         self.eps = eps
         self.scale = nn.Parameter(torch.ones(dim))
-        self.shift = nn.Parameter(torch.zeros(dim))
+        # bias=False: no shift parameter at all (None, which F.layer_norm reads as zero), so
+        # the state dict, the parameter count and the optimizer see none.
+        self.shift = nn.Parameter(torch.zeros(dim)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # F.layer_norm computes exactly the book's formula (biased variance), in one kernel.
@@ -67,10 +72,10 @@ def _positive_eps(name: str, eps: float) -> None:
         )
 
 
-def torch_layernorm(dim: int, *, eps: float = 1e-5) -> nn.LayerNorm:
+def torch_layernorm(dim: int, *, eps: float = 1e-5, bias: bool = True) -> nn.LayerNorm:
     """torch.nn.LayerNorm: the same maths as layernorm, parameters named weight and bias"""
     _positive_eps("torch-layernorm", eps)
-    return nn.LayerNorm(dim, eps=eps)
+    return nn.LayerNorm(dim, eps=eps, bias=bias)
 
 
 def scalenorm(dim: int, *, eps: float = 1e-5) -> ScaleNorm:

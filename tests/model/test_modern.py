@@ -158,3 +158,24 @@ def test_no_biases_with_qkv_biases_is_a_one_line_error(tiny_doc) -> None:
     tiny_doc["model"].update(bias=False, qkv_bias=True)
     with pytest.raises(SpecError, match=r"model.bias = false removes every bias, yet model.qkv"):
         parse_spec(tiny_doc)
+
+
+def test_a_layernorm_without_shift_exports_with_zeros_and_qkv_biases_kept(tmp_path) -> None:
+    from toolkit.model.checkpoint import model_from_state
+    from toolkit.model.hf_gpt2 import export_hf_gpt2, import_hf_gpt2
+
+    ours = tiny(norm={"name": "layernorm", "bias": False}, qkv_bias=True).eval()
+    export_hf_gpt2(ours, tmp_path / "hf")
+    config, state = import_hf_gpt2(tmp_path / "hf")
+    assert state["trf_blocks.0.att.W_query.bias"].any()  # the model's own, not zeros
+    with torch.no_grad():
+        back = model_from_state(config, state).eval()
+        torch.testing.assert_close(back(ids()), ours(ids()), atol=1e-5, rtol=0)
+
+
+def test_gpt2_cannot_hold_a_soft_cap_and_says_so(tmp_path) -> None:
+    from toolkit.errors import ComponentError
+    from toolkit.model.hf_gpt2 import export_hf_gpt2
+
+    with pytest.raises(ComponentError, match=r"GPT-2 cannot represent logit_softcap 30"):
+        export_hf_gpt2(tiny(logit_softcap=30.0), tmp_path / "hf")

@@ -181,3 +181,22 @@ def test_file_level_errors(tmp_path, plugins):
         load_spec(write_spec(tmp_path / "ok.toml", TINY_TOML), ["train.lr"], plugins=plugins)
     with pytest.raises(SpecError, match="unknown key 'trian'"):
         load_spec(write_spec(tmp_path / "ok.toml", TINY_TOML), ["trian.lr=1"], plugins=plugins)
+
+
+def test_options_added_later_are_recorded_only_away_from_what_older_runs_had(tiny_doc):
+    """A LayerNorm's `bias` and an init's `zero_residual` arrived after runs were recorded:
+    at their old values they stay out of the record, so older runs keep their hashes."""
+    plain = parse_spec(tiny_doc).runs[0]
+    assert plain.model.norm == {"name": "layernorm", "eps": 1e-5}
+    assert plain.model.init == "default"
+    tiny_doc["model"].update(
+        norm={"name": "layernorm", "bias": True}, init={"name": "default", "zero_residual": False}
+    )
+    assert parse_spec(tiny_doc).runs[0].config_hash() == plain.config_hash()
+    tiny_doc["model"].update(
+        norm={"name": "layernorm", "bias": False}, init={"name": "default", "zero_residual": True}
+    )
+    changed = parse_spec(tiny_doc).runs[0]
+    assert changed.model.norm == {"name": "layernorm", "eps": 1e-5, "bias": False}
+    assert changed.model.init == {"name": "default", "zero_residual": True}
+    assert changed.config_hash() != plain.config_hash()

@@ -68,8 +68,8 @@ class SingleHead(nn.Module):
 
     def __init__(self, config, *, mask: bool = True) -> None:
         super().__init__()
-        self.qkv = nn.Linear(config.emb_dim, 3 * config.emb_dim)
-        self.out = nn.Linear(config.emb_dim, config.emb_dim)
+        self.qkv = nn.Linear(config.emb_dim, 3 * config.emb_dim, bias=config.bias)
+        self.out = nn.Linear(config.emb_dim, config.emb_dim, bias=config.bias)
         self.masked = mask
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -100,6 +100,44 @@ class DeadParameter(SingleHead):
     def __init__(self, config) -> None:
         super().__init__(config)
         self.unused = nn.Parameter(torch.zeros(3))
+
+
+class BiasedHead(SingleHead):
+    """Keeps its output projection's bias whatever model.bias says."""
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self.out = nn.Linear(config.emb_dim, config.emb_dim)
+
+
+def biased_feed_forward(config) -> nn.Sequential:
+    """Linear, GELU, Linear, biased whatever model.bias says (as nn.Linear is by default)."""
+    d = config.emb_dim
+    return nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+
+
+class StubbornShift(nn.Module):
+    """The book's LayerNorm with a `bias` option that keeps the shift anyway."""
+
+    def __init__(self, dim: int, *, bias: bool = True) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(dim))
+        self.shift = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.scale.shape, self.scale, self.shift)
+
+
+def ignored_bias_option(dim: int, *, bias: bool = True) -> nn.LayerNorm:
+    return nn.LayerNorm(dim)
+
+
+def layernorm_with_bias_option(dim: int, *, bias: bool = True) -> nn.LayerNorm:
+    return nn.LayerNorm(dim, bias=bias)
+
+
+def plain_layernorm(dim: int) -> nn.LayerNorm:
+    return nn.LayerNorm(dim)
 
 
 class MixingNorm(nn.Module):
@@ -173,6 +211,10 @@ BROKEN = {
     "dropout in eval mode": ("attention", DropoutInEval, {"causal": True}, "eval determinism"),
     "float32 from bfloat16": ("attention", Float32Always, {"causal": True}, "bfloat16"),
     "norm mixing positions": ("normalization", MixingNorm, {}, "position independence"),
+    "attention ignoring model.bias": ("attention", BiasedHead, {"causal": True}, "model.bias"),
+    "feed-forward ignoring model.bias": ("activation", biased_feed_forward, {}, "model.bias"),
+    "norm keeping a shift named shift": ("normalization", StubbornShift, {}, "model.bias"),
+    "norm keeping a bias": ("normalization", ignored_bias_option, {}, "model.bias"),
     "ids out of range": ("sampler", out_of_range_sampler, {}, "ids in range"),
     "lossy round trip": ("tokenizer", LossyTokenizer, {}, "round trip"),
     "rotation ignoring start": (
@@ -209,10 +251,31 @@ def test_failures_name_the_culprit_and_the_input() -> None:
         check_component("tokenizer", "lossy", plugins)
 
 
+def test_a_component_ignoring_model_bias_is_told_how_to_honour_it() -> None:
+    plugins = plugins_with("attention", "biased", BiasedHead, causal=True)
+    with pytest.raises(ConformanceError) as info:
+        check_component("attention", "biased", plugins)
+    message = str(info.value)
+    assert message.startswith(
+        "attention 'biased' (plugin 'throwaway') fails check 'model.bias': built with "
+        "bias=False it still has parameter 'out.bias', so it does not honour model.bias: read "
+        "config.bias and build every bias with it: nn.Linear(..., bias=config.bias); input: "
+    )
+    assert message.endswith(" bias=False") and "\n" not in message
+    plugins = plugins_with("normalization", "stubborn", StubbornShift)
+    with pytest.raises(ConformanceError, match=r"bias=False leaves as many parameters as"):
+        check_component("normalization", "stubborn", plugins)
+
+
 @pytest.mark.parametrize(
     ("kind", "factory", "facts"),
-    [("attention", bidirectional, {"causal": False}), ("attention", SingleHead, {"causal": True})],
-    ids=["non-causal", "causal"],
+    [
+        ("attention", bidirectional, {"causal": False}),
+        ("attention", SingleHead, {"causal": True}),
+        ("normalization", layernorm_with_bias_option, {}),
+        ("normalization", plain_layernorm, {}),  # no `bias` option: model.bias cannot reach it
+    ],
+    ids=["non-causal", "causal", "norm-with-bias-option", "norm-without"],
 )
 def test_honest_third_party_components_pass(kind: str, factory, facts) -> None:
     check_component(kind, "honest", plugins_with(kind, "honest", factory, **facts))

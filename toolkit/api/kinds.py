@@ -57,7 +57,8 @@ KINDS: dict[str, Kind] = {
             "has forward_cached(x, cache: dict, start) for generation: x holds positions "
             "start..start+T-1, the dict (the module's own between calls; start=0 refills it) "
             "keeps its keys and values, and the output equals forward() over all positions, "
-            "last T rows",
+            "last T rows. With config.bias False (model.bias = false) it holds no bias "
+            "parameter",
             '''\
 import torch.nn.functional as F
 from torch import nn
@@ -68,10 +69,11 @@ from toolkit import hookimpl
 class OneHeadAttention(nn.Module):
     """Causal attention with a single head as wide as the model"""
 
-    def __init__(self, config, *, bias: bool = False):
+    def __init__(self, config):
         super().__init__()
-        self.qkv = nn.Linear(config.emb_dim, 3 * config.emb_dim, bias=bias)
-        self.out = nn.Linear(config.emb_dim, config.emb_dim)
+        d, bias = config.emb_dim, config.bias  # model.bias = false: no biases anywhere
+        self.qkv = nn.Linear(d, 3 * d, bias=bias and config.qkv_bias)
+        self.out = nn.Linear(d, d, bias=bias)
 
     def forward(self, x):  # (B, T, emb_dim)
         q, k, v = self.qkv(x).chunk(3, dim=-1)
@@ -87,16 +89,18 @@ def register_components(register):
         Kind(
             "normalization",
             ("dim: int",),
-            "nn.Module normalizing the last dimension of size dim",
+            "nn.Module normalizing the last dimension of size dim; one with an additive "
+            "shift takes the option `bias: bool = True`, and bias=False (which model.bias = "
+            "false passes) builds it without the shift",
             '''\
 from torch import nn
 
 from toolkit import hookimpl
 
 
-def my_layernorm(dim, *, eps: float = 1e-5):
-    """torch's LayerNorm over the last dimension"""
-    return nn.LayerNorm(dim, eps=eps)
+def my_layernorm(dim, *, eps: float = 1e-5, bias: bool = True):
+    """torch's LayerNorm over the last dimension; bias=False (model.bias = false) drops the shift"""
+    return nn.LayerNorm(dim, eps=eps, bias=bias)
 
 
 @hookimpl
@@ -110,7 +114,8 @@ def register_components(register):
             "nn.Module, the position-wise "
             "feed-forward block mapping (B, T, emb_dim) to (B, T, emb_dim); its last nn.Linear "
             "is the residual output projection (the gpt2 init scales it) unless it defines "
-            "residual_projections() returning the Linear layers that are",
+            "residual_projections() returning the Linear layers that are; with config.bias "
+            "False (model.bias = false) it holds no bias parameter",
             '''\
 from torch import nn
 
@@ -121,7 +126,9 @@ def relu_feed_forward(config, *, hidden_mult: int = 4):
     """Linear, ReLU, Linear: the whole feed-forward block, not just its activation"""
     hidden = hidden_mult * config.emb_dim
     return nn.Sequential(
-        nn.Linear(config.emb_dim, hidden), nn.ReLU(), nn.Linear(hidden, config.emb_dim)
+        nn.Linear(config.emb_dim, hidden, bias=config.bias),  # model.bias = false: none
+        nn.ReLU(),
+        nn.Linear(hidden, config.emb_dim, bias=config.bias),
     )
 
 

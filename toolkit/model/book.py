@@ -5,6 +5,8 @@
 
 The toolkit's GPT uses the book's module names, so the state dicts line up name for name; a
 book state dict does not record n_heads, which GPT-2's four widths imply (or the caller gives).
+A model built with model.bias = false is exported exactly, with zero biases and norm shifts
+where the book's layout has them (interop.exportable fills them in).
 Not here: the toolkit's own checkpoint format (checkpoint.py).
 """
 
@@ -116,7 +118,8 @@ def export_book(
 ) -> dict[str, Any]:
     """Write the book's state dict (its names, the att.mask buffers, an untied out_head) with
     torch.save, atomically. Returns the book's config dict (GPT_CONFIG_124M's keys) to build
-    its GPTModel with."""
+    its GPTModel with. A model without biases (model.bias = false) gets zero ones: the same
+    function, as the book's GPTModel always has them."""
     config, state = exportable(source, "book")
     scale, shift = LAYERNORM_PARAMS[split_choice(config.norm)[0]]
     out: dict[str, torch.Tensor] = {}

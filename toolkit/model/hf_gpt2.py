@@ -11,7 +11,8 @@ output axis); and its head is tied to the token embedding (lm_head may be absent
 file). The imported model is the toolkit's `sdpa` attention (the book's multi-head maths,
 fused), the book's `layernorm` with GPT-2's eps, `gelu` (the tanh approximation, GPT-2's
 "gelu_new"), learned positions, pre-norm blocks. A model without qkv biases is exported exactly,
-with zero biases.
+with zero biases; so is one without any bias (model.bias = false): GPT2LMHeadModel always has
+them, so its linear biases and LayerNorm shifts are written as zeros, which add nothing.
 
 Reading is frugal: model.safetensors is memory-mapped and read one tensor at a time
 (safetensors' safe_open), pytorch_model.bin is loaded with torch.load(mmap=True,
@@ -259,7 +260,9 @@ def export_hf_gpt2(
     source: nn.Module | dict[str, Any] | str | os.PathLike[str], folder: str | os.PathLike[str]
 ) -> Path:
     """Write config.json and model.safetensors that transformers.GPT2LMHeadModel.from_pretrained
-    loads, from a model, a checkpoint dict or a checkpoint file / run folder. Returns folder."""
+    loads, from a model, a checkpoint dict or a checkpoint file / run folder. Returns folder.
+    Biases a model lacks (qkv_bias = false, model.bias = false) are written as zeros: GPT-2
+    always has them, and a zero bias computes the same function."""
     config, state = exportable(source, "gpt2")
 
     d = config.emb_dim

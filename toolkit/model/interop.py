@@ -14,13 +14,20 @@ standalone copies (`standalone`). Not here: the toolkit's own checkpoint format
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Any
 
 import torch
 
 from toolkit.api.registry import split_choice
 from toolkit.errors import ComponentError, DataError
-from toolkit.model.checkpoint import StateDict, check_fits, locate_checkpoint, read_checkpoint
+from toolkit.model.checkpoint import (
+    StateDict,
+    check_fits,
+    locate_checkpoint,
+    meta_state_dict,
+    read_checkpoint,
+)
 from toolkit.model.config import ModelConfig
 from toolkit.names import label
 
@@ -75,7 +82,31 @@ def exportable(source: Any, target: str) -> tuple[ModelConfig, StateDict]:
         name, has = TARGETS[target]
         raise ComponentError(f"{name} cannot represent {', '.join(problems)}; it has {has}")
     check_fits(config, state)
-    return config, state
+    return with_zero_biases(config, state)
+
+
+def with_zero_biases(config: ModelConfig, state: StateDict) -> tuple[ModelConfig, StateDict]:
+    """(config, state) of the same function with every bias and norm shift GPT-2's and the
+    book's layouts hold: a model built with model.bias = false (or a LayerNorm with bias =
+    false) has none, so they come as zeros (a zero bias or shift adds nothing), under a config
+    with biases (qkv biases only where the model has them). A model
+    with all its biases comes back as it is."""
+    norm, options = split_choice(config.norm)
+    if config.bias and options.get("bias", True):
+        return config, state
+    options.pop("bias", None)
+    full = replace(
+        config,
+        bias=True,
+        qkv_bias=config.qkv_bias and config.bias,
+        norm={"name": norm, **options} if options else norm,
+    )
+    like = state["tok_emb.weight"]  # the checkpoint's dtype and device
+    filled = {
+        key: state[key] if key in state else like.new_zeros(want.shape)
+        for key, want in meta_state_dict(full).items()
+    }
+    return full, filled
 
 
 def unrepresentable(config: ModelConfig, *, book: bool) -> list[str]:
@@ -85,7 +116,7 @@ def unrepresentable(config: ModelConfig, *, book: bool) -> list[str]:
     if attention not in ("multihead", "sdpa") or any(att_options.values()):
         problems.append(f"attention {label(config.attention)}")
     norm, norm_options = split_choice(config.norm)
-    extra = set(norm_options) - {"eps"}
+    extra = {k for k, v in norm_options.items() if k != "eps" and not (k == "bias" and v is False)}
     if (
         norm not in LAYERNORM_PARAMS
         or extra
@@ -94,6 +125,8 @@ def unrepresentable(config: ModelConfig, *, book: bool) -> list[str]:
         problems.append(f"norm {label(config.norm)}")
     if config.norm_placement != "pre":
         problems.append(f"norm_placement {config.norm_placement!r}")
+    if config.logit_softcap:
+        problems.append(f"logit_softcap {config.logit_softcap:g}")
     positional, pos_options = split_choice(config.positional)
     if positional != "learned" or pos_options:
         problems.append(f"positional {label(config.positional)}")

@@ -38,12 +38,21 @@ LEGACY_VALUES: dict[str, Any] = {
     "model.bias": True,
     "model.logit_softcap": None,
     "model.z_loss": 0.0,
+    "model.recipe": None,
     "train.max_flops": None,
     "train.target_loss": None,
     # Recorded as validated: a choice with no options of its own is its bare name (adamw has
     # none; cosine's are SCHEDULE_KEYS, which are recorded as the train keys).
     "train.optimizer": "adamw",
     "train.schedule": "cosine",
+}
+
+# Options components gained after runs were first recorded, by slot, and the value every run
+# before had: a choice records such an option only away from that value (when that value is
+# the component's default too), so older runs keep their hashes and records.
+LEGACY_OPTIONS: dict[str, dict[str, Any]] = {
+    "model.norm": {"bias": True},
+    "model.init": {"zero_residual": False},
 }
 
 
@@ -69,6 +78,9 @@ class ModelSpec(ModelConfig):
     n_heads: int = 4
     n_layers: int = 4
     preset: str | None = None  # fills the sizes; keys set in the spec override it
+    # Fills the component choices (toolkit/spec/recipes.py: "gpt2", "modern"), [train]'s
+    # optimizer and schedule too; keys set in the spec override it.
+    recipe: str | None = None
     # Start from a checkpoint (a checkpoint.pt, or a run folder holding one): its config is the
     # base, like a preset; keys set here may change what keeps the weights' shapes.
     init_from: str | None = None
@@ -200,8 +212,11 @@ class RunSpec:
         return {key.split(".")[1]: split_choice(self.get(key))[0] for key in SLOTS}
 
     def get(self, dotted: str) -> Any:
-        section, key = dotted.split(".", 1)
-        return getattr(getattr(self, section), key)
+        """A key's value: "train.lr", or a component's option, "train.optimizer.momentum"
+        (None when the choice has no such option)."""
+        section, key, *option = dotted.split(".", 2)
+        value = getattr(getattr(self, section), key)
+        return split_choice(value)[1].get(option[0]) if option else value
 
 
 @dataclass
@@ -268,7 +283,7 @@ def with_legacy_values(config: dict[str, Any]) -> dict[str, Any]:
 def to_model_config(model: ModelSpec, vocab_size: int) -> ModelConfig:
     """The [model] section as what build_model takes; vocab_size fills an unset one."""
     m = asdict(model)
-    for key in ("preset", "init_from"):
+    for key in ("preset", "recipe", "init_from"):
         m.pop(key)
     m["vocab_size"] = m["vocab_size"] or vocab_size
     return ModelConfig(**m)

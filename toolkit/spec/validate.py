@@ -27,9 +27,11 @@ from toolkit.model.checkpoint import locate_checkpoint, read_checkpoint
 from toolkit.model.config import NORM_PLACEMENTS, PRESETS, ModelConfig
 from toolkit.model.gpt import build_model
 from toolkit.names import label
+from toolkit.spec.recipes import with_recipe
 from toolkit.spec.schema import (
     BUDGET_KEYS,
     DEFAULT_MAX_STEPS,
+    LEGACY_OPTIONS,
     LIMITS,
     PRECISIONS,
     SCHEDULE_KEYS,
@@ -59,8 +61,9 @@ def resolve(
     base: dict[str, Any], variant: Variant, source: str, plugins: Plugins
 ) -> dict[str, Any]:
     """Base + a variant's overrides -> validated section dataclasses."""
-    doc = copy.deepcopy(base)
     where = f"{source}: variant {variant.name!r}:" if variant.overrides else f"{source}:"
+    recipe = variant.overrides.get("model.recipe", base["model"].get("recipe"))
+    doc = copy.deepcopy(with_recipe(base, recipe, where))
     # Parents before children, so {'model.attention': 'gqa', 'model.attention.n_kv_heads': 2}
     # sets the component, then its option.
     for dotted in sorted(variant.overrides, key=lambda k: k.count(".")):
@@ -102,6 +105,11 @@ def _validate(doc: dict[str, Any], where: str, plugins: Plugins) -> dict[str, An
     if init_from is not None:
         if preset_name is not None:
             raise SpecError(f"{where} [model] give either preset or init_from, not both")
+        if model_doc.get("recipe") is not None:
+            raise SpecError(
+                f"{where} [model] give either recipe or init_from, not both: the checkpoint's "
+                f"components are the base (set single keys to change some)"
+            )
         if not isinstance(init_from, str):
             raise SpecError(f"{where} model.init_from must be a path (a string), got {init_from!r}")
         try:
@@ -121,6 +129,10 @@ def _validate(doc: dict[str, Any], where: str, plugins: Plugins) -> dict[str, An
         name, options = split_choice(as_choice(getattr(sections[section], key), dotted, where))
         component = plugins.registry.get(kind, name)
         resolved = component.check_options(options, where=f"{dotted} {name!r}")
+        for option, old in LEGACY_OPTIONS.get(dotted, {}).items():
+            known = component.options.get(option)
+            if known is not None and known.default == old and resolved.get(option) == old:
+                del resolved[option]
         if dotted == "train.schedule":
             resolved = _schedule_keys(component, options, resolved, doc["train"], sections, where)
         setattr(sections[section], key, {"name": name, **resolved} if resolved else name)

@@ -12,9 +12,12 @@ one's error. What each kind must do (`toolkit.api.registry.KINDS`):
   output twice in eval mode; `causal` honoured both ways (True: changing tokens after t never
   moves outputs <= t; False: some such change does); batch elements independent; a gradient for
   every parameter; finite bfloat16 out of bfloat16 in. With `positional_inside`, all of it again
-  with each registered inside-attention positional bound.
+  with each registered inside-attention positional bound. Built from a config with bias=False
+  (model.bias = false): no parameter whose name ends in "bias".
 - normalization, activation: shape and dtype kept, determinism, every position and batch element
-  computed alone, gradients, bfloat16; an activation's last nn.Linear maps to emb_dim.
+  computed alone, gradients, bfloat16; an activation's last nn.Linear maps to emb_dim. An
+  activation built from a config with bias=False, and a norm with a `bias` option built with
+  bias=False, have no parameter whose name ends in "bias" (the norm: fewer than with bias=True).
 - positional: the same, and forward(x[:, s:], start=s) == forward(x)[:, s:]; an inside-attention
   scheme returns x unchanged, and rotate() / score_bias() have the right shapes and offsets.
 - init: tiny models with it, over the registered components: finite parameters and loss, and the

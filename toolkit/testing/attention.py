@@ -8,7 +8,9 @@ or a zero-initialised gate hides nothing); with `kv_cache`, forward_cached() fed
 to forward() over the whole sequence; batch elements independent; a gradient for every
 parameter; finite bfloat16 out of bfloat16 in. With `positional_inside`, all of it again with
 each registered inside-attention positional (those without required options) bound, skipping
-the configs that positional or the model rejects.
+the configs that positional or the model rejects. Built from the config with bias=False
+(model.bias = false): no parameter whose name ends in "bias" (qkv_bias or not), and the same
+output shape.
 
 Not checked: what the inside-attention positional schemes do on their own (modules.py), how
 close the output is to some reference attention, speed or memory, and the cache beyond the
@@ -32,6 +34,7 @@ from toolkit.testing.core import (
     Case,
     Draw,
     bfloat16,
+    biasless,
     deterministic,
     draws,
     expect,
@@ -82,8 +85,19 @@ def check_attention(case: Case, max_examples: int) -> None:
                 with case.check("positional_inside"):
                     att.bind_positional(pos)
             _attention_battery(case, att, pos, d, causal)
+        _without_bias(case, d)
 
     run()
+
+
+def _without_bias(case: Case, d: Draw) -> None:
+    """Built from the drawn config with bias=False (model.bias = false): no bias parameter,
+    qkv_bias or not, and still (B, T, emb_dim) out."""
+    case.inputs = d.describe() + " bias=False"
+    torch.manual_seed(d.seed)
+    att = case.build(replace(d.config, bias=False))
+    gen = torch.Generator().manual_seed(d.seed)
+    biasless(case, att, torch.randn(d.batch, d.t, d.config.emb_dim, generator=gen))
 
 
 def _attention_battery(

@@ -10,7 +10,8 @@ checked with; `hypothesis_settings`, the hypothesis settings every check runs un
 same examples on every run, no example database, no deadline, no "explain" phase); the float32
 tolerance `TOL`; and the assertions the model kinds share: shape, dtype and finite values, eval
 determinism, outputs independent of other positions or batch elements, a gradient for every
-parameter, bfloat16 copies of modules.
+parameter, bfloat16 copies of modules, and a module built without biases (model.bias = false)
+holding none (`biasless`).
 
 Not here: which of these assertions a kind must pass and on which inputs (each kind's module
 decides: attention.py, modules.py, sampling.py, text.py, executor.py), and the mapping from kind
@@ -91,11 +92,12 @@ class Case:
         except Exception as exc:
             raise self.error(name, f"raised {one_line(exc, 300)}") from exc
 
-    def build(self, *args: Any, model: bool = True) -> Any:
-        """The component as the engine builds it; a ComponentError for a drawn model config
-        means the component rejects that config, so hypothesis tries another."""
+    def build(self, *args: Any, model: bool = True, options: dict[str, Any] | None = None) -> Any:
+        """The component as the engine builds it (with `options` instead of the case's when
+        given); a ComponentError for a drawn model config means the component rejects that
+        config, so hypothesis tries another."""
         try:
-            built = self.component.build(*args, **self.options)
+            built = self.component.build(*args, **(self.options if options is None else options))
         except ComponentError as exc:
             if model:
                 self.rejected(exc)
@@ -267,6 +269,32 @@ def bfloat16(modules: tuple[nn.Module | None, ...]) -> tuple[Any, ...]:
         if m is not None:
             m.to(torch.bfloat16).eval()
     return copies
+
+
+# How to honour model.bias, for the failure that says a component does not.
+_READ_CONFIG = "read config.bias and build every bias with it: nn.Linear(..., bias=config.bias)"
+BIAS_FIX = {
+    "attention": _READ_CONFIG,
+    "activation": _READ_CONFIG,
+    "normalization": "its `bias` option must drop the shift when False (no parameter at all), "
+    "as model.bias = false passes bias=False to it",
+}
+
+
+def biasless(case: Case, module: nn.Module, x: torch.Tensor) -> None:
+    """`module`, built for model.bias = false (a norm: with bias=False), has no parameter whose
+    name ends in "bias" and still maps x to its shape."""
+    kind = case.component.kind
+    biased = [name for name, _ in module.named_parameters() if name.endswith("bias")]
+    if biased:
+        case.fail(
+            "model.bias",
+            f"built with bias=False it still has parameter {biased[0]!r}, so it does not honour "
+            f"model.bias: {BIAS_FIX[kind]}",
+        )
+    with case.check("model.bias"), torch.no_grad():
+        out = module.eval()(x)
+    expect(case, "model.bias", out, tuple(x.shape), x.dtype)
 
 
 def required(component: Component) -> bool:

@@ -4,7 +4,9 @@ activation (the feed-forward block), positional, and init.
 - normalization (factory(dim)) and activation (factory(config)): shape and dtype kept, the same
   output twice in eval mode, every position and batch element computed alone, a gradient for
   every parameter, finite bfloat16 out of bfloat16 in; an activation's last nn.Linear maps to
-  emb_dim (the residual projection).
+  emb_dim (the residual projection). Built for model.bias = false (an activation from a config
+  with bias=False, a norm with a `bias` option given bias=False): no parameter whose name ends
+  in "bias", the norm with fewer parameters than with bias=True, and the same output shape.
 - positional: shape, dtype, determinism, batch independence, gradients and bfloat16 as above,
   and forward(x[:, s:], start=s) == forward(x)[:, s:]. An inside-attention scheme returns x
   unchanged, and rotate() / score_bias() have the right shapes and dtypes, honour `start`, pass
@@ -32,9 +34,11 @@ from toolkit.errors import ComponentError
 from toolkit.model.config import NORM_PLACEMENTS
 from toolkit.model.gpt import build_model, check_compatible
 from toolkit.testing.core import (
+    BIAS_FIX,
     Case,
     Draw,
     bfloat16,
+    biasless,
     deterministic,
     draws,
     expect,
@@ -87,8 +91,36 @@ def check_positionwise(case: Case, max_examples: int) -> None:
         with case.check("bfloat16"), torch.no_grad():
             out = module16(x.bfloat16())
         expect(case, "bfloat16", out, tuple(x.shape), torch.bfloat16)
+        _without_bias(case, d, x)
 
     run()
+
+
+def _parameter_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _without_bias(case: Case, d: Draw, x: torch.Tensor) -> None:
+    """Built for model.bias = false: an activation from the config with bias=False, a norm with
+    a `bias` option with bias=False, which must also leave fewer parameters than bias=True (a
+    shift need not be named bias). Norms without the option have no shift to drop."""
+    is_norm = case.component.kind == "normalization"
+    if is_norm and "bias" not in case.component.options:
+        return
+    case.inputs += " bias=False"
+    torch.manual_seed(d.seed)
+    if not is_norm:
+        biasless(case, case.build(replace(d.config, bias=False)), x)
+        return
+    without = case.build(d.config.emb_dim, options={**case.options, "bias": False})
+    biasless(case, without, x)
+    full = case.build(d.config.emb_dim, options={**case.options, "bias": True})
+    if _parameter_count(without) >= _parameter_count(full):
+        case.fail(
+            "model.bias",
+            f"bias=False leaves as many parameters as bias=True, so it does not honour "
+            f"model.bias: {BIAS_FIX['normalization']}",
+        )
 
 
 def check_positional(case: Case, max_examples: int) -> None:

@@ -28,6 +28,7 @@ def tuned(tmp_path_factory, plugins):
     return out
 
 
+@pytest.mark.slow
 def test_a_tuned_sweep_is_compared_on_its_test_split(tuned) -> None:
     summary, text = report(tuned)
     assert summary.attrs["metric"] == "test_loss"
@@ -36,6 +37,7 @@ def test_a_tuned_sweep_is_compared_on_its_test_split(tuned) -> None:
     assert "tuned norm=layernorm: lr=" in text
 
 
+@pytest.mark.slow
 def test_the_report_shows_the_tuning_table_and_figure(tuned, tmp_path) -> None:
     result = write_report(tuned, tmp_path)
     md = result.markdown.read_text()
@@ -67,6 +69,7 @@ def ladder(tmp_path_factory, plugins):
     return out
 
 
+@pytest.mark.slow
 def test_a_ladder_reports_compute_multipliers_and_compares_its_largest_size(ladder, tmp_path):
     summary, text = report(ladder)
     # The Results table: the largest size only, each variant against the baseline there.
@@ -81,6 +84,7 @@ def test_a_ladder_reports_compute_multipliers_and_compares_its_largest_size(ladd
     assert (tmp_path / "figures/scaling.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_the_report_says_what_each_variant_needed_to_reach_the_target(tmp_path, plugins):
     doc = {
         "name": "target", "seeds": [0, 1],

@@ -94,6 +94,7 @@ def test_import_hf_gpt2_matches_transformers(tmp_path, overrides):
     assert (hf_logits(hf, x) - our_logits(ours, x)).abs().max() <= 1e-4
 
 
+@pytest.mark.slow
 def test_import_pytorch_model_bin_without_prefix_head_or_buffers(tmp_path):
     """An older folder: pytorch_model.bin, names without 'transformer.' (as the hub's gpt2),
     the attn.bias / masked_bias buffers, no lm_head (tied)."""

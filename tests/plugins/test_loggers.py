@@ -83,6 +83,7 @@ def history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in metrics)
 
 
+@pytest.mark.slow
 def test_tensorboard_holds_each_run_of_a_sweep_with_its_metrics(tmp_path, tiny_doc, monkeypatch):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

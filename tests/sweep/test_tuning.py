@@ -56,6 +56,7 @@ def test_each_variant_trains_on_every_seed_at_its_own_best_point(tmp_path, tuned
     assert set(experiment["tune"]["chosen"]) == {"norm=layernorm", "norm=rmsnorm"}
 
 
+@pytest.mark.slow
 def test_a_rerun_trains_nothing_and_gives_the_same_table(tmp_path, tuned_doc, plugins):
     first = run(parse_spec(tuned_doc), tmp_path, plugins=plugins, progress=False)
     summaries = sorted(tmp_path.glob("**/summary.json"))
@@ -67,6 +68,7 @@ def test_a_rerun_trains_nothing_and_gives_the_same_table(tmp_path, tuned_doc, pl
     pd.testing.assert_frame_equal(first[columns], again[columns])
 
 
+@pytest.mark.slow
 def test_a_choice_at_the_edge_of_the_range_is_flagged(tmp_path, tuned_doc, plugins, capsys):
     tuned_doc["tune"] = {"train.lr": [1e-5, 2e-5]}  # far too small: the largest is best
     run(parse_spec(tuned_doc), tmp_path, plugins=plugins, progress=False)
@@ -117,6 +119,7 @@ def test_a_tuned_spec_needs_a_test_split_and_leaves_tuned_keys_to_tune(tuned_doc
         parse_spec(tuned_doc)
 
 
+@pytest.mark.slow
 def test_an_interrupted_tuning_phase_resumes_to_the_same_tables(tmp_path, tuned_doc):
     whole = run(parse_spec(tuned_doc), tmp_path / "whole", progress=False)
     with pytest.raises(KeyboardInterrupt):
@@ -170,6 +173,7 @@ def test_bad_own_candidates_are_one_line_errors(tuned_doc, variants, message):
         parse_spec(tuned_doc)
 
 
+@pytest.mark.slow
 def test_an_optimizer_option_is_tuned_in_a_variants_own_grid(tmp_path, tuned_doc, plugins):
     tuned_doc.pop("grid")
     tuned_doc["variants"] = [{"name": "adamw"}, {"name": "sgd", "train.optimizer": "sgd"}]

@@ -179,3 +179,12 @@ def test_gpt2_cannot_hold_a_soft_cap_and_says_so(tmp_path) -> None:
 
     with pytest.raises(ComponentError, match=r"GPT-2 cannot represent logit_softcap 30"):
         export_hf_gpt2(tiny(logit_softcap=30.0), tmp_path / "hf")
+
+
+def test_a_model_with_a_z_loss_copies_after_a_training_step() -> None:
+    import copy
+
+    model = tiny(z_loss=1e-2)
+    model(ids()).sum().backward()
+    twin = copy.deepcopy(model)
+    assert twin.aux_losses == {} and set(model.gather_aux_losses()) == {"z_loss"}

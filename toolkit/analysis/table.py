@@ -26,11 +26,15 @@ builds it from a tidy runs table (`toolkit.sweep.results.collect`). Columns:
   default or p_value with correction="none", is below α; "n.s." when it is not; "" without a
   test), mde (minimum detectable difference of this comparison, see below)
 - params, params_non_embedding, flops_per_token, tokens_per_s, train_s, wall_s (means per run)
+- params_active, params_active_non_embedding: the parameters one token uses (a mixture of
+  experts counts its top_k experts), when some run in the table records them; a variant whose
+  runs do not (a dense model) uses all of its. NaN when no run records them
 - causal, eval_windows (which windows its losses were scored on, train.eval_windows: "grid" or
   "spread", joined by "+" when its seeds differ), diverged, failed (counts), flags (text:
   non-causal, eval windows other than the baseline's, diverged or failed runs, fewer finished
-  seeds than asked, outlier seeds); outlier_seeds (text: the seeds `stats.outliers` flags in
-  the comparison metric, "3" or "3, 7"; "" for none)
+  seeds than asked, outlier seeds; non-embedding parameters (active ones when the table has
+  them) or FLOPs per token more than 2% off the baseline's); outlier_seeds (text: the seeds
+  `stats.outliers` flags in the comparison metric, "3" or "3, 7"; "" for none)
 - after, changes, delta_step, delta_step_ci_low, delta_step_ci_high, test_step, p_step: only
   when some variant builds on another (a spec's `after`): toolkit.analysis.steps
 
@@ -198,6 +202,8 @@ def summarize(
         row |= {
             "params": _first(group, "params"),
             "params_non_embedding": _first(group, "params_non_embedding"),
+            "params_active": _first(group, "params_active"),
+            "params_active_non_embedding": _first(group, "params_active_non_embedding"),
             "flops_per_token": _first(group, "flops_per_token"),
             "tokens_per_s": _mean(_column(ok, "tokens_per_s")),
             "train_s": _mean(_column(ok, "train_s")),
@@ -210,7 +216,7 @@ def summarize(
         }
         rows.append(row)
 
-    summary = pd.DataFrame(rows)
+    summary = _active_params(pd.DataFrame(rows))
     base = values.get(baseline) if baseline is not None else None
     resolution = _resolution(values, baseline, metric, alpha, power)
     extra = []
@@ -258,7 +264,8 @@ def summarize(
         "train_loss_mean", "gap_mean", "gap_std", "gap_ci_low", "gap_ci_high",
         "delta_val_loss", "delta_val_bpb", "delta", "delta_pct",
         "test", "pairs", "statistic", "df", "p_value", "p_holm", "verdict", "mde",
-        "params", "params_non_embedding", "flops_per_token", "tokens_per_s", "train_s", "wall_s",
+        "params", "params_non_embedding", "params_active", "params_active_non_embedding",
+        "flops_per_token", "tokens_per_s", "train_s", "wall_s",
         "causal", "eval_windows", "diverged", "failed", "outlier_seeds", "flags",
     ]  # fmt: skip
     summary = summary[order]
@@ -277,6 +284,16 @@ def summarize(
         for o in found
     ]  # fmt: skip
     summary.attrs["aa_check"] = _aa_check(base[metric] if base is not None else {}, alpha)
+    return summary
+
+
+def _active_params(summary: pd.DataFrame) -> pd.DataFrame:
+    """The active parameter columns, NaN unless some run recorded them (a mixture of experts);
+    then a variant without them (a dense model) uses every parameter it has."""
+    for column in ("params_active", "params_active_non_embedding"):
+        recorded = pd.to_numeric(summary[column], errors="coerce")
+        whole = pd.to_numeric(summary[column.replace("_active", "")], errors="coerce")
+        summary[column] = recorded.fillna(whole) if recorded.notna().any() else recorded
     return summary
 
 
@@ -430,7 +447,13 @@ def _flags(row: dict[str, Any], base: dict[str, Any] | None) -> str:
         base is not None and row["eval_windows"] != base["eval_windows"]
     ):
         flags.append(f"eval windows: {row['eval_windows']}")
-    for column, what in (("params_non_embedding", "params"), ("flops_per_token", "FLOP/token")):
+    # With a mixture of experts in the table, sizes compare by the parameters a token uses
+    # (what match_params = "active" matches); the totals stay in the params columns.
+    if finite(row["params_active_non_embedding"]):
+        size = ("params_active_non_embedding", "active params")
+    else:
+        size = ("params_non_embedding", "params")
+    for column, what in (size, ("flops_per_token", "FLOP/token")):
         mine, theirs = row[column], base[column] if base is not None else None
         if finite(mine) and finite(theirs) and theirs and abs(mine / theirs - 1) > MISMATCH:
             flags.append(f"{what} {100 * (mine / theirs - 1):+.1f}%")

@@ -31,6 +31,7 @@ BUILTIN_PLUGINS = (
     "plugins.attention",
     "plugins.normalization",
     "plugins.activations",
+    "plugins.moe",
     "plugins.positional",
     "plugins.initialization",
     "plugins.optimizers",

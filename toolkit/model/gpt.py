@@ -15,7 +15,7 @@ the training forward() has no cache argument or branch. It needs an attention re
 Two contracts any module inside the model may honour (toolkit.api.contracts says more):
 - auxiliary losses: a module holding `aux_losses` (a dict of name -> scalar tensor, already
   weighted, set by its latest forward in training mode) adds them to the training loss
-  (GPT.aux_losses() gathers them; the z-loss is the GPT's own); validation loss never has them;
+  (GPT.gather_aux_losses() gathers them; the z-loss is the GPT's own); validation loss never has them;
 - active parameters: a module with `active_fraction` (a float) says a token uses that fraction
   of its parameters (a mixture of experts: top_k / n_experts); num_params(active=True) and the
   FLOPs per token count only those.
@@ -171,6 +171,11 @@ class GPT(nn.Module):
                 z = torch.logsumexp(logits.float(), dim=-1)
                 self.aux_losses = {"z_loss": self.config.z_loss * z.square().mean()}
         return logits
+
+    def __getstate__(self) -> dict:
+        """A copy (copy.deepcopy, pickle) leaves the latest z-loss behind: a tensor in one
+        step's graph, which torch cannot copy and which belongs to that step alone."""
+        return {**super().__getstate__(), "aux_losses": {}}
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
         """The LM head, its logits soft-capped to (-cap, cap) when config.logit_softcap says."""

@@ -171,13 +171,17 @@ def ladder_variants(
     return out
 
 
-def params_counter(base: dict[str, Any], where: str, plugins: Plugins, vocab_size: int) -> Any:
-    """params_at(variant, size_keys) for ladder_variants: a variant's non-embedding parameters
-    at a size, counted on the meta device (no memory)."""
+def params_counter(
+    base: dict[str, Any], where: str, plugins: Plugins, vocab_size: int, active: bool = False
+) -> Any:
+    """params_at(variant, size_keys) for ladder_variants and match_params: a variant's
+    non-embedding parameters at a size (active: those one token uses, for a mixture of
+    experts), counted on the meta device (no memory)."""
 
     def params_at(variant: Variant, keys: dict[str, int]) -> int:
         sized = {**variant.overrides, **{f"model.{k}": n for k, n in keys.items()}}
         resolved = resolve(base, Variant(variant.name, sized), where, plugins)
-        return count_params(to_model_config(resolved["model"], vocab_size), plugins)[1]
+        config = to_model_config(resolved["model"], vocab_size)
+        return count_params(config, plugins, active=active)[1]
 
     return params_at

@@ -23,7 +23,7 @@ from toolkit.names import label, slug
 from toolkit.spec import limits
 from toolkit.spec.chains import AFTER, link
 from toolkit.spec.ladder import ladder_variants, params_counter, parse_ladder, rung_variant
-from toolkit.spec.matching import match_params
+from toolkit.spec.matching import match_mode, match_params
 from toolkit.spec.schema import (
     SECTIONS,
     SLOTS,
@@ -145,7 +145,8 @@ def parse_spec(
         )
     ladder = None
     counter = None
-    if "ladder" in raw or raw.get("match_params"):
+    match = match_mode(raw.get("match_params", False), source)
+    if "ladder" in raw or match:
         vocab = (
             base["model"].get("vocab_size")
             or plugins.registry.build("tokenizer", base["data"].get("tokenizer", "gpt2")).vocab_size
@@ -167,7 +168,6 @@ def parse_spec(
                 f"more than the limit of {max_runs:,}; pass --max-runs "
                 f"{len(variants) * len(seeds)} (max_runs= in Python) if you mean it"
             )
-    match = _top(raw, "match_params", bool, False, source)
     if match:
         assert counter is not None
 
@@ -177,7 +177,10 @@ def parse_spec(
                 return baseline
             return rung_variant(first_baseline, name.rsplit("@", 1)[1])
 
-        variants, matched = match_params(variants, reference_of, counter, source)
+        active = match == "active"
+        if active:
+            counter = params_counter(base, source, plugins, vocab, active=True)
+        variants, matched = match_params(variants, reference_of, counter, source, active)
         notes += matched
 
     resolved = {v.name: resolve(base, v, source, plugins) for v in variants}
@@ -203,8 +206,8 @@ def parse_spec(
         ablation, notes, tune, ladder=ladder,
     )  # fmt: skip
     if tune is not None:
-        check_tunable(spec)
-        n_tuning = len(variants) * len(tune.points()) * len(tune.seeds)
+        check_tunable(spec, plugins)
+        n_tuning = tune.n_runs([v.name for v in variants])
         if n_tuning + len(runs) > max_runs:
             raise SpecError(
                 f"{source}: {n_tuning + len(runs):,} runs ({n_tuning:,} tuning, {len(runs):,} "

@@ -265,6 +265,8 @@ def _results_table(summary: pd.DataFrame) -> tuple:
         )
         p = f"{pvalue(r['p_value'])}\n{r['test']}" if finite(r["p_value"]) else "-"
         params = f"{num(r['params'], ',.0f')}\n{num(r['params_non_embedding'], ',.0f')} non-emb."
+        if finite(r.get("params_active")):
+            params += f"\n{num(r['params_active'], ',.0f')} active"
         rows.append(
             [
                 r["variant"] + (" (baseline)" if r["baseline"] else ""),

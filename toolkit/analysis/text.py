@@ -233,6 +233,16 @@ def format_summary(summary: pd.DataFrame, title: str = "") -> str:
     }  # fmt: skip
     if summary.attrs.get("correction", HOLM) != HOLM:
         del columns["p Holm"]
+    if "params_active" in summary and summary["params_active"].notna().any():
+        # A mixture of experts: what a token uses, beside what the model holds.
+        active = [num(r.get("params_active"), ",.0f") for r in records]
+        columns = {
+            new: value
+            for key, value in columns.items()
+            for new, value in (
+                [(key, value), ("active", active)] if key == "params" else [(key, value)]
+            )
+        }
     body = _fixed_width(pd.DataFrame(columns), left=("", "variant", "verdict", "test", "flags"))
     notes = [
         f"* baseline. mean ± sample std over seeds; 95% CI: t-interval of the mean. Δ: mean minus "

@@ -9,7 +9,7 @@ model.bias = false.
 Gated (GLU, Shazeer 2020): `swiglu` and `geglu`, down(act(gate(x)) * up(x)), laid out as
 `ff.gate`, `ff.up`, `ff.down`. Their hidden width defaults to 8d/3 so that their three matrices
 hold as many parameters as the plain block's two (options `match_params`, `hidden_mult`).
-Not here: mixture-of-experts or other routed feed-forwards.
+Not here: the mixture of experts, which routes tokens among these (plugins/moe.py).
 """
 
 from __future__ import annotations

@@ -29,11 +29,14 @@ def test_the_families_the_issue_names_are_all_there():
         "tuned_norms",
         "ladder_activations",
         "recipe",
+        "optimizers",
+        "schedules",
+        "moe",
     } <= names
 
 
 # Tokenizing the standard library's 31.5 MB takes seconds the first time: not in the inner loop.
-HEAVY = {"stdlib", "tuned_norms", "ladder_activations", "recipe"}
+HEAVY = {"stdlib", "tuned_norms", "ladder_activations", "recipe", "optimizers", "schedules"}
 
 
 @pytest.mark.parametrize(

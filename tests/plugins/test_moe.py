@@ -283,3 +283,21 @@ def test_a_run_records_the_balance_loss_and_active_parameters(tmp_path, tiny_doc
     loss, _ = evaluate_batches(model, val, token_bytes, "cpu")
     assert loss == pytest.approx(summary["val_loss"], rel=1e-6)
     assert model.gather_aux_losses() == {}
+
+
+def test_the_printed_table_shows_active_parameters_only_for_a_mixture() -> None:
+    from toolkit.analysis.text import format_summary
+
+    base = {"status": "ok", "train_loss": 1.0, "val_bpb": 1.0, "causal": True, "seed": 0}
+    rows = [
+        {"variant": "dense", "baseline": True, "val_loss": 2.0, "params": 100,
+         "params_non_embedding": 50},
+        {"variant": "moe", "baseline": False, "val_loss": 1.9, "params": 200,
+         "params_non_embedding": 150, "params_active": 100, "params_active_non_embedding": 50},
+    ]  # fmt: skip
+    table = pd.DataFrame([{**base, **r} for r in rows])
+    table["val_perplexity"] = table["val_loss"].map(math.exp)
+    header = format_summary(summarize(table)).splitlines()[0].split()
+    assert header[header.index("params") + 1] == "active"
+    plain = format_summary(summarize(table[table["variant"] == "dense"])).splitlines()[0]
+    assert "active" not in plain.split()

@@ -71,7 +71,7 @@ def test_compile_falls_back_to_eager_with_a_message(
             super().__init__()
             self.model = model
 
-        def forward(self, x):
+        def forward(self, *args, **kwargs):
             raise RuntimeError("backend exploded")
 
     eager = run(parse_spec(tiny_doc), tmp_path / "eager", plugins=plugins, progress=False)

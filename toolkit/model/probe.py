@@ -155,12 +155,14 @@ def _check_output(label: str, x: torch.Tensor, output: Any) -> None:
 
 def _meta_limitation(exc: ComponentError) -> bool:
     """Whether a component failed only because meta tensors hold no data (an op with no meta
-    kernel, or a value read out of a tensor)."""
+    kernel, a custom operator with no fake implementation, or a value read out of a
+    tensor)."""
     cause = exc.__cause__
     text = f"{type(cause).__name__}: {cause}".lower() if cause is not None else ""
     return cause is not None and (
         isinstance(cause, NotImplementedError)
         or "meta" in text
+        or "no fake impl" in text
         or "data-dependent" in text
         or "item()" in text
     )

@@ -16,8 +16,9 @@ from toolkit.errors import SpecError
 from toolkit.model.config import COMPONENT_SLOTS, ModelConfig
 from toolkit.names import run_folder
 
-# Training precisions: "fp32", or bfloat16 autocast with float32 weights and optimizer.
-PRECISIONS = ("fp32", "bf16-mixed")
+# Training precisions: "fp32", bfloat16 autocast with float32 weights and optimizer, or "auto":
+# the faster of the two on the run's device (toolkit.training.throughput.resolve_precision).
+PRECISIONS = ("fp32", "bf16-mixed", "auto")
 # train.weight_decay_on: which parameters weight decay applies to (DECAY_TARGETS, from
 # toolkit.api.contracts). The train keys that feed the schedule's options of the same names,
 # unless train.schedule's table sets them (validate.py moves a table's value to the train key).
@@ -112,7 +113,7 @@ class TrainSpec:
     eval_batches: int = 10  # fixed batches per evaluation, per split
     eval_windows: str = "grid"  # on the training stride grid; "spread": any offset (older runs)
     device: str = "auto"  # cuda, then mps, then cpu; or name one
-    precision: str = "fp32"  # or "bf16-mixed": bfloat16 autocast on CPU and GPU
+    precision: str = "fp32"  # "bf16-mixed": bfloat16 autocast on CPU and GPU; "auto": faster
     compile: bool = False  # torch.compile the model (falls back to eager, saying why)
     peak_tflops: float | None = None  # hardware peak for MFU; None: measured at the start
     threads: int | None = None  # torch CPU threads; None: torch's default

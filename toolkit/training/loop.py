@@ -31,7 +31,6 @@ from typing import Any, TextIO
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from toolkit import __version__
@@ -60,12 +59,13 @@ from toolkit.training.resume import (
     truncate_metrics,
     write_resume_state,
 )
+from toolkit.training.step import LossStep
 from toolkit.training.throughput import (
-    autocast,
     compiled,
     flops_per_token,
     peak_flops,
     resolve_device,
+    resolve_precision,
     tokens_per_second,
 )
 
@@ -74,7 +74,6 @@ Progress = Callable[[int, int, float, dict[str, float] | None], None]
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
 
 
-@torch.no_grad()
 def evaluate_batches(
     model: nn.Module,
     batches: Batches,
@@ -84,25 +83,27 @@ def evaluate_batches(
     *,
     world: World | None = None,
 ) -> tuple[float, float]:
-    """(mean cross-entropy in nats per token, bits per UTF-8 byte) over fixed batches. Given a
-    `world` of several processes, each scores its share of every batch's rows (as many as it
-    trains on, so memory is no worse than training's) and the sums are added up across
-    processes: every process gets what one process scoring every row would."""
+    """(mean cross-entropy in nats per token, bits per UTF-8 byte) over fixed batches, scored
+    by `model` (a GPT, or a LossStep: the compiled one when training compiles) in the given
+    precision under torch.inference_mode. Given a `world` of several processes, each scores
+    its share of every batch's rows (as many as it trains on, so memory is no worse than
+    training's) and the sums are added up across processes: every process gets what one
+    process scoring every row would."""
     world = world or World()
-    was_training = model.training
-    model.eval()
+    is_step = isinstance(getattr(model, "_orig_mod", model), LossStep)  # compiled, or not
+    step = model if is_step else LossStep(model, device, precision)
+    was_training = step.training
+    step.eval()
     nats, tokens, n_bytes = 0.0, 0, 0
-    for x, y in batches:
-        x, y = distributed.share(x, world), distributed.share(y, world)
-        if not len(y):  # a last batch with fewer rows than processes
-            continue
-        x, y = x.to(device), y.to(device)
-        with autocast(device, precision):
-            logits = model(x)
-        nats += F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum").item()
-        tokens += y.numel()
-        n_bytes += int(token_bytes[y.cpu()].sum())
-    model.train(was_training)
+    with torch.inference_mode():
+        for x, y in batches:
+            x, y = distributed.share(x, world), distributed.share(y, world)
+            if not len(y):  # a last batch with fewer rows than processes
+                continue
+            n_bytes += int(token_bytes[y].sum())
+            tokens += y.numel()
+            nats += step(x.to(device), y.to(device), reduction="sum")[0].item()
+    step.train(was_training)
     if world.active:
         nats, tokens, n_bytes = distributed.all_reduce_sum([nats, tokens, n_bytes])
     return nats / tokens, nats / (math.log(2) * max(1, n_bytes))
@@ -165,9 +166,13 @@ class Training:
     last: dict[str, Any] = field(default_factory=dict)  # the latest evaluation's metrics
     # Each auxiliary loss's values since the last evaluation (GPT.gather_aux_losses), by name.
     aux: dict[str, list[float]] = field(default_factory=dict)
+    precision: str = "fp32"  # train.precision, "auto" resolved (throughput.resolve_precision)
     ddp: nn.Module | None = None  # the model in DDP (the model itself in one process)
-    step_model: nn.Module | None = None  # what a step runs: compiled or not
-    eval_model: nn.Module | None = None
+    # What a step runs (forward, loss and auxiliary losses) and what evaluation runs: compiled
+    # when train.compile says, and the same module in one process.
+    step: LossStep | None = None
+    eval_step: LossStep | None = None
+    compiling: bool = False  # train.compile took effect (until a fallback to eager)
 
     @property
     def tokens_per_step(self) -> int:
@@ -201,9 +206,10 @@ def score_test(tr: Training) -> dict[str, float]:
     """The final model on the test split's fixed windows (chosen as the validation split's
     are), once, after training: the figures a comparison reports when every choice was made
     on validation loss."""
-    score = (tr.eval_model, tr.token_bytes, tr.device, tr.run.train.precision)
     assert tr.test_eval is not None
-    loss, bpb = evaluate_batches(score[0], tr.test_eval, *score[1:], world=tr.world)
+    loss, bpb = evaluate_batches(
+        tr.eval_step, tr.test_eval, tr.token_bytes, tr.device, world=tr.world
+    )
     return {"test_loss": loss, "test_perplexity": math.exp(min(loss, 700.0)), "test_bpb": bpb}
 
 
@@ -276,20 +282,38 @@ def set_up(
         optimizer=optimizer,
         schedule=torch.optim.lr_scheduler.LambdaLR(optimizer, make_schedule(run, steps, plugins)),
         clock=clock,
+        precision=resolve_precision(device, t.precision),
     )
     if resume:
         _restore(tr, resume)
     if world.main:
         plugins.hook.on_run_start(run=info)
     tr.ddp = distributed.data_parallel(model, world, device)  # `model` in one process
-    tr.step_model = compiled(tr.ddp) if t.compile else tr.ddp
-    # Evaluation runs compiled when training does, and never through the DDP wrapper, whose
-    # forward may join collectives while processes score different rows.
-    if tr.step_model is tr.ddp:
-        tr.eval_model = model
-    else:
-        tr.eval_model = tr.step_model if tr.ddp is model else compiled(model)
+    compile_steps(tr, t.compile)
     return tr
+
+
+def compile_steps(tr: Training, compile: bool) -> None:
+    """tr.step and tr.eval_step, compiled when `compile` says. In one process the whole
+    LossStep (forward, cross-entropy, auxiliary losses) is one compiled module, for training
+    and evaluation alike. Under DDP the compiled region is the DDP model alone (torch's DDP
+    optimizer splits its graph at the gradient buckets), and evaluation never runs through the
+    DDP wrapper, whose forward may join collectives while processes score different rows."""
+    eager = LossStep(tr.ddp, tr.device, tr.precision, owner=tr.model)
+    eval_eager = eager if tr.ddp is tr.model else LossStep(tr.model, tr.device, tr.precision)
+    tr.step, tr.eval_step, tr.compiling = eager, eval_eager, False
+    if not compile:
+        return
+    if tr.ddp is tr.model:
+        step = compiled(eager)
+        if step is not eager:
+            tr.step = tr.eval_step = step
+    else:
+        model = compiled(tr.ddp)
+        if model is not tr.ddp:
+            tr.step = LossStep(model, tr.device, tr.precision, owner=tr.model)
+            tr.eval_step = compiled(eval_eager)
+    tr.compiling = tr.step is not eager
 
 
 def _restore(tr: Training, resume: dict[str, Any]) -> None:
@@ -330,7 +354,7 @@ def train_steps(tr: Training, progress: Progress | None) -> tuple[str, int | Non
                 if step != tr.start_step:
                     raise
                 name_the_component(tr, x, exc)
-                if tr.step_model is tr.ddp:
+                if not tr.compiling:
                     raise
                 # torch.compile fails at the first call when a component cannot be compiled
                 # (or no compiler is installed): say so once and train eagerly instead.
@@ -338,7 +362,7 @@ def train_steps(tr: Training, progress: Progress | None) -> tuple[str, int | Non
                     f"train.compile: torch.compile failed ({one_line(exc, 300)}); training eagerly",
                     file=sys.stderr,
                 )
-                tr.step_model, tr.eval_model = tr.ddp, tr.model
+                compile_steps(tr, False)
                 torch.set_rng_state(fallback_rng)
                 tr.aux.clear()
                 loss = _forward_backward(tr, x, y)
@@ -380,11 +404,11 @@ def name_the_component(tr: Training, x: torch.Tensor, exc: Exception) -> None:
 def evaluate_and_save(tr: Training, step: int, metrics_file: TextIO | None) -> dict[str, Any]:
     """Score both splits' fixed batches, then (rank 0) append the metrics line, save the resume
     state (unless this is the last step) and call the on_eval observers."""
-    t, world = tr.run.train, tr.world
+    world = tr.world
     tick = time.perf_counter()
-    score = (tr.eval_model, tr.token_bytes, tr.device, t.precision)
-    train_loss, _ = evaluate_batches(score[0], tr.train_eval, *score[1:], world=world)
-    val_loss, val_bpb = evaluate_batches(score[0], tr.val_eval, *score[1:], world=world)
+    scorer, token_bytes = tr.eval_step, tr.token_bytes
+    train_loss, _ = evaluate_batches(scorer, tr.train_eval, token_bytes, tr.device, world=world)
+    val_loss, val_bpb = evaluate_batches(scorer, tr.val_eval, token_bytes, tr.device, world=world)
     metrics = {
         "step": step,
         "tokens": step * tr.tokens_per_step,
@@ -434,7 +458,7 @@ def finish(
         diverged_at or tr.steps, tr.tokens_per_step, tr.clock.train_s, tr.clock.first_step_s
     )
     flops = flops_per_token(tr.model)
-    peak = t.peak_tflops * 1e12 if t.peak_tflops else peak_flops(tr.device, t.precision)
+    peak = t.peak_tflops * 1e12 if t.peak_tflops else peak_flops(tr.device, tr.precision)
     summary = {
         "experiment": run.experiment,
         "variant": run.variant,
@@ -460,10 +484,11 @@ def finish(
         "mfu": flops * tokens_per_s / (peak * world.size) if tokens_per_s else None,
         "peak_flops": peak,  # of one device
         "device": tr.device,
-        "precision": t.precision,
+        "precision": tr.precision,  # what ran: "auto" resolved
         "world_size": world.size,
-        "compiled": tr.step_model is not tr.ddp,
+        "compiled": tr.compiling,
         "train_s": tr.clock.train_s,
+        "first_step_s": tr.clock.first_step_s,  # set-up and, with train.compile, compiling
         "eval_s": tr.clock.eval_s,
         "wall_s": tr.clock.elapsed(),
         **({"resumed_at_step": tr.start_step - 1} if tr.resumed else {}),
@@ -493,13 +518,10 @@ def finish(
 def _forward_backward(tr: Training, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """One step's gradients; returns the cross-entropy (what the progress shows and the
     divergence check reads). The auxiliary losses the forward left join the loss that is
-    differentiated, and their values are kept for the next metrics line."""
-    with autocast(tr.device, tr.run.train.precision):
-        logits = tr.step_model(x)
-    loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
-    aux = tr.model.gather_aux_losses()
+    differentiated (inside tr.step), and their values are kept for the next metrics line."""
+    loss, total, aux = tr.step(x, y)
     tr.optimizer.zero_grad(set_to_none=True)
-    (loss + sum(aux.values()) if aux else loss).backward()
+    total.backward()
     for name, value in aux.items():
         tr.aux.setdefault(name, []).append(value.item())
     return loss

@@ -75,6 +75,26 @@ def peak_flops(device: str = "cpu", precision: str = "fp32", size: int | None = 
     return _PEAKS[key]
 
 
+# "auto" takes bfloat16 when its matrix products are at least this much faster than float32's:
+# a margin, so that a host where the two are close does not flip between runs.
+BF16_MARGIN = 1.25
+
+
+def resolve_precision(device: str, precision: str) -> str:
+    """train.precision with "auto" resolved: "bf16-mixed" on a CUDA device that supports
+    bfloat16, and on a CPU whose measured bf16 matrix-product peak is BF16_MARGIN times its
+    fp32 peak or more (measured once per process); "fp32" otherwise (MPS included)."""
+    if precision != "auto":
+        return precision
+    kind = device.split(":")[0]
+    if kind == "cuda":
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "fp32"
+    if kind == "cpu":
+        faster = peak_flops(device, "bf16-mixed") >= BF16_MARGIN * peak_flops(device, "fp32")
+        return "bf16-mixed" if faster else "fp32"
+    return "fp32"
+
+
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -91,7 +111,8 @@ def tokens_per_second(
 
 
 def autocast(device: str, precision: str) -> torch.autocast:
-    """bfloat16 autocast for "bf16-mixed" (weights, optimizer and loss stay float32)."""
+    """bfloat16 autocast for "bf16-mixed" (weights, optimizer and loss stay float32); the
+    precision must be resolved ("auto" is not)."""
     return torch.autocast(
         device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16-mixed"
     )

@@ -10,7 +10,14 @@ from toolkit.model.config import ModelConfig
 from toolkit.model.gpt import build_model
 from toolkit.spec.parse import parse_spec
 from toolkit.sweep.runner import run
-from toolkit.training.throughput import flops_per_token, matmul_params, peak_flops, resolve_device
+from toolkit.training import throughput
+from toolkit.training.throughput import (
+    flops_per_token,
+    matmul_params,
+    peak_flops,
+    resolve_device,
+    resolve_precision,
+)
 
 
 def test_flops_per_token_counts_matrix_weights_and_attention(plugins):
@@ -94,3 +101,47 @@ def test_compile_really_compiles(tmp_path, tiny_doc, plugins):
 
     summary = json.loads((tmp_path / "base/seed-0/summary.json").read_text())
     assert table["status"].iloc[0] == "ok" and summary["compiled"] is True
+
+
+@pytest.mark.parametrize(
+    "bf16_over_fp32, expected",
+    [(2.7, "bf16-mixed"), (1.25, "bf16-mixed"), (1.2, "fp32"), (0.5, "fp32")],
+)
+def test_auto_precision_takes_bf16_on_a_cpu_only_where_it_is_clearly_faster(
+    monkeypatch, bf16_over_fp32, expected
+):
+    peaks = {"fp32": 100e9, "bf16-mixed": bf16_over_fp32 * 100e9}
+    monkeypatch.setattr(throughput, "peak_flops", lambda device, precision: peaks[precision])
+    assert resolve_precision("cpu", "auto") == expected
+    assert resolve_precision("cpu", "fp32") == "fp32"  # a named precision is taken as it is
+    assert resolve_precision("cpu", "bf16-mixed") == "bf16-mixed"
+
+
+def test_auto_precision_on_gpus_follows_bf16_support(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert resolve_precision("cuda:0", "auto") == "bf16-mixed"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert resolve_precision("cuda", "auto") == "fp32"
+    assert resolve_precision("mps", "auto") == "fp32"
+
+
+def test_a_run_records_the_precision_auto_chose(tmp_path, tiny_doc, plugins, monkeypatch):
+    import json
+
+    monkeypatch.setattr(
+        throughput, "peak_flops", lambda device, precision: 1e11 if precision == "fp32" else 3e11
+    )
+    tiny_doc["train"]["precision"] = "auto"
+    table = run(parse_spec(tiny_doc), tmp_path, plugins=plugins, progress=False)
+    assert table["precision"].tolist() == ["bf16-mixed"]
+    summary = json.loads((tmp_path / "base/seed-0/summary.json").read_text())
+    config = json.loads((tmp_path / "base/seed-0/config.json").read_text())
+    assert summary["precision"] == "bf16-mixed" and config["train"]["precision"] == "auto"
+
+
+def test_a_bad_precision_is_one_line_naming_the_choices(tiny_doc):
+    from toolkit.errors import SpecError
+
+    tiny_doc["train"]["precision"] = "fp16"
+    with pytest.raises(SpecError, match="train.precision must be one of fp32, bf16-mixed, auto"):
+        parse_spec(tiny_doc)

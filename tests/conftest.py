@@ -13,8 +13,9 @@ from toolkit.api.manager import Plugins
 
 E2E = Path(__file__).resolve().parent / "e2e"
 # Conformance cases that train real sweeps (executors) or draw many models (attention: its
-# formulas are checked in the inner loop by tests/plugins/test_attention.py).
-SLOW_CASES = re.compile(r"::test_registered_component_conforms\[(executor|attention)-")
+# formulas are checked in the inner loop by tests/plugins/test_attention.py; optimizer: their
+# updates by hand in tests/plugins/test_optimizers.py).
+SLOW_CASES = re.compile(r"::test_registered_component_conforms\[(executor|attention|optimizer)-")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

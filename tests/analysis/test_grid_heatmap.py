@@ -130,6 +130,7 @@ def test_combined_folders_find_their_variants_in_the_summary():
     assert hatched == {("rms", "gelu"), ("rms", "relu")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seeds", [1, 3])
 def test_the_heatmap_file_still_draws(tmp_path, seeds):
     runs = runs_table({k: v[:seeds] for k, v in CELLS.items()})

@@ -549,6 +549,7 @@ def test_report_command_passes_the_correction(tmp_path, monkeypatch, capsys):
 # -- the report reads what the runs recorded -----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_flops_per_token_is_what_the_run_recorded(tmp_path, plugins):
     """The report shows the FLOPs per token the run measured on its built model
     (toolkit.training.throughput), not a formula of its own that could disagree with it."""

@@ -97,6 +97,7 @@ def test_welch_power_at_the_minimum_detectable_difference():
 # -- Holm keeps the family-wise error rate; unadjusted p-values do not -------------------------
 
 
+@pytest.mark.slow
 def test_holm_keeps_the_family_wise_error_rate_at_alpha():
     # A report of 6 variants that all equal the baseline, paired by seed against one shared
     # baseline (so the 6 tests are correlated, as in a real report).

@@ -319,6 +319,7 @@ def test_bad_input(case, text, args, expected, tmp_path, monkeypatch, capsys):
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_a_rerun_with_changed_settings_discards_nothing(tmp_path, capsys):
     """Re-running a spec whose settings changed into the folder of its finished runs stops
     before training, names what changed and how to go on, and leaves the runs as they were."""

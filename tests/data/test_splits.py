@@ -172,6 +172,7 @@ def test_too_few_documents_for_a_split_says_how_to_fix_it(tmp_path: Path) -> Non
         )
 
 
+@pytest.mark.slow
 def test_a_run_split_by_documents_reports_its_test_loss_and_evaluates_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -114,6 +114,7 @@ def test_import_pytorch_model_bin_without_prefix_head_or_buffers(tmp_path):
     ).abs().max() <= 1e-4
 
 
+@pytest.mark.slow
 def test_export_hf_gpt2_loads_in_transformers(tmp_path):
     transformers = pytest.importorskip("transformers")
     hf = hf_model(tie_word_embeddings=False)

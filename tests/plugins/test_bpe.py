@@ -273,6 +273,7 @@ def test_trains_on_pydoc(tmp_path: Path) -> None:
     assert tok.decode(tok.encode(PYDOC[-1])) == PYDOC[-1]
 
 
+@pytest.mark.slow
 def test_a_sweep_trains_and_samples_with_it(tmp_path: Path, tiny_doc: dict) -> None:
     plugins = Plugins(autoload=False)
     tiny_doc["data"]["tokenizer"] = {"name": "bpe", "vocab_size": 320}

@@ -143,5 +143,5 @@ def test_a_bad_precision_is_one_line_naming_the_choices(tiny_doc):
     from toolkit.errors import SpecError
 
     tiny_doc["train"]["precision"] = "fp16"
-    with pytest.raises(SpecError, match="train.precision must be one of fp32, bf16-mixed, auto"):
+    with pytest.raises(SpecError, match=r"train\.precision must be one of fp32, bf16-mixed, auto"):
         parse_spec(tiny_doc)

@@ -73,6 +73,34 @@ def test_the_default_model_step_compiles_as_one_graph(plugins, precision):
     assert explained.graph_count == 1
 
 
+BUILT_IN_CHOICES = [
+    {slot: name}
+    for kind, slot in [
+        ("attention", "attention"),
+        ("normalization", "norm"),
+        ("activation", "activation"),
+        ("positional", "positional"),
+    ]
+    for name in Plugins(autoload=False).registry.names(kind)
+    # A mixture of experts splits its tokens by expert in sizes read from the data: one
+    # graph break per layer, at the routing (plugins/moe.py).
+    if name != "moe"
+] + [{"norm_placement": "post"}, {"norm_placement": "parallel"}, {"logit_softcap": 30.0}]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("choice", BUILT_IN_CHOICES, ids=lambda c: "=".join(map(str, *c.items())))
+def test_every_built_in_component_compiles_without_a_graph_break(plugins, choice):
+    config = ModelConfig(
+        **{**dict(vocab_size=64, context_length=16, emb_dim=32, n_heads=4, n_layers=1), **choice}
+    )
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(LossStep(build_model(config, plugins), "cpu", "fp32"))(
+        *_batch(config)
+    )
+    assert explained.graph_break_count == 0, explained.break_reasons
+
+
 def test_the_step_returns_the_cross_entropy_and_adds_the_auxiliary_losses(plugins):
     config = ModelConfig(
         vocab_size=64,

@@ -26,10 +26,11 @@ shared machinery lives in HeadAttention.
 KV cache (generation): every causal attention here is registered with `kv_cache=True` and has
 forward_cached(x, cache, start), a separate path that the training forward never takes: x holds
 the new positions start .. start+T-1, `cache` is a dict the module owns across calls (keys and
-values after qk_norm and RoPE at their own positions; gqa/mqa keep only n_kv_heads; the wrapper
-one dict per head), and the queries attend to every cached key causally, with ALiBi's
-score_bias(T, start+T, start) and, for sliding-window, only the last `window` keys. start = 0
-refills the cache. Not here: other sparse patterns.
+values after qk_norm and RoPE at their own positions, in static buffers of context_length
+positions written in place; gqa/mqa keep only n_kv_heads; the wrapper one dict per head; and
+the query, key and value weights stacked for one matrix product), and the queries attend to
+every cached key causally, with ALiBi's score_bias(T, start+T, start) and, for sliding-window,
+only the last `window` keys. start = 0 refills the cache. Not here: other sparse patterns.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ class HeadAttention(nn.Module):
         self.dropout = nn.Dropout(config.dropout("attn"))
         # True above the diagonal: position t may not look at t+1, t+2, ...
         # Not persistent: it is derived from context_length and need not be in checkpoints.
-        n = config.context_length
+        n = self.context_length = config.context_length  # also the KV cache's length
         self.register_buffer(
             "mask", torch.triu(torch.ones(n, n, dtype=torch.bool), diagonal=1), persistent=False
         )
@@ -141,6 +142,13 @@ class HeadAttention(nn.Module):
             else:  # query head h reads key/value head h // group, as enable_gqa does
                 group = q.shape[1] // k.shape[1]
                 k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+        if q.dtype == torch.bfloat16 and q.device.type == "cpu" and q.requires_grad:
+            # On CPUs the fused kernel's bfloat16 backward is slower than its float32 one (1.7x
+            # on an AMX Xeon: benchmarks/attention.py), so training steps attend in float32,
+            # which is also the more exact maths; forward-only calls stay in bfloat16.
+            with torch.autocast("cpu", enabled=False):
+                out = self.attend_fused(q.float(), k.float(), v.float(), window)
+            return out.to(q.dtype)
         bias = self.positional_bias(t)
         windowed = window is not None and window < t
         if bias is None and not windowed:
@@ -158,13 +166,31 @@ class HeadAttention(nn.Module):
 
     # -- the KV cache: generation only (forward_cached), never on the training path ----------
     @staticmethod
+    def stacked_projection(cache: dict, start: int, *linears: nn.Linear) -> tuple:
+        """(weight, bias) of `linears` (the query, key and value projections) stacked into one
+        matrix product, whose output holds theirs side by side and whose every row is computed
+        as its own Linear computes it. Made when the cache is (re)filled (start = 0) and kept in
+        it, since generation does not change the weights: one product per step, not three."""
+        if start == 0 or "stacked" not in cache:
+            biases = [lin.bias for lin in linears]
+            cache["stacked"] = (
+                torch.cat([lin.weight for lin in linears]),
+                None if biases[0] is None else torch.cat(biases),
+            )
+        return cache["stacked"]
+
     def cache_keys_values(
-        cache: dict, k: torch.Tensor, v: torch.Tensor, start: int
+        self, cache: dict, k: torch.Tensor, v: torch.Tensor, start: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, n_kv, T, hs) of positions start .. start+T-1 in `cache` (a dict this
-        module owns) and return the keys and values of positions 0 .. start+T-1. start = 0
-        starts afresh. Keys go into a buffer that doubles when full, so a step copies only its
-        own keys (no torch.cat of the whole past)."""
+        module owns) and return views of the keys and values of positions 0 .. start+T-1.
+        start = 0 starts afresh.
+
+        The buffers are static: (B, n_kv, context_length, hs), allocated by the first call and
+        written in place from then on, a refill from position 0 included, so a decoding step
+        copies only its own keys and allocates nothing. They are made anew only for another
+        batch size, head count, dtype or device, or to go past context_length (which
+        generate() never does: it refills from position 0 instead)."""
         end = start + k.shape[-2]
         if start != cache.get("length", 0) and start != 0:
             raise ValueError(f"KV cache holds {cache.get('length', 0)} positions, not {start}")
@@ -176,16 +202,17 @@ class HeadAttention(nn.Module):
             or buf_k.dtype != k.dtype
             or buf_k.device != k.device
         ):
-            size = max(end, 2 * buf_k.shape[-2] if buf_k is not None and start else end)
+            # Past context_length (a caller other than generate()), doubling: few copies.
+            size = max(end, self.context_length, 2 * buf_k.shape[-2] if start else 0)
             new_k = k.new_empty(*k.shape[:2], size, k.shape[-1])
             new_v = v.new_empty(*v.shape[:2], size, v.shape[-1])
-            if start:  # growing: keep the past
+            if start:  # past context_length: keep what is cached
                 new_k[:, :, :start], new_v[:, :, :start] = buf_k[:, :, :start], buf_v[:, :, :start]
             buf_k, buf_v = cache["k"], cache["v"] = new_k, new_v
-        buf_k[:, :, start:end] = k
-        buf_v[:, :, start:end] = v
+        buf_k.narrow(2, start, end - start).copy_(k)
+        buf_v.narrow(2, start, end - start).copy_(v)
         cache["length"] = end
-        return buf_k[:, :, :end], buf_v[:, :, :end]
+        return buf_k.narrow(2, 0, end), buf_v.narrow(2, 0, end)
 
     def attend_cached(
         self,
@@ -203,7 +230,8 @@ class HeadAttention(nn.Module):
         else attend()'s explicit maths."""
         t_q, t_k = q.shape[-2], k.shape[-2]
         first = 0 if window is None else max(0, start - window + 1)  # no query sees before it
-        k, v = k[:, :, first:], v[:, :, first:]
+        if first:
+            k, v = k[:, :, first:], v[:, :, first:]
         bias = None
         if self._positional:
             bias = self._positional[0].score_bias(t_q, t_k, start=start)
@@ -276,8 +304,15 @@ class ProjectedAttention(HeadAttention):
 
     def forward_cached(self, x: torch.Tensor, cache: dict, start: int) -> torch.Tensor:
         """forward() for x (B, T, d) at positions start .. start+T-1, attending also to the
-        keys and values that earlier calls left in `cache` (only n_kv_heads of them)."""
-        q, k, v = self.split_heads(x, start)
+        keys and values that earlier calls left in `cache` (only n_kv_heads of them). The
+        projections are split_heads()' through one stacked matrix product."""
+        b, t, _ = x.shape
+        heads = (self.n_heads, self.n_kv_heads, self.n_kv_heads)
+        stacked = self.stacked_projection(cache, start, self.W_query, self.W_key, self.W_value)
+        qkv = F.linear(x, *stacked).view(b, t, sum(heads), self.head_dim)
+        qkv = qkv.transpose(1, 2)  # (B, nh + 2 n_kv, T, hs)
+        q, k, v = qkv.split_with_sizes(heads, dim=1)
+        q, k = self.queries_keys(q, k, start)
         k, v = self.cache_keys_values(cache, k, v, start)
         return self.merge_heads(self.attend_cached(q, k, v, start, self.window, self.fused_cache))
 
@@ -416,9 +451,8 @@ class CausalAttention(HeadAttention):
 
     def forward_cached(self, x: torch.Tensor, cache: dict, start: int) -> torch.Tensor:
         """forward() for x at positions start.., with the keys and values kept in `cache`."""
-        q = self.W_query(x).unsqueeze(1)
-        k = self.W_key(x).unsqueeze(1)
-        v = self.W_value(x).unsqueeze(1)
+        stacked = self.stacked_projection(cache, start, self.W_query, self.W_key, self.W_value)
+        q, k, v = F.linear(x, *stacked).unsqueeze(1).chunk(3, dim=-1)  # (B, 1, T, d_out) each
         q, k = self.queries_keys(q, k, start)
         k, v = self.cache_keys_values(cache, k, v, start)
         return self.attend_cached(q, k, v, start, fused=False).squeeze(1)

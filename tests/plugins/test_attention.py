@@ -518,3 +518,33 @@ def test_grouped_heads_without_enable_gqa_expand_keys_and_values(pos, monkeypatc
         native = att(x)
         monkeypatch.setattr(attention_plugin, "_SDPA_HAS_GQA", False)
         torch.testing.assert_close(att(x), native, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "name, pos", [("sdpa", None), ("gqa", "alibi"), ("sliding-window", "rope")]
+)
+def test_bf16_training_steps_attend_in_float32_on_the_cpu(name, pos, monkeypatch):
+    """Under bf16 autocast a training step's fused attention runs the kernel on float32 inputs
+    (its bfloat16 backward is the slower one on CPUs) and returns bfloat16; a forward without
+    gradients (evaluation, generation) keeps the bfloat16 kernel."""
+    module = attention(name, pos=pos, **({"window": 5} if name == "sliding-window" else {}))
+    module.train()
+    seen: list[torch.dtype] = []
+    kernel = F.scaled_dot_product_attention
+
+    def watched(q, k, v, **kwargs):
+        seen.append(q.dtype)
+        return kernel(q, k, v, **kwargs)
+
+    monkeypatch.setattr(attention_plugin.F, "scaled_dot_product_attention", watched)
+    x = torch.randn(2, 12, CFG.emb_dim, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = module(x)
+        with torch.no_grad():
+            forward_only = module(x)
+    assert seen == [torch.float32, torch.bfloat16]
+    assert out.dtype == forward_only.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    with torch.no_grad():  # the same maths: float32 attention within bf16 rounding of the rest
+        torch.testing.assert_close(out.float(), forward_only.float(), atol=3e-2, rtol=3e-2)

@@ -88,6 +88,14 @@ def test_stream_yields_step_by_step_and_restores_the_mode() -> None:
     assert torch.is_grad_enabled()  # no_grad does not leak out of the generator
 
 
+def test_generated_ids_are_ordinary_tensors() -> None:
+    """The steps run in inference mode; the ids generate() returns are still ordinary ones."""
+    greedy = PLUGINS.registry.get("sampler", "greedy").build()
+    out = generate(tiny_model(), torch.zeros(1, 2, dtype=torch.long), 3, greedy, 6)
+    assert not out.is_inference()
+    out[:, 0] = 1  # in place, outside inference mode
+
+
 @pytest.mark.parametrize("tokenizer", [ByteTokenizer(), GPT2Tokenizer()])
 def test_incremental_decoding_prints_whole_characters_only(tokenizer) -> None:
     text = "naïve 日本語 🤖 done"

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+import torch
 
+from toolkit.api.manager import Plugins
 from toolkit.errors import SpecError
-from toolkit.inference.sampling_ablation import distinct_n, repetition
+from toolkit.inference.generate import generate
+from toolkit.inference.sampling_ablation import distinct_n, per_prompt, prompt_seed, repetition
+from toolkit.model.config import ModelConfig
+from toolkit.model.gpt import build_model
 from toolkit.spec.parse import parse_spec
 from toolkit.sweep.runner import run
 
@@ -17,6 +22,35 @@ def test_metrics_by_hand():
     assert distinct_n([[1, 2], [1, 2]], 2) == 1 / 2  # pooled over continuations
     assert repetition([1, 2, 1, 2, 1, 2], n=2) == 3 / 5
     assert repetition([1, 2, 3, 4, 5], n=4) == 0.0
+
+
+SAMPLERS = [
+    "greedy",
+    {"name": "top-k", "k": 5},
+    {"name": "temperature", "temperature": 2.0},
+    {"name": "top-p", "p": 0.9},
+    {"name": "typical", "p": 0.9},
+]
+
+
+@pytest.mark.parametrize("choice", SAMPLERS, ids=lambda c: c if isinstance(c, str) else c["name"])
+def test_batched_prompts_draw_what_each_prompt_draws_alone(choice):
+    """One batched generate() over the prompts writes, row by row, what generate() writes for
+    each prompt alone with its own seeded generator (past the context too, where the cache is
+    refilled each step)."""
+    plugins = Plugins(autoload=False)
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=40, context_length=8, emb_dim=16, n_heads=4, n_layers=2)
+    model = build_model(config, plugins)
+    sampler = plugins.registry.build("sampler", choice)
+    prompts = torch.randint(0, 40, (4, 5), generator=torch.Generator().manual_seed(1))
+    batched = generate(model, prompts, 12, per_prompt(sampler, 3, len(prompts)), 8)
+    alone = [
+        generate(model, prompts[r : r + 1], 12, sampler, 8, torch.Generator().manual_seed(s))
+        for r, s in enumerate(prompt_seed(3, r) for r in range(len(prompts)))
+    ]
+    assert torch.equal(batched, torch.cat(alone))
+    assert len({prompt_seed(seed, r) for seed in range(3) for r in range(4)}) == 12
 
 
 def ablation_doc(tiny_doc):

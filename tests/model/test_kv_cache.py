@@ -148,3 +148,47 @@ def test_cache_grows_past_its_first_size_and_follows_sampled_tokens() -> None:
         model, prompt, 3 * CTX, sampler, CTX, torch.Generator().manual_seed(4), use_cache=False
     )
     assert torch.equal(a, b) and a.shape == (2, 1 + 3 * CTX)
+
+
+def kv_buffers(cache) -> list[tuple[int, int]]:
+    """(data_ptr, positions held) of every key and value buffer in a KV cache, in the order the
+    attentions keep them (the wrapper's heads each keep a dict of their own)."""
+    found = []
+
+    def walk(entries: dict) -> None:
+        for key, value in entries.items():
+            if key in ("k", "v"):
+                found.append((value.data_ptr(), value.shape[-2]))
+            elif isinstance(value, dict):
+                walk(value)
+
+    for layer in cache.layers:
+        walk(layer)
+    return found
+
+
+@pytest.mark.parametrize("attention", CACHED)
+def test_the_static_cache_is_allocated_once_and_written_in_place(attention) -> None:
+    """The first fill allocates context_length positions; single steps up to context_length and
+    a refill from position 0 then write into the same memory."""
+    model = tiny_model(attention, "rope").eval()
+    ids = torch.randint(0, 40, (2, CTX))
+    cache = model.new_cache()
+    with torch.no_grad():
+        model.forward_cached(ids[:, :3], cache, 0)
+        first = kv_buffers(cache)
+        assert first and {positions for _, positions in first} == {CTX}
+        for p in range(3, CTX):
+            model.forward_cached(ids[:, p : p + 1], cache, p)
+            assert kv_buffers(cache) == first, f"reallocated at position {p}"
+        model.forward_cached(ids[:, 1:], cache, 0)  # the window moved on: refill
+    assert kv_buffers(cache) == first and cache.length == CTX - 1
+
+
+def test_a_mixture_of_experts_model_generates_the_same_with_the_cache() -> None:
+    """The experts are the feed-forward, per position: the cached path runs them unchanged."""
+    moe = {"name": "moe", "n_experts": 4, "top_k": 2}
+    model = tiny_model("gqa", "alibi", "parallel", activation=moe)
+    prompt = torch.randint(0, 40, (2, 3), generator=torch.Generator().manual_seed(1))
+    cached = generate(model, prompt, 2 * CTX, GREEDY, CTX, use_cache=True)
+    assert torch.equal(cached, generate(model, prompt, 2 * CTX, GREEDY, CTX, use_cache=False))

@@ -16,6 +16,14 @@ the first context_length positions. Models without the fact (the non-causal atte
 that do not implement forward_cached) silently use the uncached path: each step re-runs the
 cropped context through forward().
 
+The cache is static: the built-in attentions allocate keys and values for all context_length
+positions on the first fill and write each step's in place (a refill from position 0 too), and
+attend to the filled prefix only; the query, key and value projections run as one stacked
+matrix product. A decoding step is one position through every layer, so for a small model the
+operations and Python calls per token cost as much as the arithmetic: the loop writes the new
+ids into one preallocated buffer, runs under torch.inference_mode, and forward_cached leaves
+out dropout (the model is in eval mode). Batched prompts share one length (no padding here).
+
 Text in, text out: `stream_text(model, tokenizer, prompt, ...)` yields the continuation piece
 by piece (`IncrementalDecoder` holds back a character split across tokens), and
 `generate_text(run_folder_or_checkpoint, prompt)` (`toolkit.generate`) loads a checkpoint with
@@ -53,30 +61,39 @@ def stream(
 ) -> Iterator[torch.Tensor]:
     """Yield the next ids (B, 1) of token ids idx (B, T >= 1), at most max_new_tokens times,
     ending early once every sequence has produced eot_id. The model is in eval mode while this
-    runs and gets its former mode back at the end."""
+    runs and gets its former mode back at the end.
+
+    Each step runs under torch.inference_mode (less bookkeeping per operation than no_grad),
+    so the ids yielded are inference tensors: read or copy them; changing one in place outside
+    inference mode raises. The ids so far live in one buffer allocated for all the steps, and
+    a step syncs with the device only to stop on eot_id."""
     was_training = model.training
     model.eval()
     cached = use_cache and bool(getattr(model, "supports_kv_cache", False))
-    done = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
+    b, t = idx.shape
+    ids = idx.new_empty(b, t + max_new_tokens)  # the prompt, then each new id in place: no cat
+    ids[:, :t] = idx
+    done = None if eot_id is None else torch.zeros(b, dtype=torch.bool, device=idx.device)
     cache = model.new_cache() if cached else None
     try:
-        for step in range(max_new_tokens):
-            with torch.no_grad():
-                window = idx[:, -context_length:]
-                if not cached:
-                    logits = model(window)
-                elif step == 0 or cache.length >= context_length:
-                    # (Re)fill the cache with the (cropped) window from position 0.
-                    logits = model.forward_cached(window, cache, 0, last_only=True)
-                else:  # only the newest token, at the next position
-                    logits = model.forward_cached(idx[:, -1:], cache, cache.length, True)
+        for end in range(t, t + max_new_tokens):  # ids[:, :end] are known; ids[:, end] is next
+            with torch.inference_mode():
+                if cache is not None and 0 < cache.length < context_length:
+                    # Only the newest token, at the next position.
+                    logits = model.forward_cached(ids[:, end - 1 : end], cache, cache.length, True)
+                else:  # the whole window: uncached, or to (re)fill the cache from position 0
+                    window = ids[:, max(0, end - context_length) : end]
+                    if cache is None:
+                        logits = model(window)
+                    else:
+                        logits = model.forward_cached(window, cache, 0, last_only=True)
                 next_ids = sampler(logits[:, -1, :], generator)  # (B, V) -> (B, 1)
-                if eot_id is not None:
+                if done is not None:
                     next_ids = next_ids.masked_fill(done.unsqueeze(1), eot_id)
                     done |= next_ids.squeeze(1) == eot_id
-                idx = torch.cat([idx, next_ids], dim=1)
+                ids[:, end : end + 1] = next_ids
             yield next_ids
-            if eot_id is not None and bool(done.all()):
+            if done is not None and bool(done.all()):  # the host sync, only to stop on eot_id
                 break
     finally:
         model.train(was_training)

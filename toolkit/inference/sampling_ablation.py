@@ -14,6 +14,16 @@ is continued, and the continuations are scored:
   logits (before any filtering or temperature), and the perplexity of the generated text,
   exp(-mean log-probability).
 
+The prompts (all of prompt_tokens, so no padding) are continued together, in one batched
+generate() call per model x sampler x seed, yet each prompt draws with its own torch.Generator,
+seeded by prompt_seed(seed, prompt index): its continuation is the one generate() writes for
+that prompt alone with that generator (`per_prompt` below), and does not depend on how many
+prompts there are or on what the others draw. A sampler drawing with one generator for the
+whole batch would not give that: it draws the rows of a batch from one stream of random
+numbers, so row r's draws depend on the rows before it. Exact up to float rounding: a batched
+matrix product may round a row's logits differently in the last bit from the same row alone
+(the tests' tiny models give identical ids), which could only turn a near-tie.
+
 Results land in `<out>/sampling/`: results.csv (one row per model run x sampler x seed),
 summary.csv (mean +- std per variant x sampler) and samples.md (texts side by side).
 Not here: sampling itself (plugins/sampling.py) and generation (generate.py).
@@ -58,6 +68,30 @@ def repetition(sequence: list[int], n: int = 4) -> float:
         total += 1
         seen.add(gram)
     return repeats / total if total else math.nan
+
+
+# -- drawing per prompt in a batch -----------------------------------------------------------
+
+
+def prompt_seed(seed: int, prompt: int) -> int:
+    """The seed of prompt number `prompt`'s generator under sampling seed `seed`: one of
+    independent streams (numpy's SeedSequence), different for every (seed, prompt) pair."""
+    return int(np.random.SeedSequence([seed, prompt]).generate_state(1, np.uint64)[0])
+
+
+def per_prompt(sampler: Any, seed: int, n_prompts: int) -> Any:
+    """`sampler` for a batch of n_prompts rows, row r drawn with its own generator seeded by
+    prompt_seed(seed, r), so each row gets the ids it would get generated alone with that
+    generator. A greedy sampler draws nothing, so it takes the batch as it is."""
+    if getattr(sampler, "greedy", False):
+        return sampler
+    generators = [torch.Generator().manual_seed(prompt_seed(seed, r)) for r in range(n_prompts)]
+
+    def draw(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        rows = [sampler(logits[r : r + 1], g) for r, g in enumerate(generators)]
+        return torch.cat(rows)  # (B, 1)
+
+    return draw
 
 
 # -- running --------------------------------------------------------------------------------
@@ -119,10 +153,8 @@ def run_ablation(
             name, options = split_choice(choice)
             sampler = plugins.registry.get("sampler", name).build(**options)
             for seed in ablation.seeds:
-                generator = torch.Generator().manual_seed(seed)
-                out_ids = generate(
-                    model, prompts, ablation.max_new_tokens, sampler, context, generator
-                )
+                draw = per_prompt(sampler, seed, len(prompts))
+                out_ids = generate(model, prompts, ablation.max_new_tokens, draw, context)
                 scores = _score(model, out_ids, ablation.prompt_tokens)
                 rows.append(
                     {

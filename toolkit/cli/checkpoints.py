@@ -12,6 +12,7 @@ from toolkit.cli.common import add_plugin_option, plugins_of
 from toolkit.errors import DataError
 
 FORMATS = ("hf-gpt2", "book")
+EXPORT_FORMATS = (*FORMATS, "hf-llama")  # Llama: export only
 
 
 def add_parser(subparsers: Any) -> None:
@@ -44,14 +45,15 @@ def add_parser(subparsers: Any) -> None:
 
     p = subparsers.add_parser(
         "export",
-        help="write a checkpoint as a Hugging Face GPT-2 folder or a book state dict",
+        help="write a checkpoint as a Hugging Face GPT-2 or Llama folder or a book state dict",
         description="hf-gpt2: config.json and model.safetensors that "
-        "transformers.GPT2LMHeadModel.from_pretrained loads; book: a .pth state dict for the "
+        "transformers.GPT2LMHeadModel.from_pretrained loads; hf-llama: the same for "
+        "LlamaForCausalLM (rope, rmsnorm, swiglu, no biases); book: a .pth state dict for the "
         "book's GPTModel (its config is printed). Components the target has no equivalent of "
         "are refused, named.",
     )
     p.add_argument("source", metavar="CHECKPOINT|RUN_DIR", help="a checkpoint or a run folder")
-    p.add_argument("--format", required=True, choices=FORMATS, help="what to write")
+    p.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="what to write")
     p.add_argument("--out", required=True, metavar="PATH", help="hf-gpt2: a folder; book: a file")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     p.set_defaults(func=cmd_export)
@@ -96,12 +98,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     """`ablate export`: write the checkpoint in another code base's layout."""
     from toolkit.model.book import export_book
     from toolkit.model.hf_gpt2 import export_hf_gpt2
+    from toolkit.model.hf_llama import export_hf_llama
 
     out = Path(args.out).expanduser()
-    _check_output(out, args.force, folder=args.format == "hf-gpt2")
+    _check_output(out, args.force, folder=args.format.startswith("hf-"))
     if args.format == "hf-gpt2":
         export_hf_gpt2(args.source, out)
         print(f"{out}: config.json and model.safetensors (GPT2LMHeadModel.from_pretrained)")
+    elif args.format == "hf-llama":
+        export_hf_llama(args.source, out)
+        print(f"{out}: config.json and model.safetensors (LlamaForCausalLM.from_pretrained)")
     else:
         book = export_book(args.source, out)
         print(f"{out}: the book's state dict; build GPTModel({json.dumps(book)})")
@@ -112,7 +118,7 @@ def _check_output(out: Path, force: bool, *, folder: bool) -> None:
     """Refuse to overwrite without --force; refuse a file where a folder goes and vice versa."""
     if folder:
         if out.exists() and not out.is_dir():
-            raise DataError(f"--out {out} is a file; give a folder for hf-gpt2")
+            raise DataError(f"--out {out} is a file; give a folder for the hf- formats")
         taken = [n for n in ("config.json", "model.safetensors") if (out / n).exists()]
         if taken and not force:
             raise DataError(f"{out} already holds {', '.join(taken)}; pass --force to overwrite")

@@ -1,6 +1,7 @@
 """Weights in and out of the toolkit from other code bases: what the formats share.
 
     hf_gpt2.py   Hugging Face GPT-2 folders (config.json + model.safetensors), both ways
+    hf_llama.py  Hugging Face Llama (or Qwen3, with qk_norm) folders, export only
     book.py      the state dicts of "Build a Large Language Model From Scratch"'s GPTModel
 
 The names line up because the toolkit's GPT uses the book's module names. What cannot be

@@ -273,7 +273,7 @@ def format_table(r: dict[str, Any]) -> str:
         (
             "TF32 / fused AdamW",
             f"{'on' if r['tf32'] else 'off'} / {'on' if r['fused_adamw'] else 'off'}",
-            "both set by the toolkit on CUDA",
+            "TF32 set by the toolkit on CUDA; fused AdamW on CUDA and CPU",
         ),
         ("train tokens/s", f"{r['tokens_per_s']:,.0f}", "step 1 left out"),
         (

@@ -143,9 +143,10 @@ class HeadAttention(nn.Module):
                 group = q.shape[1] // k.shape[1]
                 k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
         if q.dtype == torch.bfloat16 and q.device.type == "cpu" and q.requires_grad:
-            # On CPUs the fused kernel's bfloat16 backward is slower than its float32 one (1.7x
-            # on an AMX Xeon: benchmarks/attention.py), so training steps attend in float32,
-            # which is also the more exact maths; forward-only calls stay in bfloat16.
+            # On CPUs the fused kernel's bfloat16 backward is slower than its float32 one
+            # (forward + backward 1.8x on a 2-core AMX Xeon: benchmarks/attention.py), so
+            # training steps attend in float32, which is also the more exact maths;
+            # forward-only calls, faster in bfloat16, stay in it.
             with torch.autocast("cpu", enabled=False):
                 out = self.attend_fused(q.float(), k.float(), v.float(), window)
             return out.to(q.dtype)

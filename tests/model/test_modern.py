@@ -105,7 +105,7 @@ def test_evaluation_scores_the_cross_entropy_alone_with_aux_losses_on() -> None:
     """Validation (and test) loss is what evaluate_batches scores: the cross-entropy of the
     model in eval mode, with no auxiliary loss in it, so variants with and without one stay
     comparable."""
-    from toolkit.training.loop import evaluate_batches
+    from toolkit.training.step import evaluate_batches
 
     model = tiny(z_loss=10.0)  # a weight that would dwarf the cross-entropy
     x = ids()

@@ -15,7 +15,7 @@ predicted tokens).
 `evaluate_checkpoint(run_folder_or_checkpoint, ...)` (`toolkit.evaluate`) does it for a saved
 model on a corpus split, the run's own data by default. Library code only: `ablate eval` is
 toolkit/cli/evaluate.py. Not here: training-time
-evaluation on fixed batches (toolkit.training.loop.evaluate_batches).
+evaluation on fixed batches (toolkit.training.step.evaluate_batches).
 """
 
 from __future__ import annotations

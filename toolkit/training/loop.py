@@ -59,7 +59,7 @@ from toolkit.training.resume import (
     truncate_metrics,
     write_resume_state,
 )
-from toolkit.training.step import LossStep
+from toolkit.training.step import Batches, LossStep, evaluate_batches
 from toolkit.training.throughput import (
     compiled,
     flops_per_token,
@@ -71,42 +71,6 @@ from toolkit.training.throughput import (
 
 # progress(step, total_steps, last_loss, metrics_or_None): the runner's display, not a hook.
 Progress = Callable[[int, int, float, dict[str, float] | None], None]
-Batches = list[tuple[torch.Tensor, torch.Tensor]]
-
-
-def evaluate_batches(
-    model: nn.Module,
-    batches: Batches,
-    token_bytes: torch.Tensor,
-    device: str,
-    precision: str = "fp32",
-    *,
-    world: World | None = None,
-) -> tuple[float, float]:
-    """(mean cross-entropy in nats per token, bits per UTF-8 byte) over fixed batches, scored
-    by `model` (a GPT, or a LossStep: the compiled one when training compiles) in the given
-    precision under torch.inference_mode. Given a `world` of several processes, each scores
-    its share of every batch's rows (as many as it trains on, so memory is no worse than
-    training's) and the sums are added up across processes: every process gets what one
-    process scoring every row would."""
-    world = world or World()
-    is_step = isinstance(getattr(model, "_orig_mod", model), LossStep)  # compiled, or not
-    step = model if is_step else LossStep(model, device, precision)
-    was_training = step.training
-    step.eval()
-    nats, tokens, n_bytes = 0.0, 0, 0
-    with torch.inference_mode():
-        for x, y in batches:
-            x, y = distributed.share(x, world), distributed.share(y, world)
-            if not len(y):  # a last batch with fewer rows than processes
-                continue
-            n_bytes += int(token_bytes[y].sum())
-            tokens += y.numel()
-            nats += step(x.to(device), y.to(device), reduction="sum")[0].item()
-    step.train(was_training)
-    if world.active:
-        nats, tokens, n_bytes = distributed.all_reduce_sum([nats, tokens, n_bytes])
-    return nats / tokens, nats / (math.log(2) * max(1, n_bytes))
 
 
 def environment(device: str, seed: int) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from toolkit.model.gpt import build_model, count_params
 from toolkit.spec.parse import parse_spec
 from toolkit.sweep.runner import run
 from toolkit.testing import check_component
-from toolkit.training.loop import evaluate_batches
+from toolkit.training.step import evaluate_batches
 from toolkit.training.throughput import flops_per_token
 
 PLUGINS = Plugins(autoload=False)  # the built-ins, moe among them
@@ -234,18 +234,25 @@ def test_match_params_bad_values_are_one_line_errors(tiny_doc, value) -> None:
 
 
 # -- reports ------------------------------------------------------------------------------------
-def test_the_table_flags_mismatched_active_parameters() -> None:
+DENSE = {"variant": "dense", "baseline": True, "val_loss": 2.0, "params": 100,
+         "params_non_embedding": 50}  # fmt: skip
+MIXTURE = {"variant": "moe", "baseline": False, "val_loss": 1.9, "params": 200,
+           "params_non_embedding": 150, "params_active": 100,
+           "params_active_non_embedding": 50}  # fmt: skip
+
+
+def runs_table(*rows: dict) -> pd.DataFrame:
+    """A results table of one finished run per row."""
     base = {"status": "ok", "train_loss": 1.0, "val_bpb": 1.0, "causal": True, "seed": 0}
-    rows = [
-        {"variant": "dense", "baseline": True, "val_loss": 2.0, "params": 100,
-         "params_non_embedding": 50},
-        {"variant": "moe", "baseline": False, "val_loss": 1.9, "params": 200,
-         "params_non_embedding": 150, "params_active": 100, "params_active_non_embedding": 50},
-        {"variant": "wide", "baseline": False, "val_loss": 1.8, "params": 120,
-         "params_non_embedding": 70},
-    ]  # fmt: skip
     table = pd.DataFrame([{**base, **r} for r in rows])
     table["val_perplexity"] = table["val_loss"].map(math.exp)
+    return table
+
+
+def test_the_table_flags_mismatched_active_parameters() -> None:
+    wide = {"variant": "wide", "baseline": False, "val_loss": 1.8, "params": 120,
+            "params_non_embedding": 70}  # fmt: skip
+    table = runs_table(DENSE, MIXTURE, wide)
     summary = summarize(table).set_index("variant")
     assert summary.loc["dense", "params_active_non_embedding"] == 50  # dense: all are active
     assert summary.loc["moe", "params_active"] == 100
@@ -288,15 +295,7 @@ def test_a_run_records_the_balance_loss_and_active_parameters(tmp_path, tiny_doc
 def test_the_printed_table_shows_active_parameters_only_for_a_mixture() -> None:
     from toolkit.analysis.text import format_summary
 
-    base = {"status": "ok", "train_loss": 1.0, "val_bpb": 1.0, "causal": True, "seed": 0}
-    rows = [
-        {"variant": "dense", "baseline": True, "val_loss": 2.0, "params": 100,
-         "params_non_embedding": 50},
-        {"variant": "moe", "baseline": False, "val_loss": 1.9, "params": 200,
-         "params_non_embedding": 150, "params_active": 100, "params_active_non_embedding": 50},
-    ]  # fmt: skip
-    table = pd.DataFrame([{**base, **r} for r in rows])
-    table["val_perplexity"] = table["val_loss"].map(math.exp)
+    table = runs_table(DENSE, MIXTURE)
     header = format_summary(summarize(table)).splitlines()[0].split()
     assert header[header.index("params") + 1] == "active"
     plain = format_summary(summarize(table[table["variant"] == "dense"])).splitlines()[0]

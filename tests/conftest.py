@@ -36,6 +36,7 @@ def _isolated_cache(
     monkeypatch.setenv("ABLATE_DISABLE_PLUGIN_AUTOLOAD", "1")
     monkeypatch.delenv("ABLATE_TENSORBOARD", raising=False)  # a developer's own logging setup
     monkeypatch.delenv("ABLATE_MLFLOW", raising=False)
+    monkeypatch.delenv("ABLATE_WANDB", raising=False)
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from plugins import loggers
+from plugins.loggers.mlflow_run import params_of
+from plugins.loggers.shared import text
 from toolkit import hookimpl
 from toolkit.api.contracts import RunInfo
 from toolkit.api.manager import Plugins
@@ -324,7 +326,7 @@ def test_config_flattening_names_components_and_keeps_their_options():
         "train": {"betas": [0.9, 0.95], "compile": False},
     }
     info = RunInfo("x", "v", 1, config, Path("."), 1, 1)
-    flat = {k: loggers._text(v) for k, v in loggers._params(info)}
+    flat = {k: text(v) for k, v in params_of(info)}
     assert flat == {
         "seed": "1",
         "model.norm": "rmsnorm",

@@ -57,6 +57,11 @@ FORWARDED_ENV = (
     "ABLATE_DISABLE_PLUGIN_AUTOLOAD",
     "ABLATE_TENSORBOARD",
     "ABLATE_MLFLOW",
+    "ABLATE_WANDB",
+    "WANDB_MODE",  # W&B's own settings, so a Ray worker logs where the driver would
+    "WANDB_DIR",
+    "WANDB_ENTITY",
+    "WANDB_BASE_URL",
     "XDG_CACHE_HOME",
 )
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 from plugins.corpora import _resolve, _unreadable
 from toolkit.api.hookspecs import hookimpl
+from toolkit.data.offline import offline_datasets
 from toolkit.errors import DataError, one_line
 
 JSONL_SUFFIXES = (".jsonl", ".jsonlines", ".ndjson")
@@ -334,13 +334,10 @@ def _require(module: str, corpus: str) -> Any:
 
 def _offline_datasets() -> Any:
     """The datasets library in offline mode: it must never reach the hub (or wait for it)."""
-    if "datasets" not in sys.modules:
-        os.environ["HF_DATASETS_OFFLINE"] = "1"
-        os.environ["HF_HUB_OFFLINE"] = "1"
-    datasets = _require("datasets", "hf")
-    # Imported earlier by someone else: set what its loaders read at call time.
-    datasets.config.HF_HUB_OFFLINE = datasets.config.HF_DATASETS_OFFLINE = True
-    return datasets
+    try:
+        return offline_datasets()
+    except ImportError:
+        raise DataError("corpus 'hf' needs datasets: pip install -e \".[data]\"") from None
 
 
 @hookimpl

@@ -41,7 +41,7 @@ _LAZY = {
     "run": ("toolkit.sweep.runner", "run"),
     "collect": ("toolkit.sweep.results", "collect"),
     "summarize": ("toolkit.analysis.table", "summarize"),
-    "compare": ("toolkit.analysis.table", "compare"),
+    "compare": ("toolkit.analysis.comparison", "compare"),
     "write_report": ("toolkit.analysis.render", "write_report"),
     "generate": ("toolkit.inference.generate", "generate_text"),
     "evaluate": ("toolkit.inference.evaluate", "evaluate_checkpoint"),

@@ -15,9 +15,10 @@ from scipy import stats as sp
 
 from tests.conftest import TINY
 from toolkit.analysis import stats
+from toolkit.analysis.comparison import compare
 from toolkit.analysis.load import load, load_curves
 from toolkit.analysis.render import write_report
-from toolkit.analysis.table import compare, summarize
+from toolkit.analysis.table import summarize
 from toolkit.analysis.text import format_summary, report
 from toolkit.cli import main
 from toolkit.errors import ToolkitError

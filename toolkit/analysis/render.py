@@ -37,6 +37,7 @@ from toolkit.analysis.load import Experiments, load, load_curves
 from toolkit.analysis.stats import HOLM, OUTLIER_ALPHA, check_correction
 from toolkit.analysis.table import NAMES, UNITS, finite, summarize
 from toolkit.analysis.text import (
+    TASKS_NOTE,
     TUNED_NOTE,
     aa_text,
     correction_text,
@@ -47,6 +48,7 @@ from toolkit.analysis.text import (
     seconds,
     si,
     step_cells,
+    task_cells,
     terminal_text,
 )
 from toolkit.errors import ToolkitError
@@ -181,6 +183,7 @@ def _document(
         doc.append(_results_table(summary))
         doc.append(("ul", _table_notes(summary)))
         doc += _steps_blocks(summary)
+        doc += _tasks_blocks(summary)
         doc += sections
         doc.append(("h2", "What the sweep could resolve"))
         doc.append(("p", resolution_text(summary, markdown=True)))
@@ -364,6 +367,20 @@ def _steps_blocks(summary: pd.DataFrame) -> list[tuple]:
     ]
 
 
+def _tasks_blocks(summary: pd.DataFrame) -> list[tuple]:
+    """The lm-evaluation-harness scores (`ablate eval-tasks`): a heading, the table and its
+    note; nothing when no run was scored."""
+    header, rows, baseline = task_cells(summary)
+    if not rows:
+        return []
+    rows = [[r[0] + (" (baseline)" if i in baseline else ""), *r[1:]] for i, r in enumerate(rows)]
+    return [
+        ("h2", "Task scores"),
+        ("table", header, rows, ["l", *["r"] * (len(header) - 1)], baseline),
+        ("p", TASKS_NOTE),
+    ]
+
+
 def _method_notes() -> list[str]:
     return [
         "Final metrics are those of the last evaluation of each run, on the same fixed "
@@ -475,7 +492,17 @@ def render_html(doc: list[tuple], folder: Path, title: str) -> str:
         f"<style>\n{_CSS}\n</style>",
         "</head>",
         "<body>",
+        html_blocks(doc, folder),
+        "</body>",
+        "</html>",
     ]
+    return "\n".join(out) + "\n"
+
+
+def html_blocks(doc: list[tuple], folder: Path | None = None) -> str:
+    """The blocks of a document as HTML elements, no page around them; images are read from
+    `folder`."""
+    out = []
     for block in doc:
         kind = block[0]
         if kind in ("h1", "h2", "h3"):
@@ -485,7 +512,7 @@ def render_html(doc: list[tuple], folder: Path, title: str) -> str:
         elif kind == "ul":
             items = "".join(f"<li>{_inline_html(item)}</li>" for item in block[1])
             out.append(f"<ul>{items}</ul>")
-        elif kind == "img":
+        elif kind == "img" and folder is not None:
             data = base64.b64encode((folder / block[1]).read_bytes()).decode("ascii")
             out.append(
                 f'<p><img src="data:image/png;base64,{data}" alt="{html.escape(block[2])}"></p>'
@@ -508,5 +535,35 @@ def render_html(doc: list[tuple], folder: Path, title: str) -> str:
                 + "\n".join(body)
                 + "\n</tbody>\n</table>"
             )
-    out += ["</body>", "</html>"]
-    return "\n".join(out) + "\n"
+    return "\n".join(out)
+
+
+def _scoped(css: str, scope: str, keep: tuple[str, ...]) -> str:
+    """The rules of `css` for the elements in `keep`, each selector prefixed by `scope`."""
+    rules = []
+    for rule in re.findall(r"([^{}]+)\{([^}]*)\}", css):
+        selectors = [sel.strip() for sel in rule[0].split(",")]
+        if all(sel.split(".")[0] in keep for sel in selectors):
+            scoped = ", ".join(f"{scope} {sel}" for sel in selectors)
+            rules.append(f"{scoped} {{ {' '.join(rule[1].split())} }}")
+    return "\n".join(rules)
+
+
+# The report's table styles, scoped to one element: a notebook shares its page with others.
+_SCOPED_CSS = _scoped(_CSS, ".ablate-comparison", ("table", "th", "td", "tr", "code"))
+
+
+def comparison_html(summary: pd.DataFrame) -> str:
+    """The Results section of the report for one comparison table (toolkit.compare): the
+    formatted table, the steps and task scores when it has them, and the notes that say how to
+    read it; an HTML fragment with its own scoped styles, as a notebook shows it."""
+    if summary.empty:
+        doc: list[tuple] = [("p", "No finished runs yet.")]
+    else:
+        doc = [_results_table(summary), *_steps_blocks(summary), *_tasks_blocks(summary)]
+        doc.append(("ul", _table_notes(summary)))
+        doc.append(("p", resolution_text(summary, markdown=True)))
+    return (
+        f'<div class="ablate-comparison">\n<style>\n{_SCOPED_CSS}\n</style>\n'
+        f"{html_blocks(doc)}\n</div>"
+    )

@@ -1,16 +1,15 @@
 """The comparison table of an experiment: one row per variant, its statistics over seeds, and
 what the sweep could resolve.
 
-    from toolkit.analysis.table import compare, summarize
+    from toolkit.analysis.table import summarize
 
-    table = compare("runs/quickstart")           # pandas.DataFrame, one row per variant
-    table = compare(["runs/norms", "runs/acts"])   # several folders that share a baseline
-    table = compare("runs/quickstart", correction="none")   # verdicts on unadjusted p-values
+    table = summarize(runs)                      # pandas.DataFrame, one row per variant
+    table = summarize(runs, correction="none")   # verdicts on unadjusted p-values
 
-`compare(dirs)` reads experiment folders (toolkit.analysis.load) and returns the table `ablate
-report` prints, sorted by the comparison metric (mean final validation loss; bits per byte when
-the variants use different tokenizers; ties by name), the baseline marked. `summarize(runs)`
-builds it from a tidy runs table (`toolkit.sweep.results.collect`). Columns:
+`summarize(runs)` builds, from a tidy runs table (`toolkit.sweep.results.collect`), the table
+`ablate report` prints, sorted by the comparison metric (mean final validation loss; bits per
+byte when the variants use different tokenizers; ties by name), the baseline marked.
+`toolkit.compare(dirs)` (comparison.py) does it from experiment folders. Columns:
 
 - variant, experiment, baseline (bool), seeds_asked (runs the spec lists), runs (recorded),
   ok (finished runs: the n of every statistic)
@@ -35,6 +34,11 @@ builds it from a tidy runs table (`toolkit.sweep.results.collect`). Columns:
   seeds than asked, outlier seeds; non-embedding parameters (active ones when the table has
   them) or FLOPs per token more than 2% off the baseline's); outlier_seeds (text: the seeds
   `stats.outliers` flags in the comparison metric, "3" or "3, 7"; "" for none)
+- for each lm-evaluation-harness score the runs hold (`ablate eval-tasks`; a column
+  "task:<task>/<metric>" of the runs table): task:<task>/<metric>_mean, _std, _ci_low,
+  _ci_high over the finished runs that have it, and _n (how many); after every other column.
+  Scores are described, not tested: their direction differs by metric (accuracy up,
+  perplexity down), and a few hundred task samples rarely resolve what the losses cannot
 - after, changes, delta_step, delta_step_ci_low, delta_step_ci_high, test_step, p_step: only
   when some variant builds on another (a spec's `after`): toolkit.analysis.steps
 
@@ -77,16 +81,15 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from toolkit.analysis import stats
-from toolkit.analysis.load import load
 from toolkit.analysis.stats import HOLM
 from toolkit.analysis.steps import add_steps
+from toolkit.sweep.results import task_columns
 
 METRICS = ("val_loss", "val_perplexity", "val_bpb", "test_loss", "test_bpb")
 # How each metric is named and measured, in the table, the report and the figures alike.
@@ -124,25 +127,6 @@ def comparison_metric(table: pd.DataFrame) -> str:
     return f"{'test' if tuned else 'val'}_{kind}"
 
 
-def compare(
-    dirs: str | Path | Iterable[str | Path],
-    baseline: str | None = None,
-    *,
-    correction: str = HOLM,
-) -> pd.DataFrame:
-    """The comparison table (one row per variant, see the module docstring) of one or several
-    experiment folders sharing a baseline. correction: "holm" (verdicts on Holm-adjusted
-    p-values) or "none"."""
-    stats.check_correction(correction)
-    experiments = load(dirs)
-    return summarize(
-        experiments.runs,
-        baseline or experiments.baseline,
-        asked=experiments.asked,
-        correction=correction,
-    )
-
-
 def summarize(
     table: pd.DataFrame,
     baseline: str | None = None,
@@ -167,6 +151,7 @@ def summarize(
         baseline = marked.iloc[0] if len(marked) else None
     metric = comparison_metric(table)
     asked = asked or {}
+    scored = task_columns(table)
 
     values: dict[str, dict[str, dict[Any, float]]] = {}  # variant -> column -> seed -> value
     rows = []
@@ -199,6 +184,16 @@ def summarize(
                 f"{column}_ci_high": d.ci_high,
             }
         row["train_loss_mean"] = _mean(per_seed["train_loss"].values())
+        for column in scored:
+            found = _by_seed(ok, column)
+            d = stats.describe(found.values(), confidence)
+            row |= {
+                f"{column}_mean": d.mean,
+                f"{column}_std": d.std,
+                f"{column}_ci_low": d.ci_low,
+                f"{column}_ci_high": d.ci_high,
+                f"{column}_n": d.n,
+            }
         row |= {
             "params": _first(group, "params"),
             "params_non_embedding": _first(group, "params_non_embedding"),
@@ -267,6 +262,7 @@ def summarize(
         "params", "params_non_embedding", "params_active", "params_active_non_embedding",
         "flops_per_token", "tokens_per_s", "train_s", "wall_s",
         "causal", "eval_windows", "diverged", "failed", "outlier_seeds", "flags",
+        *[f"{c}_{s}" for c in scored for s in ("mean", "std", "ci_low", "ci_high", "n")],
     ]  # fmt: skip
     summary = summary[order]
     summary["_key"] = summary[f"{metric}_mean"]

@@ -28,6 +28,7 @@ from toolkit.analysis.load import Experiments, load
 from toolkit.analysis.stats import HOLM, OUTLIER_ALPHA
 from toolkit.analysis.steps import steps_view
 from toolkit.analysis.table import ALPHA, UNITS, finite, summarize
+from toolkit.sweep.results import TASK_PREFIX
 
 
 def num(x: Any, spec: str) -> str:
@@ -339,7 +340,9 @@ def terminal_text(
     """The table under its title, the steps of cumulative variants, the lines of a tuned
     sweep's or a ladder's sections, then the runs still missing: what `ablate report`
     prints."""
-    parts = [format_summary(summary, _title(experiments)), format_steps(summary)]
+    parts = [
+        format_summary(summary, _title(experiments)), format_steps(summary), format_tasks(summary)
+    ]  # fmt: skip
     parts += ["\n".join(s.lines) for s in sections]
     parts.append(_missing_text(experiments))
     return "\n".join(filter(None, parts))
@@ -402,3 +405,56 @@ def format_steps(summary: pd.DataFrame) -> str:
     )
     body = _fixed_width(view, left=("", "variant", "after", "changes"))
     return "\n".join([f"steps, each variant against the one it builds on ({metric}):", body, note])
+
+
+# -- scores on lm-evaluation-harness tasks (ablate eval-tasks) -------------------------------
+TASKS_NOTE = (
+    "lm-evaluation-harness scores (ablate eval-tasks): mean ± sample std over the finished "
+    "seeds scored, (n) when fewer seeds than the variant's finished runs were scored; '-' "
+    "where no run of the variant was scored. Higher is better for accuracies, lower for "
+    "perplexities and bits per byte. Not tested against the baseline."
+)
+
+
+def task_cells(summary: pd.DataFrame) -> tuple[list[str], list[list[str]], set[int]]:
+    """The task scores as text, shared with report.md and report.html: header (variant, then
+    one column per task metric), one row per variant in the table's order, and the rows of the
+    baseline; no header and no rows when no run was scored."""
+    scored = [c[: -len("_mean")] for c in summary.columns if _is_task_mean(c)]
+    if summary.empty or not scored:
+        return [], [], set()
+    records = summary.to_dict("records")
+    rows = []
+    for r in records:
+        cells = [r["variant"]]
+        for column in scored:
+            mean, std, n = r[f"{column}_mean"], r[f"{column}_std"], r[f"{column}_n"]
+            if not finite(mean):
+                cells.append("-")
+                continue
+            cell = _score(mean) + (f" ± {_score(std)}" if finite(std) else "")
+            cells.append(cell + (f" ({int(n)})" if int(n) < int(r["ok"]) else ""))
+        rows.append(cells)
+    header = ["variant", *[c[len(TASK_PREFIX) :] for c in scored]]
+    return header, rows, {i for i, r in enumerate(records) if r["baseline"]}
+
+
+def format_tasks(summary: pd.DataFrame) -> str:
+    """The task scores for the terminal, with what they mean; '' when no run was scored."""
+    header, rows, baseline = task_cells(summary)
+    if not rows:
+        return ""
+    view = pd.DataFrame(
+        [["*" if i in baseline else "", *row] for i, row in enumerate(rows)], columns=["", *header]
+    )
+    body = _fixed_width(view, left=("", "variant"))
+    return "\n".join(["task scores (lm-eval):", body, TASKS_NOTE])
+
+
+def _score(x: float) -> str:
+    """Four decimals for accuracies and bits, four significant digits for perplexities."""
+    return num(x, ".4f" if abs(x) < 10 else ".4g")
+
+
+def _is_task_mean(column: Any) -> bool:
+    return isinstance(column, str) and column.startswith(TASK_PREFIX) and column.endswith("_mean")

@@ -9,8 +9,11 @@
     ablate generate RUN_DIR|CHECKPOINT [--prompt TEXT] [--sampler NAME] [--set sampling.KEY=VALUE]...
                     [--max-new-tokens N] [--seed S] [--no-cache]
     ablate import --format hf-gpt2|book SOURCE --out FILE.pt [--n-heads N] [--tokenizer NAME] [--force]
-    ablate export --format hf-gpt2|book CHECKPOINT|RUN_DIR --out PATH [--force]
+    ablate export --format hf-gpt2|hf-llama|book CHECKPOINT|RUN_DIR --out PATH [--force]
     ablate eval CHECKPOINT|RUN_DIR [--data PATH | --corpus NAME] [--tokenizer NAME] [--split all|train|val]
+    ablate eval-tasks DIR|CHECKPOINT... --tasks NAME,... [--include-path DIR] [--num-fewshot K]
+                      [--limit N] [--batch-size N] [--seed S]
+    ablate lm-eval LM_EVAL_ARGS...
     ablate cache list [--dir DIR]
     ablate cache clear [KEY_PREFIX ...] [--dir DIR] [--older-than DAYS] [--yes]
 
@@ -24,14 +27,27 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from toolkit.cli import cache, checkpoints, components, evaluate, generate, report, sweep
+from toolkit.cli import (
+    cache,
+    checkpoints,
+    components,
+    evaluate,
+    generate,
+    report,
+    sweep,
+    tasks,
+)
 from toolkit.errors import ToolkitError, one_line
 from toolkit.files import storage_problem
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == [tasks.LM_EVAL]:  # lm-eval's own options, passed on untouched
+        args = argparse.Namespace(command=tasks.LM_EVAL, func=tasks.cmd_lm_eval, rest=argv[1:])
+    else:
+        args = parser.parse_args(argv)
     try:
         return args.func(args)
     except ToolkitError as exc:
@@ -58,6 +74,6 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ablate", description="Swap components of a GPT, train every variant x seed, compare."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for commands in (sweep, components, report, generate, checkpoints, evaluate, cache):
+    for commands in (sweep, components, report, generate, checkpoints, evaluate, tasks, cache):
         commands.add_parser(sub)
     return parser

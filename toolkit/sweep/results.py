@@ -5,15 +5,22 @@ folder): config.json (resolved config), env.json (versions, device, seed), metri
 line per evaluation), sample.txt, checkpoint.pt and, last, summary.json. Files are written
 atomically (toolkit.files), so a killed process never leaves half a file. The table
 `results.csv` is rebuilt from run folders alone by `collect()`.
+
+Scores on lm-evaluation-harness tasks (`ablate eval-tasks`) are kept beside the summary, in
+tasks.json: per task, its metrics, their standard errors, how many samples were scored, the
+settings (few-shot examples, limit, lm-eval version) and the sha256 of the checkpoint they
+scored. `collect()` adds them as columns "task:<task>/<metric>" while that checkpoint is still
+the run's (a run trained again drops its old scores from the table).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-from toolkit.files import read_json, write_atomic
+from toolkit.files import read_json, write_atomic, write_json
 from toolkit.spec.schema import LEGACY_VALUES
 
 RESULT_COLUMNS = [
@@ -39,6 +46,64 @@ OPTIONAL_NUMERIC = [
 ]  # fmt: skip
 
 
+TASKS_FILE = "tasks.json"
+TASK_PREFIX = "task:"
+
+
+def task_column(task: str, metric: str) -> str:
+    """The results column of a task's metric: task:<task>/<metric>."""
+    return f"{TASK_PREFIX}{task}/{metric}"
+
+
+def record_task_scores(
+    run_dir: str | Path, scores: dict[str, Any], settings: dict[str, Any]
+) -> dict[str, Any]:
+    """Merge lm-eval scores (toolkit.inference.harness.evaluate_tasks) into the run folder's
+    tasks.json, atomically: a task scored again replaces its entry, other tasks stay. Returns
+    what the file now holds."""
+    folder = Path(run_dir)
+    summary = read_json(folder / "summary.json")
+    digests = summary.get("digests") if isinstance(summary, dict) else None
+    checkpoint = digests.get("checkpoint.pt") if isinstance(digests, dict) else None
+    held = read_json(folder / TASKS_FILE)
+    tasks = dict(held["tasks"]) if isinstance(held, dict) and "tasks" in held else {}
+    for task, metrics in scores["tasks"].items():
+        tasks[task] = {
+            "metrics": metrics,
+            "stderr": scores.get("stderr", {}).get(task, {}),
+            "samples": scores.get("samples", {}).get(task),
+            "settings": {**settings, "lm_eval": scores.get("lm_eval")},
+            "checkpoint_sha256": checkpoint,
+        }
+    data = {"tasks": dict(sorted(tasks.items()))}
+    write_json(folder / TASKS_FILE, data)
+    return data
+
+
+def task_scores(run_dir: Path, summary: dict[str, Any]) -> dict[str, float]:
+    """The task columns of one run: the scores in its tasks.json computed on the checkpoint
+    its summary.json names (all of them when the summary records no digest)."""
+    held = read_json(run_dir / TASKS_FILE)
+    if not isinstance(held, dict) or not isinstance(held.get("tasks"), dict):
+        return {}
+    digests = summary.get("digests")
+    current = digests.get("checkpoint.pt") if isinstance(digests, dict) else None
+    columns = {}
+    for task, entry in held["tasks"].items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("metrics"), dict):
+            continue
+        if current is not None and entry.get("checkpoint_sha256") != current:
+            continue  # scored on an earlier training of this run
+        for metric, value in entry["metrics"].items():
+            columns[task_column(task, metric)] = value
+    return columns
+
+
+def task_columns(table: pd.DataFrame) -> list[str]:
+    """The task score columns of a results table, in order."""
+    return sorted(c for c in table.columns if isinstance(c, str) and c.startswith(TASK_PREFIX))
+
+
 def collect(out_dir: str | Path) -> pd.DataFrame:
     """The tidy table of an experiment folder: one row per run that has a summary.json
     (finished, diverged or failed) and belongs to the experiment's current spec (same variant,
@@ -49,7 +114,8 @@ def collect(out_dir: str | Path) -> pd.DataFrame:
     for summary_path in sorted(out.glob("*/seed-*/summary.json")):
         summary = read_json(summary_path)
         if isinstance(summary, dict):
-            rows.append({k: v for k, v in summary.items() if k not in NOT_IN_TABLE})
+            row = {k: v for k, v in summary.items() if k not in NOT_IN_TABLE}
+            rows.append(row | task_scores(summary_path.parent, summary))
     experiment = read_json(out / "experiment.json") or {}
     expected = {(r["variant"], r["seed"]): r["config_hash"] for r in experiment.get("runs", [])}
     if expected:
@@ -69,11 +135,13 @@ def collect(out_dir: str | Path) -> pd.DataFrame:
             table[column] = None
     # Runs recorded before train.eval_windows existed were scored on the windows it names.
     table["eval_windows"] = table["eval_windows"].fillna(LEGACY_VALUES["train.eval_windows"])
-    for column in NUMERIC_COLUMNS + [c for c in OPTIONAL_NUMERIC if c in table]:
+    optional = [c for c in OPTIONAL_NUMERIC if c in table] + task_columns(table)
+    for column in NUMERIC_COLUMNS + optional:
         table[column] = pd.to_numeric(table[column], errors="coerce")
     order = {name: i for i, name in enumerate(experiment.get("variants", []))}
     table["_order"] = table["variant"].map(lambda v: order.get(v, len(order)))
     table = table.sort_values(["_order", "seed"], kind="stable").drop(columns="_order")
+    extra = [c for c in extra if c not in task_columns(table)] + task_columns(table)
     return table[RESULT_COLUMNS + extra].reset_index(drop=True)
 
 

@@ -1,0 +1,89 @@
+"""Task scores (`ablate eval-tasks`) in run folders: tasks.json merges per task, the results
+table shows a score only while the checkpoint it was computed on is the run's, and the
+comparison table describes the scores over seeds."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from toolkit.analysis.table import summarize
+from toolkit.analysis.text import format_tasks
+from toolkit.sweep.results import TASKS_FILE, collect, record_task_scores
+
+
+def fake_run(out: Path, variant: str, seed: int, checkpoint: str = "aaa") -> Path:
+    folder = out / variant / f"seed-{seed}"
+    folder.mkdir(parents=True)
+    summary = {
+        "experiment": "x", "variant": variant, "seed": seed, "status": "ok",
+        "baseline": variant == "base", "val_loss": 2.0 + seed / 10, "train_loss": 2.0,
+        "digests": {"checkpoint.pt": checkpoint},
+    }  # fmt: skip
+    (folder / "summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+def scores(task: str, **metrics: float) -> dict:
+    return {
+        "tasks": {task: metrics},
+        "stderr": {task: {m: 0.01 for m in metrics}},
+        "samples": {task: 10},
+        "lm_eval": "0.4.13",
+    }
+
+
+def test_a_task_scored_again_replaces_only_its_own_entry(tmp_path: Path) -> None:
+    folder = fake_run(tmp_path, "base", 0)
+    record_task_scores(folder, scores("a", acc=0.5), {"limit": None})
+    record_task_scores(folder, scores("b", acc=0.25), {"limit": 5})
+    record_task_scores(folder, scores("a", acc=0.75, acc_norm=0.7), {"limit": None})
+    held = json.loads((folder / TASKS_FILE).read_text())
+    assert held["tasks"]["a"]["metrics"] == {"acc": 0.75, "acc_norm": 0.7}
+    assert held["tasks"]["b"]["metrics"] == {"acc": 0.25}
+    assert held["tasks"]["b"]["settings"] == {"limit": 5, "lm_eval": "0.4.13"}
+    assert held["tasks"]["a"]["checkpoint_sha256"] == "aaa"
+    row = collect(tmp_path).iloc[0]
+    assert row["task:a/acc"] == 0.75 and row["task:a/acc_norm"] == 0.7
+    assert row["task:b/acc"] == 0.25
+
+
+def test_scores_of_an_earlier_training_leave_the_table(tmp_path: Path) -> None:
+    folder = fake_run(tmp_path, "base", 0, checkpoint="old")
+    record_task_scores(folder, scores("a", acc=0.5), {})
+    assert "task:a/acc" in collect(tmp_path)
+    summary = json.loads((folder / "summary.json").read_text())
+    summary["digests"]["checkpoint.pt"] = "new"  # the run was trained again
+    (folder / "summary.json").write_text(json.dumps(summary))
+    assert "task:a/acc" not in collect(tmp_path)
+
+
+def test_the_comparison_table_describes_scores_over_seeds(tmp_path: Path) -> None:
+    values = {("base", 0): 0.5, ("base", 1): 0.7, ("base", 2): 0.6, ("other", 0): 0.4}
+    for (variant, seed), acc in values.items():
+        record_task_scores(fake_run(tmp_path, variant, seed), scores("a", acc=acc), {})
+    fake_run(tmp_path, "other", 1)  # finished, never scored
+    summary = summarize(collect(tmp_path)).set_index("variant")
+    base = pd.Series([0.5, 0.7, 0.6])
+    assert summary.loc["base", "task:a/acc_mean"] == pytest.approx(base.mean())
+    assert summary.loc["base", "task:a/acc_std"] == pytest.approx(base.std(ddof=1))
+    half = 4.302652729911275 * base.std(ddof=1) / math.sqrt(3)  # t(0.975, 2)
+    assert summary.loc["base", "task:a/acc_ci_low"] == pytest.approx(base.mean() - half)
+    assert summary.loc["base", "task:a/acc_n"] == 3
+    assert summary.loc["other", "task:a/acc_mean"] == pytest.approx(0.4)
+    assert summary.loc["other", "task:a/acc_n"] == 1
+    assert math.isnan(summary.loc["other", "task:a/acc_std"])
+    text = format_tasks(summary.reset_index())
+    assert "0.6000 ± 0.1000" in text
+    assert "0.4000 (1)" in text  # one of its two finished runs was scored
+
+
+def test_no_scores_no_section(tmp_path: Path) -> None:
+    fake_run(tmp_path, "base", 0)
+    summary = summarize(collect(tmp_path))
+    assert not [c for c in summary.columns if c.startswith("task:")]
+    assert format_tasks(summary) == ""

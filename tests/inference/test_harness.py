@@ -281,6 +281,11 @@ def test_lm_evals_own_command_line_finds_the_model(capsys, runs: Path, tasks_dir
             marks=pytest.mark.slow,  # looked for among lm-eval's own tasks too: 10 s to index
         ),
         (["--tasks", "tiny_hub"], "lm-eval task 'tiny_hub': its data is not on this machine"),
+        pytest.param(
+            ["--tasks", "hellaswag"],  # one of lm-eval's own, read from the hub
+            "lm-eval task 'hellaswag': its data is not on this machine",
+            marks=pytest.mark.slow,
+        ),
         (["--tasks", "tiny_mc", "--limit", "0"], "--limit must be"),
         (["--tasks", "tiny_mc", "--limit", "2.5"], "--limit must be"),
         (["--tasks", "tiny_mc", "--batch-size", "0"], "--batch-size must be at least 1"),

@@ -87,3 +87,19 @@ def test_no_scores_no_section(tmp_path: Path) -> None:
     summary = summarize(collect(tmp_path))
     assert not [c for c in summary.columns if c.startswith("task:")]
     assert format_tasks(summary) == ""
+
+
+def test_runs_scored_in_different_ways_are_flagged(tmp_path: Path) -> None:
+    first, second = fake_run(tmp_path, "base", 0), fake_run(tmp_path, "base", 1)
+    record_task_scores(first, scores("a", acc=0.5), {"limit": 10})
+    record_task_scores(second, scores("a", acc=0.6), {"limit": None})
+    for folder in (first, second):
+        record_task_scores(folder, scores("b", acc=0.6), {"limit": None})
+    summary = summarize(collect(tmp_path))
+    differ = summary.attrs["task_settings_differ"]
+    assert list(differ) == ["a"]  # b was scored the same way in both runs
+    assert differ["a"] == [
+        "num_fewshot=None, limit=10, lm_eval=0.4.13",
+        "num_fewshot=None, limit=None, lm_eval=0.4.13",
+    ]
+    assert "WARNING: a was scored in 2 ways" in format_tasks(summary)

@@ -46,6 +46,7 @@ from toolkit.analysis.text import (
     pvalue,
     resolution_text,
     seconds,
+    settings_warnings,
     si,
     step_cells,
     task_cells,
@@ -378,6 +379,7 @@ def _tasks_blocks(summary: pd.DataFrame) -> list[tuple]:
         ("h2", "Task scores"),
         ("table", header, rows, ["l", *["r"] * (len(header) - 1)], baseline),
         ("p", TASKS_NOTE),
+        *[("p", f"**{line}**") for line in settings_warnings(summary)],
     ]
 
 

@@ -38,7 +38,9 @@ byte when the variants use different tokenizers; ties by name), the baseline mar
   "task:<task>/<metric>" of the runs table): task:<task>/<metric>_mean, _std, _ci_low,
   _ci_high over the finished runs that have it, and _n (how many); after every other column.
   Scores are described, not tested: their direction differs by metric (accuracy up,
-  perplexity down), and a few hundred task samples rarely resolve what the losses cannot
+  perplexity down), and a few hundred task samples rarely resolve what the losses cannot.
+  summary.attrs["task_settings_differ"]: task -> the ways it was scored, for each task whose
+  runs were scored differently (few-shot examples, limit, lm-eval version): its means mix them
 - after, changes, delta_step, delta_step_ci_low, delta_step_ci_high, test_step, p_step: only
   when some variant builds on another (a spec's `after`): toolkit.analysis.steps
 
@@ -78,6 +80,7 @@ Not here: reading folders (load.py), text for the terminal (text.py), report fil
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -89,7 +92,7 @@ import pandas as pd
 from toolkit.analysis import stats
 from toolkit.analysis.stats import HOLM
 from toolkit.analysis.steps import add_steps
-from toolkit.sweep.results import task_columns
+from toolkit.sweep.results import TASK_SETTINGS, task_columns
 
 METRICS = ("val_loss", "val_perplexity", "val_bpb", "test_loss", "test_bpb")
 # How each metric is named and measured, in the table, the report and the figures alike.
@@ -280,7 +283,18 @@ def summarize(
         for o in found
     ]  # fmt: skip
     summary.attrs["aa_check"] = _aa_check(base[metric] if base is not None else {}, alpha)
+    summary.attrs["task_settings_differ"] = _settings_differ(table)
     return summary
+
+
+def _settings_differ(table: pd.DataFrame) -> dict[str, list[str]]:
+    """task -> the distinct ways it was scored, for the tasks scored in more than one way
+    across the table's runs (few-shot examples, limit, lm-eval version)."""
+    found: dict[str, set[str]] = {}
+    for text in _column(table, TASK_SETTINGS).dropna():
+        for task, how in json.loads(text).items():
+            found.setdefault(task, set()).add(how)
+    return {task: sorted(ways) for task, ways in sorted(found.items()) if len(ways) > 1}
 
 
 def _active_params(summary: pd.DataFrame) -> pd.DataFrame:

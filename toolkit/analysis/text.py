@@ -448,7 +448,16 @@ def format_tasks(summary: pd.DataFrame) -> str:
         [["*" if i in baseline else "", *row] for i, row in enumerate(rows)], columns=["", *header]
     )
     body = _fixed_width(view, left=("", "variant"))
-    return "\n".join(["task scores (lm-eval):", body, TASKS_NOTE])
+    return "\n".join(["task scores (lm-eval):", body, TASKS_NOTE, *settings_warnings(summary)])
+
+
+def settings_warnings(summary: pd.DataFrame) -> list[str]:
+    """A line for each task whose runs were scored in different ways: its means mix them."""
+    return [
+        f"WARNING: {task} was scored in {len(ways)} ways ({'; '.join(ways)}), so its means "
+        f"mix them; score every run again with one ablate eval-tasks command"
+        for task, ways in summary.attrs.get("task_settings_differ", {}).items()
+    ]
 
 
 def _score(x: float) -> str:

@@ -15,6 +15,7 @@ the run's (a run trained again drops its old scores from the table).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,8 @@ OPTIONAL_NUMERIC = [
 
 TASKS_FILE = "tasks.json"
 TASK_PREFIX = "task:"
+TASK_SETTINGS = "task_settings"  # the column of how each task was scored
+SETTINGS_SHOWN = ("num_fewshot", "limit", "lm_eval")  # what makes two scores incomparable
 
 
 def task_column(task: str, metric: str) -> str:
@@ -80,15 +83,18 @@ def record_task_scores(
     return data
 
 
-def task_scores(run_dir: Path, summary: dict[str, Any]) -> dict[str, float]:
+def task_scores(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
     """The task columns of one run: the scores in its tasks.json computed on the checkpoint
-    its summary.json names (all of them when the summary records no digest)."""
+    its summary.json names (all of them when the summary records no digest), and
+    TASK_SETTINGS: how each task was scored, as text ({task: "num_fewshot=..., limit=...,
+    lm_eval=..."} in JSON), so runs scored differently can be told apart."""
     held = read_json(run_dir / TASKS_FILE)
     if not isinstance(held, dict) or not isinstance(held.get("tasks"), dict):
         return {}
     digests = summary.get("digests")
     current = digests.get("checkpoint.pt") if isinstance(digests, dict) else None
-    columns = {}
+    columns: dict[str, Any] = {}
+    how: dict[str, str] = {}
     for task, entry in held["tasks"].items():
         if not isinstance(entry, dict) or not isinstance(entry.get("metrics"), dict):
             continue
@@ -96,6 +102,10 @@ def task_scores(run_dir: Path, summary: dict[str, Any]) -> dict[str, float]:
             continue  # scored on an earlier training of this run
         for metric, value in entry["metrics"].items():
             columns[task_column(task, metric)] = value
+        settings = entry.get("settings") if isinstance(entry.get("settings"), dict) else {}
+        how[task] = ", ".join(f"{k}={settings.get(k)}" for k in SETTINGS_SHOWN)
+    if how:
+        columns[TASK_SETTINGS] = json.dumps(how, sort_keys=True)
     return columns
 
 

@@ -81,25 +81,41 @@ def tasks_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two variants x two seeds of a tiny byte-level model; context 32 holds every question."""
-    out = tmp_path_factory.mktemp("runs") / "tiny"
+def train(out: Path, seeds: list[int], norms: list[str]) -> Path:
+    """A tiny byte-level model per norm and seed; context 32 holds every question."""
     doc = {
         "name": "tiny",
-        "seeds": [0, 1],
+        "seeds": seeds,
         "data": {"corpus": "pydoc", "tokenizer": "bytes", "val_fraction": 0.1},
         "model": {"context_length": 32, "emb_dim": 32, "n_heads": 2, "n_layers": 1},
         "train": {"batch_size": 4, "max_steps": 8, "eval_interval": 4, "eval_batches": 2},
-        "grid": {"model.norm": ["layernorm", "rmsnorm"]},
+        "grid": {"model.norm": norms},
     }
     run(parse_spec(doc), out, progress=False)
     return out
 
 
 @pytest.fixture(scope="module")
-def lm(runs: Path):
-    return harness.AblateLM(runs / "norm=layernorm" / "seed-0", batch_size=4)
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two variants x two seeds: an experiment to compare."""
+    return train(tmp_path_factory.mktemp("runs") / "tiny", [0, 1], ["layernorm", "rmsnorm"])
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An experiment of one run, for what one model shows."""
+    return train(tmp_path_factory.mktemp("single") / "tiny", [0], ["layernorm"])
+
+
+@pytest.fixture(scope="module")
+def source(single: Path) -> Path:
+    (folder,) = single.glob("*/seed-0")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def lm(source: Path):
+    return harness.AblateLM(source, batch_size=4)
 
 
 def hand_loglikelihood(model, ids: list[int], n_continuation: int) -> tuple[float, bool]:
@@ -129,10 +145,10 @@ def test_loglikelihood_equals_one_sequence_at_a_time(lm) -> None:
         assert greedy == expected[1]
 
 
-def test_batch_size_changes_nothing(runs: Path) -> None:
+def test_batch_size_changes_nothing(source: Path) -> None:
     pairs = [(d["question"], " " + d["choices"][0]) for d in DOCS]
-    one = harness.AblateLM(runs / "norm=rmsnorm" / "seed-1", batch_size=1)
-    many = harness.AblateLM(runs / "norm=rmsnorm" / "seed-1", batch_size=16)
+    one = harness.AblateLM(source, batch_size=1)
+    many = harness.AblateLM(source, batch_size=16)
     a = one.loglikelihood(requests(*pairs))
     b = many.loglikelihood(requests(*pairs))
     assert [g for _, g in a] == [g for _, g in b]
@@ -173,8 +189,7 @@ def test_rolling_loglikelihood_scores_every_token_once(lm) -> None:
     )
 
 
-def test_generate_until_is_greedy_generation_cut_at_the_stop(runs: Path, lm) -> None:
-    source = runs / "norm=layernorm" / "seed-0"
+def test_generate_until_is_greedy_generation_cut_at_the_stop(source: Path, lm) -> None:
     prompts = ["What is 1 plus 1? Answer:", "What is 2 plus 2? Answer:", "Why:"]
     settings = {"until": ["e", "?"], "max_gen_toks": 12}
     got = lm.generate_until(requests(*[(p, settings) for p in prompts]))
@@ -293,20 +308,22 @@ def test_lm_evals_own_command_line_finds_the_model(capsys, runs: Path, tasks_dir
     ],
 )
 def test_bad_input_is_one_line_before_anything_is_scored(
-    capsys, runs: Path, tasks_dir: Path, argv: list[str], message: str
+    capsys, single: Path, tasks_dir: Path, argv: list[str], message: str
 ) -> None:
-    before = {p: p.stat().st_mtime_ns for p in runs.glob("*/seed-*/*")}
-    code, _, err = ablate(capsys, "eval-tasks", str(runs), "--include-path", str(tasks_dir), *argv)
+    before = {p: p.stat().st_mtime_ns for p in single.glob("*/seed-*/*")}
+    code, _, err = ablate(
+        capsys, "eval-tasks", str(single), "--include-path", str(tasks_dir), *argv
+    )
     assert code == 2
     assert err.startswith(f"ablate: error: {message}") and err.count("\n") == 1, err
     assert "Traceback" not in err
-    assert {p: p.stat().st_mtime_ns for p in runs.glob("*/seed-*/*")} == before
+    assert {p: p.stat().st_mtime_ns for p in single.glob("*/seed-*/*")} == before
 
 
-def test_model_args_it_does_not_take_are_an_error(runs: Path) -> None:
+def test_model_args_it_does_not_take_are_an_error(source: Path) -> None:
     """lm-eval's key=value form cuts a variant folder at its commas: say so, never ignore."""
     with pytest.raises(Exception, match=r"unknown model_args activation.*JSON"):
-        harness.AblateLM(runs / "norm=layernorm" / "seed-0", activation="gelu/seed-0")
+        harness.AblateLM(source, activation="gelu/seed-0")
 
 
 def test_a_hub_task_says_the_data_must_be_local(tasks_dir: Path) -> None:
@@ -322,7 +339,7 @@ def test_sources_that_hold_no_run(capsys, tmp_path: Path, tasks_dir: Path) -> No
 
 
 def test_without_lm_eval_installed_the_error_says_what_to_install(
-    capsys, monkeypatch, runs: Path
+    capsys, monkeypatch, single: Path
 ) -> None:
     import builtins
     import sys
@@ -336,6 +353,6 @@ def test_without_lm_eval_installed_the_error_says_what_to_install(
 
     monkeypatch.delitem(sys.modules, "toolkit.inference.harness")
     monkeypatch.setattr(builtins, "__import__", no_lm_eval)
-    code, _, err = ablate(capsys, "eval-tasks", str(runs), "--tasks", "tiny_mc")
+    code, _, err = ablate(capsys, "eval-tasks", str(single), "--tasks", "tiny_mc")
     assert code == 2
     assert 'needs lm-eval: pip install -e ".[lm-eval]"' in err

@@ -4,22 +4,27 @@ does not (changing emb_dim)."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
 import torch
+from conftest import TINY
 
 from toolkit.errors import SpecError
 from toolkit.spec.parse import parse_spec
 from toolkit.sweep.runner import run
 
 
-@pytest.fixture
-def trained(tmp_path, tiny_doc, plugins):
-    tiny_doc["model"]["tie_embeddings"] = True
-    tiny_doc["train"]["max_steps"] = 12
-    run(parse_spec(tiny_doc), tmp_path / "base", plugins=plugins, progress=False)
-    return tmp_path / "base/base/seed-0"
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, plugins):
+    """One trained run, read (never written) by every test here."""
+    doc = copy.deepcopy(TINY)
+    doc["model"]["tie_embeddings"] = True
+    doc["train"]["max_steps"] = 12
+    out = tmp_path_factory.mktemp("base")
+    run(parse_spec(doc), out, plugins=plugins, progress=False)
+    return out / "base/seed-0"
 
 
 def first_eval(folder):

@@ -590,3 +590,24 @@ def test_run_folders_are_found_by_their_slug_without_a_folder_entry(tmp_path):
     [missing] = loaded.missing
     assert missing["variant"] == "c d" and missing["folder"] == str(folder / "c_d" / "seed-0")
     assert missing["state"] == "started, no summary yet"  # its metrics.jsonl was found
+
+
+def test_compare_renders_as_the_report_table_in_a_notebook(tmp_path):
+    """A notebook calls _repr_html_ on a cell's last value: compare() shows the report's
+    Results table (formatted, baseline marked, notes), in styles scoped to itself; what is
+    derived from it is an ordinary DataFrame."""
+    folder = fake_experiment(
+        tmp_path / "exp", "exp", {("base", 0): 2.0, ("base", 1): 2.1, ("b", 0): 1.9, ("b", 1): 1.95}
+    )
+    table = compare(folder)
+    html = table._repr_html_()
+    assert html.startswith('<div class="ablate-comparison">') and html.endswith("</div>")
+    assert "<tr class=baseline><td>base (baseline)</td>" in html
+    assert "2.0500 ± 0.0707" in html  # the baseline's mean ± std, as the report writes it
+    assert "paired t" in html and "What the sweep could resolve" not in html
+    assert "minimum detectable" in html.lower() or "detects a true difference" in html
+    styles = html[html.index("<style>") : html.index("</style>")]
+    assert all(rule.startswith(".ablate-comparison ") for rule in styles.splitlines()[1:])
+    assert table.attrs["baseline"] == "base"
+    assert type(table.sort_values("val_loss_mean")) is pd.DataFrame
+    assert compare(tmp_path / "exp")._repr_html_() == html  # the same table, the same page

@@ -12,7 +12,7 @@ folders, report-<a>+<b> next to the first): report.md, report.html (figures embe
 scripts, nothing fetched), figures/*.png, and the data behind them: report_runs.csv (one row per
 run), report_summary.csv (the table of toolkit.analysis.table) and report_curves.csv (one row
 per evaluation). The report is built once as a list of blocks and rendered twice, to Markdown
-and to HTML, so the two never say different things.
+and to HTML (markup.py), so the two never say different things.
 
 Not here: the statistics (table.py), the figures themselves (figures.py), the terminal text
 (text.py), reading folders (load.py).
@@ -20,10 +20,7 @@ Not here: the statistics (table.py), the figures themselves (figures.py), the te
 
 from __future__ import annotations
 
-import base64
 import datetime as _dt
-import html
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +31,7 @@ import pandas as pd
 from toolkit.analysis import phases
 from toolkit.analysis.figures import FigureFile, make_figures
 from toolkit.analysis.load import Experiments, load, load_curves
+from toolkit.analysis.markup import html_blocks, render_html, render_markdown, scoped_css
 from toolkit.analysis.stats import HOLM, OUTLIER_ALPHA, check_correction
 from toolkit.analysis.table import NAMES, UNITS, finite, summarize
 from toolkit.analysis.text import (
@@ -422,137 +420,8 @@ def _method_notes() -> list[str]:
     ]
 
 
-_INLINE = re.compile(r"`([^`]+)`|\*\*([^*]+)\*\*")
-
-
-def _inline_html(text: str) -> str:
-    out, pos = [], 0
-    for m in _INLINE.finditer(text):
-        out.append(html.escape(text[pos : m.start()]))
-        if m.group(1) is not None:
-            out.append(f"<code>{html.escape(m.group(1))}</code>")
-        else:
-            out.append(f"<strong>{html.escape(m.group(2))}</strong>")
-        pos = m.end()
-    out.append(html.escape(text[pos:]))
-    return "".join(out)
-
-
-def _md_cell(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace("\n", "<br>")
-
-
-def render_markdown(doc: list[tuple]) -> str:
-    out: list[str] = []
-    for block in doc:
-        kind = block[0]
-        if kind in ("h1", "h2", "h3"):
-            out.append("#" * int(kind[1]) + " " + block[1])
-        elif kind == "p":
-            out.append(block[1])
-        elif kind == "ul":
-            out.append("\n".join(f"- {item}" for item in block[1]))
-        elif kind == "img":
-            out.append(f"![{block[2]}]({block[1]})")
-        elif kind == "table":
-            _, header, rows, align, bold = block
-            lines = [
-                "| " + " | ".join(_md_cell(h) for h in header) + " |",
-                "|" + "|".join(":---" if a == "l" else "---:" for a in align) + "|",
-            ]
-            for i, row in enumerate(rows):
-                cells = [_md_cell(c) for c in row]
-                if i in bold:
-                    cells[0] = f"**{cells[0]}**"
-                lines.append("| " + " | ".join(cells) + " |")
-            out.append("\n".join(lines))
-    return "\n\n".join(out) + "\n"
-
-
-_CSS = """
-body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
-  max-width: 1200px; padding: 0 1em; color: #1f2328; line-height: 1.5; }
-table { border-collapse: collapse; font-size: 0.85em; margin: 1em 0; }
-th, td { border: 1px solid #d0d7de; padding: 4px 8px; vertical-align: top; }
-th { background: #f6f8fa; }
-td.r, th.r { text-align: right; font-variant-numeric: tabular-nums; }
-tr.baseline td { font-weight: bold; background: #fff8c5; }
-code { background: #f6f8fa; padding: 0 3px; border-radius: 3px; font-size: 0.9em; }
-img { max-width: 100%; height: auto; border: 1px solid #d0d7de; }
-h1, h2 { border-bottom: 1px solid #d0d7de; padding-bottom: 0.2em; }
-""".strip()
-
-
-def render_html(doc: list[tuple], folder: Path, title: str) -> str:
-    """A self-contained page: inline CSS, figures as base64 PNG data URIs, no scripts."""
-    out = [
-        "<!DOCTYPE html>",
-        '<html lang="en">',
-        "<head>",
-        '<meta charset="utf-8">',
-        f"<title>{html.escape(title)}</title>",
-        f"<style>\n{_CSS}\n</style>",
-        "</head>",
-        "<body>",
-        html_blocks(doc, folder),
-        "</body>",
-        "</html>",
-    ]
-    return "\n".join(out) + "\n"
-
-
-def html_blocks(doc: list[tuple], folder: Path | None = None) -> str:
-    """The blocks of a document as HTML elements, no page around them; images are read from
-    `folder`."""
-    out = []
-    for block in doc:
-        kind = block[0]
-        if kind in ("h1", "h2", "h3"):
-            out.append(f"<{kind}>{_inline_html(block[1])}</{kind}>")
-        elif kind == "p":
-            out.append(f"<p>{_inline_html(block[1])}</p>")
-        elif kind == "ul":
-            items = "".join(f"<li>{_inline_html(item)}</li>" for item in block[1])
-            out.append(f"<ul>{items}</ul>")
-        elif kind == "img" and folder is not None:
-            data = base64.b64encode((folder / block[1]).read_bytes()).decode("ascii")
-            out.append(
-                f'<p><img src="data:image/png;base64,{data}" alt="{html.escape(block[2])}"></p>'
-            )
-        elif kind == "table":
-            _, header, rows, align, bold = block
-            cls = ["" if a == "l" else ' class="r"' for a in align]
-            head = "".join(
-                f"<th{c}>{html.escape(h)}</th>" for h, c in zip(header, cls, strict=True)
-            )
-            body = []
-            for i, row in enumerate(rows):
-                cells = "".join(
-                    f"<td{c}>{'<br>'.join(html.escape(x) for x in cell.split(chr(10)))}</td>"
-                    for cell, c in zip(row, cls, strict=True)
-                )
-                body.append(f"<tr{' class=baseline' if i in bold else ''}>{cells}</tr>")
-            out.append(
-                f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n"
-                + "\n".join(body)
-                + "\n</tbody>\n</table>"
-            )
-    return "\n".join(out)
-
-
-def _scoped(css: str, scope: str, keep: tuple[str, ...]) -> str:
-    """The rules of `css` for the elements in `keep`, each selector prefixed by `scope`."""
-    rules = []
-    for rule in re.findall(r"([^{}]+)\{([^}]*)\}", css):
-        selectors = [sel.strip() for sel in rule[0].split(",")]
-        if all(sel.split(".")[0] in keep for sel in selectors):
-            scoped = ", ".join(f"{scope} {sel}" for sel in selectors)
-            rules.append(f"{scoped} {{ {' '.join(rule[1].split())} }}")
-    return "\n".join(rules)
-
-
 # The report's table styles, scoped to one element: a notebook shares its page with others.
-_SCOPED_CSS = _scoped(_CSS, ".ablate-comparison", ("table", "th", "td", "tr", "code"))
+_SCOPED_CSS = scoped_css(".ablate-comparison", ("table", "th", "td", "tr", "code"))
 
 
 def comparison_html(summary: pd.DataFrame) -> str:

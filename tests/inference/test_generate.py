@@ -77,6 +77,19 @@ def test_each_sequence_stops_at_eot_and_the_batch_when_all_have(use_cache) -> No
     assert out.shape == (2, 13)  # without eot_id, every step runs
 
 
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_a_single_sequence_stops_at_its_eot(use_cache) -> None:
+    eot, calls = 19, []
+
+    def sampler(logits, generator):
+        calls.append(len(calls))
+        return torch.tensor([[eot if len(calls) == 3 else 1]])
+
+    prompt = torch.zeros(1, 3, dtype=torch.long)
+    out = generate(tiny_model(), prompt, 10, sampler, 6, None, eot, use_cache)
+    assert out[0, 3:].tolist() == [1, 1, eot] and len(calls) == 3
+
+
 def test_stream_yields_step_by_step_and_restores_the_mode() -> None:
     model = tiny_model().train()
     greedy = PLUGINS.registry.get("sampler", "greedy").build()

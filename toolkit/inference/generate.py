@@ -19,10 +19,12 @@ cropped context through forward().
 The cache is static: the built-in attentions allocate keys and values for all context_length
 positions on the first fill and write each step's in place (a refill from position 0 too), and
 attend to the filled prefix only; the query, key and value projections run as one stacked
-matrix product. A decoding step is one position through every layer, so for a small model the
-operations and Python calls per token cost as much as the arithmetic: the loop writes the new
-ids into one preallocated buffer, runs under torch.inference_mode, and forward_cached leaves
-out dropout (the model is in eval mode). Batched prompts share one length (no padding here).
+matrix product. A decoding step is one position through every layer: it reads every weight
+matrix for one row of products, and for a small model its operations and Python calls cost
+about a third as much again (benchmarks/run.py's model on 2 CPU cores), so the loop writes the
+new ids into one preallocated buffer and feeds each step's ids straight to the next, runs under
+torch.inference_mode, and forward_cached leaves out dropout (the model is in eval mode).
+Batched prompts share one length (no padding here).
 
 Text in, text out: `stream_text(model, tokenizer, prompt, ...)` yields the continuation piece
 by piece (`IncrementalDecoder` holds back a character split across tokens), and
@@ -73,14 +75,16 @@ def stream(
     b, t = idx.shape
     ids = idx.new_empty(b, t + max_new_tokens)  # the prompt, then each new id in place: no cat
     ids[:, :t] = idx
-    done = None if eot_id is None else torch.zeros(b, dtype=torch.bool, device=idx.device)
+    # One sequence stops at its eot_id as it comes; a batch tracks which have finished.
+    done = None if eot_id is None or b == 1 else torch.zeros(b, dtype=torch.bool, device=idx.device)
     cache = model.new_cache() if cached else None
+    next_ids = idx[:, -1:]  # the newest ids, which a cached step feeds: each step's own next
     try:
         for end in range(t, t + max_new_tokens):  # ids[:, :end] are known; ids[:, end] is next
             with torch.inference_mode():
                 if cache is not None and 0 < cache.length < context_length:
-                    # Only the newest token, at the next position.
-                    logits = model.forward_cached(ids[:, end - 1 : end], cache, cache.length, True)
+                    # Only the newest token (the last step's ids), at the next position.
+                    logits = model.forward_cached(next_ids, cache, cache.length, True)
                 else:  # the whole window: uncached, or to (re)fill the cache from position 0
                     window = ids[:, max(0, end - context_length) : end]
                     if cache is None:
@@ -93,7 +97,10 @@ def stream(
                     done |= next_ids.squeeze(1) == eot_id
                 ids[:, end : end + 1] = next_ids
             yield next_ids
-            if done is not None and bool(done.all()):  # the host sync, only to stop on eot_id
+            # The host syncs, only to stop on eot_id.
+            if done is not None and bool(done.all()):
+                break
+            if done is None and eot_id is not None and int(next_ids) == eot_id:
                 break
     finally:
         model.train(was_training)

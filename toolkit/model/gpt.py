@@ -211,7 +211,7 @@ class GPT(nn.Module):
         for block, layer in zip(self.trf_blocks, cache.layers, strict=True):
             x = block.forward_cached(x, layer, start)
         cache.length = start + idx.shape[1]
-        if last_only:
+        if last_only and idx.shape[1] > 1:
             x = x[:, -1:]
         x = self.final_norm(x)
         return self.head(x)

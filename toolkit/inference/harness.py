@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+from tqdm import tqdm
 
 from toolkit.api.manager import Plugins, load_plugins
 from toolkit.api.registry import split_choice
@@ -97,7 +98,6 @@ class AblateLM(TemplateLM):
         self.model, self.tok, _ = load_for_generation(
             checkpoint, tokenizer, self._device, self.plugins
         )
-        self.source = str(checkpoint)
         self.batch_size = _positive_int(batch_size or DEFAULT_BATCH_SIZE, "batch_size")
         self.max_gen_toks = _positive_int(max_gen_toks, "max_gen_toks")
         self.seed = int(seed)
@@ -156,7 +156,7 @@ class AblateLM(TemplateLM):
         for i, job in enumerate(jobs):
             groups.setdefault((len(job.ids), job.settings), []).append(i)
         results: list[str] = [""] * len(jobs)
-        bar = _progress(len(jobs), "generate_until", disable_tqdm)
+        bar = tqdm(total=len(jobs), desc="ablate generate_until", disable=disable_tqdm)
         for members in groups.values():
             for first in range(0, len(members), self.batch_size):
                 batch = members[first : first + self.batch_size]
@@ -192,7 +192,7 @@ class AblateLM(TemplateLM):
         )
         results: list[tuple[float, bool]] = [(0.0, True)] * len(rows)
         size = self.batch_size if self.causal else 1
-        bar = _progress(len(order), "loglikelihood", disable_tqdm)
+        bar = tqdm(total=len(order), desc="ablate loglikelihood", disable=disable_tqdm)
         with torch.inference_mode():
             for first in range(0, len(order), size):
                 batch = order[first : first + size]
@@ -309,21 +309,6 @@ def _positive_int(value: Any, name: str) -> int:
     if number < 1 or (isinstance(value, float) and not value.is_integer()):
         raise DataError(f"model 'ablate': {name} must be a positive integer, got {value!r}")
     return number
-
-
-class _progress:
-    """A tqdm bar over n requests (lm-eval's own progress style), or nothing."""
-
-    def __init__(self, n: int, label: str, disable: bool) -> None:
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=n, desc=f"ablate {label}", disable=disable or n == 0)
-
-    def update(self, n: int) -> None:
-        self.bar.update(n)
-
-    def close(self) -> None:
-        self.bar.close()
 
 
 # -- tasks -----------------------------------------------------------------------------------------

@@ -24,7 +24,6 @@ from toolkit.cli.common import (
 )
 from toolkit.errors import DataError
 from toolkit.files import read_json
-from toolkit.sweep.results import TASKS_FILE, record_task_scores
 
 NEEDS = 'needs lm-eval: pip install -e ".[lm-eval]"'
 LM_EVAL = "lm-eval"  # the command that hands its arguments to lm-eval's command line
@@ -92,6 +91,9 @@ def _harness() -> Any:
 
 def cmd_eval_tasks(args: argparse.Namespace) -> int:
     """`ablate eval-tasks`: score runs on lm-eval tasks and record the scores."""
+    # pandas-heavy import, on first use: every `ablate` command builds this parser.
+    from toolkit.sweep.results import TASKS_FILE, record_task_scores
+
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if args.batch_size < 1:
         raise DataError(f"--batch-size must be at least 1, got {args.batch_size}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -276,3 +277,43 @@ def test_a_batch_that_does_not_split_is_a_one_line_error(sweeps):
     # torchrun reports the failed processes with a traceback of its own; none is ours.
     assert f'File "{ROOT / "toolkit"}' not in result.stderr
     assert not list(out.glob("*/seed-*"))
+
+
+# Rank 0 stops after joining; rank 1 then waits on it in a collective.
+LOST_PEER = """
+import os, sys
+from toolkit.training import distributed
+distributed.setup()
+if distributed.current().main:
+    sys.exit(3)
+try:
+    with distributed.peers_watched():
+        distributed.barrier()
+except Exception as exc:
+    print(type(exc).__name__, exc, sep=": ")
+"""
+
+
+def test_a_peer_that_stops_leaves_one_line_not_a_gloo_traceback():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, "-c", LOST_PEER],
+            env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in (0, 1)
+    ]
+    done = [p.communicate(timeout=120) for p in ranks]
+    assert ranks[0].returncode == 3
+    stdout, stderr = done[1]
+    assert stdout.startswith("ToolkitError: process 1 of 2: another process of this torchrun"), (
+        stdout + stderr
+    )
+    assert "its own error, above, says why" in stdout and stdout.count("\n") == 1

@@ -73,7 +73,10 @@ def run(
     options ({"name": "processes", "jobs": 4}), or is an executor object (toolkit/sweep/jobs.py).
     `rerun` names runs ("VARIANT/seed-N", or their folder) to train again even if finished.
     Under torchrun every rank calls this and each run is trained across all of them (DDP)."""
-    world = distributed.setup()
+    # Under torchrun, what every process can check alone is checked before any joins the
+    # others: a process that fails while another still connects would leave that one a gloo
+    # error instead of the reason.
+    world = distributed.planned()
     if not isinstance(spec, Spec):
         spec = load_spec(spec, overrides, plugins=plugins)
         for note in spec.notes if progress and world.main else []:
@@ -87,10 +90,14 @@ def run(
     out = Path(out_dir) if out_dir is not None else Path("runs") / spec.name
     if out.exists() and not out.is_dir():
         raise SpecError(f"output path {out} is a file; give a folder with --out")
+    if world.active:
+        check_distributed(spec, world.size, name)
+    world = distributed.setup()
     phase = Phase(plugins, name, runner, progress and world.main, restart)
-    if spec.tune is None:
-        return _run_phase(spec, out, phase, rerun)
-    return _run_tuned(spec, out, phase, rerun)
+    with distributed.peers_watched():
+        if spec.tune is None:
+            return _run_phase(spec, out, phase, rerun)
+        return _run_tuned(spec, out, phase, rerun)
 
 
 @dataclass

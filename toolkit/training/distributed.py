@@ -15,8 +15,10 @@ toolkit.sweep.runner).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +27,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from toolkit.errors import SpecError, ToolkitError
+from toolkit.errors import SpecError, ToolkitError, one_line
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ class World:
 def setup() -> World:
     """Join the process group torchrun describes in the environment (once; later calls return
     the same World). A single process (no WORLD_SIZE, or 1) joins nothing."""
-    world = _from_environment()
+    world = planned()
     if not world.active:
         return current()
 
@@ -112,13 +114,39 @@ def all_reduce_sum(values: list[float]) -> list[float]:
     return total.tolist()
 
 
+@contextlib.contextmanager
+def peers_watched() -> Iterator[None]:
+    """Turn a collective that fails because another process stopped (its own error, printed
+    by that process, is the one that matters) into one line instead of a gloo traceback."""
+    try:
+        yield
+    except RuntimeError as exc:
+        world = current()
+        if not world.active or not _peer_lost(exc):
+            raise
+        raise ToolkitError(
+            f"process {world.rank} of {world.size}: another process of this torchrun job "
+            f"stopped ({one_line(exc, 160)}); its own error, above, says why"
+        ) from None
+
+
+def _peer_lost(exc: RuntimeError) -> bool:
+    if isinstance(exc, getattr(dist, "DistError", ())):
+        return True
+    text = str(exc)
+    return any(sign in text for sign in ("/gloo/", "Connection closed by peer", "NCCL"))
+
+
 def shutdown() -> None:
     """Leave the process group, once every process is done (NCCL warns at exit otherwise)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 
-def _from_environment() -> World:
+def planned() -> World:
+    """The World torchrun's environment describes, before (or without) joining it: checks that
+    depend only on the number of processes run here, so that every process fails alike before
+    any of them waits on another."""
     size = _int_env("WORLD_SIZE", 1)
     rank = _int_env("RANK", 0)
     local_rank = _int_env("LOCAL_RANK", 0)

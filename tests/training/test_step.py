@@ -151,5 +151,6 @@ def test_compiled_training_gives_the_eager_losses(tmp_path, tiny_doc, plugins):
     torch._dynamo.reset()
     compiled = run(parse_spec(tiny_doc), tmp_path / "c", plugins=plugins, progress=False)
     assert _summary(tmp_path / "c")["compiled"] is True
+    assert compiled["status"].iloc[0] == "ok"
     for column in ("train_loss", "val_loss", "aux_z_loss"):  # fused kernels round differently
         assert compiled[column].iloc[0] == pytest.approx(eager[column].iloc[0], rel=1e-4)

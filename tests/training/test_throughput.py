@@ -92,17 +92,6 @@ def test_compile_falls_back_to_eager_with_a_message(
     assert table["val_loss"].tolist() == eager["val_loss"].tolist()  # the same run, eagerly
 
 
-@pytest.mark.slow
-def test_compile_really_compiles(tmp_path, tiny_doc, plugins):
-    tiny_doc["model"].update(n_layers=1, emb_dim=16, context_length=16)
-    tiny_doc["train"].update(compile=True, max_steps=2, eval_interval=2)
-    table = run(parse_spec(tiny_doc), tmp_path, plugins=plugins, progress=False)
-    import json
-
-    summary = json.loads((tmp_path / "base/seed-0/summary.json").read_text())
-    assert table["status"].iloc[0] == "ok" and summary["compiled"] is True
-
-
 @pytest.mark.parametrize(
     "bf16_over_fp32, expected",
     [(2.7, "bf16-mixed"), (1.25, "bf16-mixed"), (1.2, "fp32"), (0.5, "fp32")],

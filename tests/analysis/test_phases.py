@@ -106,6 +106,7 @@ def test_the_report_says_what_each_variant_needed_to_reach_the_target(tmp_path, 
     assert "## Time to target (validation loss 10)" in md
 
 
+@pytest.mark.slow
 def test_variants_tuning_other_keys_get_their_own_panel_and_table_cells(tmp_path):
     from toolkit.analysis.phases import edge_warnings, tuned_keys, tuning_figure
 

@@ -86,6 +86,7 @@ def test_fit_recovers_a_curve_from_noisy_seeds():
     assert fit.r2 > 0.95
 
 
+@pytest.mark.slow
 def test_fit_reaches_the_optimum_of_scipy_least_squares():
     """The oracle: scipy's least_squares (Huber, same bounds, 9 starts, tight tolerances) on
     the same centred problem never finds a lower Σ ρ than fit_curve."""
@@ -277,6 +278,7 @@ def test_summary_of_a_ladder():
     assert len(summary.attrs["bootstrap"]["better"]) == better["boot_fits"]
 
 
+@pytest.mark.slow
 def test_summary_is_deterministic_and_each_variant_draws_alone():
     table = ladder(np.random.default_rng(5), LADDER, COMPUTES)
     columns = ["multiplier", "multiplier_low", "multiplier_high"]
@@ -366,6 +368,7 @@ def test_bootstrap_interval_coverage():
 # --- figure --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_figure_is_written(tmp_path):
     table = ladder(np.random.default_rng(12), LADDER, COMPUTES)
     summary = ladder_summary(table, "base", target_flops=1e19, n_boot=50)

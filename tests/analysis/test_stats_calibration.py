@@ -29,6 +29,7 @@ def by_seed(values: np.ndarray, first_seed: int = 0) -> dict[int, float]:
 # -- no true difference: the t-tests reject in a fraction alpha --------------------------------
 
 
+@pytest.mark.slow
 def test_paired_t_false_positive_rate_is_alpha():
     rng = np.random.default_rng(101)
     n, sims = 5, 4000
@@ -45,6 +46,7 @@ def test_paired_t_false_positive_rate_is_alpha():
     assert 0.04 <= rejects(results) <= 0.06
 
 
+@pytest.mark.slow
 def test_welch_t_false_positive_rate_is_alpha():
     rng = np.random.default_rng(102)
     n, sims = 5, 4000
@@ -58,6 +60,7 @@ def test_welch_t_false_positive_rate_is_alpha():
     assert 0.04 <= rejects(results) <= 0.06
 
 
+@pytest.mark.slow
 def test_t_interval_covers_the_true_mean_95_percent_of_the_time():
     rng = np.random.default_rng(103)
     true_mean, sims = 2.0, 4000
@@ -73,6 +76,7 @@ def test_t_interval_covers_the_true_mean_95_percent_of_the_time():
 
 
 @pytest.mark.parametrize("n", [2, 3, 5])
+@pytest.mark.slow
 def test_paired_power_at_the_minimum_detectable_difference(n):
     rng = np.random.default_rng(104 + n)
     sd, sims = 0.01, 4000  # sd: the std of the per-seed differences
@@ -133,6 +137,7 @@ def simulated_report(rng: np.random.Generator, variants: int, n: int) -> dict[st
     return {f"v{k}": by_seed(rng.normal(2.0 + 0.05 * k, 0.01, size=n)) for k in range(variants)}
 
 
+@pytest.mark.slow
 def test_outlier_flag_is_rare_on_clean_normal_seeds():
     rng = np.random.default_rng(113)
     reports, variants = 1000, 4
@@ -148,6 +153,7 @@ def test_outlier_flag_is_rare_on_a_lone_variant_of_three_seeds():
     assert flagged / 2000 < 0.02
 
 
+@pytest.mark.slow
 def test_outlier_flag_fires_on_an_injected_outlier():
     rng = np.random.default_rng(115)
     reports, hits, wrong = 500, 0, 0
@@ -165,6 +171,7 @@ def test_outlier_flag_fires_on_an_injected_outlier():
 
 
 @pytest.mark.parametrize("n", [4, 6])
+@pytest.mark.slow
 def test_aa_check_false_alarm_rate_is_alpha(n):
     rng = np.random.default_rng(116 + n)
     sims = 4000

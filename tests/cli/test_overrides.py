@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from conftest import TINY_TOML
 
 from toolkit.cli import main
@@ -48,6 +49,7 @@ def test_setting_a_key_the_grid_varies_replaces_the_axis_with_one_value(tmp_path
     assert "note: --set model.norm replaces the grid axis 'model.norm'" in err
 
 
+@pytest.mark.slow
 def test_a_grid_axis_is_set_from_the_command_line(tmp_path, capsys):
     code, out, err = validate(
         tmp_path, capsys, TINY_TOML, 'grid."model.norm"=["layernorm","scalenorm"]'

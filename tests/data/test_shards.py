@@ -136,6 +136,7 @@ def test_shards_cannot_be_split_by_documents(tmp_path: Path) -> None:
         load(path, by="documents")
 
 
+@pytest.mark.slow
 def test_ablate_trains_on_token_shards(tmp_path: Path, capsys, monkeypatch) -> None:
     nanogpt(tmp_path / "train.bin", ids(20_000, 4))
     nanogpt(tmp_path / "val.bin", ids(2_000, 5))

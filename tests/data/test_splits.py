@@ -77,6 +77,7 @@ def test_a_character_split_with_a_test_part_keeps_every_character_in_order(
     names=st.lists(st.text(min_size=1, max_size=12), min_size=30, max_size=80, unique=True),
     more=st.lists(st.text(min_size=1, max_size=12), min_size=1, max_size=30, unique=True),
 )
+@pytest.mark.slow
 def test_adding_documents_never_moves_the_others(names: list[str], more: list[str]) -> None:
     holdout = Holdout(by="documents", val_fraction=0.3, test_fraction=0.2)
     before = plan_of(holdout, names)

@@ -120,6 +120,7 @@ def many_docs() -> list[tuple[str, str]]:
 # fork: Linux's default before Python 3.14; spawn: macOS's and Windows' (the workers unpickle
 # the tokenizer); forkserver: Linux's from 3.14.
 @pytest.mark.parametrize("start", ["fork", "spawn", "forkserver"])
+@pytest.mark.slow
 def test_long_corpora_are_encoded_in_worker_processes_to_the_same_ids(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, start: str
 ) -> None:

@@ -137,6 +137,7 @@ def test_export_hf_gpt2_loads_in_transformers(tmp_path):
     ],
     ids=["no-qkv-bias-exact-gelu", "tied-torch-layernorm-relu", "ffn_hidden"],
 )
+@pytest.mark.slow
 def test_toolkit_model_exports_exactly(tmp_path, overrides):
     """A model trained here (no qkv biases: exported as zeros) gives the same logits in
     transformers."""

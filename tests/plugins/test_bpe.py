@@ -99,6 +99,7 @@ def reference_encode(text: str, merges: list[tuple[int, int]]) -> list[int]:
 
 
 @pytest.mark.parametrize("start", [0, 100_000, 300_000])
+@pytest.mark.slow
 def test_training_matches_reference_on_real_text(start: int) -> None:
     texts = ["".join(PYDOC)[start : start + 4000], "a second, separate piece of text"]
     assert learn_merges(texts, 120) == reference_train(texts, 120)

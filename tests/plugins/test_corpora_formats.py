@@ -360,6 +360,7 @@ def test_hf_mixed_or_unknown_files(tmp_path: Path, datasets: Any) -> None:
     assert ".tsv" in error("hf", path=str(tmp_path / "c.tsv"))
 
 
+@pytest.mark.slow
 def test_hf_imports_datasets_in_offline_mode() -> None:
     pytest.importorskip("datasets")
     code = (

@@ -85,6 +85,7 @@ def schedule_before(run, steps, plugins):
     ],
     ids=["defaults", "warmup", "decay-all", "constant"],
 )
+@pytest.mark.slow
 def test_a_default_spec_trains_bit_for_bit_as_before(tmp_path, tiny_doc, monkeypatch, train):
     tiny_doc["model"]["drop_rate"] = 0.1
     tiny_doc["train"].update(max_steps=9, threads=1, **train)
@@ -320,6 +321,7 @@ def readme_plugin(tmp_path: Path, monkeypatch) -> Plugins:
     return Plugins(["my_optimizers"], autoload=False)
 
 
+@pytest.mark.slow
 def test_the_readme_optimizer_conforms_and_trains_from_a_spec(tmp_path, monkeypatch, tiny_doc):
     plugins = readme_plugin(tmp_path, monkeypatch)
     check_component("optimizer", "signum", plugins, max_examples=3)
@@ -345,6 +347,7 @@ def test_ablate_list_shows_the_optimizers_and_schedules_with_their_options(capsy
 
 
 # -- resuming -------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_sweep_interrupted_under_muon_resumes_to_the_same_metrics(tmp_path, tiny_doc):
     tiny_doc["model"]["drop_rate"] = 0.2  # dropout draws from the RNG: resuming restores it
     tiny_doc["train"].update(max_steps=9, eval_interval=3, threads=1, warmup_steps=2)

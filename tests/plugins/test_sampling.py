@@ -129,6 +129,7 @@ def test_temperature_towards_zero_converges_to_greedy(values, seed):
     scale=st.sampled_from((0.01, 1.0, 100.0)),
     seed=st.integers(0, 2**16),
 )
+@pytest.mark.slow
 def test_every_sampler_gives_valid_ids_a_distribution_and_replays(name, rows, scale, seed):
     logits = torch.tensor(rows) * scale
     given_logits = logits.clone()

@@ -271,6 +271,7 @@ def metric(step: int, elapsed: float) -> dict[str, Any]:
     return {"step": step, "val_loss": 10.0 / step, "lr": 1e-3, "elapsed_s": elapsed}
 
 
+@pytest.mark.slow
 def test_a_fresh_run_after_one_without_wandb_starts_a_new_wandb_run(
     tmp_path, monkeypatch, offline_wandb
 ):
@@ -337,6 +338,7 @@ def test_a_run_still_open_at_exit_is_finished_as_failed(tmp_path, monkeypatch, o
     assert logged.exit_code == 1  # by close_all, before W&B's own exit handler (255 or 0)
 
 
+@pytest.mark.slow
 def test_runs_in_threads_of_one_process_are_independent_wandb_runs(
     tmp_path, monkeypatch, offline_wandb
 ):

@@ -51,6 +51,7 @@ def test_tokens_per_param_budgets_follow_the_baseline_at_each_size(ladder_doc) -
         assert r.train.max_tokens == round(2 * count_params(config)[1])
 
 
+@pytest.mark.slow
 def test_a_ladder_trains_and_records_its_sizes(tmp_path, ladder_doc, plugins) -> None:
     ladder_doc["ladder"]["target_flops"] = 1e12
     table = run(parse_spec(ladder_doc), tmp_path, plugins=plugins, progress=False)

@@ -29,6 +29,7 @@ def tuned_doc(tiny_doc) -> dict:
     return tiny_doc
 
 
+@pytest.mark.slow
 def test_each_variant_trains_on_every_seed_at_its_own_best_point(tmp_path, tuned_doc, plugins):
     table = run(parse_spec(tuned_doc), tmp_path, plugins=plugins, progress=False)
     tuning = collect(tmp_path / "tune")
@@ -135,6 +136,7 @@ def test_an_interrupted_tuning_phase_resumes_to_the_same_tables(tmp_path, tuned_
     )
 
 
+@pytest.mark.slow
 def test_a_variant_with_its_own_candidates_tunes_over_them(tmp_path, tuned_doc, plugins):
     """SGD and Adam want learning rates orders of magnitude apart: [tune.variants.NAME] gives
     a variant its own grid, in place of the shared one."""

@@ -42,6 +42,7 @@ def test_a_finished_run_records_what_it_wrote_and_verifies(sweep, capsys):
     assert "digests" not in (out / "results.csv").read_text()  # files, not results
 
 
+@pytest.mark.slow
 def test_a_corrupt_checkpoint_is_caught_and_retrained(sweep, capsys):
     spec, out = sweep
     checkpoint = out / "base/seed-1/checkpoint.pt"

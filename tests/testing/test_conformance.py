@@ -227,6 +227,7 @@ BROKEN = {
 
 
 @pytest.mark.parametrize("flaw", list(BROKEN))
+@pytest.mark.slow
 def test_a_broken_component_fails_the_check_it_breaks(flaw: str) -> None:
     kind, factory, facts, check = BROKEN[flaw]
     plugins = plugins_with(kind, "broken", factory, **facts)
@@ -299,11 +300,13 @@ def test_check_all_lists_every_failing_component_and_only_those() -> None:
         ("multihead", {"qk_norm": True}),
     ],
 )
+@pytest.mark.slow
 def test_non_default_options_conform(name: str, options: dict) -> None:
     # The defaults do not exercise everything: a window of 64 is wider than any drawn context.
     check_component("attention", name, PLUGINS, options=options)
 
 
+@pytest.mark.slow
 def test_a_kv_cache_that_forgets_earlier_chunks_fails() -> None:
     class Forgetful(SDPAttention):
         def forward_cached(self, x, cache, start):
@@ -390,6 +393,7 @@ def line_of(mark: str) -> str:
     ],
     ids=["raises", "raises-in-torch", "init-raises"],
 )
+@pytest.mark.slow
 def test_a_factory_rejecting_every_config_shows_its_first_error_and_line(
     kind: str, factory, error: str, mark: str
 ) -> None:

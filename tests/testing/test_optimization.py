@@ -104,6 +104,7 @@ BROKEN = {
 
 
 @pytest.mark.parametrize("flaw", list(BROKEN))
+@pytest.mark.slow
 def test_a_broken_optimizer_or_schedule_fails_the_check_it_breaks(flaw: str) -> None:
     kind, factory, check = BROKEN[flaw]
     with pytest.raises(ConformanceError) as info:
@@ -113,6 +114,7 @@ def test_a_broken_optimizer_or_schedule_fails_the_check_it_breaks(flaw: str) -> 
     assert "; input: " in message
 
 
+@pytest.mark.slow
 def test_the_messages_say_what_went_wrong() -> None:
     plugins = plugins_with("optimizer", "some", matrices_only)
     with pytest.raises(ConformanceError, match=r"parameter '\S+' is in 0 parameter groups, not"):

@@ -20,6 +20,7 @@ def summaries(folder, table) -> dict[str, dict]:
     }
 
 
+@pytest.mark.slow
 def test_a_flops_budget_gives_every_variant_the_same_compute(tmp_path, tiny_doc, plugins):
     tiny_doc["train"].pop("max_steps")
     tiny_doc["train"]["max_flops"] = 2e9

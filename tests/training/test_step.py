@@ -64,6 +64,7 @@ def _batch(config: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16-mixed"])
+@pytest.mark.slow
 def test_the_default_model_step_compiles_as_one_graph(plugins, precision):
     config = ModelConfig(vocab_size=64, context_length=16, emb_dim=32, n_heads=2, n_layers=2)
     step = LossStep(build_model(config, plugins), "cpu", precision)
@@ -123,6 +124,7 @@ def test_the_step_returns_the_cross_entropy_and_adds_the_auxiliary_losses(plugin
     assert none == {}
 
 
+@pytest.mark.slow
 def test_a_component_that_cannot_compile_trains_eagerly_with_the_same_losses(
     tmp_path, tiny_doc, capsys
 ):

@@ -61,6 +61,7 @@ def test_results_carry_flops_mfu_and_the_resolved_device(tmp_path, tiny_doc, plu
     assert summary["device"] == resolve_device("auto") and summary["precision"] == "fp32"
 
 
+@pytest.mark.slow
 def test_bf16_mixed_trains_and_stays_close_to_fp32(tmp_path, tiny_doc, plugins):
     fp32 = run(parse_spec(tiny_doc), tmp_path / "a", plugins=plugins, progress=False)
     tiny_doc["train"]["precision"] = "bf16-mixed"

@@ -13,8 +13,9 @@ threads as training uses.
 2. MFU of each mode against the measured peak of its precision.
 3. tokenization MB/s (gpt2, bytes, bpe) and bytes per stored token
 4. generation tokens/s with and without the KV cache (256 new tokens)
-5. sweep overhead: wall time of a small sweep vs the sum of its training-step time, and the
-   share of it spent in evaluation (target <= 3%)
+5. sweep overhead: wall time of a small sweep vs the sum of its training-step time, the share
+   of it spent in evaluation (target <= 3%), and what sets that share: tokens evaluated per
+   token trained, and what an evaluated token costs against a trained one
 
 Every mode of both models is timed in each round, in turn, and the figures are medians over
 rounds, because other load on the machine moves single measurements by tens of percent. Not a
@@ -221,16 +222,32 @@ def bench_generation(plugins: Plugins, rounds: int = 3) -> dict[str, float]:
     new = 256
     for use_cache in (True, False):  # the first calls allocate and choose kernels
         generate(model, prompt, 8, greedy, cfg.context_length, use_cache=use_cache)
+    # What a cached step cannot avoid: one row through every weight matrix (the head included).
+    # Timed alone, back to back, it is the tokens/s a step with no other cost would reach.
+    matrices = [(m.weight.detach(), m.bias) for m in model.modules() if isinstance(m, nn.Linear)]
+
+    def products_only() -> None:
+        with torch.inference_mode():
+            for _ in range(new):
+                for weight, bias in matrices:
+                    F.linear(prompt.new_zeros(1, weight.shape[1], dtype=weight.dtype), weight, bias)
+
+    products_only()
     rates: dict[bool, list[float]] = {True: [], False: []}
+    floor: list[float] = []
     for _ in range(rounds):
         for use_cache in (True, False):
             tick = time.perf_counter()
             generate(model, prompt, new, greedy, cfg.context_length, use_cache=use_cache)
             rates[use_cache].append(new / (time.perf_counter() - tick))
+        tick = time.perf_counter()
+        products_only()
+        floor.append(new / (time.perf_counter() - tick))
     return {
         "generate_cache_tokens_per_s": statistics.median(rates[True]),
         "generate_no_cache_tokens_per_s": statistics.median(rates[False]),
         "cache_speedup": statistics.median(c / u for c, u in zip(*rates.values(), strict=True)),
+        "generate_matmul_only_tokens_per_s": statistics.median(floor),
     }
 
 
@@ -252,17 +269,29 @@ def bench_sweep(steps: int) -> dict[str, float]:
         "grid": {"model.norm": ["layernorm", "rmsnorm"]},
     }
 
+    spec = parse_spec(doc)
     with tempfile.TemporaryDirectory() as out:
         tick = time.perf_counter()
-        table = toolkit.run(parse_spec(doc), out, progress=False)
+        table = toolkit.run(spec, out, progress=False)
         wall = time.perf_counter() - tick
+        evaluations = [
+            len((Path(out) / r.folder / "metrics.jsonl").read_text().splitlines())
+            for r in spec.runs
+        ]
     train_s, eval_s = float(table["train_s"].sum()), float(table["eval_s"].sum())
+    # Tokens scored by evaluation (train and validation batches at each evaluation) against
+    # tokens trained on: with the cost of each, what any implementation would spend.
+    t, window = spec.runs[0].train, spec.runs[0].model.context_length
+    eval_tokens = sum(evaluations) * 2 * t.eval_batches * t.batch_size * window
+    train_tokens = len(spec.runs) * steps * t.batch_size * window
     return {
         "sweep_wall_s": wall,
         "sweep_train_s": train_s,
         "sweep_eval_s": eval_s,
         "sweep_overhead": wall / train_s - 1,
         "sweep_overhead_besides_eval": (wall - eval_s) / train_s - 1,
+        "sweep_eval_tokens_per_train_token": eval_tokens / train_tokens,
+        "sweep_eval_cost_per_token_vs_train": (eval_s / eval_tokens) / (train_s / train_tokens),
     }
 
 
@@ -357,7 +386,8 @@ def format_table(r: dict[str, float]) -> str:
             (
                 "generate 256 tokens, KV cache",
                 f"{r['generate_cache_tokens_per_s']:,.0f} tokens/s",
-                "",
+                f"its matrix products alone: {r['generate_matmul_only_tokens_per_s']:,.0f} "
+                f"tokens/s",
             ),
             (
                 "generate 256 tokens, no cache",
@@ -376,6 +406,12 @@ def format_table(r: dict[str, float]) -> str:
                 "  of which evaluation",
                 f"{r['sweep_eval_s'] / r['sweep_wall_s']:.1%} of the wall time",
                 f"target <= 3%; overhead besides evaluation +{r['sweep_overhead_besides_eval']:.1%}",
+            ),
+            (
+                "  evaluated tokens per trained token",
+                f"{r['sweep_eval_tokens_per_train_token']:.2f}",
+                f"each costing {r['sweep_eval_cost_per_token_vs_train']:.2f}x a trained token "
+                f"(a forward pass alone; about 1/3 of forward + backward)",
             ),
         ]
     width = max(len(a) for a, _, _ in rows)

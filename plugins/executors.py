@@ -190,6 +190,18 @@ def _visible_gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
+def _check_cpus(jobs: Sequence[RunJob], cpus: float, local: bool = False) -> None:
+    """Every run's CPUs (train.threads, 1 if unset) fit on a Ray node with `cpus` of them."""
+    node = "a local Ray instance would have" if local else "the largest Ray node has"
+    fix = "raise num_cpus if the machine has more" if local else "add bigger nodes"
+    for job in jobs:
+        if (need := job.cpus or 1) > cpus:
+            raise ToolkitError(
+                f"variant {job.run.variant!r} asks for {need} CPUs (train.threads) but {node} "
+                f"{cpus:g}; lower train.threads or {fix}"
+            )
+
+
 class RayExecutor:
     """Each run is a Ray task reserving train.threads CPUs (1 if unset) and one GPU when its
     device is cuda (or auto on a cluster with GPUs). Without `address`, starts a local Ray
@@ -220,6 +232,10 @@ class RayExecutor:
 
     def prepare(self, jobs: Sequence[RunJob], plugins: Any) -> None:
         self.modules, self.autoload = plugin_modules(plugins, "ray")
+        if not self.address and not self.ray.is_initialized():
+            # A local instance has this machine's CPUs (or num_cpus): a run that cannot fit is
+            # refused before Ray takes seconds to start.
+            _check_cpus(jobs, self.num_cpus or os.cpu_count() or 1, local=True)
         self._connect()
         try:
             self._plan(jobs)
@@ -267,14 +283,10 @@ class RayExecutor:
         nodes = [n for n in self.ray.nodes() if n.get("Alive")]
         cpus = max((n["Resources"].get("CPU", 0) for n in nodes), default=0)
         gpus = max((n["Resources"].get("GPU", 0) for n in nodes), default=0)
+        _check_cpus(jobs, cpus)
         for job in jobs:
             want_gpu = job.device.startswith("cuda") or (job.device == "auto" and gpus > 0)
             need = job.cpus or 1
-            if need > cpus:
-                raise ToolkitError(
-                    f"variant {job.run.variant!r} asks for {need} CPUs (train.threads) but the "
-                    f"largest Ray node has {cpus:g}; lower train.threads or add bigger nodes"
-                )
             if want_gpu and gpus < 1:
                 raise ToolkitError(
                     f"variant {job.run.variant!r} asks for a GPU (train.device = "

@@ -246,7 +246,7 @@ def test_a_missing_ray_is_one_clear_line(tmp_path, monkeypatch, capsys):
         ),
         (
             ["--executor", "ray", "--set", "train.threads=64"],
-            "asks for 64 CPUs (train.threads) but the largest Ray node has",
+            "asks for 64 CPUs (train.threads) but a local Ray instance would have",
         ),
     ],
     ids=["unreachable-address", "too-many-cpus"],

@@ -36,9 +36,12 @@ byte when the variants use different tokenizers; ties by name), the baseline mar
   `stats.outliers` flags in the comparison metric, "3" or "3, 7"; "" for none)
 - for each lm-evaluation-harness score the runs hold (`ablate eval-tasks`; a column
   "task:<task>/<metric>" of the runs table): task:<task>/<metric>_mean, _std, _ci_low,
-  _ci_high over the finished runs that have it, and _n (how many); after every other column.
-  Scores are described, not tested: their direction differs by metric (accuracy up,
-  perplexity down), and a few hundred task samples rarely resolve what the losses cannot.
+  _ci_high over the finished runs that have it, _n (how many), and against the baseline's:
+  _delta (difference of means), _p (the losses' test: paired t on shared seeds, else Welch)
+  and _p_holm (Holm over every task comparison in the table: a family of its own, apart from
+  the losses'); after every other column. No verdict:
+  whether higher is better depends on the metric (accuracy up, perplexity down), which the
+  reader knows and the table does not.
   summary.attrs["task_settings_differ"]: task -> the ways it was scored, for each task whose
   runs were scored differently (few-shot examples, limit, lm-eval version): its means mix them
 - after, changes, delta_step, delta_step_ci_low, delta_step_ci_high, test_step, p_step: only
@@ -188,7 +191,7 @@ def summarize(
             }
         row["train_loss_mean"] = _mean(per_seed["train_loss"].values())
         for column in scored:
-            found = _by_seed(ok, column)
+            found = per_seed[column] = _by_seed(ok, column)
             d = stats.describe(found.values(), confidence)
             row |= {
                 f"{column}_mean": d.mean,
@@ -242,6 +245,7 @@ def summarize(
         }
         extra.append(out)
     summary = pd.concat([summary, pd.DataFrame(extra)], axis=1)
+    summary = _task_comparisons(summary, values, baseline, scored)
     summary["p_holm"] = stats.holm(summary["p_value"])
     verdict_p = stats.adjust(summary["p_value"], correction)
     summary["verdict"] = [
@@ -265,7 +269,7 @@ def summarize(
         "params", "params_non_embedding", "params_active", "params_active_non_embedding",
         "flops_per_token", "tokens_per_s", "train_s", "wall_s",
         "causal", "eval_windows", "diverged", "failed", "outlier_seeds", "flags",
-        *[f"{c}_{s}" for c in scored for s in ("mean", "std", "ci_low", "ci_high", "n")],
+        *[f"{c}_{s}" for c in scored for s in TASK_STATS],
     ]  # fmt: skip
     summary = summary[order]
     summary["_key"] = summary[f"{metric}_mean"]
@@ -285,6 +289,38 @@ def summarize(
     summary.attrs["aa_check"] = _aa_check(base[metric] if base is not None else {}, alpha)
     summary.attrs["task_settings_differ"] = _settings_differ(table)
     return summary
+
+
+TASK_STATS = ("mean", "std", "ci_low", "ci_high", "n", "delta", "p", "p_holm")
+
+
+def _task_comparisons(
+    summary: pd.DataFrame,
+    values: dict[str, dict[str, dict[Any, float]]],
+    baseline: str | None,
+    scored: list[str],
+) -> pd.DataFrame:
+    """Each task score against the baseline's: _delta (mean minus the baseline's mean), _p (the
+    same test as the losses': paired on shared seeds, else Welch) and _p_holm (Holm over every
+    task comparison in the table: one family, apart from the losses')."""
+    base = values.get(baseline, {}) if baseline is not None else {}
+    columns: dict[str, list[float]] = {}
+    for column in scored:
+        deltas, ps = [], []
+        for variant, is_base in zip(summary["variant"], summary["baseline"], strict=True):
+            if is_base or column not in base:
+                deltas.append(math.nan)
+                ps.append(math.nan)
+                continue
+            test = stats.compare_to_baseline(values[variant][column], base[column])
+            mine = _mean(values[variant][column].values())
+            deltas.append(mine - _mean(base[column].values()))
+            ps.append(test.p_value)
+        columns[f"{column}_delta"], columns[f"{column}_p"] = deltas, ps
+    adjusted = iter(stats.holm(p for column in scored for p in columns[f"{column}_p"]))
+    for column in scored:
+        columns[f"{column}_p_holm"] = [next(adjusted) for _ in range(len(summary))]
+    return pd.concat([summary, pd.DataFrame(columns, index=summary.index)], axis=1)
 
 
 def _settings_differ(table: pd.DataFrame) -> dict[str, list[str]]:

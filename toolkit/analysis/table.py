@@ -39,9 +39,8 @@ byte when the variants use different tokenizers; ties by name), the baseline mar
   _ci_high over the finished runs that have it, _n (how many), and against the baseline's:
   _delta (difference of means), _p (the losses' test: paired t on shared seeds, else Welch)
   and _p_holm (Holm over every task comparison in the table: a family of its own, apart from
-  the losses'); after every other column. No verdict:
-  whether higher is better depends on the metric (accuracy up, perplexity down), which the
-  reader knows and the table does not.
+  the losses'); after every other column. No verdict: whether higher is better depends on
+  the metric (accuracy up, perplexity down), which the reader knows and the table does not.
   summary.attrs["task_settings_differ"]: task -> the ways it was scored, for each task whose
   runs were scored differently (few-shot examples, limit, lm-eval version): its means mix them
 - after, changes, delta_step, delta_step_ci_low, delta_step_ci_high, test_step, p_step: only

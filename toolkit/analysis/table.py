@@ -35,14 +35,10 @@ byte when the variants use different tokenizers; ties by name), the baseline mar
   them) or FLOPs per token more than 2% off the baseline's); outlier_seeds (text: the seeds
   `stats.outliers` flags in the comparison metric, "3" or "3, 7"; "" for none)
 - for each lm-evaluation-harness score the runs hold (`ablate eval-tasks`; a column
-  "task:<task>/<metric>" of the runs table): task:<task>/<metric>_mean, _std, _ci_low,
-  _ci_high over the finished runs that have it, _n (how many), and against the baseline's:
-  _delta (difference of means), _p (the losses' test: paired t on shared seeds, else Welch)
-  and _p_holm (Holm over every task comparison in the table: a family of its own, apart from
-  the losses'); after every other column. No verdict: whether higher is better depends on
-  the metric (accuracy up, perplexity down), which the reader knows and the table does not.
+  "task:<task>/<metric>" of the runs table), after every other column: _mean, _std, _ci_low,
+  _ci_high, _n and, against the baseline, _delta, _p and _p_holm (toolkit.analysis.tasks);
   summary.attrs["task_settings_differ"]: task -> the ways it was scored, for each task whose
-  runs were scored differently (few-shot examples, limit, lm-eval version): its means mix them
+  runs were scored differently: its means mix them
 - after, changes, delta_step, delta_step_ci_low, delta_step_ci_high, test_step, p_step: only
   when some variant builds on another (a spec's `after`): toolkit.analysis.steps
 
@@ -82,7 +78,6 @@ Not here: reading folders (load.py), text for the terminal (text.py), report fil
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -91,10 +86,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from toolkit.analysis import stats
+from toolkit.analysis import stats, tasks
 from toolkit.analysis.stats import HOLM
 from toolkit.analysis.steps import add_steps
-from toolkit.sweep.results import TASK_SETTINGS, task_columns
+from toolkit.sweep.results import task_columns
 
 METRICS = ("val_loss", "val_perplexity", "val_bpb", "test_loss", "test_bpb")
 # How each metric is named and measured, in the table, the report and the figures alike.
@@ -190,15 +185,8 @@ def summarize(
             }
         row["train_loss_mean"] = _mean(per_seed["train_loss"].values())
         for column in scored:
-            found = per_seed[column] = _by_seed(ok, column)
-            d = stats.describe(found.values(), confidence)
-            row |= {
-                f"{column}_mean": d.mean,
-                f"{column}_std": d.std,
-                f"{column}_ci_low": d.ci_low,
-                f"{column}_ci_high": d.ci_high,
-                f"{column}_n": d.n,
-            }
+            per_seed[column] = _by_seed(ok, column)
+            row |= tasks.described(column, per_seed[column], confidence)
         row |= {
             "params": _first(group, "params"),
             "params_non_embedding": _first(group, "params_non_embedding"),
@@ -244,7 +232,8 @@ def summarize(
         }
         extra.append(out)
     summary = pd.concat([summary, pd.DataFrame(extra)], axis=1)
-    summary = _task_comparisons(summary, values, baseline, scored)
+    versus = tasks.compared(list(summary["variant"]), baseline, values, scored)
+    summary = pd.concat([summary, versus.set_axis(summary.index)], axis=1)
     summary["p_holm"] = stats.holm(summary["p_value"])
     verdict_p = stats.adjust(summary["p_value"], correction)
     summary["verdict"] = [
@@ -268,7 +257,7 @@ def summarize(
         "params", "params_non_embedding", "params_active", "params_active_non_embedding",
         "flops_per_token", "tokens_per_s", "train_s", "wall_s",
         "causal", "eval_windows", "diverged", "failed", "outlier_seeds", "flags",
-        *[f"{c}_{s}" for c in scored for s in TASK_STATS],
+        *[f"{c}_{s}" for c in scored for s in tasks.STATS],
     ]  # fmt: skip
     summary = summary[order]
     summary["_key"] = summary[f"{metric}_mean"]
@@ -286,50 +275,8 @@ def summarize(
         for o in found
     ]  # fmt: skip
     summary.attrs["aa_check"] = _aa_check(base[metric] if base is not None else {}, alpha)
-    summary.attrs["task_settings_differ"] = _settings_differ(table)
+    summary.attrs["task_settings_differ"] = tasks.settings_differ(table)
     return summary
-
-
-TASK_STATS = ("mean", "std", "ci_low", "ci_high", "n", "delta", "p", "p_holm")
-
-
-def _task_comparisons(
-    summary: pd.DataFrame,
-    values: dict[str, dict[str, dict[Any, float]]],
-    baseline: str | None,
-    scored: list[str],
-) -> pd.DataFrame:
-    """Each task score against the baseline's: _delta (mean minus the baseline's mean), _p (the
-    same test as the losses': paired on shared seeds, else Welch) and _p_holm (Holm over every
-    task comparison in the table: one family, apart from the losses')."""
-    base = values.get(baseline, {}) if baseline is not None else {}
-    columns: dict[str, list[float]] = {}
-    for column in scored:
-        deltas, ps = [], []
-        for variant, is_base in zip(summary["variant"], summary["baseline"], strict=True):
-            if is_base or column not in base:
-                deltas.append(math.nan)
-                ps.append(math.nan)
-                continue
-            test = stats.compare_to_baseline(values[variant][column], base[column])
-            mine = _mean(values[variant][column].values())
-            deltas.append(mine - _mean(base[column].values()))
-            ps.append(test.p_value)
-        columns[f"{column}_delta"], columns[f"{column}_p"] = deltas, ps
-    adjusted = iter(stats.holm(p for column in scored for p in columns[f"{column}_p"]))
-    for column in scored:
-        columns[f"{column}_p_holm"] = [next(adjusted) for _ in range(len(summary))]
-    return pd.concat([summary, pd.DataFrame(columns, index=summary.index)], axis=1)
-
-
-def _settings_differ(table: pd.DataFrame) -> dict[str, list[str]]:
-    """task -> the distinct ways it was scored, for the tasks scored in more than one way
-    across the table's runs (few-shot examples, limit, lm-eval version)."""
-    found: dict[str, set[str]] = {}
-    for text in _column(table, TASK_SETTINGS).dropna():
-        for task, how in json.loads(text).items():
-            found.setdefault(task, set()).add(how)
-    return {task: sorted(ways) for task, ways in sorted(found.items()) if len(ways) > 1}
 
 
 def _active_params(summary: pd.DataFrame) -> pd.DataFrame:

@@ -11,20 +11,15 @@ import pandas as pd
 import pytest
 from scipy.optimize import least_squares
 
-from toolkit.analysis import scaling
+from toolkit.analysis import curves
+from toolkit.analysis.curves import POWER, SATURATING, ScalingFit, compute_at, fit_curve, loss_at
 from toolkit.analysis.scaling import (
     FEWER_SIZES,
-    POWER,
-    SATURATING,
-    ScalingFit,
     bootstrap,
-    compute_at,
     compute_multiplier,
     crossings,
-    fit_curve,
     ladder_figure,
     ladder_summary,
-    loss_at,
 )
 from toolkit.errors import ToolkitError
 
@@ -97,7 +92,7 @@ def test_fit_reaches_the_optimum_of_scipy_least_squares():
         loss = (E0 + A0 * c**-ALPHA0) * np.exp(rng.normal(0, 0.02, c.size))
         y = np.log(loss)
         fit = fit_curve(c, loss)
-        ours = scaling._rho(np.log(loss_at(fit, c)) - y, scaling.HUBER_DELTA).sum()
+        ours = curves._rho(np.log(loss_at(fit, c)) - y, curves.HUBER_DELTA).sum()
         floor = loss.min() * (1 - 1e-6)
         best = math.inf
         for e in (0.0, 0.5 * floor, 0.9 * floor):
@@ -105,12 +100,12 @@ def test_fit_reaches_the_optimum_of_scipy_least_squares():
                 res = least_squares(
                     lambda p, y=y: np.log(p[0] + np.exp(p[1] - p[2] * x)) - y,
                     [e, np.mean(np.log(loss - e) + alpha * x), alpha],
-                    bounds=([0, -np.inf, scaling.ALPHA_LOW], [floor, np.inf, scaling.ALPHA_HIGH]),
-                    loss="huber", f_scale=scaling.HUBER_DELTA, ftol=1e-12, xtol=1e-12,
+                    bounds=([0, -np.inf, curves.ALPHA_LOW], [floor, np.inf, curves.ALPHA_HIGH]),
+                    loss="huber", f_scale=curves.HUBER_DELTA, ftol=1e-12, xtol=1e-12,
                     gtol=1e-12, max_nfev=2000,
                 )  # fmt: skip
                 r = np.log(res.x[0] + np.exp(res.x[1] - res.x[2] * x)) - y
-                best = min(best, scaling._rho(r, scaling.HUBER_DELTA).sum())
+                best = min(best, curves._rho(r, curves.HUBER_DELTA).sum())
         assert ours <= best * (1 + 1e-8)
 
 
@@ -244,7 +239,7 @@ def test_bootstrap_keeps_the_kind_of_the_full_fit():
 def test_failed_refits_are_counted_and_warned_about(monkeypatch):
     """Every start of every fourth resample made to fail: a quarter of the refits are left out,
     counted, and the summary says the interval is unreliable."""
-    descend = scaling._descend
+    descend = curves._descend
 
     def failing(x, y, w, theta, floor, delta):
         found, cost, ok = descend(x, y, w, theta, floor, delta)
@@ -252,7 +247,7 @@ def test_failed_refits_are_counted_and_warned_about(monkeypatch):
             ok = ok & ((np.arange(len(theta)) // 4) % 4 != 0)
         return found, cost, ok
 
-    monkeypatch.setattr(scaling, "_descend", failing)
+    monkeypatch.setattr(curves, "_descend", failing)
     table = ladder(np.random.default_rng(3), LADDER, COMPUTES)
     boot = bootstrap(table, "better", 40, 0)
     assert (boot.n, boot.failed, len(boot.fits)) == (40, 10, 30)

@@ -16,7 +16,7 @@ tuned sweep ([tune]) and the scaling fits of a ladder ([ladder]).
                                        warnings) and its log-log figure
 
 A Section holds report blocks (render.py's format), figure files and terminal lines; empty for
-a sweep without the phase. Not here: the fits (scaling.py), choosing the points
+a sweep without the phase. Not here: the fits (curves.py, scaling.py), choosing the points
 (toolkit/sweep/tuning.py).
 """
 

@@ -15,7 +15,8 @@ tokens_per_param, a size's budget is that many tokens per non-embedding paramete
 baseline at that size (the `params_non_embedding` its runs record: without token and position
 embeddings, with an untied head), the same for every variant, so the variants of one size see
 the same tokens and each run's compute (its recorded FLOPs) is what the curves are fitted
-against. Not here: the fits and the compute multiplier (toolkit/analysis/scaling.py).
+against. Not here: the fits (toolkit/analysis/curves.py) and the compute multiplier
+(toolkit/analysis/scaling.py).
 """
 
 from __future__ import annotations

@@ -17,9 +17,11 @@ threads as training uses.
    of it spent in evaluation (target <= 3%), and what sets that share: tokens evaluated per
    token trained, and what an evaluated token costs against a trained one
 
-Every mode of both models is timed in each round, in turn, and the figures are medians over
-rounds, because other load on the machine moves single measurements by tens of percent. Not a
-test: nothing here passes or fails; the targets are printed beside the figures.
+Every mode of both models is timed in each round, in turn, because other load on the machine
+moves single measurements by tens of percent: a tokens/s figure is the median over rounds, a
+ratio the median of the rounds' own ratios (side_by_side), and a peak the highest of a
+measurement before the rounds and one after each. Not a test: nothing here passes or fails;
+the targets are printed beside the figures.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from toolkit.training.throughput import (  # noqa: E402
     autocast,
     compiled,
     flops_per_token,
-    peak_flops,
+    matmul_flops,
 )
 
 CONFIG = dict(
@@ -145,14 +147,22 @@ def time_steps(contender: Contender, steps: int) -> float:
     return statistics.median(times)
 
 
+def side_by_side(ours: list[float], theirs: list[float]) -> float:
+    """The median over rounds of theirs[r] / ours[r]: how many times faster `ours` is, from
+    seconds measured side by side in each round. Load that drifts between rounds slows both
+    alike and cancels in each round's ratio; a ratio of the two medians would not cancel it."""
+    return statistics.median(t / o for o, t in zip(ours, theirs, strict=True))
+
+
 def bench_training(
     plugins: Plugins, rounds: int, steps: int, modes: list[tuple[str, str, bool]] = MODES
 ) -> dict[str, float]:
-    """tokens/s of both models in every mode: each round times every (mode, model) in turn,
-    and a figure is the median over rounds."""
-    out: dict[str, float] = {}
-    for precision in dict.fromkeys(p for _, p, _ in modes):  # first, on an idle machine
-        out[f"peak_{precision}_gflops"] = peak_flops("cpu", precision) / 1e9
+    """tokens/s of both models in every mode: each round times every (mode, model) in turn.
+    A tokens/s figure is the median over rounds, a ratio the median of the rounds' ratios
+    (side_by_side), and a peak the highest of its measurements, one before the rounds and one
+    after each (load on the machine only lowers a peak)."""
+    precisions = list(dict.fromkeys(p for _, p, _ in modes))
+    peaks = {p: matmul_flops("cpu", p) for p in precisions}  # first, on an idle machine
     contenders: dict[tuple[str, str], Contender] = {}
     for label, precision, compile in modes:
         print(f"  building {label} ...", file=sys.stderr)
@@ -166,6 +176,8 @@ def bench_training(
         print(f"  round {r + 1} of {rounds} ...", file=sys.stderr)
         for key, contender in contenders.items():
             seconds[key].append(time_steps(contender, steps))
+        peaks = {p: max(peaks[p], matmul_flops("cpu", p)) for p in precisions}
+    out = {f"peak_{p}_gflops": peaks[p] / 1e9 for p in precisions}
     tokens = BATCH * CONFIG["context_length"]
     fpt = flops_per_token(contenders[modes[0][0], "toolkit"].model)
     out["flops_per_token"] = fpt
@@ -174,15 +186,14 @@ def bench_training(
         for who in ("toolkit", "hand"):
             rate = tokens / statistics.median(seconds[label, who])
             out[f"{who}:{label}:tokens_per_s"] = rate
-            out[f"{who}:{label}:mfu"] = fpt * rate / (out[f"peak_{precision}_gflops"] * 1e9)
+            out[f"{who}:{label}:mfu"] = fpt * rate / peaks[precision]
             out[f"{who}:{label}:first_s"] = contenders[label, who].first_s
             if rate > best[who][1]:
                 best[who] = (label, rate)
-        out[f"ratio:{label}"] = (
-            out[f"toolkit:{label}:tokens_per_s"] / out[f"hand:{label}:tokens_per_s"]
-        )
-    out["best_toolkit_mode"], out["best_hand_mode"] = best["toolkit"][0], best["hand"][0]
-    out["best_ratio"] = best["toolkit"][1] / best["hand"][1]
+        out[f"ratio:{label}"] = side_by_side(seconds[label, "toolkit"], seconds[label, "hand"])
+    (ours, _), (theirs, _) = best["toolkit"], best["hand"]
+    out["best_toolkit_mode"], out["best_hand_mode"] = ours, theirs
+    out["best_ratio"] = side_by_side(seconds[ours, "toolkit"], seconds[theirs, "hand"])
     return out
 
 
@@ -233,20 +244,20 @@ def bench_generation(plugins: Plugins, rounds: int = 3) -> dict[str, float]:
                     F.linear(prompt.new_zeros(1, weight.shape[1], dtype=weight.dtype), weight, bias)
 
     products_only()
-    rates: dict[bool, list[float]] = {True: [], False: []}
+    seconds: dict[bool, list[float]] = {True: [], False: []}
     floor: list[float] = []
     for _ in range(rounds):
         for use_cache in (True, False):
             tick = time.perf_counter()
             generate(model, prompt, new, greedy, cfg.context_length, use_cache=use_cache)
-            rates[use_cache].append(new / (time.perf_counter() - tick))
+            seconds[use_cache].append(time.perf_counter() - tick)
         tick = time.perf_counter()
         products_only()
         floor.append(new / (time.perf_counter() - tick))
     return {
-        "generate_cache_tokens_per_s": statistics.median(rates[True]),
-        "generate_no_cache_tokens_per_s": statistics.median(rates[False]),
-        "cache_speedup": statistics.median(c / u for c, u in zip(*rates.values(), strict=True)),
+        "generate_cache_tokens_per_s": new / statistics.median(seconds[True]),
+        "generate_no_cache_tokens_per_s": new / statistics.median(seconds[False]),
+        "cache_speedup": side_by_side(seconds[True], seconds[False]),
         "generate_matmul_only_tokens_per_s": statistics.median(floor),
     }
 
@@ -331,7 +342,13 @@ def main(argv: list[str] | None = None) -> int:
 def format_table(r: dict[str, float]) -> str:
     rows: list[tuple[str, str, str]] = []
     if "best_ratio" in r:
-        rows.append(("training tokens/s", "toolkit / hand-written", "MFU toolkit, hand-written"))
+        rows.append(
+            (
+                "training tokens/s",
+                "toolkit vs hand-written",
+                "MFU toolkit, hand-written (x: the median of the rounds' ratios)",
+            )
+        )
         for label, precision, _ in MODES:
             if f"ratio:{label}" not in r:
                 continue
@@ -340,7 +357,7 @@ def format_table(r: dict[str, float]) -> str:
             rows.append(
                 (
                     f"  {label}",
-                    f"{ours:,.0f} / {theirs:,.0f} = {r[f'ratio:{label}']:.2f}x",
+                    f"{ours:,.0f} vs {theirs:,.0f}: {r[f'ratio:{label}']:.2f}x",
                     f"{r[f'toolkit:{label}:mfu']:.0%}, {r[f'hand:{label}:mfu']:.0%} of the "
                     f"{precision} peak{target}",
                 )

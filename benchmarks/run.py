@@ -60,6 +60,7 @@ CONFIG = dict(
     vocab_size=4096, context_length=256, emb_dim=256, n_heads=8, n_layers=6, drop_rate=0.0
 )
 BATCH = 8
+BATCHED_PROMPTS = 16  # generation with several prompts at once
 GRAD_CLIP = 1.0  # both models clip, as train.grad_clip's default does
 # (label, precision, compiled)
 MODES = [
@@ -222,7 +223,9 @@ def bench_generation(plugins: Plugins, rounds: int = 3) -> dict[str, float]:
     """Greedy generation of 256 new ids after a 16-id prompt (batch 1) at context 512, with and
     without the KV cache: tokens/s of each as the median of `rounds` runs, the two alternated
     after a warm-up so drifting load hits both alike, and cache_speedup as the median of the
-    rounds' ratios (each measured side by side)."""
+    rounds' ratios (each measured side by side). Also, in the same rounds, the cached path
+    with BATCHED_PROMPTS prompts at once, as a sampling ablation continues its prompts: a step's
+    per-operation overhead is then shared by that many tokens."""
     from toolkit.inference.generate import generate
 
     torch.manual_seed(0)
@@ -230,6 +233,7 @@ def bench_generation(plugins: Plugins, rounds: int = 3) -> dict[str, float]:
     model = build_model(cfg, plugins).eval()
     greedy = plugins.registry.get("sampler", "greedy").build()
     prompt = torch.randint(0, cfg.vocab_size, (1, 16))
+    prompts = torch.randint(0, cfg.vocab_size, (BATCHED_PROMPTS, 16))
     new = 256
     for use_cache in (True, False):  # the first calls allocate and choose kernels
         generate(model, prompt, 8, greedy, cfg.context_length, use_cache=use_cache)
@@ -244,13 +248,18 @@ def bench_generation(plugins: Plugins, rounds: int = 3) -> dict[str, float]:
                     F.linear(prompt.new_zeros(1, weight.shape[1], dtype=weight.dtype), weight, bias)
 
     products_only()
+    generate(model, prompts, 8, greedy, cfg.context_length)
     seconds: dict[bool, list[float]] = {True: [], False: []}
     floor: list[float] = []
+    batched: list[float] = []
     for _ in range(rounds):
         for use_cache in (True, False):
             tick = time.perf_counter()
             generate(model, prompt, new, greedy, cfg.context_length, use_cache=use_cache)
             seconds[use_cache].append(time.perf_counter() - tick)
+        tick = time.perf_counter()
+        generate(model, prompts, new, greedy, cfg.context_length)
+        batched.append(time.perf_counter() - tick)
         tick = time.perf_counter()
         products_only()
         floor.append(new / (time.perf_counter() - tick))
@@ -259,6 +268,10 @@ def bench_generation(plugins: Plugins, rounds: int = 3) -> dict[str, float]:
         "generate_no_cache_tokens_per_s": new / statistics.median(seconds[False]),
         "cache_speedup": side_by_side(seconds[True], seconds[False]),
         "generate_matmul_only_tokens_per_s": statistics.median(floor),
+        "generate_batched_tokens_per_s": BATCHED_PROMPTS * new / statistics.median(batched),
+        "generate_batched_vs_one": side_by_side(
+            [s / BATCHED_PROMPTS for s in batched], seconds[True]
+        ),
     }
 
 
@@ -405,6 +418,11 @@ def format_table(r: dict[str, float]) -> str:
                 f"{r['generate_cache_tokens_per_s']:,.0f} tokens/s",
                 f"its matrix products alone: {r['generate_matmul_only_tokens_per_s']:,.0f} "
                 f"tokens/s",
+            ),
+            (
+                f"  {BATCHED_PROMPTS} prompts at once, KV cache",
+                f"{r['generate_batched_tokens_per_s']:,.0f} tokens/s",
+                f"x{r['generate_batched_vs_one']:.1f} one prompt's, as a sampling ablation runs",
             ),
             (
                 "generate 256 tokens, no cache",

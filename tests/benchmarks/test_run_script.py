@@ -4,6 +4,7 @@ side, and the table it prints."""
 from __future__ import annotations
 
 import importlib.util
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -71,6 +72,8 @@ def test_the_table_prints_every_section_with_its_target():
         generate_no_cache_tokens_per_s=50.0,
         cache_speedup=6.0,
         generate_matmul_only_tokens_per_s=600.0,
+        generate_batched_tokens_per_s=1500.0,
+        generate_batched_vs_one=5.0,
         sweep_wall_s=40.0,
         sweep_train_s=35.0,
         sweep_eval_s=3.5,
@@ -85,4 +88,5 @@ def test_the_table_prints_every_section_with_its_target():
     assert "(target >= 1.0)" in table.splitlines()[1]  # the fp32 row
     assert "cache x6.0 (target >= 8)" in table
     assert "target <= 3%" in table
-    assert len(table.splitlines()) == 16
+    assert re.search(r"16 prompts at once, KV cache +1,500 tokens/s +x5.0 one prompt's", table)
+    assert len(table.splitlines()) == 17

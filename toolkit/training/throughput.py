@@ -64,15 +64,19 @@ def peak_flops(device: str = "cpu", precision: str = "fp32", size: int | None = 
 
 
 def matmul_flops(device: str = "cpu", precision: str = "fp32", size: int | None = None) -> float:
-    """FLOP/s of a large square matrix product in the precision's dtype on `device`, best of a
-    few repeats, measured now. Other load on the machine only lowers it: a caller that can
-    afford to measures again later and keeps the highest (benchmarks/run.py does, each round)."""
-    n = size or (8192 if device.startswith("cuda") else 2048)
+    """FLOP/s of a large square matrix product in the precision's dtype on `device`, the best
+    of several repeats, measured now. Other load on the machine only lowers it, in bursts, so
+    on a CPU it takes many short products (1024 x 1024, 24 of them, about 0.3 s in float32 on
+    2 cores) rather than a few long ones: on a shared 2-core host, eight fresh processes
+    measured 157-187 GFLOP/s this way against 143-173 with four 2048 x 2048 products. A caller
+    that can afford to measures again later and keeps the highest (benchmarks/run.py does)."""
+    cuda = device.startswith("cuda")
+    n = size or (8192 if cuda else 1024)
     dtype = DTYPES[precision]
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     best = float("inf")
-    for _ in range(4):
+    for _ in range(4 if cuda else 24):
         _sync(device)
         tick = time.perf_counter()
         (a @ b).sum().item()  # .item() waits for the result on any device

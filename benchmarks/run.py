@@ -52,6 +52,7 @@ from toolkit.training.step import LossStep  # noqa: E402
 from toolkit.training.throughput import (  # noqa: E402
     autocast,
     compiled,
+    cpu_name,
     flops_per_token,
     matmul_flops,
 )
@@ -334,8 +335,11 @@ def main(argv: list[str] | None = None) -> int:
     rounds, steps = (2, 3) if args.quick else (5, 4)
     modes = [m for m in MODES if not (args.skip_compile and m[2])]
     plugins = Plugins(autoload=False)
-    results: dict[str, float] = {"threads": torch.get_num_threads()}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", file=sys.stderr)
+    results: dict[str, float | str] = {"cpu": cpu_name(), "threads": torch.get_num_threads()}
+    print(
+        f"{cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads",
+        file=sys.stderr,
+    )
     benches = {
         "training": lambda: bench_training(plugins, rounds, steps, modes),
         "tokenizers": lambda: bench_tokenizers(plugins),

@@ -11,6 +11,7 @@ from toolkit.api.manager import Plugins
 from toolkit.errors import SpecError
 from toolkit.spec.parse import parse_spec
 from toolkit.sweep.runner import run
+from toolkit.training.throughput import cpu_name
 
 
 def read_metrics(folder):
@@ -51,6 +52,7 @@ def test_run_folder_is_self_describing(tmp_path, tiny_doc, plugins):
     assert config["model"]["emb_dim"] == 32 and config["model_resolved"]["vocab_size"] == 257
     env = json.loads((folder / "env.json").read_text())
     assert env["torch"] == torch.__version__ and env["seed"] == 0 and env["device"] == "cpu"
+    assert env["cpu"] == cpu_name() and env["cpu"]  # the model name where the OS gives one
     metrics = read_metrics(folder)
     assert [m["step"] for m in metrics] == [3, 6]
     for m in metrics:

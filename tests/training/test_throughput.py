@@ -36,6 +36,25 @@ def test_peak_is_measured_and_cached():
     assert peak_flops("cpu", "fp32", size=256) == first
 
 
+def test_cpu_name_is_the_model_name_else_what_platform_knows(monkeypatch):
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    except OSError:
+        names = []
+    if names:
+        assert throughput.cpu_name() == names[0]
+
+    def missing(*args, **kwargs):
+        raise FileNotFoundError("/proc/cpuinfo")
+
+    monkeypatch.setattr(throughput, "open", missing, raising=False)  # as on macOS or Windows
+    monkeypatch.setattr(throughput.platform, "processor", lambda: "arm")
+    assert throughput.cpu_name() == "arm"
+    monkeypatch.setattr(throughput.platform, "processor", lambda: "")
+    assert throughput.cpu_name() == throughput.platform.machine()
+
+
 def test_auto_device_prefers_cuda_then_mps_then_cpu(monkeypatch):
     def machine(cuda: bool, mps: bool) -> str:
         monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)

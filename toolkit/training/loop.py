@@ -62,6 +62,7 @@ from toolkit.training.resume import (
 from toolkit.training.step import Batches, LossStep, evaluate_batches
 from toolkit.training.throughput import (
     compiled,
+    cpu_name,
     flops_per_token,
     peak_flops,
     resolve_device,
@@ -82,6 +83,7 @@ def environment(device: str, seed: int) -> dict[str, Any]:
         "numpy": np.__version__,
         "platform": platform.platform(),
         "processor": platform.machine(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": device,

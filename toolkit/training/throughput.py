@@ -14,6 +14,7 @@ bf16 autocast (`autocast`) and torch.compile with an eager fallback (`compiled`)
 
 from __future__ import annotations
 
+import platform
 import sys
 import time
 
@@ -53,6 +54,20 @@ def resolve_device(device: str) -> str:
 
 
 _PEAKS: dict[tuple[str, str, int], float] = {}
+
+
+def cpu_name() -> str:
+    """The CPU's model name, e.g. "AMD EPYC" or "Intel(R) Xeon(R) Platinum 8488C": Linux's
+    /proc/cpuinfo "model name", else what `platform` knows. Hosts of one architecture differ
+    in speed and in how they round the same sums, so runs and benchmarks record it."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
 
 
 def peak_flops(device: str = "cpu", precision: str = "fp32", size: int | None = None) -> float:

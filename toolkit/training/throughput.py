@@ -57,9 +57,9 @@ _PEAKS: dict[tuple[str, str, int], float] = {}
 
 
 def cpu_name() -> str:
-    """The CPU's model name, e.g. "AMD EPYC" or "Intel(R) Xeon(R) Platinum 8488C": Linux's
-    /proc/cpuinfo "model name", else what `platform` knows. Hosts of one architecture differ
-    in speed and in how they round the same sums, so runs and benchmarks record it."""
+    """The CPU's model name ("AMD EPYC", say): Linux's /proc/cpuinfo "model name", else what
+    `platform` knows. Hosts of one architecture differ in speed and in how they round the same
+    sums, so runs and benchmarks record it."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:

@@ -12,7 +12,8 @@ threads as training uses.
    the hand-written GPT's best mode, and toolkit fp32 eager >= 1.0x hand-written fp32 eager.
 2. MFU of each mode against the measured peak of its precision.
 3. tokenization MB/s (gpt2, bytes, bpe) and bytes per stored token
-4. generation tokens/s with and without the KV cache (256 new tokens)
+4. generation tokens/s with and without the KV cache (256 new tokens), with 16 prompts at once,
+   and what the cache could gain if a cached step cost its matrix products alone
 5. sweep overhead: wall time of a small sweep vs the sum of its training-step time, the share
    of it spent in evaluation (target <= 3%), and what sets that share: tokens evaluated per
    token trained, and what an evaluated token costs against a trained one

@@ -10,6 +10,10 @@ threads as training uses.
    hand, nanoGPT-style: loss inside the compiled region, torch's default AdamW) in four modes:
    fp32, bf16 autocast, torch.compile, compile + bf16. Targets: the toolkit's best mode >= 1.15x
    the hand-written GPT's best mode, and toolkit fp32 eager >= 1.0x hand-written fp32 eager.
+   With `--nanogpt PATH` (a nanoGPT checkout: its folder with model.py), nanoGPT's own model
+   and optimizer join the same rounds, run as its train.py runs them (autocast around the
+   compiled model, its configure_optimizers, gradient clipping at 1.0), and the table gives the
+   toolkit's ratio to nanoGPT in each mode too. Nothing of nanoGPT is in this repository.
 2. MFU of each mode against the measured peak of its precision.
 3. tokenization MB/s (gpt2, bytes, bpe) and bytes per stored token
 4. generation tokens/s with and without the KV cache (256 new tokens), with 16 prompts at once,
@@ -28,6 +32,9 @@ the targets are printed beside the figures.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
+import io
 import json
 import statistics
 import sys
@@ -35,6 +42,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -132,6 +140,57 @@ def hand_written_contender(precision: str, compile: bool) -> Contender:
     return Contender(model, torch.compile(loss) if compile else loss, optimizer)
 
 
+class NanoGPTLoss(nn.Module):
+    """nanoGPT's training forward as its train.py runs it: autocast around the (compiled)
+    model, whose forward computes the loss when given targets."""
+
+    def __init__(self, model: Callable, precision: str) -> None:
+        super().__init__()
+        self.model, self.precision = model, precision
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with autocast("cpu", self.precision):
+            return self.model(x, y)[1]
+
+
+def load_nanogpt(folder: str) -> Any:
+    """nanoGPT's model.py from a checkout, loaded by its path; a one-line SystemExit when
+    `folder` holds none."""
+    path = Path(folder).expanduser() / "model.py"
+    if not path.is_file():
+        raise SystemExit(
+            f"benchmarks/run.py: --nanogpt {folder}: no model.py there; give the folder of a "
+            "nanoGPT checkout (git clone https://github.com/karpathy/nanoGPT)"
+        )
+    spec = importlib.util.spec_from_file_location("nanogpt_model", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks the module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def nanogpt_contender(module: Any, precision: str, compile: bool) -> Contender:
+    """nanoGPT's GPT at the benchmark's config (biases as GPT-2's, its head tied to the token
+    embedding, as nanoGPT always does) with the optimizer its configure_optimizers gives on a
+    CPU; what it prints goes nowhere."""
+    torch.manual_seed(0)
+    c = CONFIG
+    config = module.GPTConfig(
+        block_size=c["context_length"],
+        vocab_size=c["vocab_size"],
+        n_layer=c["n_layers"],
+        n_head=c["n_heads"],
+        n_embd=c["emb_dim"],
+        dropout=0.0,
+        bias=True,
+    )
+    with contextlib.redirect_stdout(io.StringIO()):
+        model = module.GPT(config)
+        optimizer = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), "cpu")
+    loss = NanoGPTLoss(torch.compile(model) if compile else model, precision)
+    return Contender(model, loss, optimizer)
+
+
 def time_steps(contender: Contender, steps: int) -> float:
     """Median seconds per step over `steps` steps (the first call of a fresh contender, which
     compiles or warms up, is timed apart)."""
@@ -158,7 +217,11 @@ def side_by_side(ours: list[float], theirs: list[float]) -> float:
 
 
 def bench_training(
-    plugins: Plugins, rounds: int, steps: int, modes: list[tuple[str, str, bool]] = MODES
+    plugins: Plugins,
+    rounds: int,
+    steps: int,
+    modes: list[tuple[str, str, bool]] = MODES,
+    nanogpt: Any = None,
 ) -> dict[str, float]:
     """tokens/s of both models in every mode: each round times every (mode, model) in turn.
     A tokens/s figure is the median over rounds, a ratio the median of the rounds' ratios
@@ -171,6 +234,8 @@ def bench_training(
         print(f"  building {label} ...", file=sys.stderr)
         contenders[label, "toolkit"] = toolkit_contender(plugins, precision, compile)
         contenders[label, "hand"] = hand_written_contender(precision, compile)
+        if nanogpt is not None:
+            contenders[label, "nanogpt"] = nanogpt_contender(nanogpt, precision, compile)
     assert sum(p.numel() for p in contenders[modes[0][0], "hand"].model.parameters()) == (
         contenders[modes[0][0], "toolkit"].model.num_params()
     )
@@ -184,9 +249,10 @@ def bench_training(
     tokens = BATCH * CONFIG["context_length"]
     fpt = flops_per_token(contenders[modes[0][0], "toolkit"].model)
     out["flops_per_token"] = fpt
-    best = {"toolkit": ("", 0.0), "hand": ("", 0.0)}
+    others = ["hand"] + (["nanogpt"] if nanogpt is not None else [])
+    best = {who: ("", 0.0) for who in ["toolkit", *others]}
     for label, precision, _ in modes:
-        for who in ("toolkit", "hand"):
+        for who in best:
             rate = tokens / statistics.median(seconds[label, who])
             out[f"{who}:{label}:tokens_per_s"] = rate
             out[f"{who}:{label}:mfu"] = fpt * rate / peaks[precision]
@@ -194,9 +260,15 @@ def bench_training(
             if rate > best[who][1]:
                 best[who] = (label, rate)
         out[f"ratio:{label}"] = side_by_side(seconds[label, "toolkit"], seconds[label, "hand"])
-    (ours, _), (theirs, _) = best["toolkit"], best["hand"]
-    out["best_toolkit_mode"], out["best_hand_mode"] = ours, theirs
-    out["best_ratio"] = side_by_side(seconds[ours, "toolkit"], seconds[theirs, "hand"])
+        if nanogpt is not None:
+            out[f"ratio_nanogpt:{label}"] = side_by_side(
+                seconds[label, "toolkit"], seconds[label, "nanogpt"]
+            )
+    ours = out["best_toolkit_mode"] = best["toolkit"][0]
+    for who in others:
+        theirs = out[f"best_{who}_mode"] = best[who][0]
+        key = "best_ratio" if who == "hand" else f"best_ratio_{who}"
+        out[key] = side_by_side(seconds[ours, "toolkit"], seconds[theirs, who])
     return out
 
 
@@ -335,7 +407,13 @@ def main(argv: list[str] | None = None) -> int:
         "--only", nargs="+", choices=SECTIONS, default=SECTIONS, help="run only these sections"
     )
     parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.add_argument(
+        "--nanogpt",
+        metavar="PATH",
+        help="also time nanoGPT's own model.py from this checkout in the training rounds",
+    )
     args = parser.parse_args(argv)
+    nanogpt = load_nanogpt(args.nanogpt) if args.nanogpt else None  # before anything runs
     rounds, steps = (2, 3) if args.quick else (5, 4)
     modes = [m for m in MODES if not (args.skip_compile and m[2])]
     plugins = Plugins(autoload=False)
@@ -345,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr,
     )
     benches = {
-        "training": lambda: bench_training(plugins, rounds, steps, modes),
+        "training": lambda: bench_training(plugins, rounds, steps, modes, nanogpt),
         "tokenizers": lambda: bench_tokenizers(plugins),
         "generation": lambda: bench_generation(plugins),
         "sweep": lambda: bench_sweep(50 if args.quick else 150),
@@ -400,6 +478,29 @@ def format_table(r: dict[str, float]) -> str:
                 "GFLOP/s, a large matrix product",
             ),
         ]
+        if "best_ratio_nanogpt" in r:
+            rows.append(("  vs nanoGPT (its model.py)", "toolkit vs nanoGPT", "MFU nanoGPT"))
+            for label, precision, _ in MODES:
+                if f"ratio_nanogpt:{label}" not in r:
+                    continue
+                ours, theirs = (
+                    r[f"toolkit:{label}:tokens_per_s"],
+                    r[f"nanogpt:{label}:tokens_per_s"],
+                )
+                rows.append(
+                    (
+                        f"    {label}",
+                        f"{ours:,.0f} vs {theirs:,.0f}: {r[f'ratio_nanogpt:{label}']:.2f}x",
+                        f"{r[f'nanogpt:{label}:mfu']:.0%} of the {precision} peak",
+                    )
+                )
+            rows.append(
+                (
+                    "    best mode vs best mode",
+                    f"{r['best_ratio_nanogpt']:.2f}x",
+                    f"toolkit {r['best_toolkit_mode']}, nanoGPT {r['best_nanogpt_mode']}",
+                )
+            )
         compiled_modes = [m for m, _, c in MODES if c and f"ratio:{m}" in r]
         if compiled_modes:
             rows.append(

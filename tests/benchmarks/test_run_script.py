@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "run.py"
 
@@ -91,3 +92,62 @@ def test_the_table_prints_every_section_with_its_target():
     assert "target <= 3%" in table
     assert re.search(r"16 prompts at once, KV cache +1,500 tokens/s +x5.0 one prompt's", table)
     assert len(table.splitlines()) == 17
+
+
+# A stand-in for a nanoGPT checkout's model.py: the interface benchmarks/run.py uses (GPTConfig,
+# GPT(config), forward(idx, targets) -> (logits, loss), configure_optimizers, and the printing).
+FAKE_NANOGPT = """
+from dataclasses import dataclass
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024
+    vocab_size: int = 50304
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True
+
+class GPT(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight
+        print("number of parameters: ...")
+
+    def forward(self, idx, targets=None):
+        logits = self.lm_head(self.wte(idx))
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        return logits, loss
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        print("using fused AdamW: False")
+        return torch.optim.AdamW(self.parameters(), lr=learning_rate, betas=betas)
+"""
+
+
+def test_nanogpt_joins_the_training_rounds_from_a_checkout(tmp_path, monkeypatch, capsys):
+    (tmp_path / "model.py").write_text(FAKE_NANOGPT)
+    tiny = dict(vocab_size=64, context_length=16, emb_dim=16, n_heads=2, n_layers=1, drop_rate=0.0)
+    monkeypatch.setattr(run, "CONFIG", tiny)
+    monkeypatch.setattr(run, "matmul_flops", lambda device, precision: 1e11)
+    nanogpt = run.load_nanogpt(str(tmp_path))
+    figures = run.bench_training(
+        run.Plugins(autoload=False), rounds=2, steps=1, modes=run.MODES[:1], nanogpt=nanogpt
+    )
+    assert capsys.readouterr().out == ""  # nanoGPT's prints go nowhere
+    assert figures["nanogpt:fp32:tokens_per_s"] > 0 and figures["best_nanogpt_mode"] == "fp32"
+    assert figures["ratio_nanogpt:fp32"] == figures["best_ratio_nanogpt"] > 0
+    table = run.format_table(figures)
+    assert "vs nanoGPT (its model.py)" in table
+    assert re.search(r"best mode vs best mode +[0-9.]+x +toolkit fp32, nanoGPT fp32", table)
+
+
+def test_a_nanogpt_path_without_model_py_is_refused_before_anything_runs(tmp_path):
+    with pytest.raises(SystemExit, match=r"--nanogpt .*: no model.py there; give the folder"):
+        run.main(["--nanogpt", str(tmp_path), "--only", "sweep"])

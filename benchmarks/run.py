@@ -1,4 +1,4 @@
-"""Speed and memory benchmarks: `python benchmarks/run.py [--quick] [--json FILE]`.
+"""Speed and memory benchmarks: `python benchmarks/run.py [--quick] [--json FILE] [--nanogpt PATH]`.
 
 Prints one table. The fixed config (issue 7): emb_dim 256, 6 layers, 8 heads, context 256,
 vocab 4096, batch 8, dropout 0. FLOPs per token and the peaks come from

@@ -36,6 +36,26 @@ def test_peak_is_measured_and_cached():
     assert peak_flops("cpu", "fp32", size=256) == first
 
 
+@pytest.mark.parametrize(("gflops", "measured_at"), [(100.0, 1024), (1.0, 256)])
+def test_a_cpu_without_native_kernels_is_measured_on_smaller_products(
+    gflops, measured_at, monkeypatch
+):
+    """bfloat16 on an AVX2-only CPU runs at about 1 GFLOP/s: 24 products of 1024 x 1024 would
+    take 50 s, so a probe sends the measurement to 256 x 256."""
+    sizes = []
+
+    def seconds(device, precision, n, repeats):
+        sizes.append((n, repeats))
+        return 2 * n**3 / (gflops * 1e9)
+
+    monkeypatch.setattr(throughput, "_best_seconds", seconds)
+    assert throughput.matmul_flops("cpu", "bf16-mixed") == pytest.approx(gflops * 1e9)
+    assert sizes == [(256, 2), (measured_at, 24)]
+    sizes.clear()
+    throughput.matmul_flops("cpu", "fp32", size=512)  # a size given is the size measured
+    assert sizes == [(512, 24)]
+
+
 def test_cpu_name_is_the_model_name_else_what_platform_knows(monkeypatch):
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:

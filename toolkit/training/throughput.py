@@ -81,22 +81,39 @@ def peak_flops(device: str = "cpu", precision: str = "fp32", size: int | None = 
 def matmul_flops(device: str = "cpu", precision: str = "fp32", size: int | None = None) -> float:
     """FLOP/s of a large square matrix product in the precision's dtype on `device`, the best
     of several repeats, measured now. Other load on the machine only lowers it, in bursts, so
-    on a CPU it takes many short products (1024 x 1024, 24 of them, about 0.3 s in float32 on
+    on a CPU it takes many short products (1024 x 1024, 24 of them, 0.3-0.7 s in float32 on
     2 cores) rather than a few long ones: on a shared 2-core host, eight fresh processes
     measured 157-187 GFLOP/s this way against 143-173 with four 2048 x 2048 products. A caller
-    that can afford to measures again later and keeps the highest (benchmarks/run.py does)."""
+    that can afford to measures again later and keeps the highest (benchmarks/run.py does).
+
+    A CPU without native kernels for the dtype (bfloat16 on an AVX2-only CPU: 1 GFLOP/s
+    against float32's 104 on a 2-core AMD EPYC) would take a minute over those 24 products; a
+    probe a quarter the size sees that in milliseconds, and the measurement keeps to that size."""
     cuda = device.startswith("cuda")
     n = size or (8192 if cuda else 1024)
+    repeats = 4 if cuda else 24
+    if not cuda and size is None and _best_seconds(device, precision, n // 4, 2) * 64 > SLOW_S:
+        n //= 4
+    return 2.0 * n**3 / _best_seconds(device, precision, n, repeats)
+
+
+# A CPU product of the default size slower than this (under 10 GFLOP/s) is measured at a quarter
+# of the size: far below any native kernel, so the smaller size changes nothing that matters.
+SLOW_S = 0.2
+
+
+def _best_seconds(device: str, precision: str, n: int, repeats: int) -> float:
+    """The fastest of `repeats` products of two n x n matrices of the precision's dtype."""
     dtype = DTYPES[precision]
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     best = float("inf")
-    for _ in range(4 if cuda else 24):
+    for _ in range(repeats):
         _sync(device)
         tick = time.perf_counter()
         (a @ b).sum().item()  # .item() waits for the result on any device
         best = min(best, time.perf_counter() - tick)
-    return 2.0 * n**3 / best
+    return best
 
 
 # "auto" takes bfloat16 when its matrix products are at least this much faster than float32's:

@@ -34,6 +34,7 @@ from toolkit.sweep.jobs import (
     record_worker_death,
     run_job,
     usable_cores,
+    with_peaks,
 )
 from toolkit.sweep.watchdog import Watchdog
 
@@ -93,7 +94,9 @@ class ProcessesExecutor:
         context = multiprocessing.get_context("spawn")
         share = max(1, usable_cores() // self.jobs)
         gpus = _visible_gpus() if any(_may_use_cuda(j.device) for j in jobs) else []
-        waiting = deque(jobs)
+        # Threads first, then the peaks at those counts, measured before any worker starts.
+        threaded = [replace(j, threads=j.cpus or share) for j in jobs]
+        waiting = deque(with_peaks(threaded))
         free = list(range(min(self.jobs, len(jobs))))
         running: dict[Any, tuple[RunJob, Any, Any, int]] = {}
         sweep.display.concurrent()
@@ -102,12 +105,7 @@ class ProcessesExecutor:
                 while waiting and free:
                     slot = free.pop(0)
                     job = waiting.popleft()
-                    job = replace(
-                        job,
-                        plugin_modules=self.modules,
-                        autoload=self.autoload,
-                        threads=job.cpus or share,
-                    )
+                    job = replace(job, plugin_modules=self.modules, autoload=self.autoload)
                     env = forwarded_env()
                     if gpus and _may_use_cuda(job.device):
                         env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
@@ -229,6 +227,7 @@ class RayExecutor:
         self.autoload = False
         self.resources: dict[int, tuple[int, int]] = {}  # job index -> (cpus, gpus)
         self.env: dict[str, str] = {}
+        self.one_machine = False  # every node is this machine: its peaks are the workers'
 
     def prepare(self, jobs: Sequence[RunJob], plugins: Any) -> None:
         self.modules, self.autoload = plugin_modules(plugins, "ray")
@@ -299,17 +298,19 @@ class RayExecutor:
         if all(n.get("NodeManagerAddress") == here for n in nodes):
             # One machine: workers import what this process imports (spec plugins included).
             self.env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+            self.one_machine = True
 
     def execute(self, jobs: Sequence[RunJob], sweep: Sweep) -> Iterator[tuple[RunJob, dict]]:
         ray = self.ray
         task = ray.remote(_ray_main)
         pending: dict[Any, RunJob] = {}
+        threaded = [replace(j, threads=self.resources[j.index][0]) for j in jobs]
+        # On one machine the peaks are measured here, before any task starts; a cluster's
+        # workers measure their own node's.
         try:
-            for job in jobs:
+            for job in with_peaks(threaded) if self.one_machine else threaded:
                 cpus, gpus = self.resources[job.index]
-                job = replace(
-                    job, plugin_modules=self.modules, autoload=self.autoload, threads=cpus
-                )
+                job = replace(job, plugin_modules=self.modules, autoload=self.autoload)
                 ref = task.options(
                     num_cpus=cpus,
                     num_gpus=gpus,

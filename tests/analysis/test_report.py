@@ -190,6 +190,38 @@ def test_flags_and_seeds_asked():
     assert s.loc["base", "flags"] == ""
 
 
+def test_a_precision_other_than_the_baselines_or_mixed_across_seeds_is_flagged(tmp_path):
+    t = seeded({"base": [2.0, 2.1], "bf": [1.9, 2.0], "same": [2.0, 2.0], "mix": [2.0, 2.1]})
+    t["precision"] = ["fp32", "fp32", "bf16-mixed", "bf16-mixed", "fp32", "fp32",
+                      "fp32", "bf16-mixed"]  # fmt: skip
+    s = summarize(t).set_index("variant")
+    assert s["flags"].to_dict() == {
+        "base": "", "bf": "precision: bf16-mixed", "same": "", "mix": "precision: bf16-mixed+fp32"
+    }  # fmt: skip
+    assert s.loc["mix", "precision"] == "bf16-mixed+fp32"
+    assert "precision: the variant's runs trained in another precision" in format_summary(
+        summarize(t)
+    )
+    # Runs recorded before the precision was (no column, or no value) raise no flag.
+    older = seeded({"base": [2.0, 2.1], "b": [1.9, 2.0]})
+    assert summarize(older)["flags"].tolist() == ["", ""]
+    older["precision"] = [None, None, "fp32", "fp32"]
+    assert summarize(older)["flags"].tolist() == ["", ""]
+    assert "precision" not in format_summary(summarize(older))
+
+    results = {("base", 0): 2.0, ("base", 1): 2.1, ("bf", 0): 1.9, ("bf", 1): 2.0}
+    folder = fake_experiment(tmp_path / "exp", "exp", results)
+    for run_dir, precision in (("bf/seed-0", "bf16-mixed"), ("bf/seed-1", "bf16-mixed")):
+        summary = read_json(folder / run_dir / "summary.json")
+        write_json(folder / run_dir / "summary.json", {**summary, "precision": precision})
+    for run_dir in ("base/seed-0", "base/seed-1"):
+        summary = read_json(folder / run_dir / "summary.json")
+        write_json(folder / run_dir / "summary.json", {**summary, "precision": "fp32"})
+    md = write_report(folder, tmp_path / "rep", figures=False).markdown.read_text()
+    assert "precision: bf16-mixed" in md
+    assert "- **precision**: the variant's runs trained in another precision" in md
+
+
 def test_resolution_is_the_pooled_paired_mde():
     s = summarize(seeded({"base": [2.0, 2.2, 2.1], "b": [1.9, 2.15, 2.0], "c": [2.1, 2.2, 2.3]}))
     res = s.attrs["resolution"]

@@ -360,3 +360,25 @@ def _toml(doc: dict) -> str:
             lines.append(f"[{section}]")
             lines += [f"{json.dumps(k)} = {value(v)}" for k, v in body.items()]
     return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("executor", ["processes", "ray"])
+def test_workers_use_the_peaks_this_process_measured(executor, tmp_path, plugins, request):
+    """The sweep resolves precision = "auto" once and MFU has one reference: peaks no CPU here
+    would measure (fp32 faster than bf16) reach every worker from this process."""
+    from toolkit.training import throughput
+
+    if executor == "ray":
+        request.getfixturevalue("ray_cluster")
+    monkeypatch = request.getfixturevalue("monkeypatch")
+    monkeypatch.setattr(throughput, "_PEAKS", {})
+    throughput.adopt_peaks((("fp32", 1, 5e11), ("bf16-mixed", 1, 1e11)))
+    doc = sweep_doc(threads=1, seeds=(0,))
+    doc["train"]["precision"] = "auto"
+    table = run(parse_spec(doc), tmp_path, plugins=plugins, progress=False, executor=executor)
+    assert (table["status"] == "ok").all()
+    assert table["precision"].tolist() == ["fp32", "fp32"]
+    assert table["peak_flops"].tolist() == [5e11, 5e11]
+    assert table["mfu"].tolist() == pytest.approx(
+        (table["flops_per_token"] * table["tokens_per_s"] / 5e11).tolist()
+    )

@@ -257,3 +257,28 @@ def test_variant_names_cannot_write_outside_the_output_folder(tmp_path, tiny_doc
     assert len(written) == 2
     assert all((tmp_path / "out").resolve() in p.parents for p in written)
     assert not (tmp_path / "escape").exists()
+
+
+def test_a_resumed_run_keeps_the_precision_auto_chose_when_it_began(
+    tmp_path, tiny_doc, plugins, monkeypatch
+):
+    from toolkit.training import throughput
+
+    tiny_doc = resumable_doc(tiny_doc)
+    tiny_doc["train"]["precision"] = "auto"
+    spec = parse_spec(tiny_doc)
+    # This process measures bf16 as the faster; the next one (here: after the interruption)
+    # measures fp32 as the faster. The run began in bf16 and must end in it.
+    monkeypatch.setattr(throughput, "_PEAKS", {})
+    threads = torch.get_num_threads()
+    throughput.adopt_peaks((("fp32", threads, 1e11), ("bf16-mixed", threads, 5e11)))
+    with pytest.raises(KeyboardInterrupt):
+        run(spec, tmp_path, plugins=interrupting_plugins(6), progress=False)
+    throughput.adopt_peaks((("fp32", threads, 5e11), ("bf16-mixed", threads, 1e11)))
+    table = run(spec, tmp_path, plugins=plugins, progress=False)
+    assert table["status"].tolist() == ["ok"]
+    assert table["precision"].tolist() == ["bf16-mixed"]
+    assert table["peak_flops"].tolist() == [1e11]  # bf16's peak as measured now
+    # A new run in this process resolves the other way: the choice came from the resume state.
+    fresh = run(spec, tmp_path / "fresh", plugins=plugins, progress=False)
+    assert fresh["precision"].tolist() == ["fp32"]

@@ -56,6 +56,33 @@ def test_a_cpu_without_native_kernels_is_measured_on_smaller_products(
     assert sizes == [(512, 24)]
 
 
+def test_cpu_peak_measures_at_the_thread_count_asked_and_restores_this_processs(monkeypatch):
+    seen = []
+
+    def measure(device, precision, size=None):
+        seen.append((device, precision, torch.get_num_threads()))
+        return 1e11
+
+    monkeypatch.setattr(throughput, "_PEAKS", {})
+    monkeypatch.setattr(throughput, "matmul_flops", measure)
+    before = torch.get_num_threads()
+    other = 1 if before != 1 else 2
+    assert throughput.cpu_peak("fp32", other) == 1e11
+    assert throughput.cpu_peak("fp32", other) == 1e11  # kept: measured once
+    assert seen == [("cpu", "fp32", other)]
+    assert torch.get_num_threads() == before
+
+
+def test_adopted_peaks_are_this_processs_without_measuring(monkeypatch):
+    monkeypatch.setattr(throughput, "_PEAKS", {})
+    monkeypatch.setattr(throughput, "matmul_flops", pytest.fail)
+    threads = torch.get_num_threads()
+    throughput.adopt_peaks((("fp32", threads, 3e11), ("bf16-mixed", threads, 2e11)))
+    assert peak_flops("cpu", "fp32") == 3e11
+    # bf16 under 1.25x fp32's: "auto" keeps fp32, from the adopted figures alone.
+    assert throughput.resolve_precision("cpu", "auto") == "fp32"
+
+
 def test_cpu_name_is_the_model_name_else_what_platform_knows(monkeypatch):
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:

@@ -35,6 +35,7 @@ from toolkit.analysis.markup import html_blocks, render_html, render_markdown, s
 from toolkit.analysis.stats import HOLM, OUTLIER_ALPHA, check_correction
 from toolkit.analysis.table import NAMES, UNITS, finite, summarize
 from toolkit.analysis.text import (
+    PRECISION_NOTE,
     TASKS_NOTE,
     TUNED_NOTE,
     aa_text,
@@ -320,6 +321,8 @@ def _table_notes(summary: pd.DataFrame) -> list[str]:
             "than the baseline's (`train.eval_windows`), so its Δ and p compare two "
             "measurements; train both with the same setting."
         )
+    if summary["flags"].str.contains("precision").any():
+        notes.append(f"**precision**: {PRECISION_NOTE}")
     if (summary["flags"] != "").any():
         notes.append(
             "**flags**: diverged runs (non-finite loss) and failed runs (error.txt in the run "

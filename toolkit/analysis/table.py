@@ -29,10 +29,12 @@ byte when the variants use different tokenizers; ties by name), the baseline mar
   experts counts its top_k experts), when some run in the table records them; a variant whose
   runs do not (a dense model) uses all of its. NaN when no run records them
 - causal, eval_windows (which windows its losses were scored on, train.eval_windows: "grid" or
-  "spread", joined by "+" when its seeds differ), diverged, failed (counts), flags (text:
-  non-causal, eval windows other than the baseline's, diverged or failed runs, fewer finished
-  seeds than asked, outlier seeds; non-embedding parameters (active ones when the table has
-  them) or FLOPs per token more than 2% off the baseline's); outlier_seeds (text: the seeds
+  "spread", joined by "+" when its seeds differ), precision (what its runs trained in, "auto"
+  resolved, joined the same way; "" when no run records it), diverged, failed (counts), flags
+  (text: non-causal, eval windows or a precision other than the baseline's or mixed across
+  seeds, diverged or failed runs, fewer finished seeds than asked, outlier seeds;
+  non-embedding parameters (active ones when the table has them) or FLOPs per token more than
+  2% off the baseline's); outlier_seeds (text: the seeds
   `stats.outliers` flags in the comparison metric, "3" or "3, 7"; "" for none)
 - for each lm-evaluation-harness score the runs hold (`ablate eval-tasks`; a column
   "task:<task>/<metric>" of the runs table), after every other column: _mean, _std, _ci_low,
@@ -198,6 +200,7 @@ def summarize(
             "wall_s": _mean(_column(group, "wall_s")),
             "causal": bool(causal.astype(bool).all()) if len(causal) else True,
             "eval_windows": "+".join(sorted(set(_column(group, "eval_windows").dropna()))),
+            "precision": "+".join(sorted(set(_column(group, "precision").dropna()))),
             "diverged": int((status == "diverged").sum()),
             "failed": int((status == "failed").sum()),
             "other": int((~status.isin(["ok", "diverged", "failed"])).sum()),
@@ -256,7 +259,7 @@ def summarize(
         "test", "pairs", "statistic", "df", "p_value", "p_holm", "verdict", "mde",
         "params", "params_non_embedding", "params_active", "params_active_non_embedding",
         "flops_per_token", "tokens_per_s", "train_s", "wall_s",
-        "causal", "eval_windows", "diverged", "failed", "outlier_seeds", "flags",
+        "causal", "eval_windows", "precision", "diverged", "failed", "outlier_seeds", "flags",
         *[f"{c}_{s}" for c in scored for s in tasks.STATS],
     ]  # fmt: skip
     summary = summary[order]
@@ -439,6 +442,11 @@ def _flags(row: dict[str, Any], base: dict[str, Any] | None) -> str:
         base is not None and row["eval_windows"] != base["eval_windows"]
     ):
         flags.append(f"eval windows: {row['eval_windows']}")
+    # Likewise runs trained in another precision (train.precision, "auto" as each run resolved
+    # it): a difference in loss may be the precision's.
+    mine, theirs = row["precision"], base["precision"] if base is not None else ""
+    if "+" in mine or (mine and theirs and mine != theirs):
+        flags.append(f"precision: {mine}")
     # With a mixture of experts in the table, sizes compare by the parameters a token uses
     # (what match_params = "active" matches); the totals stay in the params columns.
     if finite(row["params_active_non_embedding"]):

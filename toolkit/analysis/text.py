@@ -276,6 +276,8 @@ def format_summary(summary: pd.DataFrame, title: str = "") -> str:
             "the baseline's (train.eval_windows), so its Δ and p compare two measurements; "
             "train both with the same train.eval_windows."
         )
+    if summary["flags"].str.contains("precision").any():
+        notes.append(f"precision: {PRECISION_NOTE}")
     gaps = [r for r in records if finite(r.get("gap_mean"))]
     negative = [r["variant"] for r in gaps if r["gap_mean"] < 0]
     if negative:
@@ -457,6 +459,14 @@ def format_tasks(summary: pd.DataFrame) -> str:
     )
     body = _fixed_width(view, left=("", "variant"))
     return "\n".join(["task scores (lm-eval):", body, TASKS_NOTE, *settings_warnings(summary)])
+
+
+# What a "precision" flag means (toolkit.analysis.table), in the text and rendered reports.
+PRECISION_NOTE = (
+    "the variant's runs trained in another precision than the baseline's, or in two across "
+    'seeds (train.precision, what "auto" resolved to), so its Δ and p may be the precision\'s; '
+    "train both in one named precision."
+)
 
 
 def settings_warnings(summary: pd.DataFrame) -> list[str]:

@@ -12,9 +12,11 @@ table after each run, the display, the sampling ablation. Built in (`plugins/exe
 A worker trains a job with `run_job(job)`. It loads the plugins by module name and the tokens
 from the content-keyed cache the runner filled, so every executor trains exactly what the local
 one would: same seeds, same data order, same losses (bit for bit when train.threads is the
-same; a different thread count only changes float summation order). A run that raises becomes
-a `failed` summary with error.txt, wherever it ran; a worker that dies is recorded the same way
-by the runner's side (`record_worker_death`).
+same; a different thread count only changes float summation order), and in the same precision:
+workers on this machine take the CPU peaks this process measured before they started
+(`with_peaks`), so train.precision = "auto" resolves one way for the whole sweep and MFU has
+one reference. A run that raises becomes a `failed` summary with error.txt, wherever it ran; a
+worker that dies is recorded the same way by the runner's side (`record_worker_death`).
 
 An executor is any object with two methods:
 
@@ -32,8 +34,8 @@ from __future__ import annotations
 import os
 import signal
 import traceback
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +47,7 @@ from toolkit.errors import StorageError, ToolkitError, one_line
 from toolkit.files import storage_problem, write_atomic, write_json
 from toolkit.training.distributed import current
 from toolkit.training.loop import train_run
+from toolkit.training.throughput import adopt_peaks, cpu_peak, resolve_device
 
 if TYPE_CHECKING:
     from toolkit.api.contracts import Display
@@ -78,6 +81,9 @@ class RunJob:
     plugin_modules: tuple[str, ...] = ()  # plugins beyond the built-ins, loaded by name
     autoload: bool = False  # load installed (entry-point) plugins too
     threads: int | None = None  # torch CPU threads, set by the executor (train.threads wins)
+    # CPU matrix-product peaks measured by the sweep's process, (precision, threads, FLOP/s)
+    # each (`with_peaks`); empty: the worker measures its own.
+    peaks: tuple[tuple[str, int, float], ...] = ()
 
     @property
     def label(self) -> str:
@@ -138,6 +144,30 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def with_peaks(jobs: Sequence[RunJob]) -> list[RunJob]:
+    """The jobs, each with the CPU peaks its run needs (its precision's; fp32's and bf16's for
+    train.precision = "auto"), measured in this process at the job's thread count, once per
+    count, before any worker starts. Workers measuring their own, each while others train,
+    would get different figures: "auto" could resolve to bf16 in one run and fp32 in the next
+    of the same sweep, and MFU would carry each measurement's noise. For executors whose
+    workers run on this machine, with each job's threads set; runs on a GPU, and runs that
+    give train.peak_tflops for a fixed precision, measure nothing."""
+    out = []
+    for job in jobs:
+        t = job.run.train
+        wanted = ("fp32", "bf16-mixed") if t.precision == "auto" else (t.precision,)
+        if (
+            resolve_device(t.device) != "cpu"
+            or not job.threads
+            or (t.peak_tflops and len(wanted) == 1)
+        ):
+            out.append(job)
+            continue
+        peaks = tuple((p, job.threads, cpu_peak(p, job.threads)) for p in wanted)
+        out.append(replace(job, peaks=peaks))
+    return out
+
+
 def forwarded_env() -> dict[str, str]:
     return {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
 
@@ -174,6 +204,7 @@ def run_job(
     from the cache the runner filled."""
     if job.threads:
         torch.set_num_threads(job.threads)  # train.threads, if set, wins inside train_run
+    adopt_peaks(job.peaks)
     folder = Path(job.folder)
     try:
         if sweep is not None and sweep.plugins is not None:

@@ -248,7 +248,7 @@ def set_up(
         optimizer=optimizer,
         schedule=torch.optim.lr_scheduler.LambdaLR(optimizer, make_schedule(run, steps, plugins)),
         clock=clock,
-        precision=resolve_precision(device, t.precision),
+        precision=_precision(t.precision, device, resume),
     )
     if resume:
         _restore(tr, resume)
@@ -280,6 +280,15 @@ def compile_steps(tr: Training, compile: bool) -> None:
             tr.step = LossStep(model, tr.device, tr.precision, owner=tr.model)
             tr.eval_step = compiled(eval_eager)
     tr.compiling = tr.step is not eager
+
+
+def _precision(asked: str, device: str, resume: dict[str, Any] | None) -> str:
+    """train.precision resolved once for the whole run: an interrupted run goes on in the
+    precision it began in (a later process could measure "auto" the other way), and under
+    torchrun every process takes rank 0's choice."""
+    if asked == "auto" and resume and resume.get("precision"):
+        return resume["precision"]
+    return distributed.broadcast_object(resolve_precision(device, asked))
 
 
 def _restore(tr: Training, resume: dict[str, Any]) -> None:
@@ -402,6 +411,7 @@ def evaluate_and_save(tr: Training, step: int, metrics_file: TextIO | None) -> d
                 "optimizer": tr.optimizer.state_dict(),
                 "schedule": tr.schedule.state_dict(),
                 "batches": tr.batches.state(),
+                "precision": tr.precision,  # "auto" as resolved: a resumed run keeps it
                 "rng": rngs[0],
                 **({"rng_ranks": rngs} if world.active else {}),
                 "train_s": tr.clock.train_s,

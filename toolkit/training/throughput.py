@@ -78,6 +78,25 @@ def peak_flops(device: str = "cpu", precision: str = "fp32", size: int | None = 
     return _PEAKS[key]
 
 
+def cpu_peak(precision: str, threads: int) -> float:
+    """peak_flops() on the CPU with `threads` torch threads (this process's count is restored
+    after): what a worker training on that many threads would measure, measured here."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return peak_flops("cpu", precision)
+    finally:
+        torch.set_num_threads(before)
+
+
+def adopt_peaks(peaks: tuple[tuple[str, int, float], ...]) -> None:
+    """Take CPU peaks measured by another process, (precision, threads, FLOP/s) each, as this
+    process's own: a sweep measures them once before any worker starts (toolkit.sweep.jobs), so
+    every run resolves "auto" the same way and reports MFU against the same figure."""
+    for precision, threads, flops in peaks:
+        _PEAKS[("cpu", precision, threads)] = flops
+
+
 def matmul_flops(device: str = "cpu", precision: str = "fp32", size: int | None = None) -> float:
     """FLOP/s of a large square matrix product in the precision's dtype on `device`, the best
     of several repeats, measured now. Other load on the machine only lowers it, in bursts, so

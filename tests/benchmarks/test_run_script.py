@@ -151,3 +151,25 @@ def test_nanogpt_joins_the_training_rounds_from_a_checkout(tmp_path, monkeypatch
 def test_a_nanogpt_path_without_model_py_is_refused_before_anything_runs(tmp_path):
     with pytest.raises(SystemExit, match=r"--nanogpt .*: no model.py there; give the folder"):
         run.main(["--nanogpt", str(tmp_path), "--only", "sweep"])
+
+
+@pytest.mark.parametrize("forced", [False, True])
+def test_bf16_modes_are_left_out_where_bf16_products_are_the_slower(forced, monkeypatch):
+    tiny = dict(vocab_size=64, context_length=16, emb_dim=16, n_heads=2, n_layers=1, drop_rate=0.0)
+    monkeypatch.setattr(run, "CONFIG", tiny)
+    # An AVX2-only CPU: bfloat16 products a hundred times slower than float32's.
+    peaks = {"fp32": 1e11, "bf16-mixed": 1e9}
+    monkeypatch.setattr(run, "matmul_flops", lambda device, precision: peaks[precision])
+    modes = [m for m in run.MODES if not m[2]]  # fp32 and bf16, eager
+    figures = run.bench_training(
+        run.Plugins(autoload=False), rounds=1, steps=1, modes=modes, bf16=forced
+    )
+    table = run.format_table(figures)
+    if forced:
+        assert "ratio:bf16" in figures and "bf16_left_out" not in figures
+        assert "left out" not in table
+    else:
+        assert "ratio:bf16" not in figures and figures["best_toolkit_mode"] == "fp32"
+        assert "ratio:fp32" in figures
+        assert re.search(r"bf16 modes +left out +bf16 matrix products are the slower here", table)
+        assert re.search(r"measured peaks +fp32 100, bf16-mixed 1 +GFLOP/s", table)

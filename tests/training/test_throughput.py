@@ -201,3 +201,33 @@ def test_a_bad_precision_is_one_line_naming_the_choices(tiny_doc):
     tiny_doc["train"]["precision"] = "fp16"
     with pytest.raises(SpecError, match=r"train\.precision must be one of fp32, bf16-mixed, auto"):
         parse_spec(tiny_doc)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bf16_gflops", [1.0, 300.0])
+def test_bf16_where_it_is_the_slower_is_warned_before_training_and_by_validate(
+    bf16_gflops, tmp_path, tiny_doc, plugins, monkeypatch, capsys
+):
+    from tests.conftest import small_toml, write_spec
+    from toolkit.cli import main
+
+    monkeypatch.setattr(throughput, "_PEAKS", {})
+    threads = torch.get_num_threads()
+    throughput.adopt_peaks((("fp32", threads, 1e11), ("bf16-mixed", threads, bf16_gflops * 1e9)))
+    warning = (
+        "warning: train.precision = 'bf16-mixed' on this CPU, whose bfloat16 matrix products "
+        "run at 1.0 GFLOP/s against float32's 100 (no native bfloat16)"
+    )
+    tiny_doc["train"].update(precision="bf16-mixed", max_steps=1, eval_interval=1)
+    tiny_doc["sampling"]["max_new_tokens"] = 0
+    run(parse_spec(tiny_doc), tmp_path / "run", plugins=plugins, progress=False)
+    assert capsys.readouterr().err.count(warning) == (1 if bf16_gflops < 50 else 0)
+    run(parse_spec(tiny_doc), tmp_path / "run", plugins=plugins, progress=False)
+    assert warning not in capsys.readouterr().err  # nothing left to train: nothing to say
+
+    spec = write_spec(tmp_path / "s.toml", small_toml("s", train='precision = "bf16-mixed"'))
+    assert main(["validate", str(spec)]) == 0
+    assert capsys.readouterr().err.count(warning) == (1 if bf16_gflops < 50 else 0)
+    fp32 = write_spec(tmp_path / "f.toml", small_toml("f"))
+    assert main(["validate", str(fp32)]) == 0
+    assert "warning" not in capsys.readouterr().err

@@ -165,7 +165,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from toolkit.data.resolve import data_key
     from toolkit.model.gpt import count_params
     from toolkit.spec.parse import load_spec
-    from toolkit.sweep.runner import prepare_data
+    from toolkit.sweep.runner import precision_warnings, prepare_data
 
     plugins = plugins_of(args)
     spec = load_spec(args.spec, args.overrides, plugins=plugins, max_runs=args.max_runs)
@@ -185,6 +185,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
             f"{plural(len(t.seeds), 'seed')} per variant = {plural(n, 'run')} (in tune/), then "
             f"the runs below at each variant's best point"
         )
+    for warning in precision_warnings(spec.runs):
+        print(f"warning: {warning}", file=sys.stderr)
     rows = []
     counts: dict[str, tuple[int, int]] = {}
     for r in spec.runs[: len(spec.variants)]:

@@ -53,6 +53,7 @@ from toolkit.sweep.reruns import check_unchanged, finished, rerun_indices, run_n
 from toolkit.sweep.results import collect, write_table
 from toolkit.sweep.tuning import TUNE_DIR, choose, write_choice
 from toolkit.training import distributed
+from toolkit.training.throughput import resolve_device, slow_bf16
 
 
 def run(
@@ -248,6 +249,8 @@ def _sweep(
     distributed.barrier()
     if world.main:
         write_experiment(spec, out)
+        for warning in precision_warnings([j.run for j in jobs]):
+            print(f"warning: {warning}", file=sys.stderr)
 
     display = SweepDisplay(len(spec.runs), enabled=progress)
     for i, r in enumerate(spec.runs):
@@ -279,6 +282,13 @@ def _sweep(
         )
         sampling_ablation.run_ablation(spec.sampling_ablation, runs, out, plugins, progress)
     return table
+
+
+def precision_warnings(runs: list[RunSpec]) -> list[str]:
+    """A warning per device where some of these runs ask for bf16-mixed and bfloat16 matrix
+    products are the slower (throughput.slow_bf16): said before anything trains."""
+    devices = {resolve_device(r.train.device) for r in runs if r.train.precision == "bf16-mixed"}
+    return [w for d in sorted(devices) if (w := slow_bf16(d))]
 
 
 def make_jobs(spec: Spec, out: Path, indices: Any) -> list[RunJob]:

@@ -155,6 +155,23 @@ def resolve_precision(device: str, precision: str) -> str:
     return "fp32"
 
 
+def slow_bf16(device: str) -> str | None:
+    """What to tell a user who asks for bf16-mixed on `device` (resolved) when this CPU
+    multiplies bfloat16 matrices at under half float32's rate (no native bfloat16: an
+    AVX2-only CPU runs them at about 1% of it); None where bf16 is not the slower."""
+    if device != "cpu":
+        return None
+    bf16, fp32 = peak_flops(device, "bf16-mixed"), peak_flops(device, "fp32")
+    if bf16 >= fp32 / 2:
+        return None
+    return (
+        f"train.precision = 'bf16-mixed' on this CPU, whose bfloat16 matrix products run at "
+        f"{bf16 / 1e9:,.1f} GFLOP/s against float32's {fp32 / 1e9:,.0f} (no native bfloat16): "
+        f"training will be many times slower than in fp32; set train.precision = 'auto' or "
+        f"'fp32' unless you want bfloat16's numerics"
+    )
+
+
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()

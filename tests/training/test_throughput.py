@@ -224,6 +224,11 @@ def test_bf16_where_it_is_the_slower_is_warned_before_training_and_by_validate(
     assert capsys.readouterr().err.count(warning) == (1 if bf16_gflops < 50 else 0)
     run(parse_spec(tiny_doc), tmp_path / "run", plugins=plugins, progress=False)
     assert warning not in capsys.readouterr().err  # nothing left to train: nothing to say
+    # A tuned sweep trains in two phases, and says it once.
+    tiny_doc["tune"] = {"train.lr": [1e-3, 3e-3]}
+    tiny_doc["data"]["test_fraction"] = 0.05
+    run(parse_spec(tiny_doc), tmp_path / "tuned", plugins=plugins, progress=False)
+    assert capsys.readouterr().err.count(warning) == (1 if bf16_gflops < 50 else 0)
 
     spec = write_spec(tmp_path / "s.toml", small_toml("s", train='precision = "bf16-mixed"'))
     assert main(["validate", str(spec)]) == 0

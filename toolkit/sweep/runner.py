@@ -18,7 +18,7 @@ import json
 import os
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +110,8 @@ class Phase:
     executor: Any
     progress: bool
     restart: bool
+    # Warnings already said: the phases of a tuned sweep say each once.
+    warned: set[str] = field(default_factory=set)
 
 
 def _run_tuned(
@@ -179,7 +181,7 @@ def _run_phase(
     with OutputLock(out) if world.main else contextlib.nullcontext():
         if world.main:  # the folder is ours now: what interrupted writes left can go
             remove_temps(out, recursive=True)
-        table = _sweep(spec, out, plugins, datasets, phase.progress, restart, runner, again)
+        table = _sweep(spec, out, plugins, datasets, phase, again)
     distributed.barrier()  # every rank returns the finished table
     return table if world.main else collect(out)
 
@@ -220,12 +222,11 @@ def _sweep(
     out: Path,
     plugins: Plugins,
     datasets: dict[str, tuple[TokenData, Any]],
-    progress: bool,
-    restart: bool,
-    executor: Any,
+    phase: Phase,
     again: set[int],
 ) -> pd.DataFrame:
     world = distributed.current()
+    progress, restart, executor = phase.progress, phase.restart, phase.executor
     todo = [
         i
         for i, r in enumerate(spec.runs)
@@ -250,7 +251,9 @@ def _sweep(
     if world.main:
         write_experiment(spec, out)
         for warning in precision_warnings([j.run for j in jobs]):
-            print(f"warning: {warning}", file=sys.stderr)
+            if warning not in phase.warned:
+                phase.warned.add(warning)
+                print(f"warning: {warning}", file=sys.stderr)
 
     display = SweepDisplay(len(spec.runs), enabled=progress)
     for i, r in enumerate(spec.runs):

@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from toolkit.api.manager import Plugins  # noqa: E402
+from toolkit.data.encode import usable_cores  # noqa: E402
 from toolkit.spec.parse import parse_spec  # noqa: E402
-from toolkit.sweep.jobs import usable_cores  # noqa: E402
 from toolkit.sweep.runner import run  # noqa: E402
 
 

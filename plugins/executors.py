@@ -24,6 +24,7 @@ from dataclasses import replace
 from typing import Any
 
 from toolkit import hookimpl
+from toolkit.data.encode import usable_cores
 from toolkit.errors import ToolkitError, one_line
 from toolkit.sweep.jobs import (
     RunJob,
@@ -33,7 +34,6 @@ from toolkit.sweep.jobs import (
     plugin_modules,
     record_worker_death,
     run_job,
-    usable_cores,
     with_peaks,
 )
 from toolkit.sweep.watchdog import Watchdog

@@ -3,19 +3,38 @@
 from __future__ import annotations
 
 import copy
+import os
 import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from toolkit.api.hookspecs import hookimpl
 from toolkit.api.manager import Plugins
+from toolkit.data.encode import usable_cores
 
 E2E = Path(__file__).resolve().parent / "e2e"
 # Conformance cases that train real sweeps (executors) or draw many models (attention: its
 # formulas are checked in the inner loop by tests/plugins/test_attention.py; optimizer: their
 # updates by hand in tests/plugins/test_optimizers.py).
 SLOW_CASES = re.compile(r"::test_registered_component_conforms\[(executor|attention|optimizer)-")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto` (pyproject's addopts): a worker per core, at most 8 (each holds torch, and
+    the Ray tests start a Ray instance per worker)."""
+    return min(8, usable_cores())
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (`-n N`), each worker's torch gets its share of the cores: a worker
+    whose intra-op threads outnumber its share spins them against the other workers' (the
+    inner loop took 1.7x longer on 2 cores with 2 workers of 2 threads each)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, torch.get_num_threads() // workers))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

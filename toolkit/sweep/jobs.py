@@ -136,14 +136,6 @@ def plugin_modules(plugins: Plugins, executor: str) -> tuple[tuple[str, ...], bo
     return modules, autoload
 
 
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, not the machine's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def with_peaks(jobs: Sequence[RunJob]) -> list[RunJob]:
     """The jobs, each with the CPU peaks its run needs (its precision's; fp32's and bf16's for
     train.precision = "auto"), measured in this process at the job's thread count, once per

@@ -69,13 +69,13 @@ def make_figures(
 
     metric = summary.attrs.get("metric", "val_loss")
     order = summary["variant"].tolist()
-    palette = _palette(order)
+    colors = palette(order)
     ok = runs[runs["status"] == "ok"].copy() if not runs.empty else runs
     for column in (metric, "train_loss", "val_loss", "tokens_per_s", "wall_s"):
         if column in ok:
             ok[column] = pd.to_numeric(ok[column], errors="coerce")
     baseline = summary.attrs.get("baseline")
-    context = {"order": order, "palette": palette, "metric": metric, "baseline": baseline}
+    context = {"order": order, "palette": colors, "metric": metric, "baseline": baseline}
     made: list[FigureFile] = []
     with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.9):
         if not curves.empty and metric in curves:
@@ -97,14 +97,16 @@ def make_figures(
     return made
 
 
-def _palette(order: list[str]) -> dict[str, Any]:
+def palette(order: list[str]) -> dict[str, Any]:
+    """A colour per name of `order`, the same name the same colour in every figure of a report."""
     import seaborn as sns
 
     colors = sns.color_palette("tab10" if len(order) <= 10 else "husl", len(order))
     return dict(zip(order, colors, strict=True))
 
 
-def _figure(width: float, height: float) -> Any:
+def new_figure(width: float, height: float) -> Any:
+    """A matplotlib Figure (inches) on its own Agg canvas: no pyplot, no global state."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -113,12 +115,16 @@ def _figure(width: float, height: float) -> Any:
     return fig
 
 
-def _save(folder: Path, name: str, fig: Any, title: str, caption: str) -> list[FigureFile]:
+def save_figure(fig: Any, path: Path, title: str, caption: str) -> FigureFile:
+    """`fig` as a PNG at `path`, written whole or not at all."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI)
-    path = folder / f"{name}.png"
     write_atomic(path, buffer.getvalue())
-    return [FigureFile(path, title, caption)]
+    return FigureFile(path, title, caption)
+
+
+def _save(folder: Path, name: str, fig: Any, title: str, caption: str) -> list[FigureFile]:
+    return [save_figure(fig, folder / f"{name}.png", title, caption)]
 
 
 def _label(metric: str) -> str:
@@ -176,7 +182,7 @@ def _curves(curves: pd.DataFrame, c: dict[str, Any]) -> tuple[Any, str, str]:
     data = curves[["variant", "seed", "tokens", metric]].copy()
     data[metric] = pd.to_numeric(data[metric], errors="coerce")
     data = data.dropna()
-    fig = _figure(WIDTH, 5.2)
+    fig = new_figure(WIDTH, 5.2)
     axes = fig.subplots(1, 2)
     late = data[data["tokens"] >= data["tokens"].max() / 2]
     panels = (
@@ -211,7 +217,7 @@ def _final(ok: pd.DataFrame, summary: pd.DataFrame, c: dict[str, Any]) -> tuple[
     from matplotlib.lines import Line2D
 
     metric, order = c["metric"], c["order"]
-    fig = _figure(WIDTH * 0.85, max(2.8, 0.5 * len(order) + 1.8))
+    fig = new_figure(WIDTH * 0.85, max(2.8, 0.5 * len(order) + 1.8))
     ax = fig.subplots()
     by = summary.set_index("variant")
     for i, v in enumerate(order):
@@ -253,7 +259,7 @@ def _final(ok: pd.DataFrame, summary: pd.DataFrame, c: dict[str, Any]) -> tuple[
 
 def _params(summary: pd.DataFrame, c: dict[str, Any]) -> tuple[Any, str, str]:
     metric, order = c["metric"], c["order"]
-    fig = _figure(WIDTH, 4.8)
+    fig = new_figure(WIDTH, 4.8)
     axes = fig.subplots(1, 2, sharey=True)
     columns = (
         ("params", "parameters, total (count)"),
@@ -312,7 +318,7 @@ def _throughput(ok: pd.DataFrame, c: dict[str, Any]) -> tuple[Any, str, str]:
     import seaborn as sns
 
     order = [v for v in c["order"] if v in set(ok["variant"])]
-    fig = _figure(WIDTH, max(2.8, 0.5 * len(order) + 1.8))
+    fig = new_figure(WIDTH, max(2.8, 0.5 * len(order) + 1.8))
     axes = fig.subplots(1, 2, sharey=True)
     for ax, column, label in (
         (axes[0], "tokens_per_s", "training throughput (tokens/s)"),
@@ -356,7 +362,7 @@ def _gap(ok: pd.DataFrame, curves: pd.DataFrame, c: dict[str, Any]) -> tuple[Any
     data = data.dropna()
     have_curves = not curves.empty and {"val_loss", "train_loss"} <= set(curves.columns)
     top = 0.5 * len(order) + 1.2
-    fig = _figure(WIDTH * 0.9, top + (4.2 if have_curves else 0.8))
+    fig = new_figure(WIDTH * 0.9, top + (4.2 if have_curves else 0.8))
     axes = fig.subplots(2, 1, height_ratios=[top, 3.4]) if have_curves else [fig.subplots()]
     ax = axes[0]
     sns.pointplot(
@@ -438,7 +444,7 @@ def _grid(
         lines = [f"{x:.4f}" if np.isfinite(x) else "", f"n={int(n)}" if np.isfinite(n) else ""]
         annot[i, j] = "\n".join(filter(None, [*lines, marks[i][j]]))
     width = min(WIDTH, 3.2 + 2.0 * mean.shape[1])
-    fig = _figure(width, 2.6 + 1.1 * mean.shape[0])
+    fig = new_figure(width, 2.6 + 1.1 * mean.shape[0])
     ax = fig.subplots()
     sns.heatmap(
         mean, annot=annot, fmt="", cmap="viridis_r", linewidths=0.5, ax=ax,

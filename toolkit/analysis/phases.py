@@ -30,7 +30,7 @@ from typing import Any
 import pandas as pd
 
 from toolkit.analysis import scaling as fits
-from toolkit.analysis.figures import FigureFile, _figure, _palette, _save
+from toolkit.analysis.figures import FigureFile, new_figure, palette, save_figure
 from toolkit.analysis.load import Experiments
 
 TUNING_FILE = "tuning.csv"  # written by toolkit.sweep.tuning into the experiment folder
@@ -154,8 +154,8 @@ def tuning_figure(table: pd.DataFrame, tune: dict[str, Any], name: str, folder: 
     by_key: dict[str, list[str]] = {}
     for variant in variants:
         by_key.setdefault(next(iter(grid_of(tune, variant))), []).append(variant)
-    palette = _palette(variants)
-    fig = _figure(6.4 * len(by_key) ** 0.5 + 1.6 * (len(by_key) - 1), 4.0)
+    colors = palette(variants)
+    fig = new_figure(6.4 * len(by_key) ** 0.5 + 1.6 * (len(by_key) - 1), 4.0)
     axes = fig.subplots(1, len(by_key), squeeze=False)[0]
     for ax, (key, mine_variants) in zip(axes, by_key.items(), strict=True):
         frame = table.assign(
@@ -164,10 +164,10 @@ def tuning_figure(table: pd.DataFrame, tune: dict[str, Any], name: str, folder: 
         for variant in mine_variants:
             mine = frame[frame["variant"] == variant]
             best = mine.groupby("x", sort=True)["y"].min()
-            ax.plot(best.index, best.values, marker="o", color=palette[variant], label=variant)
+            ax.plot(best.index, best.values, marker="o", color=colors[variant], label=variant)
             chosen = mine[mine["chosen"].astype(bool)]
             ax.scatter(
-                chosen["x"], chosen["y"], s=160, facecolors="none", edgecolors=palette[variant]
+                chosen["x"], chosen["y"], s=160, facecolors="none", edgecolors=colors[variant]
             )
         xs = frame[frame["variant"].isin(mine_variants)]["x"].dropna()
         if len(xs) and xs.min() > 0 and xs.max() / xs.min() >= 10:
@@ -182,7 +182,7 @@ def tuning_figure(table: pd.DataFrame, tune: dict[str, Any], name: str, folder: 
         f"ringed point is each variant's choice. A choice at either end of the range may not be "
         f"the best."
     )
-    return _save(folder, f"tuning-{name}", fig, title, caption)[0]
+    return save_figure(fig, folder / f"tuning-{name}.png", title, caption)
 
 
 def ladder_frame(runs: pd.DataFrame, ladder: dict[str, Any]) -> pd.DataFrame:

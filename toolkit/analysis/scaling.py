@@ -56,7 +56,6 @@ report.
 
 from __future__ import annotations
 
-import io
 import math
 import zlib
 from collections.abc import Mapping, Sequence
@@ -75,8 +74,8 @@ from toolkit.analysis.curves import (
     fit_curve,
     loss_at,
 )
+from toolkit.analysis.figures import WIDTH, FigureFile, new_figure, palette, save_figure
 from toolkit.errors import ToolkitError
-from toolkit.files import write_atomic
 
 COLUMNS = ("variant", "size", "seed", "compute", "loss")
 MIN_SIZES = 3
@@ -334,7 +333,7 @@ def ladder_figure(
     *,
     baseline: str | None = None,
     target_flops: float | None = None,
-) -> Any:
+) -> FigureFile:
     """Loss against compute on log-log axes: every run, each variant's curve (dashed beyond the
     computes it trained, up to target_flops) and, from a ladder_summary, the band of its
     bootstrap refits (pointwise 2.5-97.5%) and its multiplier in the legend. From a mapping
@@ -342,8 +341,6 @@ def ladder_figure(
     returns its figures.FigureFile (path, title, caption)."""
     import seaborn as sns
     from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullFormatter
-
-    from toolkit.analysis.figures import DPI, WIDTH, FigureFile, _figure, _palette
 
     runs = _runs(table)
     if isinstance(summary_or_fits, pd.DataFrame):
@@ -369,15 +366,15 @@ def ladder_figure(
                 for v, f in fits.items()
             }
     order = [v for v in fits if v == baseline] + [v for v in fits if v != baseline]
-    palette = _palette(order)
+    colors = palette(order)
     low = float(runs["compute"].min()) / 1.5
     high = max(float(runs["compute"].max()), target_flops or 0.0) * 1.5
     grid = np.geomspace(low, high, 200)
     with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.9):
-        fig = _figure(WIDTH * 0.8, 6.0)
+        fig = new_figure(WIDTH * 0.8, 6.0)
         ax = fig.subplots()
         for v in order:
-            color, fit = palette[v], fits[v]
+            color, fit = colors[v], fits[v]
             mine = runs[runs["variant"] == v]
             ax.scatter(mine["compute"], mine["loss"], color=color, s=16, alpha=0.55, lw=0)
             edge = float(mine["compute"].max()) if len(mine) else high
@@ -433,10 +430,6 @@ def ladder_figure(
         title = "Loss against training compute"
         band = "; bands: 95% of bootstrap refits" if bands else ""
         fig.suptitle(f"{title}\n(fit L = E + A·C^−α; dashed: extrapolated{band})")
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI)
-    path = Path(path)
-    write_atomic(path, buffer.getvalue())
     caption = (
         "Final loss of every run against its training compute, both axes logarithmic, with each "
         "variant's fitted curve L = E + A·C^−α (a pure power law where too few sizes were "
@@ -449,7 +442,7 @@ def ladder_figure(
             else "."
         )
     )
-    return FigureFile(path, title, caption)
+    return save_figure(fig, Path(path), title, caption)
 
 
 def _name(variant: str, baseline: str | None, m: tuple[float, float, float] | None) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import tomllib
 
 import pandas as pd
 import pytest
@@ -17,6 +18,7 @@ from plugins.activations import gelu_feed_forward
 from plugins.moe import MixtureOfExperts, balance_loss, moe_feed_forward
 from toolkit.analysis.table import summarize
 from toolkit.api.manager import Plugins
+from toolkit.cli import main
 from toolkit.data.batches import eval_batches
 from toolkit.data.resolve import load_data
 from toolkit.errors import ComponentError, SpecError
@@ -300,3 +302,26 @@ def test_the_printed_table_shows_active_parameters_only_for_a_mixture() -> None:
     assert header[header.index("params") + 1] == "active"
     plain = format_summary(summarize(table[table["variant"] == "dense"])).splitlines()[0]
     assert "active" not in plain.split()
+
+
+def test_validate_shows_the_parameters_a_token_uses_only_when_some_variant_differs(
+    tmp_path, capsys
+) -> None:
+    from tests.conftest import small_toml, write_spec
+
+    grid = '[grid]\n"model.activation" = ["gelu", { name = "moe", n_experts = 4, top_k = 2 }]\n'
+    spec = write_spec(tmp_path / "m.toml", small_toml("m") + grid)
+    assert main(["validate", str(spec)]) == 0
+    header, *rows = capsys.readouterr().out.splitlines()[1:]
+    assert header.split() == ["variant", "params", "non-emb", "active", "non-emb", "components"]
+    cells = [row[2:].split() for row in rows]  # after the baseline's mark
+    counts = {c[0]: [int(n.replace(",", "")) for n in c[1:4]] for c in cells}
+    moe = parse_spec(tomllib.loads(spec.read_text()), plugins=PLUGINS).runs[1]
+    total, non_emb = count_params(moe.model_config(257), PLUGINS)
+    _, active = count_params(moe.model_config(257), PLUGINS, active=True)
+    assert counts["activation=moe(n_experts=4,top_k=2)"] == [total, non_emb, active]
+    assert active < non_emb and counts["activation=gelu"][1] == counts["activation=gelu"][2]
+
+    dense = write_spec(tmp_path / "d.toml", small_toml("d"))
+    assert main(["validate", str(dense)]) == 0
+    assert "active" not in capsys.readouterr().out

@@ -187,34 +187,27 @@ def cmd_validate(args: argparse.Namespace) -> int:
         )
     for warning in precision_warnings(spec.runs):
         print(f"warning: {warning}", file=sys.stderr)
-    rows = []
-    counts: dict[str, tuple[int, int]] = {}
+    rows, counts = [], {}
     for r in spec.runs[: len(spec.variants)]:
         data = datasets[data_key(r.data)][0]
         config = r.model_config(data.vocab_size)
         key = json.dumps(config.to_dict(), sort_keys=True, default=str)
         if key not in counts:  # one model per distinct architecture, not per variant
-            counts[key] = count_params(config, plugins)
-        total, non_emb = counts[key]
+            counts[key] = (*count_params(config, plugins), count_params(config, plugins, True)[1])
+        mark = "*" if r.variant == spec.baseline else " "
         choices = " ".join(f"{k}={v}" for k, v in r.choices().items())
-        rows.append(
-            (
-                ("*" if r.variant == spec.baseline else " "),
-                r.variant,
-                f"{total:,}",
-                f"{non_emb:,}",
-                choices,
-            )
-        )
-    header = ("", "variant", "params", "non-emb")
-    widths = [max(len(row[i]) for row in [*rows, header]) for i in range(4)]
-    print(
-        f"  {'variant':<{widths[1]}}  {'params':>{widths[2]}}  {'non-emb':>{widths[3]}}  components"
-    )
-    for mark, name, total, non_emb, choices in rows:
-        print(
-            f"{mark} {name:<{widths[1]}}  {total:>{widths[2]}}  {non_emb:>{widths[3]}}  {choices}"
-        )
+        rows.append((mark, r.variant, *(f"{n:,}" for n in counts[key]), choices))
+    # A mixture of experts uses fewer parameters per token than it holds: then a column of the
+    # non-embedding parameters one token uses (what match_params = "active" matches).
+    header = ["", "variant", "params", "non-emb", "active non-emb", "components"]
+    if all(row[3] == row[4] for row in rows):
+        header.pop(4)
+        rows = [(*row[:4], row[5]) for row in rows]
+    widths = [max(len(row[i]) for row in [*rows, header]) for i in range(len(header) - 1)]
+    for row in [header, *rows]:
+        cells = [row[0], row[1].ljust(widths[1])]
+        cells += [cell.rjust(width) for cell, width in zip(row[2:-1], widths[2:], strict=True)]
+        print(f"{cells[0]:<1} " + "  ".join(cells[1:]) + f"  {row[-1]}")
     return 0
 
 

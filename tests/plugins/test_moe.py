@@ -16,6 +16,7 @@ from torch import nn
 
 from plugins.activations import gelu_feed_forward
 from plugins.moe import MixtureOfExperts, balance_loss, moe_feed_forward
+from tests.conftest import small_toml, write_spec
 from toolkit.analysis.table import summarize
 from toolkit.api.manager import Plugins
 from toolkit.cli import main
@@ -307,8 +308,6 @@ def test_the_printed_table_shows_active_parameters_only_for_a_mixture() -> None:
 def test_validate_shows_the_parameters_a_token_uses_only_when_some_variant_differs(
     tmp_path, capsys
 ) -> None:
-    from tests.conftest import small_toml, write_spec
-
     grid = '[grid]\n"model.activation" = ["gelu", { name = "moe", n_experts = 4, top_k = 2 }]\n'
     spec = write_spec(tmp_path / "m.toml", small_toml("m") + grid)
     assert main(["validate", str(spec)]) == 0

@@ -181,13 +181,14 @@ def check_all(
     *,
     max_examples: int = 10,
     options: dict[tuple[str, str], dict[str, Any]] | None = None,
+    plugin: str | None = None,
 ) -> None:
-    """check_component for every case of conformance_cases(); one ConformanceError lists all
-    the components that fail."""
+    """check_component for every case of conformance_cases() (those of the plugin named
+    `plugin`, when given); one ConformanceError lists all the components that fail."""
     plugins = plugins or load_plugins()
     options = options or {}
     failures = []
-    for kind, name in conformance_cases(plugins, options):
+    for kind, name in conformance_cases(plugins, options, plugin=plugin):
         try:
             check_component(
                 kind, name, plugins, max_examples=max_examples, options=options.get((kind, name))

@@ -9,7 +9,8 @@ import matplotlib.image
 import pandas as pd
 import pytest
 
-from toolkit.analysis.figures import NOT_SIGNIFICANT, _grid, make_figures
+from toolkit.analysis.figures import make_figures
+from toolkit.analysis.heatmap import NOT_SIGNIFICANT, grid_heatmap
 from toolkit.analysis.table import summarize
 
 # norm x act -> final val_loss per seed; seeds are shared, so each is a paired t-test.
@@ -59,7 +60,7 @@ def test_exactly_the_cells_not_shown_to_differ_are_marked():
     p = summary.set_index("variant")["p_holm"]  # what the verdicts read by default
     assert p["norm=ln,act=relu"] < 0.05 < p["norm=rms,act=gelu"]  # what the cells claim
     assert math.isnan(p["norm=rms,act=relu"])
-    fig, _, caption = _grid(runs, "q", "norm", "act", ["norm", "act"], "val_loss", summary)
+    fig, _, caption = grid_heatmap(runs, "q", "norm", "act", ["norm", "act"], "val_loss", summary)
     marks = cell_marks(fig)
     assert {cell for cell, (hatched, _) in marks.items() if hatched} == {
         ("rms", "gelu"),
@@ -81,7 +82,7 @@ def test_exactly_the_cells_not_shown_to_differ_are_marked():
 
 def test_the_title_states_the_range_the_colour_spans():
     runs = runs_table(CELLS)
-    fig, title, caption = _grid(
+    fig, title, caption = grid_heatmap(
         runs, "q", "norm", "act", ["norm", "act"], "val_loss", summarize(runs)
     )
     span = "2.2592–2.3000 nats/token (range 0.0408)"
@@ -99,7 +100,7 @@ def test_cells_averaging_several_variants_count_the_significant_ones():
     cells[("ln", "gelu", "long")] = [2.2600, 2.2630, 2.2610]  # beside the baseline: n.s.
     runs = runs_table(cells, axes=("norm", "act", "seq"))
     summary = summarize(runs)
-    fig, _, _ = _grid(runs, "q", "norm", "act", ["norm", "act", "seq"], "val_loss", summary)
+    fig, _, _ = grid_heatmap(runs, "q", "norm", "act", ["norm", "act", "seq"], "val_loss", summary)
     marks = cell_marks(fig)
     # The baseline's cell: its other variant does not differ.
     assert marks[("ln", "gelu")] == (True, "2.2612\nn=6\nn.s.\n(+ baseline)")
@@ -112,7 +113,9 @@ def test_one_of_two_significant_is_counted_not_hatched():
     cells = {(n, a, s): xs for (n, a), xs in CELLS.items() for s in ("short", "long")}
     cells[("ln", "relu", "long")] = [2.2600, 2.2635, 2.2590]  # n.s., beside a significant one
     runs = runs_table(cells, axes=("norm", "act", "seq"))
-    fig, _, _ = _grid(runs, "q", "norm", "act", ["norm", "act", "seq"], "val_loss", summarize(runs))
+    fig, _, _ = grid_heatmap(
+        runs, "q", "norm", "act", ["norm", "act", "seq"], "val_loss", summarize(runs)
+    )
     hatched, text = cell_marks(fig)[("ln", "relu")]
     assert not hatched and text.endswith("\n1/2 sig.")
     key = fig.legends[0].get_texts()[0].get_text()
@@ -125,7 +128,7 @@ def test_combined_folders_find_their_variants_in_the_summary():
     named = runs.copy()
     named.loc[~named["baseline"], "variant"] = "q/" + named.loc[~named["baseline"], "variant"]
     summary = summarize(named)
-    fig, _, _ = _grid(runs, "q", "norm", "act", ["norm", "act"], "val_loss", summary)
+    fig, _, _ = grid_heatmap(runs, "q", "norm", "act", ["norm", "act"], "val_loss", summary)
     hatched = {cell for cell, (h, _) in cell_marks(fig).items() if h}
     assert hatched == {("rms", "gelu"), ("rms", "relu")}
 

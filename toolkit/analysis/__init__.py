@@ -8,7 +8,8 @@ One module per step, each importable alone:
   detectable differences, outlier seeds, the A/A check);
 - steps.py: the steps of cumulative variants (`after`): each against the one it builds on;
 - text.py: the table as terminal text (`format_summary`, `report`);
-- figures.py: the PNG figures;
+- plotting.py: what every figure shares (canvas, colours, PNG files);
+- figures.py: the report's PNG figures; heatmap.py: an experiment grid's heatmaps;
 - render.py: the report files (`write_report`: report.md, report.html, CSVs, figures).
 
 Nothing here trains or measures: every number comes from what the runs recorded.

@@ -12,21 +12,19 @@ its path, title and caption:
 - throughput.png: training tokens per second and wall time per run, per variant;
 - gap.png: validation minus training loss, at the end per variant and during training;
 - grid-<experiment>-<axis>-x-<axis>.png: for an experiment with several axes, one heatmap of
-  the mean final metric per pair of axes, its colour range in the title and the cells that do
-  not differ significantly from the baseline hatched and marked "n.s." (the summary's verdict
-  column: Holm-adjusted p by default, see table.py).
+  the mean final metric per pair of axes (heatmap.py).
 
-Not here: the numbers the figures show (table.py computes them, stats.py the intervals) and
-where the figures go in the report (render.py). Metric names and units come from table.py, so
-an axis label and a table header never disagree.
+Not here: the numbers the figures show (table.py computes them, stats.py the intervals), what
+every figure shares (plotting.py: canvas, colours, PNG files) and where the figures go in the
+report (render.py). Metric names and units come from table.py, so an axis label and a table
+header never disagree. seaborn is imported where a figure is drawn (start-up cost: see
+plotting.py).
 """
 
 from __future__ import annotations
 
-import io
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,27 +32,17 @@ import numpy as np
 import pandas as pd
 
 from toolkit.analysis import stats
-from toolkit.analysis.stats import HOLM
-from toolkit.analysis.table import ALPHA, BETTER, NAMES, UNITS, WORSE
-from toolkit.files import write_atomic
+from toolkit.analysis.heatmap import grid_heatmap
+from toolkit.analysis.plotting import (
+    WIDTH,
+    FigureFile,
+    axis_label,
+    new_figure,
+    palette,
+    save_figure,
+)
+from toolkit.analysis.table import NAMES
 from toolkit.names import slug
-
-# seaborn and matplotlib are imported inside the functions that draw, not here, for start-up
-# cost only: they are slow to import, and `ablate run` (which prints the table) and
-# write_report(figures=False) never draw.
-DPI = 110
-WIDTH = 11.0  # inches
-# A grid heatmap's cells that do not differ significantly from the baseline: hatched, and
-# this in their annotation.
-NOT_SIGNIFICANT = "n.s."
-HATCH, HATCH_COLOR = "///", "0.5"
-
-
-@dataclass
-class FigureFile:
-    path: Path
-    title: str
-    caption: str
 
 
 def make_figures(
@@ -90,45 +78,19 @@ def make_figures(
             made += _save(folder, "gap", *_gap(ok, curves, context))
         for experiment, axes, table in grids:
             for a, b in itertools.combinations(axes, 2):
-                drawn = _grid(table, experiment, a, b, axes, metric, summary)
+                drawn = grid_heatmap(table, experiment, a, b, axes, metric, summary)
                 if drawn is not None:
                     name = slug(f"grid-{experiment}-{a}-x-{b}")
                     made += _save(folder, name, *drawn)
     return made
 
 
-def palette(order: list[str]) -> dict[str, Any]:
-    """A colour per name of `order`, the same name the same colour in every figure of a report."""
-    import seaborn as sns
-
-    colors = sns.color_palette("tab10" if len(order) <= 10 else "husl", len(order))
-    return dict(zip(order, colors, strict=True))
-
-
-def new_figure(width: float, height: float) -> Any:
-    """A matplotlib Figure (inches) on its own Agg canvas: no pyplot, no global state."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def save_figure(fig: Any, path: Path, title: str, caption: str) -> FigureFile:
-    """`fig` as a PNG at `path`, written whole or not at all."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI)
-    write_atomic(path, buffer.getvalue())
-    return FigureFile(path, title, caption)
-
-
 def _save(folder: Path, name: str, fig: Any, title: str, caption: str) -> list[FigureFile]:
     return [save_figure(fig, folder / f"{name}.png", title, caption)]
 
 
-def _label(metric: str) -> str:
-    return f"{NAMES[metric]} ({UNITS[metric]})"
+def _save(folder: Path, name: str, fig: Any, title: str, caption: str) -> list[FigureFile]:
+    return [save_figure(fig, folder / f"{name}.png", title, caption)]
 
 
 def _legend_below(fig: Any, ax: Any, order: list[str], baseline: str | None) -> None:
@@ -195,7 +157,7 @@ def _curves(curves: pd.DataFrame, c: dict[str, Any]) -> tuple[Any, str, str]:
             errorbar=errorbar, err_kws={"alpha": 0.12}, marker="o", markersize=4, ax=ax,
         )  # fmt: skip
         ax.set_xlabel("training tokens seen")
-        ax.set_ylabel(_label(metric))
+        ax.set_ylabel(axis_label(metric))
         ax.set_title(name)
         _eng(ax)
         _plain(ax)
@@ -238,7 +200,7 @@ def _final(ok: pd.DataFrame, summary: pd.DataFrame, c: dict[str, Any]) -> tuple[
         ax.axvline(by.loc[c["baseline"], f"{metric}_mean"], ls="--", color="0.4", lw=1)
     _tick_names(ax, order, c["baseline"])
     ax.set_ylim(len(order) - 0.5, -0.5)
-    ax.set_xlabel(f"final {_label(metric)}, lower is better")
+    ax.set_xlabel(f"final {axis_label(metric)}, lower is better")
     _plain(ax, "x")
     ax.set_ylabel("")
     handles = [
@@ -300,7 +262,7 @@ def _params(summary: pd.DataFrame, c: dict[str, Any]) -> tuple[Any, str, str]:
             _eng(ax)
             ax.set_xlim(lo_x - pad - step * len(order) / 2, hi_x + pad + step * len(order) / 2)
         ax.set_xlabel(label)
-    axes[0].set_ylabel(f"final {_label(metric)}")
+    axes[0].set_ylabel(f"final {axis_label(metric)}")
     _plain(axes[0])
     _legend_below(fig, axes[0], order, c["baseline"])
     title = f"Final {NAMES[metric]} against parameters"
@@ -407,143 +369,3 @@ def _gap(ok: pd.DataFrame, curves: pd.DataFrame, c: dict[str, Any]) -> tuple[Any
         "simply easier than the training text."
     )
     return fig, title, caption
-
-
-def _grid(
-    table: pd.DataFrame,
-    experiment: str,
-    a: str,
-    b: str,
-    axes: list[str],
-    metric: str,
-    summary: pd.DataFrame,
-) -> tuple[Any, str, str] | None:
-    """The heatmap of the mean final metric per pair of values of axes a and b. A cell whose
-    variants none differ from the baseline (summary's verdict: its p_holm, or p_value with
-    correction "none", below α; no test counts as not shown to differ) is hatched and annotated
-    "n.s.", so a strong colour over a small spread does not read as a strong effect; the title
-    states the range the colour spans."""
-    import seaborn as sns
-    from matplotlib.patches import Patch, Rectangle
-
-    ok = table[table["status"] == "ok"].copy() if "status" in table else table
-    if ok.empty or a not in ok or b not in ok:
-        return None
-    ok[metric] = pd.to_numeric(ok[metric], errors="coerce")
-    rows_key, cols_key = ok[a].astype(str), ok[b].astype(str)
-    frame = pd.DataFrame({a: rows_key, b: cols_key, "v": ok[metric]})
-    mean = frame.pivot_table(index=a, columns=b, values="v", aggfunc="mean", sort=False)
-    if mean.shape[0] < 2 and mean.shape[1] < 2:
-        return None
-    count = frame.pivot_table(index=a, columns=b, values="v", aggfunc="count", sort=False)
-    count = count.reindex_like(mean)
-    marks = _significance_marks(ok, rows_key, cols_key, mean, experiment, summary)
-    annot = np.empty(mean.shape, dtype=object)
-    for i, j in itertools.product(range(mean.shape[0]), range(mean.shape[1])):
-        x, n = mean.iat[i, j], count.iat[i, j]
-        lines = [f"{x:.4f}" if np.isfinite(x) else "", f"n={int(n)}" if np.isfinite(n) else ""]
-        annot[i, j] = "\n".join(filter(None, [*lines, marks[i][j]]))
-    width = min(WIDTH, 3.2 + 2.0 * mean.shape[1])
-    fig = new_figure(width, 2.6 + 1.1 * mean.shape[0])
-    ax = fig.subplots()
-    sns.heatmap(
-        mean, annot=annot, fmt="", cmap="viridis_r", linewidths=0.5, ax=ax,
-        cbar_kws={"label": f"mean final {_label(metric)}"},
-    )  # fmt: skip
-    for i, j in itertools.product(range(mean.shape[0]), range(mean.shape[1])):
-        if marks[i][j].startswith(NOT_SIGNIFICANT):
-            ax.add_patch(
-                Rectangle(
-                    (j, i), 1, 1, fill=False, hatch=HATCH, edgecolor=HATCH_COLOR, linewidth=0,
-                    gid=NOT_SIGNIFICANT,
-                )
-            )  # fmt: skip
-    ax.set_xlabel(b)
-    ax.set_ylabel(a)
-    ax.tick_params(axis="x", labelrotation=0)
-    ax.tick_params(axis="y", labelrotation=0)
-    others = [x for x in axes if x not in (a, b)]
-    over = "seeds" + (f" and {', '.join(others)}" if others else "")
-    title = f"{experiment}: {NAMES[metric]} by {a} × {b}"
-    values = mean.to_numpy(dtype=float)
-    values = values[np.isfinite(values)]
-    unit = UNITS[metric]
-    span = (
-        f"{values.min():.4f}–{values.max():.4f} {unit} (range {np.ptp(values):.4f})"
-        if values.size
-        else "no finite values"
-    )
-    ax.set_title(f"{title}\n(mean over {over}; lower is better)\ncolour: {metric} {span}")
-    alpha = summary.attrs.get("alpha", ALPHA)
-    which = "Holm-adjusted p" if summary.attrs.get("correction", HOLM) == HOLM else "p"
-    key = (
-        f"{NOT_SIGNIFICANT}: not significantly different from the baseline (two-sided t-test, "
-        f"{which} ≥ {alpha:g}, or no test)"
-    )
-    if any(" sig." in m for row in marks for m in row):
-        key += "\nk/m sig.: k of the m variants the cell averages differ significantly"
-    fig.legend(
-        handles=[Patch(facecolor="none", edgecolor=HATCH_COLOR, hatch=HATCH, label=key)],
-        loc="outside lower center", frameon=False, fontsize="small",
-    )  # fmt: skip
-    caption = (
-        f"Mean final {NAMES[metric]} of experiment {experiment} for each pair of values of {a} "
-        f"(rows) and {b} (columns), averaged over {over}; n is the number of finished runs in "
-        f"the cell. Darker is worse. The colour spans only the cells' own range, {span}, so a "
-        f"small spread is coloured as strongly as a large one: hatched cells marked "
-        f"{NOT_SIGNIFICANT} do not differ significantly from the baseline (two-sided t-test: "
-        f"significant at {which} < {alpha:g}; no test, e.g. with one seed, counts as not "
-        f"significant)"
-        + (
-            f"; a cell averaging several variants is marked {NOT_SIGNIFICANT} when none of "
-            f"them differs, k/m sig. when k of its m do."
-            if others
-            else "."
-        )
-    )
-    return fig, title, caption
-
-
-def _significance_marks(
-    ok: pd.DataFrame,
-    rows_key: pd.Series,
-    cols_key: pd.Series,
-    mean: pd.DataFrame,
-    experiment: str,
-    summary: pd.DataFrame,
-) -> list[list[str]]:
-    """Per heatmap cell: "baseline" for the baseline's own cell, "n.s." when none of its
-    other variants differs from the baseline (the summary's verdict), "k/m sig." when k of m
-    do, "" when all do (or with an empty summary); "\n(+ baseline)" after that when the cell
-    averages the baseline with other variants. The grid's runs are named as in the experiment
-    folder; the summary names them '<experiment>/<variant>' when several folders were
-    combined."""
-    marks = [[""] * mean.shape[1] for _ in range(mean.shape[0])]
-    if summary.empty or "variant" not in ok:
-        return marks
-    verdicts = dict(zip(summary["variant"], summary["verdict"], strict=True))
-    baseline = summary.attrs.get("baseline")
-    is_base = ok["baseline"].fillna(False).astype(bool) if "baseline" in ok else None
-    cells: dict[tuple[str, str], set[str]] = {}
-    for index, variant in ok["variant"].items():
-        name = str(variant)
-        if baseline is not None and (name == baseline or (is_base is not None and is_base[index])):
-            name = baseline
-        elif name not in verdicts and f"{experiment}/{name}" in verdicts:
-            name = f"{experiment}/{name}"
-        cells.setdefault((rows_key[index], cols_key[index]), set()).add(name)
-    for i, row in enumerate(mean.index):
-        for j, column in enumerate(mean.columns):
-            names = cells.get((str(row), str(column)), set())
-            tested = [n for n in names if n != baseline]
-            significant = sum(verdicts.get(n) in (BETTER, WORSE) for n in tested)
-            if not tested:
-                marks[i][j] = "baseline" if names else ""
-                continue
-            if significant == 0:
-                marks[i][j] = NOT_SIGNIFICANT
-            elif significant < len(tested):
-                marks[i][j] = f"{significant}/{len(tested)} sig."
-            if baseline in names:
-                marks[i][j] = "\n".join(filter(None, [marks[i][j], "(+ baseline)"]))
-    return marks

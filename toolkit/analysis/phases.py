@@ -30,8 +30,8 @@ from typing import Any
 import pandas as pd
 
 from toolkit.analysis import scaling as fits
-from toolkit.analysis.figures import FigureFile, new_figure, palette, save_figure
 from toolkit.analysis.load import Experiments
+from toolkit.analysis.plotting import FigureFile, new_figure, palette, save_figure
 
 TUNING_FILE = "tuning.csv"  # written by toolkit.sweep.tuning into the experiment folder
 

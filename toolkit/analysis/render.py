@@ -29,9 +29,10 @@ from typing import Any
 import pandas as pd
 
 from toolkit.analysis import phases
-from toolkit.analysis.figures import FigureFile, make_figures
+from toolkit.analysis.figures import make_figures
 from toolkit.analysis.load import Experiments, load, load_curves
 from toolkit.analysis.markup import html_blocks, render_html, render_markdown, scoped_css
+from toolkit.analysis.plotting import FigureFile
 from toolkit.analysis.stats import HOLM, OUTLIER_ALPHA, check_correction
 from toolkit.analysis.table import NAMES, UNITS, finite, summarize
 from toolkit.analysis.text import (

@@ -74,7 +74,7 @@ from toolkit.analysis.curves import (
     fit_curve,
     loss_at,
 )
-from toolkit.analysis.figures import WIDTH, FigureFile, new_figure, palette, save_figure
+from toolkit.analysis.plotting import WIDTH, FigureFile, new_figure, palette, save_figure
 from toolkit.errors import ToolkitError
 
 COLUMNS = ("variant", "size", "seed", "compute", "loss")
@@ -338,7 +338,7 @@ def ladder_figure(
     computes it trained, up to target_flops) and, from a ladder_summary, the band of its
     bootstrap refits (pointwise 2.5-97.5%) and its multiplier in the legend. From a mapping
     variant -> ScalingFit: no bands, multipliers against `baseline` when given. Writes a PNG and
-    returns its figures.FigureFile (path, title, caption)."""
+    returns its plotting.FigureFile (path, title, caption)."""
     import seaborn as sns
     from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullFormatter
 

@@ -300,6 +300,8 @@ def test_check_all_lists_every_failing_component_and_only_those() -> None:
         "attention 'bidirectional'",
         "normalization 'mixing'",
     ]
+    with pytest.raises(ValueError, match="no plugin named 'throwaways' registered a component; "):
+        check_all(plugins, plugin="throwaways")  # misspelt: an error, not a pass over nothing
 
 
 @pytest.mark.parametrize(

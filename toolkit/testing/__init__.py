@@ -166,9 +166,16 @@ def conformance_cases(
 ) -> list[tuple[str, str]]:
     """(kind, name) of every registered component the checks can build (only those the plugin
     named `plugin` registered, when given): those with required options only when `options`,
-    keyed by (kind, name), gives them."""
+    keyed by (kind, name), gives them. A `plugin` that registered nothing is a ValueError (a
+    misspelt name would otherwise check nothing and pass)."""
     plugins = plugins or load_plugins()
     options = options or {}
+    registering = sorted({c.plugin for c in plugins.registry})
+    if plugin is not None and plugin not in registering:
+        raise ValueError(
+            f"no plugin named {plugin!r} registered a component; plugins that did: "
+            f"{', '.join(registering)}"
+        )
     return [
         (c.kind, c.name)
         for c in plugins.registry

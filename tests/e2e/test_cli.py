@@ -95,6 +95,21 @@ def test_list_and_plugins_commands(capsys):
     assert "plugins.attention  (builtin; hooks: register_components)" in capsys.readouterr().out
 
 
+def test_a_reader_that_stops_early_ends_the_command_quietly():
+    """`ablate list | head`: the pipe closes before the listing is written. The command stops
+    with SIGPIPE's status and no traceback, rather than BrokenPipeError's."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "toolkit", "list"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    proc.stdout.close()  # long before the listing: start-up takes a second or more
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 141, stderr
+    assert stderr == ""
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -18,12 +18,15 @@
     ablate cache clear [KEY_PREFIX ...] [--dir DIR] [--older-than DAYS] [--yes]
 
 Bad input (a ToolkitError) prints one line, `ablate: error: ...`, and exits with status 2;
-no traceback. A sweep in which some run failed or diverged exits with status 1.
+no traceback. A sweep in which some run failed or diverged exits with status 1. A reader that
+stops early (`ablate list | head`) ends the command quietly with status 141, as SIGPIPE ends
+other Unix tools.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -49,7 +52,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a reader gone away (`| head`) shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # Nothing more can be shown; stop without a traceback, and with stdout pointing at
+        # /dev/null so that the interpreter's own flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13  # what a shell reports for a command ended by SIGPIPE
     except ToolkitError as exc:
         print(f"ablate: error: {one_line(exc)}", file=sys.stderr)
         return 2

@@ -26,6 +26,7 @@ VARIANTS = {
     "gqa": [{"n_kv_heads": 2}, {"n_kv_heads": 1}],
     "multihead": [{}, {"qk_norm": True}],
     "sdpa": [{"qk_norm": True}],
+    "diff": [{"qk_norm": True, "lambda_init": 0.2}],
 }
 
 
@@ -43,7 +44,7 @@ def test_the_causal_attentions_declare_kv_cache() -> None:
         if c.kind == "attention":
             assert bool(c.facts.get("kv_cache")) is c.facts["causal"], c.name
     assert set(CACHED) == {
-        "causal", "multihead-wrapper", "multihead", "sdpa", "sliding-window", "gqa", "mqa",
+        "causal", "multihead-wrapper", "multihead", "sdpa", "sliding-window", "gqa", "mqa", "diff",
     }  # fmt: skip
 
 

@@ -29,6 +29,7 @@ from toolkit.files import digest
 
 BUILTIN_PLUGINS = (
     "plugins.attention",
+    "plugins.differential",
     "plugins.normalization",
     "plugins.activations",
     "plugins.moe",

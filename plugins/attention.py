@@ -185,35 +185,45 @@ class HeadAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, n_kv, T, hs) of positions start .. start+T-1 in `cache` (a dict this
         module owns) and return views of the keys and values of positions 0 .. start+T-1.
-        start = 0 starts afresh.
+        start = 0 starts afresh. See cache_rows()."""
+        k, v = self.cache_rows(cache, start, k=k, v=v)
+        return k, v
 
-        The buffers are static: (B, n_kv, context_length, hs), allocated by the first call and
+    def cache_rows(self, cache: dict, start: int, **rows: torch.Tensor) -> list[torch.Tensor]:
+        """Store each of `rows` (B, h, T, dim: keys, values, or a latent that stands for both) of
+        positions start .. start+T-1 in `cache` under its name, and return views of each name's
+        positions 0 .. start+T-1, in the order given. start = 0 starts afresh.
+
+        The buffers are static: (B, h, context_length, dim), allocated by the first call and
         written in place from then on, a refill from position 0 included, so a decoding step
-        copies only its own keys and allocates nothing. They are made anew only for another
-        batch size, head count, dtype or device, or to go past context_length (which
+        copies only its own rows and allocates nothing. One is made anew only for another
+        batch size, head count, width, dtype or device, or to go past context_length (which
         generate() never does: it refills from position 0 instead)."""
-        end = start + k.shape[-2]
+        t = next(iter(rows.values())).shape[-2]
+        end = start + t
         if start != cache.get("length", 0) and start != 0:
             raise ValueError(f"KV cache holds {cache.get('length', 0)} positions, not {start}")
-        buf_k, buf_v = cache.get("k"), cache.get("v")
-        if (
-            buf_k is None
-            or buf_k.shape[-2] < end
-            or buf_k.shape[:2] != k.shape[:2]
-            or buf_k.dtype != k.dtype
-            or buf_k.device != k.device
-        ):
-            # Past context_length (a caller other than generate()), doubling: few copies.
-            size = max(end, self.context_length, 2 * buf_k.shape[-2] if start else 0)
-            new_k = k.new_empty(*k.shape[:2], size, k.shape[-1])
-            new_v = v.new_empty(*v.shape[:2], size, v.shape[-1])
-            if start:  # past context_length: keep what is cached
-                new_k[:, :, :start], new_v[:, :, :start] = buf_k[:, :, :start], buf_v[:, :, :start]
-            buf_k, buf_v = cache["k"], cache["v"] = new_k, new_v
-        buf_k.narrow(2, start, end - start).copy_(k)
-        buf_v.narrow(2, start, end - start).copy_(v)
+        views = []
+        for name, x in rows.items():
+            buf = cache.get(name)
+            if (
+                buf is None
+                or buf.shape[-2] < end
+                or buf.shape[:2] != x.shape[:2]
+                or buf.shape[-1] != x.shape[-1]
+                or buf.dtype != x.dtype
+                or buf.device != x.device
+            ):
+                # Past context_length (a caller other than generate()), doubling: few copies.
+                size = max(end, self.context_length, 2 * buf.shape[-2] if start else 0)
+                new = x.new_empty(*x.shape[:2], size, x.shape[-1])
+                if start:  # past context_length: keep what is cached
+                    new[:, :, :start] = buf[:, :, :start]
+                buf = cache[name] = new
+            buf.narrow(2, start, t).copy_(x)
+            views.append(buf.narrow(2, 0, end))
         cache["length"] = end
-        return buf_k.narrow(2, 0, end), buf_v.narrow(2, 0, end)
+        return views
 
     def attend_cached(
         self,

@@ -27,6 +27,7 @@ VARIANTS = {
     "multihead": [{}, {"qk_norm": True}],
     "sdpa": [{"qk_norm": True}],
     "diff": [{"qk_norm": True, "lambda_init": 0.2}],
+    "mla": [{}, {"q_rank": 8, "kv_rank": 4, "rope_dim": 2}],
 }
 
 
@@ -44,7 +45,8 @@ def test_the_causal_attentions_declare_kv_cache() -> None:
         if c.kind == "attention":
             assert bool(c.facts.get("kv_cache")) is c.facts["causal"], c.name
     assert set(CACHED) == {
-        "causal", "multihead-wrapper", "multihead", "sdpa", "sliding-window", "gqa", "mqa", "diff",
+        "causal", "multihead-wrapper", "multihead", "sdpa", "sliding-window", "gqa", "mqa",
+        "diff", "mla",
     }  # fmt: skip
 
 
@@ -152,13 +154,14 @@ def test_cache_grows_past_its_first_size_and_follows_sampled_tokens() -> None:
 
 
 def kv_buffers(cache) -> list[tuple[int, int]]:
-    """(data_ptr, positions held) of every key and value buffer in a KV cache, in the order the
-    attentions keep them (the wrapper's heads each keep a dict of their own)."""
+    """(data_ptr, positions held) of every buffer in a KV cache (keys and values, or mla's
+    latents), in the order the attentions keep them (the wrapper's heads each keep a dict of
+    their own)."""
     found = []
 
     def walk(entries: dict) -> None:
         for key, value in entries.items():
-            if key in ("k", "v"):
+            if isinstance(value, torch.Tensor):
                 found.append((value.data_ptr(), value.shape[-2]))
             elif isinstance(value, dict):
                 walk(value)

@@ -30,6 +30,7 @@ from toolkit.files import digest
 BUILTIN_PLUGINS = (
     "plugins.attention",
     "plugins.differential",
+    "plugins.latent",
     "plugins.normalization",
     "plugins.activations",
     "plugins.moe",

@@ -160,7 +160,7 @@ def kv_buffers(cache) -> list[tuple[int, int]]:
     found = []
 
     def walk(entries: dict) -> None:
-        for key, value in entries.items():
+        for value in entries.values():
             if isinstance(value, torch.Tensor):
                 found.append((value.data_ptr(), value.shape[-2]))
             elif isinstance(value, dict):

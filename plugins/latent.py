@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from plugins.attention import HeadAttention, HeadRMSNorm, qkv_bias
@@ -85,20 +86,25 @@ class MultiHeadLatentAttention(HeadAttention):
         self.out_proj = nn.Linear(config.n_heads * hs, d, bias=config.bias)
 
     def project(
-        self, x: torch.Tensor, start: int
+        self, x: torch.Tensor, start: int, cache: dict | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (B, T, d) at positions start.. -> q_nope (B, nh, T, hs), q_rope (B, nh, T, r), the
         latent (B, 1, T, r_kv) and k_rope (B, 1, T, r), the rotary parts turned when RoPE is
-        bound."""
+        bound. With a KV `cache`, the three projections of x are one stacked matrix product."""
         b, t, _ = x.shape
-        if hasattr(self, "W_query"):
-            q = self.W_query(x)
+        first = self.W_query if hasattr(self, "W_query") else self.W_dq
+        if cache is None:
+            q, kv, kr = first(x), self.W_dkv(x), self.W_kr(x)
         else:
-            q = self.W_uq(self.q_latent_norm(self.W_dq(x)))
+            stacked = self.stacked_projection(cache, start, first, self.W_dkv, self.W_kr)
+            widths = [first.out_features, self.kv_rank, self.rope_dim]
+            q, kv, kr = F.linear(x, *stacked).split(widths, dim=-1)
+        if first is not getattr(self, "W_query", None):
+            q = self.W_uq(self.q_latent_norm(q))
         q = q.view(b, t, self.n_heads, self.head_dim + self.rope_dim).transpose(1, 2)
         q_nope, q_rope = q.split([self.head_dim, self.rope_dim], dim=-1)
-        latent = self.kv_latent_norm(self.W_dkv(x)).unsqueeze(1)
-        k_rope = self.W_kr(x).unsqueeze(1)
+        latent = self.kv_latent_norm(kv).unsqueeze(1)
+        k_rope = kr.unsqueeze(1)
         if self._positional:
             q_rope, k_rope = self._positional[0].rotate(q_rope, k_rope, start=start)
         return q_nope, q_rope, latent, k_rope
@@ -119,17 +125,19 @@ class MultiHeadLatentAttention(HeadAttention):
     def forward_cached(self, x: torch.Tensor, cache: dict, start: int) -> torch.Tensor:
         """forward() for x (B, T, d) at positions start .., attending to the latents and rotary
         keys cached by earlier calls, in the absorbed form (see the module's docstring)."""
-        q_nope, q_rope, latent, k_rope = self.project(x, start)
+        q_nope, q_rope, latent, k_rope = self.project(x, start, cache)
         (keys,) = self.cache_rows(cache, start, latent=torch.cat([latent, k_rope], dim=-1))
         w_uk = self.W_uk.weight.view(self.n_heads, self.head_dim, self.kv_rank)
-        q_latent = torch.einsum("bhtd,hdc->bhtc", q_nope, w_uk)  # (B, nh, T, r_kv)
-        # The kernel scales by 1 / sqrt(r_kv + r), its query's width; the scores must be
-        # scaled by 1 / sqrt(hs + r), as in training.
-        rescale = math.sqrt((self.kv_rank + self.rope_dim) / (self.head_dim + self.rope_dim))
+        q_latent = q_nope @ w_uk  # (B, nh, T, r_kv): each head's queries through its W_uk
+        # attend()'s maths scales by 1 / sqrt(head_dim); the scores must be scaled by
+        # 1 / sqrt(hs + r), as in training. (Explicit maths: the fused kernel has no fast path
+        # for keys narrower than the values' heads, and falls back to slower maths of its own.)
+        rescale = math.sqrt(self.head_dim / (self.head_dim + self.rope_dim))
         q = torch.cat([q_latent, q_rope], dim=-1) * rescale
-        context = self.attend_cached(q, keys, keys[..., : self.kv_rank], start)  # (B, nh, T, r_kv)
+        values = keys[..., : self.kv_rank]  # one head, broadcast over the queries' heads
+        context = self.attend_cached(q, keys, values, start, fused=False)  # (B, nh, T, r_kv)
         w_uv = self.W_uv.weight.view(self.n_heads, self.head_dim, self.kv_rank)
-        return self.merge_heads(torch.einsum("bhtc,hdc->bhtd", context, w_uv))
+        return self.merge_heads(context @ w_uv.transpose(1, 2))  # through each head's W_uv
 
 
 @hookimpl

@@ -287,18 +287,25 @@ class ProjectedAttention(HeadAttention):
     (the book's) unless model.bias = false; the others as qkv_bias() says. Forward is the
     subclasses'; forward_cached (generation with a KV cache) is shared, with the subclass's
     `window` and `fused_cache` (F.scaled_dot_product_attention or attend()'s explicit maths).
+
+    gate (the option `gate = true`): the heads' outputs, before out_proj, are multiplied
+    elementwise by sigmoid(x W_gate), W_gate (d -> d) reading the block's normalized input as
+    the queries do: one gate per head and dimension, set by the query's own token (Qiu et al.
+    2025, "Gated Attention for Large Language Models", their best-performing position G1).
     """
 
     window: int | None = None  # sliding-window sets its own
     fused_cache = True
 
-    def __init__(self, config, *, n_kv_heads: int, qk_norm: bool) -> None:
+    def __init__(self, config, *, n_kv_heads: int, qk_norm: bool, gate: bool = False) -> None:
         super().__init__(config, head_dim=config.head_dim, qk_norm=qk_norm)
         d, kv = config.emb_dim, n_kv_heads * config.head_dim
         self.n_heads, self.n_kv_heads = config.n_heads, n_kv_heads
         self.W_query = nn.Linear(d, d, bias=qkv_bias(config))
         self.W_key = nn.Linear(d, kv, bias=qkv_bias(config))
         self.W_value = nn.Linear(d, kv, bias=qkv_bias(config))
+        # Before out_proj, which must stay the last Linear (the residual projection).
+        self.W_gate = nn.Linear(d, d, bias=qkv_bias(config)) if gate else None
         self.out_proj = nn.Linear(d, d, bias=config.bias)
 
     def split_heads(
@@ -325,11 +332,16 @@ class ProjectedAttention(HeadAttention):
         q, k, v = qkv.split_with_sizes(heads, dim=1)
         q, k = self.queries_keys(q, k, start)
         k, v = self.cache_keys_values(cache, k, v, start)
-        return self.merge_heads(self.attend_cached(q, k, v, start, self.window, self.fused_cache))
+        context = self.attend_cached(q, k, v, start, self.window, self.fused_cache)
+        return self.merge_heads(context, x)
 
-    def merge_heads(self, context: torch.Tensor) -> torch.Tensor:
+    def merge_heads(self, context: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """The heads' outputs (B, nh, T, hs) side by side, gated by x (the attention's input)
+        when the gate is on, through out_proj: (B, T, d)."""
         b, _, t, _ = context.shape
         context = context.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim)  # (B, T, d)
+        if self.W_gate is not None:
+            context = context * torch.sigmoid(self.W_gate(x))
         return self.out_proj(context)
 
 
@@ -338,12 +350,12 @@ class MultiHeadAttention(ProjectedAttention):
 
     fused_cache = False  # forward_cached uses attend()'s explicit maths, as forward does
 
-    def __init__(self, config, *, qk_norm: bool = False) -> None:
-        super().__init__(config, n_kv_heads=config.n_heads, qk_norm=qk_norm)
+    def __init__(self, config, *, qk_norm: bool = False, gate: bool = False) -> None:
+        super().__init__(config, n_kv_heads=config.n_heads, qk_norm=qk_norm, gate=gate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.split_heads(x)
-        return self.merge_heads(self.attend(q, k, v))
+        return self.merge_heads(self.attend(q, k, v), x)
 
 
 class SDPAttention(MultiHeadAttention):
@@ -353,7 +365,7 @@ class SDPAttention(MultiHeadAttention):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.split_heads(x)
-        return self.merge_heads(self.attend_fused(q, k, v))
+        return self.merge_heads(self.attend_fused(q, k, v), x)
 
 
 class SlidingWindowAttention(MultiHeadAttention):
@@ -363,18 +375,20 @@ class SlidingWindowAttention(MultiHeadAttention):
     7B (Jiang et al. 2023). With window >= T it is `sdpa`.
     """
 
-    def __init__(self, config, *, window: int = 64, qk_norm: bool = False) -> None:
+    def __init__(
+        self, config, *, window: int = 64, qk_norm: bool = False, gate: bool = False
+    ) -> None:
         if window < 1:
             raise ComponentError(
                 f"attention 'sliding-window': window must be at least 1 (a position sees "
                 f"itself), got {window}"
             )
-        super().__init__(config, qk_norm=qk_norm)
+        super().__init__(config, qk_norm=qk_norm, gate=gate)
         self.window = window
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.split_heads(x)
-        return self.merge_heads(self.attend_fused(q, k, v, window=self.window))
+        return self.merge_heads(self.attend_fused(q, k, v, window=self.window), x)
 
 
 class GroupedQueryAttention(ProjectedAttention):
@@ -384,7 +398,9 @@ class GroupedQueryAttention(ProjectedAttention):
     at generation time, of its KV cache; with n_kv_heads == n_heads it is `sdpa`.
     """
 
-    def __init__(self, config, *, n_kv_heads: int = 2, qk_norm: bool = False) -> None:
+    def __init__(
+        self, config, *, n_kv_heads: int = 2, qk_norm: bool = False, gate: bool = False
+    ) -> None:
         n_heads = config.n_heads
         if not 1 <= n_kv_heads <= n_heads or n_heads % n_kv_heads:
             divisors = [str(n) for n in range(1, n_heads + 1) if n_heads % n == 0]
@@ -392,18 +408,18 @@ class GroupedQueryAttention(ProjectedAttention):
                 f"attention 'gqa': n_kv_heads ({n_kv_heads}) must divide n_heads ({n_heads}); "
                 f"choose one of {', '.join(divisors)}"
             )
-        super().__init__(config, n_kv_heads=n_kv_heads, qk_norm=qk_norm)
+        super().__init__(config, n_kv_heads=n_kv_heads, qk_norm=qk_norm, gate=gate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.split_heads(x)  # k, v: (B, n_kv, T, hs)
-        return self.merge_heads(self.attend_fused(q, k, v))
+        return self.merge_heads(self.attend_fused(q, k, v), x)
 
 
 class MultiQueryAttention(GroupedQueryAttention):
     """Multi-query attention: one key/value head shared by all query heads (Shazeer 2019)"""
 
-    def __init__(self, config, *, qk_norm: bool = False) -> None:
-        super().__init__(config, n_kv_heads=1, qk_norm=qk_norm)
+    def __init__(self, config, *, qk_norm: bool = False, gate: bool = False) -> None:
+        super().__init__(config, n_kv_heads=1, qk_norm=qk_norm, gate=gate)
 
 
 class SimplifiedAttention(nn.Module):

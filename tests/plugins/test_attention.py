@@ -19,6 +19,7 @@ from toolkit.api.manager import Plugins
 from toolkit.errors import ComponentError
 from toolkit.model.config import ModelConfig
 from toolkit.model.gpt import build_model, check_compatible
+from toolkit.testing import check_component
 
 PLUGINS = Plugins(autoload=False)
 CFG = ModelConfig(
@@ -93,10 +94,12 @@ def test_names_facts_and_options():
         assert c.facts["causal"] is (name not in ("simplified", "self"))
         assert bool(c.facts.get("positional_inside")) is (name in HEADED)
         expected = {"qk_norm"} if name in HEADED else set()
+        expected |= {"gate"} if name in PROJECTED else set()
         expected |= {"gqa": {"n_kv_heads"}, "sliding-window": {"window"}}.get(name, set())
         assert set(c.options) == expected
-        if "qk_norm" in c.options:
-            assert c.options["qk_norm"].type is bool and c.options["qk_norm"].default is False
+        for flag in ("qk_norm", "gate"):
+            if flag in c.options:
+                assert c.options[flag].type is bool and c.options[flag].default is False
     assert PLUGINS.registry.get("attention", "gqa").options["n_kv_heads"].default == 2
     assert PLUGINS.registry.get("attention", "sliding-window").options["window"].default == 64
 
@@ -192,7 +195,11 @@ def projected_reference(att, x, *, n_kv: int, window=None):
                 rotated(p, qh), rotated(p, kh), vh, bias=head_bias(p, h, t), window=window
             )
         )
-    return att.out_proj(torch.cat(heads, dim=-1))
+    context = torch.cat(heads, dim=-1)
+    if att.W_gate is not None:  # elementwise, per head and dimension, from the same input
+        gate = 1 / (1 + torch.exp(-(x[0] @ att.W_gate.weight.T + att.W_gate.bias)))
+        context = context * gate
+    return att.out_proj(context)
 
 
 CASES = [
@@ -203,6 +210,11 @@ CASES = [
     ("gqa", {}, 2, None),
     ("gqa", {"n_kv_heads": 1}, 1, None),
     ("mqa", {}, 1, None),
+    ("multihead", {"gate": True}, CFG.n_heads, None),
+    ("sdpa", {"gate": True, "qk_norm": True}, CFG.n_heads, None),
+    ("sliding-window", {"window": 3, "gate": True}, CFG.n_heads, 3),
+    ("gqa", {"gate": True}, 2, None),
+    ("mqa", {"gate": True}, 1, None),
 ]
 
 
@@ -215,6 +227,28 @@ def test_projected_attention_matches_per_head_reference(name, options, n_kv, win
     with torch.no_grad():
         expected = projected_reference(att, x, n_kv=n_kv, window=window)
         torch.testing.assert_close(att(x)[0], expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", PROJECTED)
+def test_the_gate_adds_one_d_by_d_projection_and_leaves_out_proj_the_residual_one(name):
+    plain, gated = attention(name), attention(name, gate=True)
+    d = CFG.emb_dim
+    assert plain.W_gate is None and n_params(gated) - n_params(plain) == d * d  # no qkv bias
+    model = build_model(config(attention={"name": name, "gate": True}, init="gpt2"), PLUGINS)
+    zeroed = build_model(
+        config(
+            attention={"name": name, "gate": True}, init={"name": "gpt2", "zero_residual": True}
+        ),
+        PLUGINS,
+    )
+    att, zero = model.trf_blocks[0].att, zeroed.trf_blocks[0].att
+    assert not zero.out_proj.weight.any() and zero.W_gate.weight.any()
+    assert att.out_proj.weight.std() < att.W_gate.weight.std()  # gpt2 scales the residual one
+
+
+@pytest.mark.parametrize("name", ["sdpa", "gqa"])
+def test_gated_attentions_pass_the_conformance_kit(name):
+    check_component("attention", name, PLUGINS, options={"gate": True}, max_examples=5)
 
 
 def test_key_value_projections_shrink_with_fewer_heads():

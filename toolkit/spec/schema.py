@@ -54,6 +54,7 @@ LEGACY_VALUES: dict[str, Any] = {
 LEGACY_OPTIONS: dict[str, dict[str, Any]] = {
     "model.norm": {"bias": True},
     "model.init": {"zero_residual": False},
+    "model.attention": {"gate": False},
 }
 
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import toolkit.api.manager
 from toolkit.cli import main
-from toolkit.errors import SpecError
+from toolkit.errors import PluginError, SpecError
 from toolkit.spec.parse import parse_spec
 from toolkit.spec.schema import SECTIONS
 
@@ -58,6 +58,13 @@ CASES = [
     ),
     ("unknown-section", GOOD + "[optimizer]\nlr = 1\n", [], "unknown top-level key 'optimizer'"),
     ("unknown-norm", with_lines('[model] norm = "batchnorm"'), [], "choose one of"),
+    (
+        "plugin-not-a-module",
+        with_lines('plugins = ["my plugins"]'),
+        [],
+        "is not a Python module name",
+    ),
+    ("plugin-empty-name", with_lines('plugins = [""]'), [], "'' is not a Python module name"),
     (
         "unknown-attention",
         with_lines('[model] attention = "flash"'),
@@ -371,5 +378,5 @@ documents = st.dictionaries(keys, values, max_size=6)
 def test_any_document_is_a_spec_or_a_spec_error(doc):
     try:
         parse_spec(doc)
-    except SpecError as exc:
+    except (SpecError, PluginError) as exc:  # PluginError: a plugin module it names is missing
         assert "\n" not in str(exc)

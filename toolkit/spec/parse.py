@@ -126,6 +126,12 @@ def parse_spec(
     limits.check_seeds(seeds, f"{source}: seeds")
     limits.check_runs(raw, len(seeds), max_runs, source)
     plugin_modules = _top(raw, "plugins", list[str], [], source)
+    for module in plugin_modules:
+        if not all(part.isidentifier() for part in module.split(".")):
+            raise SpecError(
+                f"{source}: plugins: {module!r} is not a Python module name; give dotted "
+                f'names such as plugins = ["my_plugins.norms"]'
+            )
 
     if plugins is None:
         plugins = load_plugins(tuple(extra_plugins), source="extra_plugins")

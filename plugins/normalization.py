@@ -1,8 +1,9 @@
 """Built-in normalizations: the book's LayerNorm (`layernorm`), PyTorch's (`torch-layernorm`),
-RMSNorm (`rmsnorm`), ScaleNorm (`scalenorm`) and no normalization at all (`none`).
+RMSNorm (`rmsnorm`), ScaleNorm (`scalenorm`), Dynamic Tanh (`dyt`, which normalizes nothing: an
+elementwise squashing in a norm's place) and no normalization at all (`none`).
 
 Each factory takes the normalized width and returns a module normalizing the last dimension.
-Those with an additive shift (layernorm, torch-layernorm) take `bias`: false builds them without
+Those with an additive shift (layernorm, torch-layernorm, dyt) take `bias`: false builds them without
 it (no parameter at all, the maths with a zero shift); model.bias = false passes it (gpt.py's
 _build_norm). The others have no shift to drop, so no such option.
 Not here: placement (pre/post/sandwich) belongs to the block, not to the norm.
@@ -65,6 +66,34 @@ class ScaleNorm(nn.Module):
         return f"eps={self.eps}"
 
 
+class DynamicTanh(nn.Module):
+    """weight * tanh(alpha * x) + bias, alpha one learned scalar (Zhu et al. 2025, DyT)
+
+    No statistics over the features: each is squashed on its own, alpha setting how soon. The
+    paper replaces every norm of a Transformer with it; its LLaMA runs also tune alpha's start
+    per width and place (the attention's norm apart), which `alpha_init` leaves to the user.
+    """
+
+    def __init__(self, dim: int, *, alpha_init: float = 0.5, bias: bool = True) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.tensor(float(alpha_init)))
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.tanh(self.alpha.to(x.dtype) * x) * self.weight.to(x.dtype)
+        return y if self.bias is None else y + self.bias.to(x.dtype)
+
+
+def dyt(dim: int, *, alpha_init: float = 0.5, bias: bool = True) -> DynamicTanh:
+    """weight * tanh(alpha x) + bias, one learned scalar alpha: no statistics (Zhu et al. 2025)"""
+    if not (math.isfinite(alpha_init) and alpha_init > 0):
+        raise ComponentError(
+            f"normalization 'dyt': alpha_init must be a finite number > 0, got {alpha_init!r}"
+        )
+    return DynamicTanh(dim, alpha_init=alpha_init, bias=bias)
+
+
 def _positive_eps(name: str, eps: float) -> None:
     if not (math.isfinite(eps) and eps > 0):
         raise ComponentError(
@@ -95,4 +124,5 @@ def register_components(register) -> None:
     register("normalization", "torch-layernorm", torch_layernorm)
     register("normalization", "rmsnorm", RMSNorm)
     register("normalization", "scalenorm", scalenorm)
+    register("normalization", "dyt", dyt)
     register("normalization", "none", no_norm)

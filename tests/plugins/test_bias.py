@@ -140,7 +140,7 @@ def test_a_norm_without_shift_computes_a_zero_shift(name: str) -> None:
 def test_norms_without_a_shift_have_no_bias_option() -> None:
     for name in PLUGINS.registry.names("normalization"):
         options = PLUGINS.registry.get("normalization", name).options
-        assert ("bias" in options) == (name in ("layernorm", "torch-layernorm")), name
+        assert ("bias" in options) == (name in ("layernorm", "torch-layernorm", "dyt")), name
 
 
 LLAMA_LIKE = {"attention": "gqa", "activation": "swiglu", "norm": "rmsnorm", "positional": "rope"}

@@ -128,3 +128,47 @@ def test_eps_option_is_used(name):
     assert module.eps == 1e-3
     with pytest.raises(ComponentError, match="takes no option"):
         norm("none", 8, eps=1e-3)
+
+
+# ------------------------------------------------------------------------------ dynamic tanh
+
+
+@settings(max_examples=25, deadline=None)
+@given(values=ROWS, alpha=st.floats(0.05, 3.0), seed=st.integers(0, 2**16))
+def test_dyt_is_weight_tanh_alpha_x_plus_bias(values, alpha, seed):
+    torch.manual_seed(seed)
+    dyt = norm("dyt", len(values), alpha_init=alpha)
+    with torch.no_grad():
+        dyt.weight.uniform_(0.5, 1.5)
+        dyt.bias.uniform_(-1, 1)
+    x = torch.tensor([values], dtype=torch.float64)
+    expected = dyt.weight.double() * torch.tanh(alpha * x) + dyt.bias.double()
+    with torch.no_grad():
+        torch.testing.assert_close(dyt(x.float()).double(), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_dyt_learns_its_alpha_and_drops_its_shift_without_biases():
+    dyt = norm("dyt", 8)
+    assert dyt.alpha.item() == 0.5 and dyt.alpha.shape == ()
+    assert sorted(n for n, _ in dyt.named_parameters()) == ["alpha", "bias", "weight"]
+    x = torch.randn(4, 8) * 3
+    dyt(x).pow(2).sum().backward()
+    assert dyt.alpha.grad is not None and dyt.alpha.grad != 0
+    # Unlike a norm, it keeps the scale of its input: no statistics over the features.
+    small = norm("dyt", 8, alpha_init=1.0)
+    tiny = torch.full((1, 8), 1e-3)
+    with torch.no_grad():
+        torch.testing.assert_close(small(tiny), torch.tanh(tiny), atol=1e-7, rtol=1e-5)
+    cfg = dict(vocab_size=31, context_length=8, emb_dim=16, n_heads=2, n_layers=2, drop_rate=0.0)
+    biasless = build_model(ModelConfig(**cfg, norm="dyt", bias=False), PLUGINS)
+    assert not any(n.endswith("bias") for n, _ in biasless.named_parameters())
+    shifted = build_model(ModelConfig(**cfg, norm="dyt"), PLUGINS)
+    # Two norms per block plus the final one, each with weight, bias (emb_dim each) and alpha.
+    norms = build_model(ModelConfig(**cfg, norm="none"), PLUGINS).num_params()
+    assert shifted.num_params() - norms == (2 * 2 + 1) * (2 * 16 + 1)
+
+
+@pytest.mark.parametrize("alpha", [0.0, -0.5, math.inf, math.nan])
+def test_dyt_rejects_a_bad_alpha_init(alpha):
+    with pytest.raises(ComponentError, match=r"'dyt': alpha_init must be a finite number > 0"):
+        norm("dyt", 8, alpha_init=alpha)

@@ -12,6 +12,7 @@ import torch
 
 from toolkit.api.hookspecs import hookimpl
 from toolkit.api.manager import Plugins
+from toolkit.cli import main
 from toolkit.data.encode import usable_cores
 
 E2E = Path(__file__).resolve().parent / "e2e"
@@ -114,6 +115,15 @@ def small_toml(name: str, seeds: tuple[int, ...] = (0,), **sections: str) -> str
 def write_spec(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def validation_error(folder: Path, text: str, capsys: pytest.CaptureFixture[str]) -> str:
+    """`ablate validate` of spec `text`: asserts exit status 2 and a one-line error, returns it."""
+    spec = write_spec(folder / "spec.toml", text)
+    assert main(["validate", str(spec)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("ablate: error:"), err
+    return err
 
 
 TINY_TOML = """

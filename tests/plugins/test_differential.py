@@ -9,7 +9,7 @@ import re
 
 import pytest
 import torch
-from conftest import small_toml
+from conftest import small_toml, validation_error
 
 from toolkit.api.manager import Plugins
 from toolkit.cli import main
@@ -126,11 +126,7 @@ def test_bad_settings_are_one_line_errors_at_validation(
     tmp_path, capsys, n_heads, attention, message
 ):
     text = small_toml("cat", model=f"attention = {attention}")
-    spec = tmp_path / "spec.toml"
-    spec.write_text(text.replace("n_heads = 2", f"n_heads = {n_heads}"))
-    assert main(["validate", str(spec)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and err.startswith("ablate: error:")
+    err = validation_error(tmp_path, text.replace("n_heads = 2", f"n_heads = {n_heads}"), capsys)
     assert re.search(message, err), err
 
 

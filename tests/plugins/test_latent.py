@@ -10,7 +10,7 @@ import re
 
 import pytest
 import torch
-from conftest import small_toml
+from conftest import small_toml, validation_error
 
 from toolkit.api.manager import Plugins
 from toolkit.cli import main
@@ -153,11 +153,8 @@ def test_defaults_and_parameter_shapes():
     ],
 )
 def test_bad_options_are_one_line_errors_at_validation(tmp_path, capsys, options, message):
-    spec = tmp_path / "spec.toml"
-    spec.write_text(small_toml("cat", model=f'attention = {{ name = "mla", {options} }}'))
-    assert main(["validate", str(spec)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and err.startswith("ablate: error:")
+    text = small_toml("cat", model=f'attention = {{ name = "mla", {options} }}')
+    err = validation_error(tmp_path, text, capsys)
     assert re.search(message, err), err
 
 

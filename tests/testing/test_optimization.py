@@ -61,6 +61,24 @@ def forgetful(model, config):
     return Forgetful(config.decay_groups(params(model)), lr=config.lr)
 
 
+class OneWay(torch.optim.SGD):
+    """SGD with evaluation weights (eval() halves every parameter) that train() never restores."""
+
+    @torch.no_grad()
+    def eval(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.mul_(0.5)
+
+    def train(self):
+        pass
+
+
+def one_way(model, config):
+    """eval() without a train() that undoes it"""
+    return OneWay(config.decay_groups(params(model)), lr=config.lr)
+
+
 def not_an_optimizer(model, config):
     """A list of parameters, not an optimizer"""
     return params(model)
@@ -96,6 +114,7 @@ BROKEN = {
     "forgets the vectors": ("optimizer", matrices_only, "parameter groups"),
     "state outside state_dict": ("optimizer", forgetful, "state round trip"),
     "not an optimizer": ("optimizer", not_an_optimizer, "build"),
+    "eval() for good": ("optimizer", one_way, "evaluation weights"),
     "impure": ("schedule", drifting, "pure function"),
     "negative": ("schedule", negative, "multipliers"),
     "no warm-up": ("schedule", cold, "warm-up"),

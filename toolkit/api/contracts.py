@@ -73,6 +73,21 @@ class TrainConfig:
         ]
 
 
+class EvaluationWeights(Protocol):
+    """An optimizer whose parameters hold one point while training and another while the run
+    is judged (schedule-free's average of its iterates; the `schedulefree` package's classes
+    have the same two methods). The loop calls train() before the first step, eval() before
+    each evaluation and train() after it (before the resume state is saved, so an interrupted
+    run continues from what trained); after the last evaluation the parameters stay as eval()
+    left them, so the test score, the sample and the checkpoint are the evaluated model's.
+    Both are idempotent and inverse of each other (up to rounding); step() is only called in
+    train mode. An optimizer without them has one set of weights."""
+
+    def train(self) -> None: ...
+
+    def eval(self) -> None: ...
+
+
 class Schedule(Protocol):
     """A learning-rate schedule: the multiplier of the peak lr at a 0-based optimizer step."""
 

@@ -202,7 +202,11 @@ def register_components(register):
             "step), and state_dict() / load_state_dict() restoring it exactly, so a resumed run "
             "continues bit for bit. config (toolkit.api.contracts.TrainConfig) holds train.lr "
             "(the peak), betas, weight_decay, weight_decay_on and the device; "
-            "config.decay_groups(params) splits parameters as train.weight_decay_on says",
+            "config.decay_groups(params) splits parameters as train.weight_decay_on says. An "
+            "optimizer whose weights to evaluate differ from those it trains (schedule-free's "
+            "average) adds eval() and train() methods, which put each set in the parameters "
+            "(toolkit.api.contracts.EvaluationWeights): the run evaluates, samples from and "
+            "saves the eval() weights",
             '''\
 import torch
 

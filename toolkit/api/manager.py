@@ -37,6 +37,7 @@ BUILTIN_PLUGINS = (
     "plugins.positional",
     "plugins.initialization",
     "plugins.optimizers",
+    "plugins.schedule_free",
     "plugins.schedules",
     "plugins.sampling",
     "plugins.tokenizers",

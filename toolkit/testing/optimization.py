@@ -3,7 +3,8 @@
 - optimizer (factory(model, config: TrainConfig)), on drawn tiny GPTs (1 or 2 layers, tied or
   not, no dropout) and drawn train.weight_decay_on and weight decay: it returns a
   torch.optim.Optimizer; every trainable parameter is in exactly one parameter group and every
-  group has an "lr"; a step leaves the parameters finite; it reduces the loss of a small
+  group has an "lr"; a step leaves the parameters finite; with eval() and train() (evaluation
+  weights), eval() is idempotent and finite and train() undoes it; it reduces the loss of a small
   convex problem (least squares with a linear layer, 50 steps at lr 1e-2, no weight decay);
   and its state survives state_dict() -> torch.save -> torch.load(weights_only=True) ->
   load_state_dict() on a fresh optimizer, under a LambdaLR restored the way a resumed run
@@ -79,6 +80,7 @@ def check_optimizer(case: Case, max_examples: int) -> None:
         bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
         if bad:
             case.fail("finite parameters", f"a step left parameter {bad[0]!r} non-finite")
+        _evaluation_weights(case, model, optimizer)
         _round_trip(case, model_config, config, tokens, d.seed)
         case.inputs = f"least squares {sizes[0]} -> {sizes[1]}, seed={d.seed}"
         _convex(case, sizes, d.seed)
@@ -127,6 +129,37 @@ def _steps(
             optimizer.step()
             if schedule is not None:
                 schedule.step()
+
+
+def _evaluation_weights(case: Case, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """An optimizer with eval() and train() (the evaluation-weights contract,
+    toolkit.api.contracts.EvaluationWeights): eval() twice is eval() once, its weights are
+    finite, and train() puts back what trains (to rounding)."""
+    if not (
+        callable(getattr(optimizer, "eval", None)) and callable(getattr(optimizer, "train", None))
+    ):
+        return
+    training = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with case.check("evaluation weights"):
+        optimizer.eval()
+    evaluated = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with case.check("evaluation weights"):
+        optimizer.eval()
+    for name, p in model.named_parameters():
+        if not torch.equal(p, evaluated[name]):
+            case.fail("evaluation weights", f"a second eval() changed parameter {name!r}")
+        if not torch.isfinite(p).all():
+            case.fail("evaluation weights", f"eval() left parameter {name!r} non-finite")
+    with case.check("evaluation weights"):
+        optimizer.train()
+    for name, p in model.named_parameters():
+        if not torch.allclose(p, training[name], rtol=1e-5, atol=1e-6):
+            gap = float((p - training[name]).detach().abs().max())
+            case.fail(
+                "evaluation weights",
+                f"eval() then train() moved parameter {name!r} by {gap:.3g}, not back to where "
+                f"it trained",
+            )
 
 
 def _saved(case: Case, state: Any) -> Any:

@@ -317,6 +317,7 @@ def train_steps(tr: Training, progress: Progress | None) -> tuple[str, int | Non
         mode = "a" if tr.resumed else "w"
         metrics_file = (tr.folder / "metrics.jsonl").open(mode, encoding="utf-8")
     tr.model.train()
+    use_weights(tr.optimizer, "train")
     try:
         for step in range(tr.start_step, tr.steps + 1):
             tick = time.perf_counter()
@@ -381,6 +382,7 @@ def evaluate_and_save(tr: Training, step: int, metrics_file: TextIO | None) -> d
     state (unless this is the last step) and call the on_eval observers."""
     world = tr.world
     tick = time.perf_counter()
+    use_weights(tr.optimizer, "eval")  # after the last step they stay: the final model's
     scorer, token_bytes = tr.eval_step, tr.token_bytes
     train_loss, _ = evaluate_batches(scorer, tr.train_eval, token_bytes, tr.device, world=world)
     val_loss, val_bpb = evaluate_batches(scorer, tr.val_eval, token_bytes, tr.device, world=world)
@@ -396,6 +398,8 @@ def evaluate_and_save(tr: Training, step: int, metrics_file: TextIO | None) -> d
         "train_s": tr.clock.train_s,  # optimizer steps only (train.target_loss reads it)
         **aux_metrics(tr),
     }
+    if step < tr.steps:
+        use_weights(tr.optimizer, "train")  # before the resume state: it holds what trains
     tr.clock.eval_s += time.perf_counter() - tick
     # Every process's RNG state (dropout), so a resumed run draws the same masks.
     rngs = distributed.all_gather_object(torch.get_rng_state()) if step < tr.steps else []
@@ -422,6 +426,16 @@ def evaluate_and_save(tr: Training, step: int, metrics_file: TextIO | None) -> d
         tr.plugins.hook.on_eval(run=tr.info, step=step, metrics=metrics)
     tr.last = metrics
     return metrics
+
+
+def use_weights(optimizer: torch.optim.Optimizer, mode: str) -> None:
+    """The evaluation-weights contract (toolkit.api.contracts.EvaluationWeights): an optimizer
+    with eval() and train() methods (schedule-free's) puts the weights to evaluate in the
+    parameters with eval() and those that train with train(); `mode` names the call. Other
+    optimizers have one set of weights: nothing to do."""
+    switch = getattr(optimizer, mode, None)
+    if callable(switch):
+        switch()
 
 
 def finish(

@@ -85,6 +85,17 @@ class MultiHeadLatentAttention(HeadAttention):
         self.W_uv = nn.Linear(kv_rank, config.n_heads * hs, bias=False)
         self.out_proj = nn.Linear(config.n_heads * hs, d, bias=config.bias)
 
+    def bind_positional(self, module: nn.Module) -> None:
+        """As HeadAttention's, refusing a partial RoPE: mla's rope_dim already says how many
+        dimensions turn, and a fraction of those could turn none."""
+        fraction = getattr(module, "fraction", 1.0)
+        if fraction != 1.0:
+            raise ComponentError(
+                f"attention 'mla' turns its own rope_dim dimensions; positional 'rope' takes no "
+                f"fraction with it (got {fraction}): set rope_dim instead"
+            )
+        super().bind_positional(module)
+
     def project(
         self, x: torch.Tensor, start: int, cache: dict | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

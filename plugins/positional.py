@@ -74,25 +74,43 @@ class SinusoidalPositional(nn.Module):
 class RotaryPositional(nn.Module):
     """Rotary embeddings: queries and keys rotated pairwise by position (Su et al. 2021, RoPE)
 
-    Dimensions (2i, 2i+1) of each head turn by pos x theta^(-2i/head_dim), so q.k depends on
-    the positions only through their difference. Acts inside attention; forward() leaves the
-    embeddings alone.
+    Dimensions (2i, 2i+1) of each head turn by pos x theta^(-2i/r), r = head_dim, so q.k
+    depends on the positions only through their difference. With `fraction` below 1 (partial
+    rotary, as GPT-NeoX's rotary_pct) only the first r = fraction x head_dim dimensions
+    (rounded down to pairs) turn, their frequencies spread over those r, and the rest carry no
+    position. Acts inside attention; forward() leaves the embeddings alone.
     """
 
-    def __init__(self, config, *, theta: float = 10000.0) -> None:
+    def __init__(self, config, *, theta: float = 10000.0, fraction: float = 1.0) -> None:
         super().__init__()
-        if config.head_dim % 2:
+        if not 0 < fraction <= 1:
+            raise ComponentError(
+                f"positional 'rope': fraction (of each head's dimensions that turn) must be in "
+                f"(0, 1], got {fraction!r}"
+            )
+        self.fraction = fraction
+        if fraction == 1 and config.head_dim % 2:
             raise ComponentError(
                 f"positional 'rope' rotates pairs of dimensions, but head_dim = emb_dim / n_heads "
                 f"= {config.emb_dim} / {config.n_heads} = {config.head_dim} is odd; choose an "
                 f"even head_dim"
             )
+        if self.rotated(config.head_dim) < 2:
+            raise ComponentError(
+                f"positional 'rope': fraction {fraction} of head_dim {config.head_dim} turns no "
+                f"pair of dimensions; raise the fraction to at least {2 / config.head_dim:.3g}"
+            )
         if not theta > 0:
             raise ComponentError(f"positional 'rope': theta must be > 0, got {theta!r}")
         self.theta, self.head_dim = theta, config.head_dim
-        cos, sin = self.angles(0, config.context_length, config.head_dim)
-        self.register_buffer("cos", cos, persistent=False)  # (context_length, head_dim / 2)
+        cos, sin = self.angles(0, config.context_length, self.rotated(config.head_dim))
+        self.register_buffer("cos", cos, persistent=False)  # (context_length, rotated / 2)
         self.register_buffer("sin", sin, persistent=False)
+
+    def rotated(self, dim: int) -> int:
+        """How many of a vector's dim dimensions turn: all (fraction 1, dim even), else
+        fraction x dim rounded down to pairs."""
+        return int(self.fraction * dim) // 2 * 2
 
     def angles(self, start: int, t: int, dim: int, device=None) -> tuple[torch.Tensor, ...]:
         """cos and sin, each (t, dim / 2), of pos x theta^(-2i/dim) for pos = start..start+t-1."""
@@ -107,14 +125,17 @@ class RotaryPositional(nn.Module):
         """Rotate x (B, h, T, dim) at positions start..start+T-1; dim may differ from head_dim
         (a single-head attention rotates all of its emb_dim)."""
         t, dim = x.shape[-2], x.shape[-1]
+        rot = self.rotated(dim)
         if dim == self.head_dim and start + t <= self.cos.shape[0]:
             cos, sin = self.cos[start : start + t], self.sin[start : start + t]
         else:
-            cos, sin = self.angles(start, t, dim, device=x.device)
+            cos, sin = self.angles(start, t, rot, device=x.device)
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-        even, odd = x[..., 0::2], x[..., 1::2]  # (B, h, T, dim / 2) each
-        # (even + i odd) x (cos + i sin), written back interleaved: (B, h, T, dim)
-        return torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2)
+        turning = x if rot == dim else x[..., :rot]
+        even, odd = turning[..., 0::2], turning[..., 1::2]  # (B, h, T, rot / 2) each
+        # (even + i odd) x (cos + i sin), written back interleaved: (B, h, T, rot)
+        turned = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2)
+        return turned if rot == dim else torch.cat((turned, x[..., rot:]), dim=-1)
 
     def rotate(
         self, q: torch.Tensor, k: torch.Tensor, start: int = 0

@@ -78,6 +78,15 @@ def test_cached_generation_equals_uncached(attention, positional, placement) -> 
         assert model.training  # generate gives the model its mode back
 
 
+@pytest.mark.parametrize("attention", [a for a in CACHED if a != "mla"])  # mla: its rope_dim
+def test_cached_generation_equals_uncached_with_a_partial_rope(attention) -> None:
+    rope = {"name": "rope", "fraction": 0.5}  # head_dim 4: one pair turns, one does not
+    model = tiny_model(attention, rope, "pre")
+    prompt = torch.randint(0, 40, (2, 3), generator=torch.Generator().manual_seed(0))
+    cached = generate(model, prompt, 2 * CTX, GREEDY, CTX, use_cache=True)
+    assert torch.equal(cached, generate(model, prompt, 2 * CTX, GREEDY, CTX, use_cache=False))
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     attention=st.sampled_from(CACHED),

@@ -158,6 +158,12 @@ def test_bad_options_are_one_line_errors_at_validation(tmp_path, capsys, options
     assert re.search(message, err), err
 
 
+def test_a_partial_rope_with_mla_is_a_one_line_error_at_validation(tmp_path, capsys):
+    model = 'attention = "mla"\npositional = { name = "rope", fraction = 0.5 }'
+    err = validation_error(tmp_path, small_toml("cat", model=model), capsys)
+    assert "attention 'mla' turns its own rope_dim dimensions; positional 'rope' takes no" in err
+
+
 def test_a_sweep_trains_mla_against_sdpa(tmp_path, capsys):
     spec = tmp_path / "spec.toml"
     spec.write_text(small_toml("cat") + '\n[grid]\n"model.attention" = ["sdpa", "mla"]\n')

@@ -41,8 +41,9 @@ def test_names_facts_options_and_no_parameters():
         module = positional(name)
         assert list(module.parameters()) == []
         assert module.state_dict() == {}  # tables are derived: not saved
-    assert set(PLUGINS.registry.get("positional", "rope").options) == {"theta"}
+    assert set(PLUGINS.registry.get("positional", "rope").options) == {"theta", "fraction"}
     assert PLUGINS.registry.get("positional", "rope").options["theta"].default == 10000.0
+    assert PLUGINS.registry.get("positional", "rope").options["fraction"].default == 1.0
     for name in ("sinusoidal", "alibi", "none"):
         assert PLUGINS.registry.get("positional", name).options == {}
 
@@ -136,6 +137,56 @@ def test_rope_refuses_odd_head_dims_and_bad_theta():
         positional("rope", theta=0.0)
     with pytest.raises(ComponentError, match="must be a number"):
         positional("rope", theta="big")
+
+
+@pytest.mark.parametrize("start", [0, 5, 40])
+@pytest.mark.parametrize(("fraction", "turned"), [(0.5, 2), (0.75, 2), (0.6, 2)])
+def test_partial_rope_turns_the_first_pairs_over_their_own_frequencies(start, fraction, turned):
+    """fraction x head_dim (4 here) rounded down to pairs turns, as a rope of that width would;
+    the rest passes through untouched."""
+    rope = positional("rope", fraction=fraction)
+    q = torch.randn(2, CFG.n_heads, 6, CFG.head_dim)
+    rq, _ = rope.rotate(q, q, start=start)
+    torch.testing.assert_close(rq[..., :turned], complex_rope(q[..., :turned], start))
+    assert torch.equal(rq[..., turned:], q[..., turned:])
+    wide = torch.randn(1, 1, 5, 16)  # a single head spanning emb_dim: 16 x 0.6 -> 8 turn
+    out = positional("rope", fraction=0.6).rotate(wide, wide, start=start)[0]
+    torch.testing.assert_close(out[..., :8], complex_rope(wide[..., :8], start))
+    assert torch.equal(out[..., 8:], wide[..., 8:])
+
+
+def test_rope_at_fraction_one_is_rope_bit_for_bit():
+    q = torch.randn(2, CFG.n_heads, 7, CFG.head_dim)
+    whole = positional("rope").rotate(q, q, start=3)[0]
+    assert torch.equal(positional("rope", fraction=1.0).rotate(q, q, start=3)[0], whole)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    m=st.integers(0, 60),
+    n=st.integers(0, 60),
+    shift=st.integers(0, 200),
+    seed=st.integers(0, 2**16),
+)
+def test_partial_rope_dot_products_still_depend_only_on_relative_position(m, n, shift, seed):
+    rope = positional("rope", config(emb_dim=32, n_heads=2), fraction=0.5)
+    gen = torch.Generator().manual_seed(seed)
+    q, k = torch.randn(2, 1, 1, 1, 16, generator=gen)
+
+    def score(i: int, j: int) -> float:
+        return (rope.rotate(q, q, start=i)[0] * rope.rotate(k, k, start=j)[1]).sum().item()
+
+    assert score(m + shift, n + shift) == pytest.approx(score(m, n), abs=1e-4, rel=1e-4)
+
+
+def test_partial_rope_refuses_fractions_that_turn_nothing_or_too_much():
+    for bad in (0.0, -0.5, 1.5):
+        with pytest.raises(ComponentError, match=r"fraction .* must be in \(0, 1\], got"):
+            positional("rope", fraction=bad)
+    with pytest.raises(ComponentError, match="turns no pair of dimensions; raise the fraction"):
+        positional("rope", fraction=0.4)  # 0.4 x head_dim 4 = 1.6 -> no pair
+    # An odd head_dim is fine when a fraction leaves its last dimension out.
+    assert positional("rope", config(emb_dim=20, n_heads=4), fraction=0.8).rotated(5) == 4
 
 
 # ------------------------------------------------------------------------------------- alibi

@@ -55,6 +55,7 @@ LEGACY_OPTIONS: dict[str, dict[str, Any]] = {
     "model.norm": {"bias": True},
     "model.init": {"zero_residual": False},
     "model.attention": {"gate": False},
+    "model.positional": {"fraction": 1.0},
 }
 
 

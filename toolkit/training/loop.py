@@ -4,10 +4,11 @@ batches, a generated sample, a checkpoint, and the run folder's files.
 
 `train_run` reads top to bottom in four parts: `set_up` (device, model, data order, optimizer,
 the run folder, and an interrupted run's state restored), `train_steps` (the loop), then the
-sample and checkpoint, and `finish` (the summary). The training step is plain PyTorch: no hook
-and no registry lookup inside the loop. Observers (`on_eval`) are called at evaluation
-intervals only. Same seed, same losses on CPU: the seed fixes initialisation, dropout and the
-data order. Not here: the sweep (toolkit.sweep), resuming's files (resume.py).
+sample and checkpoint, and `finish` (the summary, record.py). The training step is plain
+PyTorch: no hook and no registry lookup inside the loop. Observers (`on_eval`) are called at
+evaluation intervals only. Same seed, same losses on CPU: the seed fixes initialisation,
+dropout and the data order. Not here: the run's state (state.py), what it records
+(record.py), the sweep (toolkit.sweep), resuming's files (resume.py).
 
 Under torchrun every process calls train_run with the same run (see distributed.py): the batch
 of train.batch_size rows is the global one, each process trains on its contiguous share through
@@ -18,14 +19,10 @@ every collective a no-op.
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import platform
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -33,25 +30,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from toolkit import __version__
 from toolkit.api.contracts import RunInfo
 from toolkit.api.manager import Plugins
-from toolkit.api.registry import split_choice
 from toolkit.data.batches import TrainBatches, eval_batches
 from toolkit.data.resolve import check_vocab
 from toolkit.data.tokens import TokenData
 from toolkit.errors import ComponentError, one_line
-from toolkit.files import digest, to_json, write_atomic, write_json
+from toolkit.files import to_json, write_atomic, write_json
 from toolkit.inference.generate import generate
 from toolkit.model.checkpoint import CHECKPOINT_FILE, load_initial_weights, save_checkpoint
-from toolkit.model.config import ModelConfig
-from toolkit.model.gpt import GPT, build_model
+from toolkit.model.gpt import build_model
 from toolkit.model.probe import check_forward
-from toolkit.spec.schema import BUDGET_KEYS, RunSpec
+from toolkit.spec.schema import RunSpec
 from toolkit.training import distributed
-from toolkit.training.budget import time_to_target, total_steps
-from toolkit.training.distributed import World
+from toolkit.training.budget import total_steps
 from toolkit.training.optimizer import make_optimizer, make_schedule
+from toolkit.training.record import aux_metrics, environment, finish, score_test
 from toolkit.training.resume import (
     RESUME_FILE,
     read_resume_everywhere,
@@ -59,90 +53,17 @@ from toolkit.training.resume import (
     truncate_metrics,
     write_resume_state,
 )
-from toolkit.training.step import Batches, LossStep, evaluate_batches
+from toolkit.training.state import Clock, Training
+from toolkit.training.step import LossStep, evaluate_batches
 from toolkit.training.throughput import (
     compiled,
-    cpu_name,
     flops_per_token,
-    peak_flops,
     resolve_device,
     resolve_precision,
-    tokens_per_second,
 )
 
 # progress(step, total_steps, last_loss, metrics_or_None): the runner's display, not a hook.
 Progress = Callable[[int, int, float, dict[str, float] | None], None]
-
-
-def environment(device: str, seed: int) -> dict[str, Any]:
-    """What env.json records: versions, machine, device and seed."""
-    return {
-        "toolkit": __version__,
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "platform": platform.platform(),
-        "processor": platform.machine(),
-        "cpu": cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": device,
-        "cuda": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
-        "seed": seed,
-    }
-
-
-@dataclass
-class Clock:
-    """Where a run's time went; an interrupted run's part carries over when it resumes."""
-
-    started: float = field(default_factory=time.perf_counter)  # this process's start
-    before: float = 0.0  # wall seconds of the interrupted part
-    train_s: float = 0.0  # in training steps (evaluation excluded)
-    first_step_s: float = 0.0  # one-time set-up (allocations, thread pools) lands in step 1
-    eval_s: float = 0.0
-
-    def elapsed(self) -> float:
-        return self.before + time.perf_counter() - self.started
-
-
-@dataclass
-class Training:
-    """One run between set-up and summary: what the loop reads and changes."""
-
-    run: RunSpec
-    folder: Path
-    plugins: Plugins
-    world: World
-    device: str
-    config: ModelConfig
-    model: GPT
-    info: RunInfo
-    batches: TrainBatches
-    steps: int
-    train_eval: Batches
-    val_eval: Batches
-    test_eval: Batches | None  # None: the data holds out no test split
-    token_bytes: torch.Tensor
-    optimizer: torch.optim.Optimizer
-    schedule: torch.optim.lr_scheduler.LambdaLR
-    clock: Clock
-    start_step: int = 1
-    resumed: bool = False
-    last: dict[str, Any] = field(default_factory=dict)  # the latest evaluation's metrics
-    # Each auxiliary loss's values since the last evaluation (GPT.gather_aux_losses), by name.
-    aux: dict[str, list[float]] = field(default_factory=dict)
-    precision: str = "fp32"  # train.precision, "auto" resolved (throughput.resolve_precision)
-    ddp: nn.Module | None = None  # the model in DDP (the model itself in one process)
-    # What a step runs (forward, loss and auxiliary losses) and what evaluation runs: compiled
-    # when train.compile says, and the same module in one process.
-    step: LossStep | None = None
-    eval_step: LossStep | None = None
-    compiling: bool = False  # train.compile took effect (until a fallback to eager)
-
-    @property
-    def tokens_per_step(self) -> int:
-        return self.run.train.batch_size * self.config.context_length  # the global batch
 
 
 def train_run(
@@ -166,17 +87,6 @@ def train_run(
     if status == "ok" and tr.test_eval is not None:
         columns.update(score_test(tr))
     return finish(tr, status, diverged_at, columns)
-
-
-def score_test(tr: Training) -> dict[str, float]:
-    """The final model on the test split's fixed windows (chosen as the validation split's
-    are), once, after training: the figures a comparison reports when every choice was made
-    on validation loss."""
-    assert tr.test_eval is not None
-    loss, bpb = evaluate_batches(
-        tr.eval_step, tr.test_eval, tr.token_bytes, tr.device, world=tr.world
-    )
-    return {"test_loss": loss, "test_perplexity": math.exp(min(loss, 700.0)), "test_bpb": bpb}
 
 
 def set_up(
@@ -438,73 +348,6 @@ def use_weights(optimizer: torch.optim.Optimizer, mode: str) -> None:
         switch()
 
 
-def finish(
-    tr: Training, status: str, diverged_at: int | None, columns: dict[str, Any]
-) -> dict[str, Any]:
-    """The run's summary.json (rank 0 writes it and calls on_run_end); every process returns it."""
-    run, t, world, last = tr.run, tr.run.train, tr.world, tr.last
-    attention = split_choice(run.model.attention)[0]
-    tokens_per_s = tokens_per_second(
-        diverged_at or tr.steps, tr.tokens_per_step, tr.clock.train_s, tr.clock.first_step_s
-    )
-    flops = flops_per_token(tr.model)
-    peak = t.peak_tflops * 1e12 if t.peak_tflops else peak_flops(tr.device, tr.precision)
-    summary = {
-        "experiment": run.experiment,
-        "variant": run.variant,
-        "seed": run.seed,
-        "status": status,
-        **run.choices(),
-        "causal": bool(tr.plugins.registry.get("attention", attention).facts.get("causal")),
-        "params": tr.info.params,
-        "params_non_embedding": tr.info.params_non_embedding,
-        **active_params(tr.model),
-        "steps": last.get("step", diverged_at or 0),
-        "tokens": last.get("tokens", 0),
-        "flops": last.get("tokens", 0) * flops,  # training FLOPs spent (the run's formula)
-        # The budget every run of the sweep matched, e.g. "max_flops=2e+13".
-        "budget": ", ".join(f"{k}={getattr(t, k):g}" for k in BUDGET_KEYS if getattr(t, k)),
-        "train_loss": last.get("train_loss"),
-        "val_loss": last.get("val_loss"),
-        "val_perplexity": last.get("val_perplexity"),
-        "val_bpb": last.get("val_bpb"),
-        "eval_windows": t.eval_windows,  # which windows the losses were scored on
-        "tokens_per_s": tokens_per_s,
-        "flops_per_token": flops,
-        "mfu": flops * tokens_per_s / (peak * world.size) if tokens_per_s else None,
-        "peak_flops": peak,  # of one device
-        "device": tr.device,
-        "precision": tr.precision,  # what ran: "auto" resolved
-        "world_size": world.size,
-        "compiled": tr.compiling,
-        "train_s": tr.clock.train_s,
-        "first_step_s": tr.clock.first_step_s,  # set-up and, with train.compile, compiling
-        "eval_s": tr.clock.eval_s,
-        "wall_s": tr.clock.elapsed(),
-        **({"resumed_at_step": tr.start_step - 1} if tr.resumed else {}),
-        "config_hash": run.config_hash(),
-        **({"diverged_at_step": diverged_at} if diverged_at else {}),
-        # Each auxiliary loss at the last evaluation (its mean over the steps before it).
-        **{k: v for k, v in last.items() if k.startswith("aux_")},
-        **columns,
-    }
-    if world.main and t.target_loss is not None:
-        lines = (tr.folder / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-        summary.update(time_to_target(map(json.loads, lines), t.target_loss, flops))
-    if world.main:
-        # What the run wrote, so a rerun (toolkit.sweep.verify) can tell it is still intact.
-        names = [CHECKPOINT_FILE, "metrics.jsonl"]
-        summary["digests"] = {n: digest(tr.folder / n) for n in names if (tr.folder / n).is_file()}
-        write_json(tr.folder / "summary.json", summary)
-        (tr.folder / RESUME_FILE).unlink(missing_ok=True)  # finished: summary and weights remain
-    # Rank 0's summary everywhere; waiting for it also keeps every process here until
-    # summary.json is written.
-    summary = distributed.broadcast_object(summary)
-    if world.main:
-        tr.plugins.hook.on_run_end(run=tr.info, summary=summary)
-    return summary
-
-
 def _forward_backward(tr: Training, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """One step's gradients; returns the cross-entropy (what the progress shows and the
     divergence check reads). The auxiliary losses the forward left join the loss that is
@@ -515,30 +358,6 @@ def _forward_backward(tr: Training, x: torch.Tensor, y: torch.Tensor) -> torch.T
     for name, value in aux.items():
         tr.aux.setdefault(name, []).append(value.item())
     return loss
-
-
-def active_params(model: GPT) -> dict[str, int]:
-    """The parameters one token uses, total and non-embedding, for models where that is not
-    all of them (a mixture of experts); nothing for the rest, so their summaries stay as they
-    were."""
-    active = model.num_params(active=True)
-    if active == model.num_params():
-        return {}
-    return {
-        "params_active": active,
-        "params_active_non_embedding": model.num_params(non_embedding=True, active=True),
-    }
-
-
-def aux_metrics(tr: Training) -> dict[str, float]:
-    """Each auxiliary loss's mean over the steps since the last evaluation, as `aux_<name>`
-    (averaged over processes under torchrun), then forgotten; none when the model has none."""
-    names = sorted(tr.aux)
-    means = [sum(tr.aux[n]) / len(tr.aux[n]) for n in names]
-    if tr.world.active:
-        means = [v / tr.world.size for v in distributed.all_reduce_sum(means)]
-    tr.aux.clear()
-    return {f"aux_{name}": value for name, value in zip(names, means, strict=True)}
 
 
 def _sample(tr: Training, tokenizer: Any) -> str:

@@ -93,6 +93,14 @@ class HeadAttention(nn.Module):
         self._bias_heads = slice(None) if bias_head is None else slice(bias_head, bias_head + 1)
         self._positional: tuple[nn.Module, ...] = ()
 
+    def hidden(self, t: int) -> torch.Tensor:
+        """(T, T), True above the diagonal, where a position may not look: the mask buffer's
+        corner, or for a sequence longer than context_length (an evaluation in longer windows
+        than training's) one made for it."""
+        if t <= self.mask.shape[0]:
+            return self.mask[:t, :t]
+        return torch.ones(t, t, dtype=torch.bool, device=self.mask.device).triu(diagonal=1)
+
     def bind_positional(self, module: nn.Module) -> None:
         """Apply `module`'s rotate() and score_bias() from now on."""
         # Kept in a tuple so nn.Module does not register it: the model owns it as pos_emb, and a
@@ -124,7 +132,7 @@ class HeadAttention(nn.Module):
         bias = self.positional_bias(t)
         if bias is not None:
             scores = scores + bias
-        scores = scores.masked_fill(self.mask[:t, :t], float("-inf"))
+        scores = scores.masked_fill(self.hidden(t), float("-inf"))
         weights = self.dropout(torch.softmax(scores, dim=-1))
         return weights @ v  # (B, nh, T, hs)
 
@@ -155,7 +163,7 @@ class HeadAttention(nn.Module):
         if bias is None and not windowed:
             return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True, **extra)
         # is_causal cannot be combined with attn_mask, so the mask carries the causality.
-        hidden = self.mask[:t, :t]  # (T, T), True where a position may not look
+        hidden = self.hidden(t)  # (T, T), True where a position may not look
         if windowed:
             # Also hide keys window or more positions back: j <= i - window.
             hidden = hidden | torch.ones_like(hidden).tril(diagonal=-window)

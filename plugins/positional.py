@@ -8,8 +8,10 @@ rotate(q, k, start) turns queries and keys (B, heads, T, head_dim) at positions 
 start+T-1, and score_bias(t_q, t_k, start) -> (heads, t_q, t_k) or None is added to the scores
 of queries at positions start .. start+t_q-1 against keys at 0 .. t_k-1 (so that a KV cache can
 ask for the new rows only). Fixed tables are non-persistent buffers up to context_length,
-computed further on demand; none of them has parameters but `learned`. Not here: trained
-relative biases (T5), NTK/YaRN scaling of RoPE.
+computed further on demand; none of them has parameters but `learned`. All but `learned` (a
+table of context_length trained rows) are registered with any_length=True: they take positions
+past context_length, so a model can be scored in longer windows than it trained on. Not here:
+trained relative biases (T5), NTK/YaRN scaling of RoPE.
 """
 
 from __future__ import annotations
@@ -203,8 +205,8 @@ class NoPositional(nn.Module):
 
 @hookimpl
 def register_components(register) -> None:
-    register("positional", "learned", LearnedPositional)
-    register("positional", "sinusoidal", SinusoidalPositional)
-    register("positional", "rope", RotaryPositional, inside_attention=True)
-    register("positional", "alibi", ALiBiPositional, inside_attention=True)
-    register("positional", "none", NoPositional)
+    register("positional", "learned", LearnedPositional)  # a table of context_length rows
+    register("positional", "sinusoidal", SinusoidalPositional, any_length=True)
+    register("positional", "rope", RotaryPositional, inside_attention=True, any_length=True)
+    register("positional", "alibi", ALiBiPositional, inside_attention=True, any_length=True)
+    register("positional", "none", NoPositional, any_length=True)

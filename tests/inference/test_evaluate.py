@@ -118,6 +118,34 @@ def write_text(path, n_words: int = 2000, seed: int = 0):
     return path
 
 
+@pytest.mark.parametrize(
+    ("attention", "positional"),
+    [
+        ("multihead", "rope"),
+        ("multihead", "alibi"),
+        ("sdpa", "alibi"),
+        ({"name": "sliding-window", "window": 3}, "rope"),
+        ("sdpa", "sinusoidal"),
+        ("mla", "none"),
+    ],
+)
+def test_a_model_whose_positional_reads_any_length_is_scored_in_longer_windows(
+    attention, positional
+):
+    """Train short, test long: windows past context_length score each target from its
+    window's tokens before it, as the definition (the brute-force loop) says."""
+    torch.manual_seed(0)
+    config = ModelConfig(
+        vocab_size=50, context_length=CONTEXT, emb_dim=16, n_heads=2, n_layers=2,
+        drop_rate=0.0, attention=attention, positional=positional,
+    )  # fmt: skip
+    model = build_model(config)
+    tokens, token_bytes = random_tokens(5 * CONTEXT + 3)
+    long = 2 * CONTEXT + 3
+    got = evaluate_corpus(model, tokens, token_bytes, long, batch_size=2)
+    assert got["nats"] == pytest.approx(brute_force(model, tokens, long), rel=1e-5)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """(run folder, corpus file): a tiny model trained for a few steps on a small text file."""
@@ -215,10 +243,35 @@ def test_eval_other_text_and_errors(trained, tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("ablate: error: ") and err.count("\n") == 1, err
         assert message in err, (flags, err)
+    assert cli_main(["eval", str(folder), "--context", "17"]) == 2  # learned: 16 rows
+    assert "its positional 'learned' reads no further" in capsys.readouterr().err
     assert cli_main(["eval", str(tmp_path / "nothing")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert cli_main(["eval", str(folder.parent.parent)]) == 2  # the experiment folder
     assert "give one of its run folders" in capsys.readouterr().err
+
+
+def test_ablate_eval_scores_a_rope_run_in_windows_longer_than_it_trained_on(tmp_path, capsys):
+    text = write_text(tmp_path / "corpus.txt")
+    doc = {
+        "name": "tiny",
+        "seeds": [0],
+        "data": {"path": str(text), "tokenizer": "bytes", "val_fraction": 0.1},
+        "model": {"context_length": 16, "emb_dim": 16, "n_heads": 2, "n_layers": 1},
+        "train": {"batch_size": 4, "max_steps": 4, "eval_interval": 4, "eval_batches": 1},
+        "sampling": {"max_new_tokens": 0},
+    }
+    doc["model"]["positional"] = "rope"
+    run(parse_spec(doc), tmp_path / "out", progress=False)
+    folder = tmp_path / "out" / "base" / "seed-0"
+    scores = {}
+    for context in ("16", "64"):
+        assert cli_main(["eval", str(folder), "--context", context]) == 0
+        out = capsys.readouterr().out
+        assert f"context {context};" in out
+        scores[context] = parse(out)["val"]
+    assert scores["16"]["tokens"] == scores["64"]["tokens"]  # the same targets, longer windows
+    assert scores["16"]["loss"] != scores["64"]["loss"]
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ from toolkit.api.manager import Plugins
 from toolkit.errors import ComponentError
 from toolkit.model.config import ModelConfig
 from toolkit.model.gpt import count_params
+from toolkit.testing import check_component
 
 PLUGINS = Plugins(autoload=False)
 CFG = ModelConfig(
@@ -254,3 +255,9 @@ def test_every_positional_counts_parameters_on_the_meta_device():
     learned, _ = count_params(config(positional="learned"), PLUGINS)
     none, _ = count_params(config(positional="none"), PLUGINS)
     assert learned - none == CFG.context_length * CFG.emb_dim
+
+
+def test_partial_rope_conforms_and_reads_any_length():
+    check_component("positional", "rope", PLUGINS, options={"fraction": 0.5}, max_examples=20)
+    assert PLUGINS.registry.get("positional", "rope").facts["any_length"] is True
+    assert "any_length" not in PLUGINS.registry.get("positional", "learned").facts

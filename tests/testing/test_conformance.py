@@ -217,6 +217,12 @@ BROKEN = {
     "norm keeping a bias": ("normalization", ignored_bias_option, {}, "model.bias"),
     "ids out of range": ("sampler", out_of_range_sampler, {}, "ids in range"),
     "lossy round trip": ("tokenizer", LossyTokenizer, {}, "round trip"),
+    "a table declared any_length": (
+        "positional",
+        lambda config: PLUGINS.registry.get("positional", "learned").build(config),
+        {"any_length": True},
+        "any_length",
+    ),
     "rotation ignoring start": (
         "positional",
         StartlessRotation,

@@ -145,7 +145,9 @@ def register_components(register):
             "start+T-1; its parameters count as embedding parameters. With the fact "
             "`inside_attention=True` forward returns x unchanged and the module provides "
             "rotate(q, k, start=0) -> (q, k) on (B, heads, T, head_dim) tensors and "
-            "score_bias(t_q, t_k, start=0) -> (heads, t_q, t_k) tensor or None",
+            "score_bias(t_q, t_k, start=0) -> (heads, t_q, t_k) tensor or None. With the fact "
+            "`any_length=True` it also takes positions past context_length, so the model can "
+            "be scored in longer windows than it trained on (`ablate eval --context`)",
             '''\
 import torch
 from torch import nn

@@ -32,7 +32,12 @@ def add_parser(subparsers: Any) -> None:
         help="gpt2, bytes, ... (default: the run's; gpt2 for a 50,257-id checkpoint)",
     )
     p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (4)")
-    p.add_argument("--context", type=int, help="window length (default: the model's context)")
+    p.add_argument(
+        "--context",
+        type=int,
+        help="window length (default: the model's context_length; longer windows for models "
+        "whose positional scheme reads past it: rope, alibi, sinusoidal, none)",
+    )
     p.add_argument(
         "--split",
         choices=("all", "train", "val", "test"),

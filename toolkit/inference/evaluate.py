@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from toolkit.api.manager import Plugins, load_plugins
-from toolkit.api.registry import Choice
+from toolkit.api.registry import Choice, split_choice
 from toolkit.data.resolve import (
     check_vocab,
     corpus_tokens,
@@ -173,7 +173,9 @@ def evaluate_checkpoint(
     """Loss, perplexity and bits per byte of a run folder's (or checkpoint's) model over every
     token of a corpus split. Defaults: the run's corpus, tokenizer and splits, split "val"
     for a run (the text it did not train on) and "all" for a bare checkpoint (pydoc, and gpt2
-    for a 50,257-id vocabulary). `progress(split)` may return a Progress callback per split.
+    for a 50,257-id vocabulary). `context` sets the window length: at most the model's
+    context_length, or longer when its positional scheme is registered with any_length (train
+    short, test long). `progress(split)` may return a Progress callback per split.
 
     >>> toolkit.evaluate("runs/quickstart/base/seed-0").results["val"]["loss"]
     """
@@ -189,10 +191,15 @@ def evaluate_checkpoint(
     del checkpoint  # the model holds the weights now
     config = model.config
     context = context or config.context_length
-    if context > config.context_length:
+    positional = split_choice(config.positional)[0]
+    if context > config.context_length and not plugins.registry.get(
+        "positional", positional
+    ).facts.get("any_length"):
         raise DataError(
             f"context {context} is longer than the model's context_length "
-            f"({config.context_length}); give at most {config.context_length}"
+            f"({config.context_length}), and its positional {positional!r} reads no further "
+            f"(only those registered with any_length, such as rope, alibi, sinusoidal and "
+            f"none, do); give at most {config.context_length}"
         )
     holdout = holdout_of((run or {}).get("data"))
     if val_fraction is not None:

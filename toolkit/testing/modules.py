@@ -10,7 +10,8 @@ activation (the feed-forward block), positional, and init.
 - positional: shape, dtype, determinism, batch independence, gradients and bfloat16 as above,
   and forward(x[:, s:], start=s) == forward(x)[:, s:]. An inside-attention scheme returns x
   unchanged, and rotate() / score_bias() have the right shapes and dtypes, honour `start`, pass
-  gradients and take bfloat16.
+  gradients and take bfloat16. With the fact any_length, the same shapes for sequences longer
+  than context_length, and `start` honoured past it.
 - init: tiny models built with it over the registered components (without required options):
   finite parameters, a finite loss on random tokens, and the same parameters from the same seed.
 
@@ -134,6 +135,8 @@ def check_positional(case: Case, max_examples: int) -> None:
         pos = case.build(d.config).eval()
         gen = torch.Generator().manual_seed(d.seed)
         b, t, s, dim = d.batch, d.t, d.cut, d.config.emb_dim
+        if case.component.facts.get("any_length"):
+            _check_any_length(case, pos, d, gen, inside)
         for length in d.lengths():
             x = torch.randn(b, length, dim, generator=gen)
             with case.check("output shape and dtype"), torch.no_grad():
@@ -161,6 +164,36 @@ def check_positional(case: Case, max_examples: int) -> None:
         expect(case, "bfloat16", out, tuple(x.shape), torch.bfloat16)
 
     run()
+
+
+def _check_any_length(
+    case: Case, pos: nn.Module, d: Draw, gen: torch.Generator, inside: bool
+) -> None:
+    """Declared any_length: a sequence twice context_length and more, from position 0 and from
+    a start past context_length, gives the shapes it would inside it, and the same rows."""
+    long, s = 2 * d.config.context_length + 3, d.config.context_length + 1
+    h, hd, dim = d.config.n_heads, d.config.head_dim, d.config.emb_dim
+    with case.check("any_length"), torch.no_grad():
+        if inside:
+            q = torch.randn(d.batch, h, long, hd, generator=gen)
+            rq, _ = pos.rotate(q, q, start=0)
+            pq, _ = pos.rotate(q[:, :, s:], q[:, :, s:], start=s)
+            whole, part = rq[:, :, s:], pq
+            bias = pos.score_bias(long, long, start=0)
+            if bias is not None and tuple(bias.shape) != (h, long, long):
+                case.fail("any_length", f"score_bias({long}, {long}) has shape {tuple(bias.shape)}")
+        else:
+            x = torch.randn(d.batch, long, dim, generator=gen)
+            out = pos(x)
+            expect(case, "any_length", out, (d.batch, long, dim), torch.float32)
+            whole, part = out[:, s:], pos(x[:, s:], start=s)
+    if not same(whole, part):
+        case.fail(
+            "any_length",
+            f"declared any_length, but at {long} positions (context_length "
+            f"{d.config.context_length}) the rows from position {s} differ when given with "
+            f"start={s}",
+        )
 
 
 def _check_inside(case: Case, pos: nn.Module, d: Draw, gen: torch.Generator) -> None:

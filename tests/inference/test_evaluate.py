@@ -4,8 +4,12 @@ trained run folder and on an imported Hugging Face checkpoint."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import re
+import runpy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +27,7 @@ from toolkit.spec.parse import parse_spec
 from toolkit.sweep.runner import run
 
 CONTEXT = 8
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 @pytest.fixture(scope="module")
@@ -343,3 +348,32 @@ def test_a_learned_tokenizer_is_the_runs_even_on_other_text(tmp_path, capsys):
     torch.save(torch.load(folder / "checkpoint.pt", weights_only=True), tmp_path / "bare.pt")
     assert cli_main(["eval", str(tmp_path / "bare.pt"), "--tokenizer", "bpe"]) == 2
     assert "give the run folder" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_readme_train_short_test_long_script_tabulates_a_sweep(tmp_path, monkeypatch):
+    code = re.search(
+        r"```python\n(# train_short_test_long\.py.*?)```", README.read_text(), re.S
+    ).group(1)
+    text = write_text(tmp_path / "corpus.txt", n_words=3000)
+    doc = {
+        "name": "tiny",
+        "seeds": [0],
+        "data": {"path": str(text), "tokenizer": "bytes", "val_fraction": 0.1},
+        "model": {"context_length": 128, "emb_dim": 16, "n_heads": 2, "n_layers": 1},
+        "train": {"batch_size": 2, "max_steps": 2, "eval_interval": 2, "eval_batches": 1},
+        "sampling": {"max_new_tokens": 0},
+        "grid": {"model.positional": ["learned", "alibi"]},
+    }
+    run(parse_spec(doc), tmp_path / "out", progress=False)
+    script = tmp_path / "train_short_test_long.py"
+    script.write_text(code)
+    monkeypatch.setattr("sys.argv", [str(script), str(tmp_path / "out")])
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        runpy.run_path(str(script), run_name="__main__")
+    lines = printed.getvalue().splitlines()
+    learned = next(x for x in lines if x.startswith("positional=learned")).split()
+    alibi = next(x for x in lines if x.startswith("positional=alibi")).split()
+    assert learned[2:] == ["NaN", "NaN"] and math.isfinite(float(learned[1]))
+    assert all(math.isfinite(float(v)) for v in alibi[1:]) and len(alibi) == 4

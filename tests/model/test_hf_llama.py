@@ -95,6 +95,7 @@ def test_rope_rows_are_reordered_within_each_head_only():
         ({"activation": "gelu"}, "activation gelu"),
         ({"norm": "layernorm"}, "norm layernorm"),
         ({"positional": "learned"}, "positional learned"),
+        ({"positional": {"name": "rope", "fraction": 0.5}}, "positional rope(fraction=0.5)"),
         ({"bias": True}, "biases"),
         ({"activation": "geglu"}, "activation geglu"),
         ({"attention": "sliding-window"}, "attention sliding-window"),
@@ -138,3 +139,8 @@ def test_the_cli_exports_a_checkpoint_and_refuses_a_gpt2_variant(tmp_path, capsy
     )
     err = capsys.readouterr().err
     assert code != 0 and "Llama cannot represent" in err and "Traceback" not in err
+
+
+def test_a_rope_turning_all_of_each_head_is_llamas_whatever_its_record_says():
+    whole = ModelConfig(**{**LLAMA_LIKE, "positional": {"name": "rope", "fraction": 1.0}})
+    assert llama_problems(whole) == []

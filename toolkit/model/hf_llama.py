@@ -59,7 +59,9 @@ def llama_problems(config: ModelConfig) -> list[str]:
     if config.norm_placement != "pre":
         problems.append(f"norm_placement {config.norm_placement!r}")
     positional, pos_options = split_choice(config.positional)
-    if positional != "rope" or set(pos_options) - {"theta"}:
+    # theta is Llama's rope_theta; a partial RoPE (fraction < 1) has no equivalent there.
+    extra = {k: v for k, v in pos_options.items() if k != "theta" and (k, v) != ("fraction", 1.0)}
+    if positional != "rope" or extra:
         problems.append(f"positional {label(config.positional)}")
     if split_choice(config.activation)[0] != "swiglu":
         problems.append(f"activation {label(config.activation)}")

@@ -4,12 +4,8 @@ trained run folder and on an imported Hugging Face checkpoint."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
 import re
-import runpy
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,14 +16,13 @@ from torch import nn
 from toolkit.cli import main as cli_main
 from toolkit.data.tokens import load_tokens
 from toolkit.errors import DataError
-from toolkit.inference.evaluate import combine, evaluate_corpus
+from toolkit.inference.evaluate import combine, evaluate_checkpoint, evaluate_corpus
 from toolkit.model.config import ModelConfig
 from toolkit.model.gpt import build_model
 from toolkit.spec.parse import parse_spec
 from toolkit.sweep.runner import run
 
 CONTEXT = 8
-README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 @pytest.fixture(scope="module")
@@ -252,8 +247,8 @@ def test_eval_other_text_and_errors(trained, tmp_path, capsys):
     assert "its positional 'learned' reads no further" in capsys.readouterr().err
     assert cli_main(["eval", str(tmp_path / "nothing")]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert cli_main(["eval", str(folder.parent.parent)]) == 2  # the experiment folder
-    assert "give one of its run folders" in capsys.readouterr().err
+    assert cli_main(["eval", str(folder.parent.parent)]) == 0  # the experiment folder: a table
+    assert "val loss (nats/token) by window length" in capsys.readouterr().out
 
 
 def test_ablate_eval_scores_a_rope_run_in_windows_longer_than_it_trained_on(tmp_path, capsys):
@@ -350,30 +345,32 @@ def test_a_learned_tokenizer_is_the_runs_even_on_other_text(tmp_path, capsys):
     assert "give the run folder" in capsys.readouterr().err
 
 
-@pytest.mark.slow
-def test_the_readme_train_short_test_long_script_tabulates_a_sweep(tmp_path, monkeypatch):
-    code = re.search(
-        r"```python\n(# train_short_test_long\.py.*?)```", README.read_text(), re.S
-    ).group(1)
+def test_ablate_eval_tabulates_a_sweep_by_window_length(tmp_path, capsys):
     text = write_text(tmp_path / "corpus.txt", n_words=3000)
     doc = {
         "name": "tiny",
-        "seeds": [0],
+        "seeds": [0, 1],
         "data": {"path": str(text), "tokenizer": "bytes", "val_fraction": 0.1},
-        "model": {"context_length": 128, "emb_dim": 16, "n_heads": 2, "n_layers": 1},
+        "model": {"context_length": 16, "emb_dim": 16, "n_heads": 2, "n_layers": 1},
         "train": {"batch_size": 2, "max_steps": 2, "eval_interval": 2, "eval_batches": 1},
         "sampling": {"max_new_tokens": 0},
         "grid": {"model.positional": ["learned", "alibi"]},
     }
     run(parse_spec(doc), tmp_path / "out", progress=False)
-    script = tmp_path / "train_short_test_long.py"
-    script.write_text(code)
-    monkeypatch.setattr("sys.argv", [str(script), str(tmp_path / "out")])
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        runpy.run_path(str(script), run_name="__main__")
-    lines = printed.getvalue().splitlines()
-    learned = next(x for x in lines if x.startswith("positional=learned")).split()
-    alibi = next(x for x in lines if x.startswith("positional=alibi")).split()
-    assert learned[2:] == ["NaN", "NaN"] and math.isfinite(float(learned[1]))
-    assert all(math.isfinite(float(v)) for v in alibi[1:]) and len(alibi) == 4
+    assert cli_main(["eval", str(tmp_path / "out"), "--context", "16,48"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[2:]}
+    learned, alibi = rows["positional=learned"], rows["positional=alibi"]
+    assert learned[1] == "2" and learned[-1] == "-" and len(learned) == 6  # none past 16
+    assert alibi[1] == "2" and len(alibi) == 8  # variant, seeds, 2 x (mean ± std)
+    run_dir = tmp_path / "out" / "positional=alibi" / "seed-1"
+    one = evaluate_checkpoint(run_dir, context=48).results["val"]["loss"]
+    other = evaluate_checkpoint(run_dir.parent / "seed-0", context=48).results["val"]["loss"]
+    assert float(alibi[5]) == pytest.approx((one + other) / 2, abs=6e-5)
+    assert "-: longer than the context_length the model trained at" in out
+    for bad in ("16,x", "0", "16,,32"):
+        assert cli_main(["eval", str(tmp_path / "out"), "--context", bad]) == 2
+        err = capsys.readouterr().err
+        assert (
+            err.startswith("ablate: error: --context takes window lengths") and err.count("\n") == 1
+        )

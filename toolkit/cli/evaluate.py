@@ -1,15 +1,25 @@
 """`ablate eval CHECKPOINT_OR_RUN_DIR`: loss, perplexity and bits per byte of a checkpoint over
-a whole corpus split (toolkit.inference.evaluate does the scoring). It writes nothing but the
-token cache."""
+a whole corpus split (toolkit.inference.evaluate does the scoring); `ablate eval DIR --context
+128,256,512`: every finished run of an experiment folder at each window length, as a table of
+mean ± std over seeds per variant (train short, test long). It writes nothing but the token
+cache."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
-from toolkit.cli.common import add_device_option, add_plugin_option, check_device, plugins_of
+from toolkit.cli.common import (
+    add_device_option,
+    add_plugin_option,
+    check_device,
+    plugins_of,
+    scoring_targets,
+)
 from toolkit.errors import DataError
+from toolkit.files import read_json
 
 
 def add_parser(subparsers: Any) -> None:
@@ -20,9 +30,17 @@ def add_parser(subparsers: Any) -> None:
         "ablate import) on every token of a corpus split, in non-overlapping windows of the "
         "context length. The run's corpus, tokenizer and val_fraction are the defaults; a bare "
         "checkpoint defaults to the pydoc corpus and, for a 50,257-id vocabulary, the gpt2 "
-        "tokenizer. Prints the results; writes nothing but the token cache.",
+        "tokenizer. Given an experiment folder, or several --context lengths, it prints one "
+        "loss per variant and window length instead (mean ± std over seeds): scoring models in "
+        "longer windows than they trained on. Prints the results; writes nothing but the token "
+        "cache.",
     )
-    p.add_argument("source", metavar="CHECKPOINT|RUN_DIR", help="a run folder or a checkpoint")
+    p.add_argument(
+        "source",
+        metavar="CHECKPOINT|RUN_DIR|DIR",
+        help="a run folder, a checkpoint, or an experiment folder (every finished run: a table "
+        "of mean ± std over seeds per variant)",
+    )
     data = p.add_mutually_exclusive_group()
     data.add_argument("--data", metavar="PATH", help="local text: a file, a folder or a glob")
     data.add_argument("--corpus", metavar="NAME", help="a registered corpus (ablate list corpus)")
@@ -34,9 +52,10 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (4)")
     p.add_argument(
         "--context",
-        type=int,
-        help="window length (default: the model's context_length; longer windows for models "
-        "whose positional scheme reads past it: rope, alibi, sinusoidal, none)",
+        metavar="N[,N...]",
+        help="window length, or several (a table: one column each); default: the model's "
+        "context_length. Longer windows than it for models whose positional scheme reads "
+        "past it: rope, alibi, sinusoidal, none (train short, test long)",
     )
     p.add_argument(
         "--split",
@@ -56,29 +75,28 @@ def add_parser(subparsers: Any) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """`ablate eval`: print loss, perplexity and bits per byte of a checkpoint on a corpus."""
+    """`ablate eval`: print loss, perplexity and bits per byte of a checkpoint on a corpus; for
+    an experiment folder or several --context values, a table of losses by window length."""
     # torch-heavy import, on first use: `ablate --help` stays quick.
     from toolkit.inference.evaluate import evaluate_checkpoint
 
-    for name in ("batch_size", "context"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise DataError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if args.batch_size < 1:
+        raise DataError(f"--batch-size must be at least 1, got {args.batch_size}")
+    contexts = _contexts(args.context)
+    experiment = (Path(args.source).expanduser() / "experiment.json").is_file()
+    if experiment or len(contexts) > 1:
+        return _by_length(args, contexts)
     displays: list[_Display] = []
 
     def progress(split: str) -> Any:
         displays.append(_Display(f"eval {split}"))
         return displays[-1].update
 
-    corpus = {"name": "files", "path": args.data} if args.data else args.corpus
     try:
         result = evaluate_checkpoint(
             args.source,
-            corpus=corpus,
-            tokenizer=args.tokenizer,
-            split=args.split,
-            val_fraction=args.val_fraction,
-            context=args.context,
+            **_data(args),
+            context=contexts[0] if contexts else None,
             batch_size=args.batch_size,
             device=check_device(args.device),
             plugins=plugins_of(args),
@@ -98,6 +116,95 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"bits per byte {r['bpb']:.4f}  ({r['tokens']:,} tokens, {r['bytes']:,} bytes)"
         )
     return 0
+
+
+def _contexts(text: str | None) -> list[int]:
+    """--context's window lengths, in the order given ([] when absent)."""
+    if text is None:
+        return []
+    contexts = []
+    for part in text.split(","):
+        try:
+            value = int(part)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise DataError(
+                f"--context takes window lengths of at least 1, separated by commas (128,512); "
+                f"got {text!r}"
+            )
+        contexts.append(value)
+    return contexts
+
+
+def _data(args: argparse.Namespace) -> dict[str, Any]:
+    """The text to score, as evaluate_checkpoint's keywords."""
+    return {
+        "corpus": {"name": "files", "path": args.data} if args.data else args.corpus,
+        "tokenizer": args.tokenizer,
+        "split": args.split,
+        "val_fraction": args.val_fraction,
+    }
+
+
+def _by_length(args: argparse.Namespace, contexts: list[int]) -> int:
+    """Every run of an experiment folder (or one run, or one checkpoint) at each window length:
+    the loss per variant, mean ± std over its seeds; '-' where the model's positional scheme
+    reads no further than the context_length it trained at."""
+    from toolkit.analysis.stats import describe
+    from toolkit.inference.evaluate import WindowTooLong, evaluate_checkpoint
+
+    targets = [path for path, _ in scoring_targets([args.source])]
+    device, plugins = check_device(args.device), plugins_of(args)
+    columns: list[int | None] = list(contexts) or [None]  # None: each model's own
+    losses: dict[str, dict[int | None, list[float]]] = {}
+    seeds: dict[str, int] = {}
+    split, refused = "", False
+    for i, target in enumerate(targets, 1):
+        print(f"eval: [{i}/{len(targets)}] {target}", file=sys.stderr, flush=True)
+        summary = read_json(target / "summary.json") if target.is_dir() else None
+        variant = (summary or {}).get("variant") or target.name
+        seeds[variant] = seeds.get(variant, 0) + 1
+        for context in columns:
+            try:
+                result = evaluate_checkpoint(
+                    target, **_data(args), context=context, batch_size=args.batch_size,
+                    device=device, plugins=plugins,
+                )  # fmt: skip
+            except WindowTooLong:
+                refused = True
+                continue
+            split = result.split
+            loss = result.results[split]["loss"]
+            losses.setdefault(variant, {}).setdefault(context, []).append(loss)
+    heads = ["trained" if c is None else str(c) for c in columns]
+    width = max(len("variant"), *(len(v) for v in seeds))
+    print(f"{args.source}: {split} loss (nats/token) by window length, mean ± std over seeds")
+    print(f"{'variant':<{width}}  seeds  " + "  ".join(f"{h:<17}" for h in heads).rstrip())
+    for variant in sorted(seeds, key=lambda v: (_first(losses.get(v, {}), columns), v)):
+        cells = []
+        for context in columns:
+            values = losses.get(variant, {}).get(context, [])
+            if not values:
+                cells.append("-")
+                continue
+            d = describe(values)
+            spread = "-" if d.n < 2 else f"{d.std:.4f}"
+            cells.append(f"{d.mean:.4f} ± {spread}")
+        row = f"{variant:<{width}}  {seeds[variant]:<5}  " + "  ".join(f"{c:<17}" for c in cells)
+        print(row.rstrip())
+    if refused:
+        print(
+            "-: longer than the context_length the model trained at, which its positional "
+            "scheme reads no further than (learned positions)"
+        )
+    return 0
+
+
+def _first(losses: dict[int | None, list[float]], columns: list[int | None]) -> float:
+    """A variant's mean loss in the first window length (infinity without one): the order."""
+    values = losses.get(columns[0], [])
+    return sum(values) / len(values) if values else float("inf")
 
 
 class _Display:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from pathlib import Path
 from typing import Any
 
 from toolkit.cli.common import (
@@ -21,9 +20,9 @@ from toolkit.cli.common import (
     check_device,
     plugins_of,
     plural,
+    scoring_targets,
 )
 from toolkit.errors import DataError
-from toolkit.files import read_json
 
 NEEDS = 'needs lm-eval: pip install -e ".[lm-eval]"'
 LM_EVAL = "lm-eval"  # the command that hands its arguments to lm-eval's command line
@@ -106,7 +105,7 @@ def cmd_eval_tasks(args: argparse.Namespace) -> int:
                 f"--limit must be a whole number of samples or a fraction below 1, got {limit:g}"
             )
         limit = int(limit) if limit >= 1 else limit
-    targets = _targets(args.sources)
+    targets = scoring_targets(args.sources)
     device = check_device(args.device)
     harness = _harness()
     # Every task and its data, before any model is scored.
@@ -141,36 +140,6 @@ def cmd_eval_tasks(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
-
-
-def _targets(sources: list[str]) -> list[tuple[Path, bool]]:
-    """(path to score, whether it is a run folder to record into) for each source: an
-    experiment folder gives its finished runs that hold a checkpoint."""
-    targets: list[tuple[Path, bool]] = []
-    for source in sources:
-        path = Path(source).expanduser()
-        if path.is_file():
-            targets.append((path, False))
-        elif (path / "summary.json").is_file() or (path / "checkpoint.pt").is_file():
-            if not (path / "checkpoint.pt").is_file():
-                raise DataError(f"{path} has no checkpoint.pt to score (train.checkpoint off?)")
-            targets.append((path, (path / "summary.json").is_file()))
-        elif path.is_dir():
-            runs = [
-                s.parent
-                for s in sorted(path.glob("*/seed-*/summary.json"))
-                if (read_json(s) or {}).get("status") == "ok"
-                and (s.parent / "checkpoint.pt").is_file()
-            ]
-            if not runs:
-                raise DataError(
-                    f"{path} holds no finished run with a checkpoint.pt; give an experiment "
-                    f"folder `ablate run` wrote, a run folder or a checkpoint file"
-                )
-            targets += [(r, True) for r in runs]
-        else:
-            raise DataError(f"{source}: no such file or folder")
-    return targets
 
 
 def cmd_lm_eval(args: argparse.Namespace) -> int:

@@ -136,12 +136,19 @@ def combine(results: Iterable[dict[str, float]]) -> dict[str, float]:
 
 
 __all__ = [
+    "WindowTooLong",
     "combine",
+    "evaluate_checkpoint",
     "evaluate_corpus",
 ]
 
 
 SPLITS = ("all", "train", "val", "test")
+
+
+class WindowTooLong(DataError):
+    """A window longer than the model's context_length, which its positional scheme cannot
+    read (learned positions: one trained row per position)."""
 
 
 @dataclass
@@ -195,7 +202,7 @@ def evaluate_checkpoint(
     if context > config.context_length and not plugins.registry.get(
         "positional", positional
     ).facts.get("any_length"):
-        raise DataError(
+        raise WindowTooLong(
             f"context {context} is longer than the model's context_length "
             f"({config.context_length}), and its positional {positional!r} reads no further "
             f"(only those registered with any_length, such as rope, alibi, sinusoidal and "

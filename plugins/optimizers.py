@@ -14,6 +14,7 @@ Not here: the schedule (plugins/schedules.py), gradient clipping and the loop
 
 from __future__ import annotations
 
+import math
 from collections import ChainMap
 from collections.abc import Callable
 from typing import Any
@@ -119,6 +120,19 @@ def adafactor(
     return torch.optim.Adafactor(groups, lr=config.lr, beta2_decay=beta2_decay, d=d)
 
 
+class _States(ChainMap):
+    """The combined optimizers' states as one mapping. A plain ChainMap looks a key up in each
+    map in turn, and the first (a defaultdict, as every optimizer's state is) would answer a
+    parameter of another optimizer by inserting an empty state for it, which then breaks that
+    optimizer's state_dict(); this one asks each map whether it holds the key first."""
+
+    def __getitem__(self, key: Any) -> Any:
+        for mapping in self.maps:
+            if key in mapping:
+                return mapping[key]
+        raise KeyError(key)
+
+
 class Combined(torch.optim.Optimizer):
     """Several optimizers over disjoint parameters, as one: step() steps each in turn.
 
@@ -136,7 +150,7 @@ class Combined(torch.optim.Optimizer):
     def _link(self) -> None:
         """Point param_groups and state at the inner optimizers' (after they replace theirs)."""
         self.param_groups = [g for o in self.optimizers for g in o.param_groups]
-        self.state = ChainMap(*(o.state for o in self.optimizers))  # type: ignore[assignment]
+        self.state = _States(*(o.state for o in self.optimizers))  # type: ignore[assignment]
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
@@ -188,6 +202,64 @@ def hidden_matrices(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Param
     return hidden, [p for p in params if id(p) not in taken]
 
 
+def orthogonalized(
+    g: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float, dtype
+) -> torch.Tensor:
+    """Newton-Schulz iterations towards the orthogonal factor of g (rows x cols), computed in
+    `dtype`: scaled to spectral norm at most 1 (by its Frobenius norm), then `steps` times
+    X <- a X + (b A + c A A) X with A = X X^T, on the wide orientation (X^T when g is tall)."""
+    a, b, c = coefficients
+    x = g.to(dtype)
+    tall = g.size(0) > g.size(1)
+    if tall:
+        x = x.T
+    x = x / x.norm().clamp(min=eps)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if tall else x
+
+
+class FloatMuon(torch.optim.Muon):
+    """torch's Muon with its Newton-Schulz iterations in float32 instead of bfloat16: the same
+    update rule (momentum, Nesterov, the orthogonalized update at the adjusted lr, decoupled
+    weight decay) and the same state, for CPUs without native bfloat16, where torch's bfloat16
+    products run at about 1% of float32's speed (benchmarks/optimizers.py)."""
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, decay, momentum = group["lr"], group["weight_decay"], group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p.grad)
+                buf = state["momentum_buffer"]
+                buf.lerp_(p.grad, 1 - momentum)
+                update = p.grad.lerp(buf, momentum) if group["nesterov"] else buf
+                update = orthogonalized(
+                    update, group["ns_coefficients"], group["ns_steps"], group["eps"],
+                    torch.float32,
+                )  # fmt: skip
+                rows, cols = p.shape[:2]
+                scale = {
+                    "original": math.sqrt(max(1, rows / cols)),
+                    "match_rms_adamw": 0.2 * math.sqrt(max(rows, cols)),
+                }[group["adjust_lr_fn"] or "original"]
+                p.mul_(1 - lr * decay)
+                p.add_(update.to(p.dtype), alpha=-lr * scale)
+        return loss
+
+
+NS_DTYPES = ("bfloat16", "float32")
+
+
 def muon(
     model: nn.Module,
     config: TrainConfig,
@@ -198,16 +270,22 @@ def muon(
     nesterov: bool = True,
     ns_steps: int = 5,
     adjust_lr: str = "original",
+    ns_dtype: str = "bfloat16",
 ) -> torch.optim.Optimizer:
     """torch's Muon for the blocks' matrices (muon_lr), AdamW for the rest (adamw_lr; None: train.lr)"""
     # muon_lr's default is the lr of torch's Muon example; adjust_lr is torch's adjust_lr_fn:
     # "original" scales by sqrt(max(1, rows / cols)), "match_rms_adamw" by 0.2 sqrt(max(rows,
     # cols)). Both parts take train.weight_decay (decoupled); the matrices are always decayed,
-    # the rest as train.weight_decay_on says.
+    # the rest as train.weight_decay_on says. ns_dtype "float32" runs the Newton-Schulz
+    # iterations in float32 (FloatMuon), for CPUs without native bfloat16.
     if not hasattr(torch.optim, "Muon"):
         raise ComponentError(
             f"muon needs torch.optim.Muon, which torch {torch.__version__} does not have; "
             "upgrade torch"
+        )
+    if ns_dtype not in NS_DTYPES:
+        raise ComponentError(
+            f"muon: ns_dtype must be one of {', '.join(NS_DTYPES)}, got {ns_dtype!r}"
         )
     hidden, rest = hidden_matrices(model)
     fused = fused_on(config.device)
@@ -218,7 +296,7 @@ def muon(
         parts.append(torch.optim.AdamW(groups, lr=lr, betas=tuple(config.betas), **fused))
     if hidden:
         parts.append(
-            torch.optim.Muon(
+            (FloatMuon if ns_dtype == "float32" else torch.optim.Muon)(
                 hidden,
                 lr=muon_lr,
                 weight_decay=config.weight_decay,

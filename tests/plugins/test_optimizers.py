@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from plugins.optimizers import Combined, hidden_matrices, lion, muon, sgd
+from plugins.optimizers import Combined, FloatMuon, hidden_matrices, lion, muon, sgd
 from tests.conftest import interrupting_plugins
 from toolkit import hookimpl
 from toolkit.api.contracts import TrainConfig
@@ -260,6 +260,73 @@ def test_muon_steps_as_torchs_muon_and_adamw_side_by_side_and_one_schedule_scale
     assert opt.optimizers[1].param_groups[0]["lr"] == 0.01  # the inner Muon's own group
 
 
+def test_combined_state_reads_every_part_without_writing_into_another():
+    """Looking a parameter of the second optimizer up in the combined state must neither answer
+    from the first optimizer's defaultdict (an empty state, inserted there) nor break the
+    first one's state_dict()."""
+    a, b = nn.Linear(3, 3), nn.Linear(3, 3)
+    first, second = torch.optim.AdamW(a.parameters()), torch.optim.SGD(b.parameters(), momentum=0.9)
+    both = Combined(first, second)
+    for p in [*a.parameters(), *b.parameters()]:
+        p.grad = torch.ones_like(p)
+    both.step()
+    assert "momentum_buffer" in both.state[b.weight]
+    assert len(both.state) == 4 and len(list(both.state.values())) == 4
+    assert len(first.state) == 2  # nothing inserted
+    first.state_dict()  # still maps every key to one of its own parameters
+    with pytest.raises(KeyError):
+        both.state[nn.Parameter(torch.ones(1))]
+
+
+def newton_schulz_float64(g, steps=5, coefficients=(3.4445, -4.7750, 2.0315), eps=1e-7):
+    """Newton-Schulz towards g's orthogonal factor, written out in float64 (wide orientation)."""
+    a, b, c = coefficients
+    x = g.double().T if g.shape[0] > g.shape[1] else g.double()
+    x = x / max(float(x.norm()), eps)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if g.shape[0] > g.shape[1] else x
+
+
+@pytest.mark.parametrize("shape", [(6, 4), (4, 6), (5, 5)])
+@pytest.mark.parametrize("adjust", ["original", "match_rms_adamw"])
+def test_float32_muon_is_torchs_update_with_newton_schulz_in_float32(shape, adjust):
+    """FloatMuon's step by hand in float64 (momentum, Nesterov, orthogonalized update at the
+    adjusted lr, decoupled decay), and within bfloat16's rounding of torch's own Muon."""
+    gen = torch.Generator().manual_seed(0)
+    w0 = torch.randn(shape, generator=gen)
+    grads = [torch.randn(shape, generator=gen) for _ in range(3)]
+    params = {k: nn.Parameter(w0.clone()) for k in ("mine", "torch")}
+    mine = FloatMuon([params["mine"]], lr=0.02, weight_decay=0.1, adjust_lr_fn=adjust)
+    theirs = torch.optim.Muon([params["torch"]], lr=0.02, weight_decay=0.1, adjust_lr_fn=adjust)
+    w, buf = w0.double(), torch.zeros(shape, dtype=torch.float64)
+    rows, cols = shape
+    scale = math.sqrt(max(1, rows / cols)) if adjust == "original" else 0.2 * math.sqrt(max(shape))
+    for g in grads:
+        for key, opt in (("mine", mine), ("torch", theirs)):
+            params[key].grad = g.clone()
+            opt.step()
+        buf = 0.95 * buf + 0.05 * g.double()
+        update = newton_schulz_float64(g.double() + 0.95 * (buf - g.double()))
+        w = w * (1 - 0.02 * 0.1) - 0.02 * scale * update
+    torch.testing.assert_close(params["mine"].detach().double(), w, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(params["mine"], params["torch"], rtol=0.05, atol=0.02)
+    assert not torch.equal(params["mine"], params["torch"])  # bfloat16 did round
+
+
+def test_muon_ns_dtype_picks_the_class_and_is_recorded_only_when_float32(tiny_doc):
+    model = tiny_model()
+    assert type(muon(model, CONFIG).optimizers[1]) is torch.optim.Muon
+    assert type(muon(model, CONFIG, ns_dtype="float32").optimizers[1]) is FloatMuon
+    tiny_doc["train"]["optimizer"] = {"name": "muon", "ns_dtype": "bfloat16"}
+    default = parse_spec(tiny_doc).runs[0]
+    assert "ns_dtype" not in default.train.optimizer  # runs from before the option keep hashes
+    tiny_doc["train"]["optimizer"] = {"name": "muon", "ns_dtype": "float32"}
+    assert parse_spec(tiny_doc).runs[0].train.optimizer["ns_dtype"] == "float32"
+    check_component("optimizer", "muon", PLUGINS, options={"ns_dtype": "float32"}, max_examples=3)
+
+
 # -- bad choices ----------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("optimizer", "message"),
@@ -270,6 +337,7 @@ def test_muon_steps_as_torchs_muon_and_adamw_side_by_side_and_one_schedule_scale
         ({"name": "sgd", "momentum": 0, "nesterov": True}, "Nesterov momentum requires a momentum"),
         ({"name": "muon", "muon_lr": "fast"}, "option 'muon_lr' must be a number, got 'fast'"),
         ({"name": "muon", "adjust_lr": "x"}, "Adjust learning rate function x is not supported"),
+        ({"name": "muon", "ns_dtype": "fp8"}, "muon: ns_dtype must be one of bfloat16, float32"),
         ({"name": "adafactor", "beta2_decay": 0.5}, "beta2_decay should be <= 0 but is: 0.5"),
     ],
 )

@@ -56,6 +56,7 @@ LEGACY_OPTIONS: dict[str, dict[str, Any]] = {
     "model.init": {"zero_residual": False},
     "model.attention": {"gate": False},
     "model.positional": {"fraction": 1.0},
+    "train.optimizer": {"ns_dtype": "bfloat16"},
 }
 
 

@@ -27,6 +27,15 @@ from toolkit.api.hookspecs import hookimpl
 from toolkit.errors import ComponentError
 
 
+def closure_loss(closure: Callable[[], torch.Tensor] | None) -> torch.Tensor | None:
+    """What step(closure) returns: the closure's loss, computed with gradients on (a step runs
+    under no_grad), or None without one. The optimizers written here share it."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 def trainable(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
@@ -84,10 +93,7 @@ class Lion(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             lr, (beta1, beta2), decay = group["lr"], group["betas"], group["weight_decay"]
             for p in group["params"]:
@@ -154,10 +160,7 @@ class Combined(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for optimizer in self.optimizers:
             optimizer.step()
         return loss
@@ -228,10 +231,7 @@ class FloatMuon(torch.optim.Muon):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             lr, decay, momentum = group["lr"], group["weight_decay"], group["momentum"]
             for p in group["params"]:

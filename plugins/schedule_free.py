@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from plugins.optimizers import trainable
+from plugins.optimizers import closure_loss, trainable
 from toolkit.api.contracts import TrainConfig
 from toolkit.api.hookspecs import hookimpl
 
@@ -104,10 +104,7 @@ class ScheduleFreeAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             if not group["train_mode"]:
                 raise RuntimeError(

@@ -3,29 +3,12 @@ by round, the state's bytes (a combined optimizer's parts included), and a short
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
 
+from benchmarks import optimizers as bench
 from plugins.optimizers import Combined
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "optimizers.py"
-
-
-def _load():
-    # benchmarks/ is no installed package: load the script as a module by its path.
-    spec = importlib.util.spec_from_file_location("benchmarks_optimizers", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load()
 
 
 def test_ratios_are_the_median_of_each_rounds_own_ratio():

@@ -146,19 +146,25 @@ def test_a_model_whose_positional_reads_any_length_is_scored_in_longer_windows(
     assert got["nats"] == pytest.approx(brute_force(model, tokens, long), rel=1e-5)
 
 
+def run_doc(text, **model) -> dict:
+    """A spec document that trains a tiny byte-level model on `text` for four steps (model
+    keys added or replaced by `model`), keeping its checkpoint and writing no sample."""
+    return {
+        "name": "tiny",
+        "seeds": [0],
+        "data": {"path": str(text), "tokenizer": "bytes", "val_fraction": 0.1},
+        "model": {"context_length": 16, "emb_dim": 16, "n_heads": 2, "n_layers": 1, **model},
+        "train": {"batch_size": 4, "max_steps": 4, "eval_interval": 4, "eval_batches": 1},
+        "sampling": {"max_new_tokens": 0},
+    }
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """(run folder, corpus file): a tiny model trained for a few steps on a small text file."""
     root = tmp_path_factory.mktemp("eval-run")
     text = write_text(root / "corpus.txt")
-    doc = {
-        "name": "tiny",
-        "seeds": [0],
-        "data": {"path": str(text), "tokenizer": "bytes", "val_fraction": 0.1},
-        "model": {"context_length": 16, "emb_dim": 16, "n_heads": 2, "n_layers": 1},
-        "train": {"batch_size": 4, "max_steps": 4, "eval_interval": 4, "eval_batches": 1},
-        "sampling": {"max_new_tokens": 0},
-    }
+    doc = run_doc(text)
     with pytest.MonkeyPatch.context() as mp:  # the session's cache, before the autouse fixture
         mp.setenv("ABLATE_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
         mp.setenv("ABLATE_DISABLE_PLUGIN_AUTOLOAD", "1")
@@ -253,16 +259,7 @@ def test_eval_other_text_and_errors(trained, tmp_path, capsys):
 
 def test_ablate_eval_scores_a_rope_run_in_windows_longer_than_it_trained_on(tmp_path, capsys):
     text = write_text(tmp_path / "corpus.txt")
-    doc = {
-        "name": "tiny",
-        "seeds": [0],
-        "data": {"path": str(text), "tokenizer": "bytes", "val_fraction": 0.1},
-        "model": {"context_length": 16, "emb_dim": 16, "n_heads": 2, "n_layers": 1},
-        "train": {"batch_size": 4, "max_steps": 4, "eval_interval": 4, "eval_batches": 1},
-        "sampling": {"max_new_tokens": 0},
-    }
-    doc["model"]["positional"] = "rope"
-    run(parse_spec(doc), tmp_path / "out", progress=False)
+    run(parse_spec(run_doc(text, positional="rope")), tmp_path / "out", progress=False)
     folder = tmp_path / "out" / "base" / "seed-0"
     scores = {}
     for context in ("16", "64"):
@@ -347,15 +344,7 @@ def test_a_learned_tokenizer_is_the_runs_even_on_other_text(tmp_path, capsys):
 
 def test_ablate_eval_tabulates_a_sweep_by_window_length(tmp_path, capsys):
     text = write_text(tmp_path / "corpus.txt", n_words=3000)
-    doc = {
-        "name": "tiny",
-        "seeds": [0, 1],
-        "data": {"path": str(text), "tokenizer": "bytes", "val_fraction": 0.1},
-        "model": {"context_length": 16, "emb_dim": 16, "n_heads": 2, "n_layers": 1},
-        "train": {"batch_size": 2, "max_steps": 2, "eval_interval": 2, "eval_batches": 1},
-        "sampling": {"max_new_tokens": 0},
-        "grid": {"model.positional": ["learned", "alibi"]},
-    }
+    doc = {**run_doc(text), "seeds": [0, 1], "grid": {"model.positional": ["learned", "alibi"]}}
     run(parse_spec(doc), tmp_path / "out", progress=False)
     assert cli_main(["eval", str(tmp_path / "out"), "--context", "16,48"]) == 0
     out = capsys.readouterr().out

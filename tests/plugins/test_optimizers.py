@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from plugins.optimizers import Combined, FloatMuon, hidden_matrices, lion, muon, sgd
+from plugins.optimizers import Combined, FloatMuon, Lion, hidden_matrices, lion, muon, sgd
+from plugins.schedule_free import ScheduleFreeAdamW
 from tests.conftest import interrupting_plugins
 from toolkit import hookimpl
 from toolkit.api.contracts import TrainConfig
@@ -437,3 +438,25 @@ def test_a_sweep_interrupted_under_muon_resumes_to_the_same_metrics(tmp_path, ti
     assert resumed["optimizer"].tolist() == ["muon", "lion"]
     summary = json.loads((folders[0] / "summary.json").read_text())
     assert summary["resumed_at_step"] == 6
+
+
+@pytest.mark.parametrize("make", ["lion", "float-muon", "schedule-free", "combined"])
+def test_the_optimizers_written_here_return_the_closures_loss_with_gradients_on(make):
+    w = nn.Parameter(torch.ones(3, 2))
+    opt = {
+        "lion": lambda: Lion([w]),
+        "float-muon": lambda: FloatMuon([w]),
+        "schedule-free": lambda: ScheduleFreeAdamW([w]),
+        "combined": lambda: Combined(Lion([w])),
+    }[make]()
+
+    def closure():
+        opt.zero_grad()
+        loss = (w**2).sum()
+        loss.backward()  # fails unless the step turned gradients back on
+        return loss
+
+    before = w.detach().clone()
+    assert opt.step(closure).item() == pytest.approx(6.0)
+    assert not torch.equal(w.detach(), before)
+    assert opt.step() is None

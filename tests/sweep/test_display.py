@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,23 @@ def test_the_bar_keeps_the_evaluation_and_writes_the_note_above_it(jobs, capsys)
     display.end(jobs[0], {"status": "ok", "val_loss": math.nan})
     display.close()
     assert capsys.readouterr().err.count(NOTE) == 1
+
+
+def test_a_run_starts_when_its_config_is_written_not_when_one_is_left_over(jobs, capsys):
+    """A config.json left by an earlier run is no start; the worker's rewrite is, even when the
+    filesystem stamps it earlier than the clock read when the run was queued."""
+    job = jobs[0]
+    folder = Path(job.folder)
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    os.utime(folder / "config.json", (1_000, 1_000))  # from an interrupted run long ago
+    display = SweepDisplay(len(jobs))
+    display.queue(job)
+    display.poll()
+    assert display.active[job.index].started is None
+    (folder / "config.json").write_text("{}")
+    os.utime(folder / "config.json", (2_000, 2_000))  # stamped before the queue's clock
+    display.poll()
+    assert display.active[job.index].started is not None
+    display.end(job, {"status": "ok", "val_loss": 2.0})
+    display.close()

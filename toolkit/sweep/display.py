@@ -29,7 +29,10 @@ from toolkit.training.resume import resumable_step
 class _Active:
     job: RunJob
     started: float | None  # None while only queued (a Ray task waiting for resources)
-    queued: float
+    # config.json's mtime when the run was queued (None: no file yet). The worker writes it
+    # when the run starts: a change means it began. Compared with the file's earlier mtime, not
+    # with the clock, whose reading can be later than the file's coarser timestamp.
+    config_before: float | None = None
     read: int = 0  # bytes of metrics.jsonl already shown
     in_process: bool = False  # reports through progress(), not through its metrics.jsonl
 
@@ -96,13 +99,12 @@ class SweepDisplay:
 
     def start(self, job: RunJob) -> None:
         """A run starts now (in this process or a worker)."""
-        now = time.perf_counter()
-        self.active[job.index] = _Active(job, now, now)
+        self.active[job.index] = _Active(job, time.perf_counter())
         self._announce(job)
 
     def queue(self, job: RunJob) -> None:
         """A run is submitted; `poll` notices when it starts (its config.json appears)."""
-        self.active[job.index] = _Active(job, None, time.time())
+        self.active[job.index] = _Active(job, None, _mtime(Path(job.folder) / "config.json"))
         self.concurrent()
 
     def progress(self, job: RunJob) -> Callable[[int, int, float, dict | None], None] | None:
@@ -151,12 +153,8 @@ class SweepDisplay:
             return
         for state in list(self.active.values()):
             if state.started is None:
-                config = Path(state.job.folder) / "config.json"
-                try:
-                    began = config.stat().st_mtime >= state.queued
-                except OSError:
-                    began = False
-                if not began:
+                now = _mtime(Path(state.job.folder) / "config.json")
+                if now is None or now == state.config_before:
                     continue
                 state.started = time.perf_counter()
                 self._announce(state.job)
@@ -258,3 +256,11 @@ def _loss(value: float | None, digits: int = 4) -> str:
 def _duration(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def _mtime(path: Path) -> float | None:
+    """The file's modification time, or None when it cannot be read (not written yet)."""
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None

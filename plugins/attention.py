@@ -23,14 +23,13 @@ option `qk_norm` and applies positional schemes that act inside attention (RoPE 
 and keys, ALiBi biases the scores) once the model hands it one through bind_positional(); that
 shared machinery lives in HeadAttention.
 
-KV cache (generation): every causal attention here is registered with `kv_cache=True` and has
-forward_cached(x, cache, start), a separate path that the training forward never takes: x holds
-the new positions start .. start+T-1, `cache` is a dict the module owns across calls (keys and
-values after qk_norm and RoPE at their own positions, in static buffers of context_length
-positions written in place; gqa/mqa keep only n_kv_heads; the wrapper one dict per head; and
-the query, key and value weights stacked for one matrix product), and the queries attend to
-every cached key causally, with ALiBi's score_bias(T, start+T, start) and, for sliding-window,
-only the last `window` keys. start = 0 refills the cache. Not here: other sparse patterns.
+Sinks (the option `sinks = true` on multihead, sdpa, sliding-window, gqa and mqa): one learned
+logit per head joins every row of that head's softmax as a column with no value, so a head can
+put weight on nothing (gpt-oss; Xiao et al. 2023 found models learning such sinks on their own,
+on the first tokens). A logit s takes exp(s) / (exp(s) + sum_j exp(score_j)) of a row's weight;
+it starts at 0.
+
+KV cache (generation): plugins/kv_cache.py, mixed into HeadAttention.
 """
 
 from __future__ import annotations
@@ -39,12 +38,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from plugins.kv_cache import KVCache
 from toolkit.api.hookspecs import hookimpl
 from toolkit.errors import ComponentError
 
 # enable_gqa arrived in torch 2.5; older ones (the project allows 2.4) get expanded keys/values.
 _SDPA_HAS_GQA = torch.__version__ >= (2, 5)
 QK_NORM_EPS = 1e-6
+
+
+def grouped(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """k, v (B, n_kv, T, hs) for F.scaled_dot_product_attention with q (B, nh, ..): as they
+    are with enable_gqa when their heads are fewer, or repeated on torches without it (query
+    head h reads key/value head h // group, as enable_gqa does); and the keywords to pass."""
+    if k.shape[1] == q.shape[1]:
+        return k, v, {}
+    if _SDPA_HAS_GQA:
+        return k, v, {"enable_gqa": True}
+    group = q.shape[1] // k.shape[1]
+    return k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1), {}
 
 
 def qkv_bias(config) -> bool:
@@ -65,7 +79,7 @@ class HeadRMSNorm(nn.Module):
         return F.rms_norm(x, (x.shape[-1],), self.weight.to(x.dtype), eps=QK_NORM_EPS)
 
 
-class HeadAttention(nn.Module):
+class HeadAttention(KVCache, nn.Module):
     """Causal attention over per-head queries and keys: what the registered ones share
 
     Holds the causal mask, the dropout on the attention weights, the optional query/key norm
@@ -92,6 +106,7 @@ class HeadAttention(nn.Module):
         # A single head (the wrapper's, or `causal`) takes one row of a per-head score bias.
         self._bias_heads = slice(None) if bias_head is None else slice(bias_head, bias_head + 1)
         self._positional: tuple[nn.Module, ...] = ()
+        self.sinks: nn.Parameter | None = None  # (nh,) sink logits, where a subclass has them
 
     def hidden(self, t: int) -> torch.Tensor:
         """(T, T), True above the diagonal, where a position may not look: the mask buffer's
@@ -128,28 +143,13 @@ class HeadAttention(nn.Module):
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """softmax(q k^T / sqrt(hs) + bias, causally masked) v with dropout on the weights."""
         t = q.shape[-2]
-        scores = q @ k.transpose(-2, -1) / self.head_dim**0.5  # (B, nh, T, T)
-        bias = self.positional_bias(t)
-        if bias is not None:
-            scores = scores + bias
-        scores = scores.masked_fill(self.hidden(t), float("-inf"))
-        weights = self.dropout(torch.softmax(scores, dim=-1))
-        return weights @ v  # (B, nh, T, hs)
+        return self.explicit(q, k, v, self.positional_bias(t), self.hidden(t))
 
     def attend_fused(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None = None
     ) -> torch.Tensor:
         """The same maths through F.scaled_dot_product_attention; k and v may have fewer heads
         than q (grouped), and `window` limits each position to its last `window` positions."""
-        t = q.shape[-2]
-        p = self.dropout.p if self.training else 0.0
-        extra = {}
-        if k.shape[1] != q.shape[1]:
-            if _SDPA_HAS_GQA:
-                extra["enable_gqa"] = True
-            else:  # query head h reads key/value head h // group, as enable_gqa does
-                group = q.shape[1] // k.shape[1]
-                k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
         if q.dtype == torch.bfloat16 and q.device.type == "cpu" and q.requires_grad:
             # On CPUs the fused kernel's bfloat16 backward is slower than its float32 one
             # (forward + backward 1.8x on a 2-core AMX Xeon: benchmarks/attention.py), so
@@ -158,132 +158,68 @@ class HeadAttention(nn.Module):
             with torch.autocast("cpu", enabled=False):
                 out = self.attend_fused(q.float(), k.float(), v.float(), window)
             return out.to(q.dtype)
+        t = q.shape[-2]
         bias = self.positional_bias(t)
         windowed = window is not None and window < t
-        if bias is None and not windowed:
+        if bias is None and not windowed and self.sinks is None:
+            k, v, extra = grouped(q, k, v)
+            p = self.dropout.p if self.training else 0.0
             return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True, **extra)
-        # is_causal cannot be combined with attn_mask, so the mask carries the causality.
         hidden = self.hidden(t)  # (T, T), True where a position may not look
         if windowed:
             # Also hide keys window or more positions back: j <= i - window.
             hidden = hidden | torch.ones_like(hidden).tril(diagonal=-window)
-        # Boolean (True where allowed) without a bias; else the bias, -inf where hidden.
-        attn_mask = (
-            ~hidden if bias is None else bias.to(q.dtype).masked_fill(hidden, float("-inf"))
-        )  # (T, T) or (nh, T, T)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p, **extra)
+        return self.fused(q, k, v, bias, hidden)
 
-    # -- the KV cache: generation only (forward_cached), never on the training path ----------
-    @staticmethod
-    def stacked_projection(cache: dict, start: int, *linears: nn.Linear) -> tuple:
-        """(weight, bias) of `linears` (the query, key and value projections) stacked into one
-        matrix product, whose output holds theirs side by side and whose every row is computed
-        as its own Linear computes it. Made when the cache is (re)filled (start = 0) and kept in
-        it, since generation does not change the weights: one product per step, not three."""
-        if start == 0 or "stacked" not in cache:
-            biases = [lin.bias for lin in linears]
-            cache["stacked"] = (
-                torch.cat([lin.weight for lin in linears]),
-                None if biases[0] is None else torch.cat(biases),
-            )
-        return cache["stacked"]
-
-    def cache_keys_values(
-        self, cache: dict, k: torch.Tensor, v: torch.Tensor, start: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v (B, n_kv, T, hs) of positions start .. start+T-1 in `cache` (a dict this
-        module owns) and return views of the keys and values of positions 0 .. start+T-1.
-        start = 0 starts afresh. See cache_rows()."""
-        k, v = self.cache_rows(cache, start, k=k, v=v)
-        return k, v
-
-    def cache_rows(self, cache: dict, start: int, **rows: torch.Tensor) -> list[torch.Tensor]:
-        """Store each of `rows` (B, h, T, dim: keys, values, or a latent that stands for both) of
-        positions start .. start+T-1 in `cache` under its name, and return views of each name's
-        positions 0 .. start+T-1, in the order given. start = 0 starts afresh.
-
-        The buffers are static: (B, h, context_length, dim), allocated by the first call and
-        written in place from then on, a refill from position 0 included, so a decoding step
-        copies only its own rows and allocates nothing. One is made anew only for another
-        batch size, head count, width, dtype or device, or to go past context_length (which
-        generate() never does: it refills from position 0 instead)."""
-        t = next(iter(rows.values())).shape[-2]
-        end = start + t
-        if start != cache.get("length", 0) and start != 0:
-            raise ValueError(f"KV cache holds {cache.get('length', 0)} positions, not {start}")
-        views = []
-        for name, x in rows.items():
-            buf = cache.get(name)
-            if (
-                buf is None
-                or buf.shape[-2] < end
-                or buf.shape[:2] != x.shape[:2]
-                or buf.shape[-1] != x.shape[-1]
-                or buf.dtype != x.dtype
-                or buf.device != x.device
-            ):
-                # Past context_length (a caller other than generate()), doubling: few copies.
-                size = max(end, self.context_length, 2 * buf.shape[-2] if start else 0)
-                new = x.new_empty(*x.shape[:2], size, x.shape[-1])
-                if start:  # past context_length: keep what is cached
-                    new[:, :, :start] = buf[:, :, :start]
-                buf = cache[name] = new
-            buf.narrow(2, start, t).copy_(x)
-            views.append(buf.narrow(2, 0, end))
-        cache["length"] = end
-        return views
-
-    def attend_cached(
+    def explicit(
         self,
         q: torch.Tensor,
         k: torch.Tensor,
         v: torch.Tensor,
-        start: int,
-        window: int | None = None,
-        fused: bool = True,
+        bias: torch.Tensor | None,
+        hidden: torch.Tensor | None,
     ) -> torch.Tensor:
-        """Queries q (B, nh, t_q, hs) at positions start .. start+t_q-1 against all cached keys
-        and values (B, n_kv, t_k, hs) at 0 .. t_k-1 (t_k = start + t_q): causal, the bound
-        positional's score_bias(t_q, t_k, start), and `window` limiting each query to its last
-        `window` positions. fused: F.scaled_dot_product_attention (k, v may have fewer heads);
-        else attend()'s explicit maths."""
-        t_q, t_k = q.shape[-2], k.shape[-2]
-        first = 0 if window is None else max(0, start - window + 1)  # no query sees before it
-        if first:
-            k, v = k[:, :, first:], v[:, :, first:]
-        bias = None
-        if self._positional:
-            bias = self._positional[0].score_bias(t_q, t_k, start=start)
-            bias = None if bias is None else bias[self._bias_heads][..., first:]
-        hidden = None  # (t_q, t_k - first), True where a query may not look
-        if t_q > 1:  # one query (a decoding step) sees every key it is given
-            q_pos = torch.arange(start, start + t_q, device=q.device)[:, None]
-            k_pos = torch.arange(first, t_k, device=q.device)[None, :]
-            hidden = k_pos > q_pos
-            if window is not None:
-                hidden = hidden | (k_pos <= q_pos - window)
-        if not fused:
-            scores = q @ k.transpose(-2, -1) / self.head_dim**0.5  # (B, nh, t_q, t_k - first)
-            if bias is not None:
-                scores = scores + bias
-            if hidden is not None:
-                scores = scores.masked_fill(hidden, float("-inf"))
-            return self.dropout(torch.softmax(scores, dim=-1)) @ v
-        extra = {}
-        if k.shape[1] != q.shape[1]:
-            if _SDPA_HAS_GQA:
-                extra["enable_gqa"] = True
-            else:
-                group = q.shape[1] // k.shape[1]
-                k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-        attn_mask = None
+        """The book's maths: scores q (B, nh, t_q, hs) . k (B, nh, t_k, hs) / sqrt(hs), plus
+        `bias` (nh, t_q, t_k), -inf where `hidden` (t_q, t_k) is True, softmax (with the sink
+        logits as one more column when the heads have them), dropout, times v."""
+        scores = q @ k.transpose(-2, -1) / self.head_dim**0.5  # (B, nh, t_q, t_k)
         if bias is not None:
-            attn_mask = bias.to(q.dtype)
+            scores = scores + bias
+        if hidden is not None:
+            scores = scores.masked_fill(hidden, float("-inf"))
+        if self.sinks is None:
+            weights = torch.softmax(scores, dim=-1)
+        else:
+            sink = self.sinks.to(scores.dtype).view(1, -1, 1, 1).expand(*scores.shape[:-1], 1)
+            weights = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]
+        return self.dropout(weights) @ v
+
+    def fused(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        bias: torch.Tensor | None,
+        hidden: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """explicit()'s maths through F.scaled_dot_product_attention, whose k and v may have
+        fewer heads than q. Sinks enter as one more key in front: zero key and value, its
+        score set by the float mask to the head's sink logit."""
+        k, v, extra = grouped(q, k, v)
+        p = self.dropout.p if self.training else 0.0
+        if self.sinks is None and bias is None:  # boolean, True where allowed
+            attn_mask = None if hidden is None else ~hidden
+        else:
+            t_q, t_k = q.shape[-2], k.shape[-2]
+            attn_mask = q.new_zeros(t_q, t_k) if bias is None else bias.to(q.dtype)
             if hidden is not None:
                 attn_mask = attn_mask.masked_fill(hidden, float("-inf"))
-        elif hidden is not None:
-            attn_mask = ~hidden
-        p = self.dropout.p if self.training else 0.0
+        if self.sinks is not None:
+            heads = q.shape[1]
+            sink = self.sinks.to(q.dtype).view(heads, 1, 1).expand(heads, q.shape[-2], 1)
+            attn_mask = torch.cat([sink, attn_mask.expand(heads, *attn_mask.shape[-2:])], dim=-1)
+            zero = k.new_zeros(*k.shape[:2], 1, k.shape[-1])
+            k, v = torch.cat([zero, k], dim=2), torch.cat([zero, v], dim=2)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p, **extra)
 
 
@@ -300,13 +236,20 @@ class ProjectedAttention(HeadAttention):
     elementwise by sigmoid(x W_gate), W_gate (d -> d) reading the block's normalized input as
     the queries do: one gate per head and dimension, set by the query's own token (Qiu et al.
     2025, "Gated Attention for Large Language Models", their best-performing position G1).
+
+    sinks (the option `sinks = true`): a learned logit per head, one more softmax column with no
+    value (gpt-oss), so the head's weights on the keys may sum to less than 1.
     """
 
     window: int | None = None  # sliding-window sets its own
     fused_cache = True
 
-    def __init__(self, config, *, n_kv_heads: int, qk_norm: bool, gate: bool = False) -> None:
+    def __init__(
+        self, config, *, n_kv_heads: int, qk_norm: bool, gate: bool = False, sinks: bool = False
+    ) -> None:
         super().__init__(config, head_dim=config.head_dim, qk_norm=qk_norm)
+        if sinks:  # one logit per query head, a softmax column with no value
+            self.sinks = nn.Parameter(torch.zeros(config.n_heads))
         d, kv = config.emb_dim, n_kv_heads * config.head_dim
         self.n_heads, self.n_kv_heads = config.n_heads, n_kv_heads
         self.W_query = nn.Linear(d, d, bias=qkv_bias(config))
@@ -358,8 +301,10 @@ class MultiHeadAttention(ProjectedAttention):
 
     fused_cache = False  # forward_cached uses attend()'s explicit maths, as forward does
 
-    def __init__(self, config, *, qk_norm: bool = False, gate: bool = False) -> None:
-        super().__init__(config, n_kv_heads=config.n_heads, qk_norm=qk_norm, gate=gate)
+    def __init__(
+        self, config, *, qk_norm: bool = False, gate: bool = False, sinks: bool = False
+    ) -> None:
+        super().__init__(config, n_kv_heads=config.n_heads, qk_norm=qk_norm, gate=gate, sinks=sinks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.split_heads(x)
@@ -384,14 +329,20 @@ class SlidingWindowAttention(MultiHeadAttention):
     """
 
     def __init__(
-        self, config, *, window: int = 64, qk_norm: bool = False, gate: bool = False
+        self,
+        config,
+        *,
+        window: int = 64,
+        qk_norm: bool = False,
+        gate: bool = False,
+        sinks: bool = False,
     ) -> None:
         if window < 1:
             raise ComponentError(
                 f"attention 'sliding-window': window must be at least 1 (a position sees "
                 f"itself), got {window}"
             )
-        super().__init__(config, qk_norm=qk_norm, gate=gate)
+        super().__init__(config, qk_norm=qk_norm, gate=gate, sinks=sinks)
         self.window = window
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -407,7 +358,13 @@ class GroupedQueryAttention(ProjectedAttention):
     """
 
     def __init__(
-        self, config, *, n_kv_heads: int = 2, qk_norm: bool = False, gate: bool = False
+        self,
+        config,
+        *,
+        n_kv_heads: int = 2,
+        qk_norm: bool = False,
+        gate: bool = False,
+        sinks: bool = False,
     ) -> None:
         n_heads = config.n_heads
         if not 1 <= n_kv_heads <= n_heads or n_heads % n_kv_heads:
@@ -416,7 +373,7 @@ class GroupedQueryAttention(ProjectedAttention):
                 f"attention 'gqa': n_kv_heads ({n_kv_heads}) must divide n_heads ({n_heads}); "
                 f"choose one of {', '.join(divisors)}"
             )
-        super().__init__(config, n_kv_heads=n_kv_heads, qk_norm=qk_norm, gate=gate)
+        super().__init__(config, n_kv_heads=n_kv_heads, qk_norm=qk_norm, gate=gate, sinks=sinks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.split_heads(x)  # k, v: (B, n_kv, T, hs)
@@ -426,8 +383,10 @@ class GroupedQueryAttention(ProjectedAttention):
 class MultiQueryAttention(GroupedQueryAttention):
     """Multi-query attention: one key/value head shared by all query heads (Shazeer 2019)"""
 
-    def __init__(self, config, *, qk_norm: bool = False, gate: bool = False) -> None:
-        super().__init__(config, n_kv_heads=1, qk_norm=qk_norm, gate=gate)
+    def __init__(
+        self, config, *, qk_norm: bool = False, gate: bool = False, sinks: bool = False
+    ) -> None:
+        super().__init__(config, n_kv_heads=1, qk_norm=qk_norm, gate=gate, sinks=sinks)
 
 
 class SimplifiedAttention(nn.Module):

@@ -99,6 +99,7 @@ def test_rope_rows_are_reordered_within_each_head_only():
         ({"bias": True}, "biases"),
         ({"activation": "geglu"}, "activation geglu"),
         ({"attention": "sliding-window"}, "attention sliding-window"),
+        ({"attention": {"name": "sdpa", "sinks": True}}, "attention sdpa(sinks=true)"),
         ({"norm_placement": "post"}, "norm_placement 'post'"),
         ({"logit_softcap": 30.0}, "logit_softcap 30"),
     ],

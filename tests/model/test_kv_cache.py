@@ -22,9 +22,9 @@ CTX = 8
 GREEDY = PLUGINS.registry.get("sampler", "greedy").build()
 # Options that make an attention's cache path differ from the plain one.
 VARIANTS = {
-    "sliding-window": [{"window": 3}, {"window": 1}, {"window": 64}],
-    "gqa": [{"n_kv_heads": 2}, {"n_kv_heads": 1, "gate": True}],
-    "multihead": [{}, {"qk_norm": True}],
+    "sliding-window": [{"window": 3}, {"window": 1}, {"window": 64}, {"window": 3, "sinks": True}],
+    "gqa": [{"n_kv_heads": 2}, {"n_kv_heads": 1, "gate": True}, {"sinks": True}],
+    "multihead": [{}, {"qk_norm": True}, {"sinks": True}],
     "sdpa": [{"qk_norm": True}, {"gate": True}],
     "diff": [{"qk_norm": True, "lambda_init": 0.2}],
     "mla": [{}, {"q_rank": 8, "kv_rank": 4, "rope_dim": 2}],

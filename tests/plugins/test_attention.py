@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import plugins.attention as attention_plugin
+from toolkit.api.contracts import TrainConfig
 from toolkit.api.manager import Plugins
 from toolkit.errors import ComponentError
 from toolkit.model.config import ModelConfig
@@ -50,9 +51,10 @@ def n_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def reference_head(q, k, v, *, bias=None, window=None, causal=True, scale=True):
+def reference_head(q, k, v, *, bias=None, window=None, causal=True, scale=True, sink=None):
     """One head, one sequence, element by element: q, k, v (T, hs) -> (T, hs). Position i
-    attends to j when j <= i (causal) and i - j < window; scores q_i.k_j / sqrt(hs) + bias."""
+    attends to j when j <= i (causal) and i - j < window; scores q_i.k_j / sqrt(hs) + bias;
+    a sink logit is one more score, whose weight multiplies nothing."""
     t, hs = q.shape
     out = torch.zeros_like(v)
     for i in range(t):
@@ -64,7 +66,9 @@ def reference_head(q, k, v, *, bias=None, window=None, causal=True, scale=True):
             scores = scores / math.sqrt(hs)
         if bias is not None:
             scores = scores + torch.stack([bias[i, j] for j in keys])
-        weights = torch.softmax(scores, dim=0)
+        if sink is not None:
+            scores = torch.cat([scores, sink.view(1)])
+        weights = torch.softmax(scores, dim=0)[: len(keys)]
         out[i] = sum(w * v[j] for w, j in zip(weights, keys, strict=True))
     return out
 
@@ -94,10 +98,10 @@ def test_names_facts_and_options():
         assert c.facts["causal"] is (name not in ("simplified", "self"))
         assert bool(c.facts.get("positional_inside")) is (name in HEADED)
         expected = {"qk_norm"} if name in HEADED else set()
-        expected |= {"gate"} if name in PROJECTED else set()
+        expected |= {"gate", "sinks"} if name in PROJECTED else set()
         expected |= {"gqa": {"n_kv_heads"}, "sliding-window": {"window"}}.get(name, set())
         assert set(c.options) == expected
-        for flag in ("qk_norm", "gate"):
+        for flag in ("qk_norm", "gate", "sinks"):
             if flag in c.options:
                 assert c.options[flag].type is bool and c.options[flag].default is False
     assert PLUGINS.registry.get("attention", "gqa").options["n_kv_heads"].default == 2
@@ -192,7 +196,12 @@ def projected_reference(att, x, *, n_kv: int, window=None):
             qh, kh = att.q_norm(qh), att.k_norm(kh)
         heads.append(
             reference_head(
-                rotated(p, qh), rotated(p, kh), vh, bias=head_bias(p, h, t), window=window
+                rotated(p, qh),
+                rotated(p, kh),
+                vh,
+                bias=head_bias(p, h, t),
+                window=window,
+                sink=None if att.sinks is None else att.sinks[h],
             )
         )
     context = torch.cat(heads, dim=-1)
@@ -215,6 +224,11 @@ CASES = [
     ("sliding-window", {"window": 3, "gate": True}, CFG.n_heads, 3),
     ("gqa", {"gate": True}, 2, None),
     ("mqa", {"gate": True}, 1, None),
+    ("multihead", {"sinks": True}, CFG.n_heads, None),
+    ("sdpa", {"sinks": True, "qk_norm": True}, CFG.n_heads, None),
+    ("sliding-window", {"window": 3, "sinks": True}, CFG.n_heads, 3),
+    ("gqa", {"sinks": True}, 2, None),
+    ("mqa", {"sinks": True, "gate": True}, 1, None),
 ]
 
 
@@ -223,6 +237,8 @@ CASES = [
 def test_projected_attention_matches_per_head_reference(name, options, n_kv, window, pos):
     torch.manual_seed(3)
     att = attention(name, config(qkv_bias=True), pos=pos, **options)
+    if att.sinks is not None:  # away from their zero init, one per head
+        att.sinks.data = torch.tensor([-2.0, 0.5, 1.5, 3.0])
     x = torch.randn(1, 9, CFG.emb_dim)
     with torch.no_grad():
         expected = projected_reference(att, x, n_kv=n_kv, window=window)
@@ -249,6 +265,54 @@ def test_the_gate_adds_one_d_by_d_projection_and_leaves_out_proj_the_residual_on
 @pytest.mark.parametrize("name", ["sdpa", "gqa"])
 def test_gated_attentions_pass_the_conformance_kit(name):
     check_component("attention", name, PLUGINS, options={"gate": True}, max_examples=5)
+
+
+@pytest.mark.parametrize("name", PROJECTED)
+def test_sinks_are_one_undecayed_logit_per_head_starting_at_zero(name):
+    plain, sunk = attention(name), attention(name, sinks=True)
+    assert plain.sinks is None and n_params(sunk) - n_params(plain) == CFG.n_heads
+    assert dict(sunk.named_parameters())["sinks"].tolist() == [0.0] * CFG.n_heads
+    model = build_model(config(attention={"name": name, "sinks": True}, init="gpt2"), PLUGINS)
+    assert not model.trf_blocks[0].att.sinks.any()  # the init leaves them at 0
+    groups = TrainConfig(1e-3, (0.9, 0.95), 0.1, "matrices").decay_groups(
+        [model.trf_blocks[0].att.sinks]
+    )
+    assert groups[1]["weight_decay"] == 0.0 and len(groups[1]["params"]) == 1
+
+
+@pytest.mark.parametrize("name", ["multihead", "sdpa"])
+def test_a_sink_takes_weight_from_the_values_and_learns(name):
+    """A very negative sink is no sink; a very large one leaves a head nothing to read (its
+    output is out_proj's bias); the loss's gradient reaches the sinks through either path."""
+    torch.manual_seed(4)
+    plain, sunk = attention(name), attention(name, sinks=True)
+    sunk.load_state_dict({**plain.state_dict(), "sinks": torch.full((CFG.n_heads,), -1e4)})
+    x = torch.randn(2, 9, CFG.emb_dim)
+    torch.testing.assert_close(sunk(x), plain(x))
+    sunk.sinks.data.fill_(1e4)
+    torch.testing.assert_close(sunk(x), sunk.out_proj.bias.expand_as(x))
+    sunk.sinks.data.zero_()
+    sunk(x).square().sum().backward()
+    assert sunk.sinks.grad is not None and sunk.sinks.grad.abs().min() > 0
+
+
+def test_sinks_survive_bfloat16_training_steps_and_forward_only_calls():
+    torch.manual_seed(5)
+    att = attention("sdpa", sinks=True).train()
+    att.sinks.data.normal_()
+    x = torch.randn(2, 9, CFG.emb_dim)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = att(x.requires_grad_())
+        with torch.no_grad():
+            forward_only = att(x)
+    out.float().sum().backward()
+    assert att.sinks.grad is not None
+    torch.testing.assert_close(forward_only.float(), att(x).float(), atol=0.05, rtol=0.05)
+
+
+@pytest.mark.parametrize("name", ["sliding-window", "gqa"])
+def test_attentions_with_sinks_pass_the_conformance_kit(name):
+    check_component("attention", name, PLUGINS, options={"sinks": True}, max_examples=5)
 
 
 def test_key_value_projections_shrink_with_fewer_heads():

@@ -184,8 +184,8 @@ def test_file_level_errors(tmp_path, plugins):
 
 
 def test_options_added_later_are_recorded_only_away_from_what_older_runs_had(tiny_doc):
-    """A LayerNorm's `bias`, an init's `zero_residual`, an attention's `gate` and rope's
-    `fraction` arrived after runs were recorded: at their old values they stay out of the
+    """A LayerNorm's `bias`, an init's `zero_residual`, an attention's `gate` and `sinks` and
+    rope's `fraction` arrived after runs were recorded: at their old values they stay out of the
     record, so older runs keep their hashes."""
     tiny_doc["model"]["attention"] = {"name": "multihead", "qk_norm": False}
     tiny_doc["model"]["positional"] = "rope"
@@ -197,19 +197,24 @@ def test_options_added_later_are_recorded_only_away_from_what_older_runs_had(tin
     tiny_doc["model"].update(
         norm={"name": "layernorm", "bias": True},
         init={"name": "default", "zero_residual": False},
-        attention={"name": "multihead", "qk_norm": False, "gate": False},
+        attention={"name": "multihead", "qk_norm": False, "gate": False, "sinks": False},
         positional={"name": "rope", "fraction": 1.0},
     )
     assert parse_spec(tiny_doc).runs[0].config_hash() == plain.config_hash()
     tiny_doc["model"].update(
         norm={"name": "layernorm", "bias": False},
         init={"name": "default", "zero_residual": True},
-        attention={"name": "multihead", "gate": True},
+        attention={"name": "multihead", "gate": True, "sinks": True},
         positional={"name": "rope", "fraction": 0.5},
     )
     changed = parse_spec(tiny_doc).runs[0]
     assert changed.model.norm == {"name": "layernorm", "eps": 1e-5, "bias": False}
     assert changed.model.init == {"name": "default", "zero_residual": True}
-    assert changed.model.attention == {"name": "multihead", "qk_norm": False, "gate": True}
+    assert changed.model.attention == {
+        "name": "multihead",
+        "qk_norm": False,
+        "gate": True,
+        "sinks": True,
+    }
     assert changed.model.positional == {"name": "rope", "theta": 10000.0, "fraction": 0.5}
     assert changed.config_hash() != plain.config_hash()

@@ -54,7 +54,7 @@ LEGACY_VALUES: dict[str, Any] = {
 LEGACY_OPTIONS: dict[str, dict[str, Any]] = {
     "model.norm": {"bias": True},
     "model.init": {"zero_residual": False},
-    "model.attention": {"gate": False},
+    "model.attention": {"gate": False, "sinks": False},
     "model.positional": {"fraction": 1.0},
     "train.optimizer": {"ns_dtype": "bfloat16"},
 }

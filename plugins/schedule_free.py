@@ -149,4 +149,5 @@ def schedule_free(
 
 @hookimpl
 def register_components(register) -> None:
-    register("optimizer", "schedule-free", schedule_free)
+    # Its averaging stands in for a decaying schedule; warm-up, then constant (the paper's).
+    register("optimizer", "schedule-free", schedule_free, schedules=("constant",))

@@ -18,9 +18,10 @@ from hypothesis import strategies as st
 from torch import nn
 
 from plugins.schedule_free import ScheduleFreeAdamW
-from tests.conftest import interrupting_plugins, small_toml, validation_error
+from tests.conftest import interrupting_plugins, small_toml, validation_error, write_spec
 from toolkit import hookimpl
 from toolkit.api.manager import Plugins
+from toolkit.cli import main
 from toolkit.model.checkpoint import CHECKPOINT_FILE
 from toolkit.spec.parse import parse_spec
 from toolkit.sweep.runner import run
@@ -145,6 +146,64 @@ def test_bad_options_are_one_line_errors_at_validation(tmp_path, capsys, options
 
 def test_it_conforms():
     check_component("optimizer", "schedule-free", PLUGINS, max_examples=4)
+
+
+# -- the schedule it is meant for ------------------------------------------------------------
+def pairing_doc(tiny_doc, base_schedule: str) -> dict:
+    """Three variants: schedule-free with the base schedule, with constant, and adamw."""
+    doc = copy.deepcopy(tiny_doc)
+    doc["train"].update(optimizer="schedule-free", schedule=base_schedule)
+    doc["variants"] = [
+        {"name": "sf-base"},
+        {"name": "sf-constant", "train.schedule": "constant"},
+        {"name": "adamw", "train.optimizer": "adamw"},
+    ]
+    return doc
+
+
+def test_a_decaying_schedule_with_schedule_free_is_a_warning_naming_the_variants(tiny_doc):
+    assert PLUGINS.registry.get("optimizer", "schedule-free").facts["schedules"] == ("constant",)
+    assert parse_spec(pairing_doc(tiny_doc, "constant"), plugins=PLUGINS).warnings == []
+    (warning,) = parse_spec(pairing_doc(tiny_doc, "wsd"), plugins=PLUGINS).warnings
+    assert warning.startswith("train.optimizer 'schedule-free' is meant to run with")
+    assert "variant sf-base runs it with 'wsd'" in warning and "adamw" not in warning
+    doc = pairing_doc(tiny_doc, "cosine")
+    doc["variants"].append({"name": "sf-linear", "train.schedule": "linear"})
+    doc["variants"].append({"name": "sf-cosine", "train.lr": 1e-3})
+    warnings = parse_spec(doc, plugins=PLUGINS).warnings
+    assert len(warnings) == 2  # one per schedule, each naming its variants once over the seeds
+    assert "variants sf-base, sf-cosine run it with 'cosine'" in warnings[0]
+    assert "variant sf-linear runs it with 'linear'" in warnings[1]
+
+
+def test_a_third_partys_optimizer_declares_its_schedules_the_same_way(tiny_doc):
+    class Plugin:
+        @hookimpl
+        def register_components(self, register):
+            def flat_sgd(model, config):
+                """SGD meant for a constant or inverse-sqrt schedule"""
+                return torch.optim.SGD(model.parameters(), lr=config.lr)
+
+            register("optimizer", "flat-sgd", flat_sgd, schedules=("constant", "inverse-sqrt"))
+
+    plugins = Plugins(autoload=False)
+    plugins.add(Plugin(), name="flat")
+    tiny_doc["train"]["optimizer"] = "flat-sgd"
+    (warning,) = parse_spec(tiny_doc, plugins=plugins).warnings
+    assert "with train.schedule 'constant' or 'inverse-sqrt', but variant" in warning
+    tiny_doc["train"]["schedule"] = "inverse-sqrt"
+    assert parse_spec(tiny_doc, plugins=plugins).warnings == []
+
+
+def test_validate_and_run_print_the_warning_and_go_on(tmp_path, capsys):
+    text = small_toml("sf", train='optimizer = "schedule-free"')
+    spec = write_spec(tmp_path / "spec.toml", text)
+    assert main(["validate", str(spec)]) == 0
+    err = capsys.readouterr().err
+    assert "warning: train.optimizer 'schedule-free' is meant to run with" in err
+    assert main(["run", str(spec), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    assert "warning: train.optimizer 'schedule-free'" in capsys.readouterr().err
+    assert (tmp_path / "out" / "results.csv").exists()
 
 
 # -- the loop's evaluation-weights contract ------------------------------------------------

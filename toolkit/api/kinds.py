@@ -208,7 +208,9 @@ def register_components(register):
             "optimizer whose weights to evaluate differ from those it trains (schedule-free's "
             "average) adds eval() and train() methods, which put each set in the parameters "
             "(toolkit.api.contracts.EvaluationWeights): the run evaluates, samples from and "
-            "saves the eval() weights",
+            "saves the eval() weights. With the fact `schedules=(...)` (schedule names) it is "
+            "meant to run with those schedules only, and a spec pairing it with another gets a "
+            "warning at validation (schedule-free declares constant)",
             '''\
 import torch
 

@@ -155,9 +155,11 @@ def executor_choice(args: argparse.Namespace, plugins: Any) -> dict[str, Any]:
 
 def say_notes(spec: Any) -> None:
     """What the --set options changed beyond their own keys (a grid axis, variants, the
-    corpus), one line each on stderr."""
+    corpus), and what the spec pairs that is likely not meant, one line each on stderr."""
     for note in spec.notes:
         print(f"note: {note}", file=sys.stderr)
+    for warning in spec.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

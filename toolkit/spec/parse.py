@@ -35,7 +35,7 @@ from toolkit.spec.schema import (
     default,
 )
 from toolkit.spec.tune import check_tunable, parse_tune
-from toolkit.spec.validate import resolve, sampling_ablation
+from toolkit.spec.validate import pairing_warnings, resolve, sampling_ablation
 
 # -- loading ------------------------------------------------------------------------------
 
@@ -209,7 +209,7 @@ def parse_spec(
     tune = parse_tune(raw["tune"], seeds, source) if "tune" in raw else None
     spec = Spec(
         name, source, description, seeds, plugin_modules, baseline, variants, runs, base,
-        ablation, notes, tune, ladder=ladder,
+        ablation, notes, pairing_warnings(runs, plugins), tune, ladder=ladder,
     )  # fmt: skip
     if tune is not None:
         check_tunable(spec, plugins)

@@ -38,6 +38,7 @@ from toolkit.spec.schema import (
     SLOTS,
     DataSpec,
     ModelSpec,
+    RunSpec,
     SamplingAblation,
     SamplingSpec,
     TrainSpec,
@@ -205,6 +206,34 @@ def _schedule_runs(plugins: Plugins, t: TrainSpec, where: str) -> None:
     )
     if problem:
         raise SpecError(f"{where} {problem}")
+
+
+def pairing_warnings(runs: list[RunSpec], plugins: Plugins) -> list[str]:
+    """A warning per optimizer registered with the fact `schedules` (the schedules it is meant
+    for) that some variants run with another schedule, naming them: valid, as an ablation of
+    the pairing may be the point, but more often a spec that kept its base schedule."""
+    found: dict[tuple[str, str], dict[str, None]] = {}
+    for r in runs:
+        optimizer, schedule = split_choice(r.train.optimizer)[0], split_choice(r.train.schedule)[0]
+        meant = plugins.registry.get("optimizer", optimizer).facts.get("schedules")
+        if meant and schedule not in meant:
+            found.setdefault((optimizer, schedule), {})[r.variant] = None
+    warnings = []
+    for (optimizer, schedule), variants in found.items():
+        meant = " or ".join(
+            map(repr, plugins.registry.get("optimizer", optimizer).facts["schedules"])
+        )
+        who = (
+            f"variant {next(iter(variants))} runs"
+            if len(variants) == 1
+            else f"variants {', '.join(variants)} run"
+        )
+        warnings.append(
+            f"train.optimizer {optimizer!r} is meant to run with train.schedule {meant}, but "
+            f"{who} it with {schedule!r}; set train.schedule there unless that pairing is what "
+            f"you compare"
+        )
+    return warnings
 
 
 @functools.lru_cache(maxsize=1024)

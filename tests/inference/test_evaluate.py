@@ -4,6 +4,7 @@ trained run folder and on an imported Hugging Face checkpoint."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 
@@ -13,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import toolkit
 from toolkit.cli import main as cli_main
 from toolkit.data.tokens import load_tokens
 from toolkit.errors import DataError
@@ -20,6 +22,7 @@ from toolkit.inference.evaluate import combine, evaluate_checkpoint, evaluate_co
 from toolkit.model.config import ModelConfig
 from toolkit.model.gpt import build_model
 from toolkit.spec.parse import parse_spec
+from toolkit.sweep.results import TASKS_FILE
 from toolkit.sweep.runner import run
 
 CONTEXT = 8
@@ -363,3 +366,22 @@ def test_ablate_eval_tabulates_a_sweep_by_window_length(tmp_path, capsys):
         assert (
             err.startswith("ablate: error: --context takes window lengths") and err.count("\n") == 1
         )
+
+    # Recorded in each run folder, so the report compares them with the baseline's.
+    held = json.loads((run_dir / TASKS_FILE).read_text())["tasks"]
+    assert set(held) == {"val@16", "val@48"}
+    assert held["val@48"]["metrics"]["loss"] == pytest.approx(one, abs=1e-6)
+    assert held["val@48"]["settings"]["tokenizer"] == "bytes"
+    learned_held = json.loads(
+        (tmp_path / "out" / "positional=learned" / "seed-0" / TASKS_FILE).read_text()
+    )
+    assert set(learned_held["tasks"]) == {"val@16"}  # refused at 48: nothing recorded
+    summary = toolkit.compare(tmp_path / "out").set_index("variant")
+    assert summary.loc["positional=alibi", "task:val@48/loss_mean"] == pytest.approx(
+        (one + other) / 2, abs=1e-6
+    )
+    assert math.isnan(summary.loc["positional=learned", "task:val@48/loss_mean"])
+    assert not math.isnan(summary.loc["positional=alibi", "task:val@16/loss_p"])
+    assert cli_main(["report", str(tmp_path / "out")]) == 0
+    report = capsys.readouterr().out
+    assert "scores after training:" in report and "val@48/loss" in report

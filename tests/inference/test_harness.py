@@ -262,8 +262,8 @@ def test_eval_tasks_records_scores_for_the_report(capsys, runs: Path, tasks_dir:
         assert row["task:tiny_mc/acc_n"] == 2
     code, out, err = ablate(capsys, "report", str(runs))
     assert code == 0, err
-    assert "task scores (lm-eval):" in out and "tiny_mc/acc" in out
-    assert "## Task scores" in (runs / "report.md").read_text()
+    assert "scores after training:" in out and "tiny_mc/acc" in out
+    assert "## Scores after training" in (runs / "report.md").read_text()
     # A second task later adds to the file; the first one's scores stay.
     code, _, err = ablate(
         capsys, "eval-tasks", str(runs / "norm=layernorm" / "seed-0"), "--tasks", "tiny_roll",

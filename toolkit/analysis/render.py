@@ -371,14 +371,14 @@ def _steps_blocks(summary: pd.DataFrame) -> list[tuple]:
 
 
 def _tasks_blocks(summary: pd.DataFrame) -> list[tuple]:
-    """The lm-evaluation-harness scores (`ablate eval-tasks`): a heading, the table and its
-    note; nothing when no run was scored."""
+    """The scores computed after training (`ablate eval-tasks`, `ablate eval --context`): a
+    heading, the table and its note; nothing when no run was scored."""
     header, rows, baseline = task_cells(summary)
     if not rows:
         return []
     rows = [[r[0] + (" (baseline)" if i in baseline else ""), *r[1:]] for i, r in enumerate(rows)]
     return [
-        ("h2", "Task scores"),
+        ("h2", "Scores after training"),
         ("table", header, rows, ["l", *["r"] * (len(header) - 1)], baseline),
         ("p", TASKS_NOTE),
         *[("p", f"**{line}**") for line in settings_warnings(summary)],

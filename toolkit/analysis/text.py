@@ -409,9 +409,11 @@ def format_steps(summary: pd.DataFrame) -> str:
     return "\n".join([f"steps, each variant against the one it builds on ({metric}):", body, note])
 
 
-# -- scores on lm-evaluation-harness tasks (ablate eval-tasks) -------------------------------
+# -- scores after training: lm-eval tasks (ablate eval-tasks), other windows (eval --context) --
 TASKS_NOTE = (
-    "lm-evaluation-harness scores (ablate eval-tasks): mean ± sample std over the finished "
+    "Scores computed after training: lm-evaluation-harness tasks (ablate eval-tasks), and "
+    "split@N, the loss (nats/token) and bits per byte on that split in windows of N tokens "
+    "(ablate eval --context; lower is better). Mean ± sample std over the finished "
     "seeds scored, (n) when fewer seeds than the variant's finished runs were scored; '-' "
     "where no run of the variant was scored. [Δ, p]: the mean minus the baseline's, and the "
     "two-sided p-value of the losses' test (paired t on shared seeds, else Welch; none with "
@@ -458,7 +460,7 @@ def format_tasks(summary: pd.DataFrame) -> str:
         [["*" if i in baseline else "", *row] for i, row in enumerate(rows)], columns=["", *header]
     )
     body = _fixed_width(view, left=("", "variant"))
-    return "\n".join(["task scores (lm-eval):", body, TASKS_NOTE, *settings_warnings(summary)])
+    return "\n".join(["scores after training:", body, TASKS_NOTE, *settings_warnings(summary)])
 
 
 # What a "precision" flag means (toolkit.analysis.table), in the text and rendered reports.
@@ -473,7 +475,7 @@ def settings_warnings(summary: pd.DataFrame) -> list[str]:
     """A line for each task whose runs were scored in different ways: its means mix them."""
     return [
         f"WARNING: {task} was scored in {len(ways)} ways ({'; '.join(ways)}), so its means "
-        f"mix them; score every run again with one ablate eval-tasks command"
+        f"mix them; score every run again with one command"
         for task, ways in summary.attrs.get("task_settings_differ", {}).items()
     ]
 

@@ -1,8 +1,9 @@
 """`ablate eval CHECKPOINT_OR_RUN_DIR`: loss, perplexity and bits per byte of a checkpoint over
 a whole corpus split (toolkit.inference.evaluate does the scoring); `ablate eval DIR --context
 128,256,512`: every finished run of an experiment folder at each window length, as a table of
-mean ± std over seeds per variant (train short, test long). It writes nothing but the token
-cache."""
+mean ± std over seeds per variant (train short, test long), each score recorded in its run
+folder's tasks.json (toolkit.sweep.results.record_window_scores) for `ablate report`. A single
+checkpoint or run at one length is printed, not recorded."""
 
 from __future__ import annotations
 
@@ -32,8 +33,9 @@ def add_parser(subparsers: Any) -> None:
         "checkpoint defaults to the pydoc corpus and, for a 50,257-id vocabulary, the gpt2 "
         "tokenizer. Given an experiment folder, or several --context lengths, it prints one "
         "loss per variant and window length instead (mean ± std over seeds): scoring models in "
-        "longer windows than they trained on. Prints the results; writes nothing but the token "
-        "cache.",
+        "longer windows than they trained on; each run folder then records its scores "
+        "(tasks.json, as val@512 and the like), which `ablate report` shows per variant with "
+        "Δ and p against the baseline. One checkpoint at one length is only printed.",
     )
     p.add_argument(
         "source",
@@ -153,14 +155,15 @@ def _by_length(args: argparse.Namespace, contexts: list[int]) -> int:
     reads no further than the context_length it trained at."""
     from toolkit.analysis.stats import describe
     from toolkit.inference.evaluate import WindowTooLong, evaluate_checkpoint
+    from toolkit.sweep.results import TASKS_FILE, record_window_scores
 
-    targets = [path for path, _ in scoring_targets([args.source])]
+    targets = scoring_targets([args.source])
     device, plugins = check_device(args.device), plugins_of(args)
     columns: list[int | None] = list(contexts) or [None]  # None: each model's own
     losses: dict[str, dict[int | None, list[float]]] = {}
     seeds: dict[str, int] = {}
-    split, refused = "", False
-    for i, target in enumerate(targets, 1):
+    split, refused, recorded = "", False, 0
+    for i, (target, record) in enumerate(targets, 1):
         print(f"eval: [{i}/{len(targets)}] {target}", file=sys.stderr, flush=True)
         summary = read_json(target / "summary.json") if target.is_dir() else None
         variant = (summary or {}).get("variant") or target.name
@@ -175,8 +178,15 @@ def _by_length(args: argparse.Namespace, contexts: list[int]) -> int:
                 refused = True
                 continue
             split = result.split
-            loss = result.results[split]["loss"]
-            losses.setdefault(variant, {}).setdefault(context, []).append(loss)
+            scored = result.results[split]
+            losses.setdefault(variant, {}).setdefault(context, []).append(scored["loss"])
+            if record:
+                metrics = {"loss": scored["loss"], "bpb": scored["bpb"]}
+                settings = {"corpus": result.corpus, "tokenizer": result.tokenizer}
+                record_window_scores(
+                    target, split, result.context, metrics, scored["tokens"], settings
+                )
+        recorded += record
     heads = ["trained" if c is None else str(c) for c in columns]
     width = max(len("variant"), *(len(v) for v in seeds))
     print(f"{args.source}: {split} loss (nats/token) by window length, mean ± std over seeds")
@@ -197,6 +207,12 @@ def _by_length(args: argparse.Namespace, contexts: list[int]) -> int:
         print(
             "-: longer than the context_length the model trained at, which its positional "
             "scheme reads no further than (learned positions)"
+        )
+    if recorded:
+        print(
+            f"recorded in {TASKS_FILE} of {recorded} run(s) as {split}@<length>; `ablate "
+            f"report` shows them per variant",
+            file=sys.stderr,
         )
     return 0
 

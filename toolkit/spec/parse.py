@@ -209,7 +209,7 @@ def parse_spec(
     tune = parse_tune(raw["tune"], seeds, source) if "tune" in raw else None
     spec = Spec(
         name, source, description, seeds, plugin_modules, baseline, variants, runs, base,
-        ablation, notes, pairing_warnings(runs, plugins), tune, ladder=ladder,
+        ablation, notes, tune, ladder=ladder, warnings=pairing_warnings(runs, plugins),
     )  # fmt: skip
     if tune is not None:
         check_tunable(spec, plugins)

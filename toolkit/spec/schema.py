@@ -248,10 +248,10 @@ class Spec:
         None  # a toolkit.inference.sampling_ablation.SamplingAblation, if asked for
     )
     notes: list[str] = field(default_factory=list)  # what --set changed beyond one key
-    warnings: list[str] = field(default_factory=list)  # valid, but likely not what was meant
     tune: Any = None  # a toolkit.spec.tune.Tune when the spec has a [tune] table
     ladder: Any = None  # a toolkit.spec.ladder.Ladder when the spec has a [ladder] table
     tuned: dict[str, dict[str, Any]] = field(default_factory=dict)  # variant -> chosen point
+    warnings: list[str] = field(default_factory=list)  # valid, but likely not what was meant
 
     def run_named(self, variant: str, seed: int) -> RunSpec:
         return next(r for r in self.runs if r.variant == variant and r.seed == seed)

@@ -6,11 +6,14 @@ line per evaluation), sample.txt, checkpoint.pt and, last, summary.json. Files a
 atomically (toolkit.files), so a killed process never leaves half a file. The table
 `results.csv` is rebuilt from run folders alone by `collect()`.
 
-Scores on lm-evaluation-harness tasks (`ablate eval-tasks`) are kept beside the summary, in
-tasks.json: per task, its metrics, their standard errors, how many samples were scored, the
-settings (few-shot examples, limit, lm-eval version) and the sha256 of the checkpoint they
-scored. `collect()` adds them as columns "task:<task>/<metric>" while that checkpoint is still
-the run's (a run trained again drops its old scores from the table).
+Scores computed after training are kept beside the summary, in tasks.json: per task, its
+metrics, how many samples (or tokens) were scored, the settings, and the sha256 of the
+checkpoint they scored. Two kinds: lm-evaluation-harness tasks (`ablate eval-tasks`; with
+standard errors, and few-shot examples, limit and lm-eval version as settings), and losses in
+windows of another length (`ablate eval DIR --context`: the task "val@512" holds the loss and
+bits per byte of the val split in 512-token windows, with the corpus and tokenizer as
+settings). `collect()` adds them as columns "task:<task>/<metric>" while that checkpoint is
+still the run's (a run trained again drops its old scores from the table).
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ TASKS_FILE = "tasks.json"
 TASK_PREFIX = "task:"
 TASK_SETTINGS = "task_settings"  # the column of how each task was scored
 SETTINGS_SHOWN = ("num_fewshot", "limit", "lm_eval")  # what makes two scores incomparable
+WINDOW_KIND = "window"  # an entry of `ablate eval --context`: a loss in longer windows
+WINDOW_SETTINGS_SHOWN = ("corpus", "tokenizer")  # the split and length are in its name
 
 
 def task_column(task: str, metric: str) -> str:
@@ -64,20 +69,56 @@ def record_task_scores(
     """Merge lm-eval scores (toolkit.inference.harness.evaluate_tasks) into the run folder's
     tasks.json, atomically: a task scored again replaces its entry, other tasks stay. Returns
     what the file now holds."""
-    folder = Path(run_dir)
+    return _merge_scores(
+        Path(run_dir),
+        {
+            task: {
+                "metrics": metrics,
+                "stderr": scores.get("stderr", {}).get(task, {}),
+                "samples": scores.get("samples", {}).get(task),
+                "settings": {**settings, "lm_eval": scores.get("lm_eval")},
+            }
+            for task, metrics in scores["tasks"].items()
+        },
+    )
+
+
+def window_task(split: str, context: int) -> str:
+    """The name a loss in windows of `context` tokens on `split` is recorded under: val@512."""
+    return f"{split}@{context}"
+
+
+def record_window_scores(
+    run_dir: str | Path,
+    split: str,
+    context: int,
+    metrics: dict[str, float],
+    tokens: int,
+    settings: dict[str, Any],
+) -> dict[str, Any]:
+    """Merge one `ablate eval --context` score (metrics: loss and bpb of `split` in windows of
+    `context` tokens, over `tokens` tokens) into the run folder's tasks.json as the task
+    window_task(split, context), beside any lm-eval scores; settings: the corpus and tokenizer
+    scored. Returns what the file now holds."""
+    entry = {
+        "kind": WINDOW_KIND,
+        "metrics": metrics,
+        "samples": tokens,
+        "settings": {**settings, "split": split, "context": context},
+    }
+    return _merge_scores(Path(run_dir), {window_task(split, context): entry})
+
+
+def _merge_scores(folder: Path, entries: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """tasks.json with `entries` (task -> entry) put in, each stamped with the checkpoint it
+    scored (the run's checkpoint.pt digest in summary.json), written atomically."""
     summary = read_json(folder / "summary.json")
     digests = summary.get("digests") if isinstance(summary, dict) else None
     checkpoint = digests.get("checkpoint.pt") if isinstance(digests, dict) else None
     held = read_json(folder / TASKS_FILE)
     tasks = dict(held["tasks"]) if isinstance(held, dict) and "tasks" in held else {}
-    for task, metrics in scores["tasks"].items():
-        tasks[task] = {
-            "metrics": metrics,
-            "stderr": scores.get("stderr", {}).get(task, {}),
-            "samples": scores.get("samples", {}).get(task),
-            "settings": {**settings, "lm_eval": scores.get("lm_eval")},
-            "checkpoint_sha256": checkpoint,
-        }
+    for task, entry in entries.items():
+        tasks[task] = {**entry, "checkpoint_sha256": checkpoint}
     data = {"tasks": dict(sorted(tasks.items()))}
     write_json(folder / TASKS_FILE, data)
     return data
@@ -103,7 +144,8 @@ def task_scores(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
         for metric, value in entry["metrics"].items():
             columns[task_column(task, metric)] = value
         settings = entry.get("settings") if isinstance(entry.get("settings"), dict) else {}
-        how[task] = ", ".join(f"{k}={settings.get(k)}" for k in SETTINGS_SHOWN)
+        shown = WINDOW_SETTINGS_SHOWN if entry.get("kind") == WINDOW_KIND else SETTINGS_SHOWN
+        how[task] = ", ".join(f"{k}={settings.get(k)}" for k in shown)
     if how:
         columns[TASK_SETTINGS] = json.dumps(how, sort_keys=True)
     return columns

@@ -14,9 +14,10 @@ from scipy import stats as sp
 
 from toolkit.analysis.load import load
 from toolkit.analysis.render import write_report
+from toolkit.analysis.sections import format_steps
 from toolkit.analysis.steps import STEP_COLUMNS, add_steps, describe_keys, steps_view
 from toolkit.analysis.table import summarize
-from toolkit.analysis.text import format_steps, report
+from toolkit.analysis.text import report
 from toolkit.files import write_json
 from toolkit.names import run_folder
 

@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 
 from toolkit.analysis import stats
+from toolkit.analysis.sections import format_tasks
 from toolkit.analysis.table import summarize
-from toolkit.analysis.text import format_tasks
 from toolkit.sweep.results import TASKS_FILE, collect, record_task_scores
 
 

@@ -30,26 +30,20 @@ import pandas as pd
 
 from toolkit.analysis import phases
 from toolkit.analysis.figures import make_figures
+from toolkit.analysis.formats import num, pvalue, seconds, si
 from toolkit.analysis.load import Experiments, load, load_curves
 from toolkit.analysis.markup import html_blocks, render_html, render_markdown, scoped_css
 from toolkit.analysis.plotting import FigureFile
+from toolkit.analysis.sections import TASKS_NOTE, settings_warnings, step_cells, task_cells
 from toolkit.analysis.stats import HOLM, OUTLIER_ALPHA, check_correction
 from toolkit.analysis.table import NAMES, UNITS, finite, summarize
 from toolkit.analysis.text import (
     PRECISION_NOTE,
-    TASKS_NOTE,
     TUNED_NOTE,
     aa_text,
     correction_text,
-    num,
     outlier_lines,
-    pvalue,
     resolution_text,
-    seconds,
-    settings_warnings,
-    si,
-    step_cells,
-    task_cells,
     terminal_text,
 )
 from toolkit.errors import ToolkitError

@@ -10,7 +10,7 @@ the metric (accuracy up, perplexity down), which the reader knows and the table 
 
 A task whose runs were scored in different ways (few-shot examples, limit, lm-eval version)
 is named by `settings_differ`, since its means mix them. Not here: scoring (toolkit/inference/
-harness.py) and the text of the task table (toolkit/analysis/text.py).
+harness.py) and the text of the task table (toolkit/analysis/sections.py).
 """
 
 from __future__ import annotations

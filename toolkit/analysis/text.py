@@ -7,12 +7,13 @@
 `format_summary(summary)` lays the table out in fixed-width columns (the baseline marked '*'),
 with notes on units, tests, which p-value the verdicts read (Holm-adjusted or not), what the
 sweep could resolve, the A/A check of the baseline and any outlier seed; `report(dir)` reads a
-folder and adds a title and the runs still missing. The number formats here (`num`, `pvalue`,
-`si`, `seconds`) and the notes (`resolution_text`, `correction_text`, `aa_text`,
-`outlier_lines`) are shared with report.md and report.html, so a number reads the same in all
-three.
+folder and adds a title, the runs still missing, and the tables after the main one (the steps
+of cumulative variants, the scores after training: sections.py). The notes here
+(`resolution_text`, `correction_text`, `aa_text`, `outlier_lines`) are shared with report.md
+and report.html.
 
-Not here: the statistics (table.py), reading folders (load.py), writing files (render.py).
+Not here: the statistics (table.py), number formats (formats.py), reading folders (load.py),
+writing files (render.py).
 """
 
 from __future__ import annotations
@@ -24,42 +25,11 @@ from typing import Any
 import pandas as pd
 
 from toolkit.analysis import phases
+from toolkit.analysis.formats import fixed_width, num, pvalue, seconds, si
 from toolkit.analysis.load import Experiments, load
+from toolkit.analysis.sections import format_steps, format_tasks
 from toolkit.analysis.stats import HOLM, OUTLIER_ALPHA
-from toolkit.analysis.steps import steps_view
 from toolkit.analysis.table import ALPHA, UNITS, finite, summarize
-from toolkit.sweep.results import TASK_PREFIX
-
-
-def num(x: Any, spec: str) -> str:
-    """x in a format spec, '-' when it is not a finite number."""
-    return format(float(x), spec) if finite(x) else "-"
-
-
-def pvalue(x: Any) -> str:
-    """A p-value to 3 decimals, '<0.001' below that, '-' without a test."""
-    if not finite(x):
-        return "-"
-    return "<0.001" if x < 0.001 else f"{x:.3f}"
-
-
-def si(x: Any) -> str:
-    """A count with an SI suffix: 1.23M, 456k."""
-    if not finite(x):
-        return "-"
-    x = float(x)
-    for factor, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(x) >= factor:
-            return f"{x / factor:.3g}{suffix}"
-    return f"{x:.3g}"
-
-
-def seconds(x: Any) -> str:
-    """A duration: 12.3s, or 4m05s from two minutes on."""
-    if not finite(x):
-        return "-"
-    x = float(x)
-    return f"{x:.1f}s" if x < 120 else f"{int(x // 60)}m{int(x % 60):02d}s"
 
 
 def resolution_text(summary: pd.DataFrame, markdown: bool = False) -> str:
@@ -244,7 +214,7 @@ def format_summary(summary: pd.DataFrame, title: str = "") -> str:
                 [(key, value), ("active", active)] if key == "params" else [(key, value)]
             )
         }
-    body = _fixed_width(pd.DataFrame(columns), left=("", "variant", "verdict", "test", "flags"))
+    body = fixed_width(pd.DataFrame(columns), left=("", "variant", "verdict", "test", "flags"))
     notes = [
         f"* baseline. mean ± sample std over seeds; 95% CI: t-interval of the mean. Δ: mean minus "
         f"the baseline's; p: two-sided t-test of {metric} against the baseline (paired by seed "
@@ -296,20 +266,6 @@ def format_summary(summary: pd.DataFrame, title: str = "") -> str:
 def _flags_without_causal(flags: Any) -> str:
     parts = [f for f in str(flags or "").split(", ") if f and f != "non-causal"]
     return ", ".join(parts)
-
-
-def _fixed_width(view: pd.DataFrame, left: tuple[str, ...]) -> str:
-    """Columns padded to their widest cell: text columns left-aligned, numbers right-aligned."""
-    cells = [list(map(str, view.columns)), *view.astype(str).values.tolist()]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(view.columns))]
-    lines = []
-    for row in cells:
-        parts = [
-            cell.ljust(w) if col in left else cell.rjust(w)
-            for cell, w, col in zip(row, widths, view.columns, strict=True)
-        ]
-        lines.append(" ".join(parts).rstrip())
-    return "\n".join(lines)
 
 
 def _title(experiments: Experiments) -> str:
@@ -365,126 +321,9 @@ def report(out_dir: str | Path, *, correction: str = HOLM) -> tuple[pd.DataFrame
     return summary, terminal_text(experiments, summary, sections)
 
 
-# -- the steps of cumulative variants (a spec's `after`; toolkit.analysis.steps) ----------------
-
-
-def step_cells(summary: pd.DataFrame) -> tuple[list[str], list[list[str]], set[int]]:
-    """The steps table as text, shared with report.md and report.html: header, one row per
-    variant of a chain in the spec's order, and the rows of the baseline; no rows without one."""
-    records = steps_view(summary).to_dict("records")
-    header = ["variant", "after", "changes", "Δ step", "95% CI", "p", "running total"]
-    rows = [
-        [
-            r["variant"],
-            r["after"] or "-",
-            r["changes"] or "-",
-            num(r["delta_step"], "+.4f"),
-            f"[{num(r['delta_step_ci_low'], '+.4f')}, {num(r['delta_step_ci_high'], '+.4f')}]"
-            if finite(r["delta_step_ci_low"])
-            else "-",
-            pvalue(r["p_step"]),
-            num(r["delta"], "+.4f"),
-        ]
-        for r in records
-    ]
-    return header, rows, {i for i, r in enumerate(records) if r["baseline"]}
-
-
-def format_steps(summary: pd.DataFrame) -> str:
-    """The steps table for the terminal, with what its columns mean; '' without a chain."""
-    header, rows, baseline = step_cells(summary)
-    if not rows:
-        return ""
-    metric = summary.attrs.get("metric", "val_loss")
-    view = pd.DataFrame(
-        [["*" if i in baseline else "", *row] for i, row in enumerate(rows)], columns=["", *header]
-    )
-    note = (
-        f"Δ step: mean {metric} minus that of the variant it builds on (after), with the 95% CI "
-        f"and p of a t-test against it (paired by seed when they share seeds, else Welch; '-' "
-        f"with one seed; p not adjusted for multiple comparisons); running total: Δ vs base. "
-        f"From the baseline, the steps of a chain add up to its running total."
-    )
-    body = _fixed_width(view, left=("", "variant", "after", "changes"))
-    return "\n".join([f"steps, each variant against the one it builds on ({metric}):", body, note])
-
-
-# -- scores after training: lm-eval tasks (ablate eval-tasks), other windows (eval --context) --
-TASKS_NOTE = (
-    "Scores computed after training: lm-evaluation-harness tasks (ablate eval-tasks), and "
-    "split@N, the loss (nats/token) and bits per byte on that split in windows of N tokens "
-    "(ablate eval --context; lower is better). Mean ± sample std over the finished "
-    "seeds scored, (n) when fewer seeds than the variant's finished runs were scored; '-' "
-    "where no run of the variant was scored. [Δ, p]: the mean minus the baseline's, and the "
-    "two-sided p-value of the losses' test (paired t on shared seeds, else Welch; none with "
-    "one seed), Holm-adjusted over every task comparison in the table, a family apart from "
-    "the losses'. Higher is better for accuracies, lower for perplexities and bits per byte."
-)
-
-
-def task_cells(summary: pd.DataFrame) -> tuple[list[str], list[list[str]], set[int]]:
-    """The task scores as text, shared with report.md and report.html: header (variant, then
-    one column per task metric), one row per variant in the table's order, and the rows of the
-    baseline; no header and no rows when no run was scored."""
-    scored = [c[: -len("_mean")] for c in summary.columns if _is_task_mean(c)]
-    if summary.empty or not scored:
-        return [], [], set()
-    records = summary.to_dict("records")
-    rows = []
-    for r in records:
-        cells = [r["variant"]]
-        for column in scored:
-            mean, std, n = r[f"{column}_mean"], r[f"{column}_std"], r[f"{column}_n"]
-            if not finite(mean):
-                cells.append("-")
-                continue
-            cell = _score(mean) + (f" ± {_score(std)}" if finite(std) else "")
-            cell += f" ({int(n)})" if int(n) < int(r["ok"]) else ""
-            delta, p_holm = r.get(f"{column}_delta"), r.get(f"{column}_p_holm")
-            if finite(delta):
-                versus = f"Δ {_score(delta, '+')}"
-                versus += f", p {pvalue(p_holm)}" if finite(p_holm) else ""
-                cell += f" [{versus}]"
-            cells.append(cell)
-        rows.append(cells)
-    header = ["variant", *[c[len(TASK_PREFIX) :] for c in scored]]
-    return header, rows, {i for i, r in enumerate(records) if r["baseline"]}
-
-
-def format_tasks(summary: pd.DataFrame) -> str:
-    """The task scores for the terminal, with what they mean; '' when no run was scored."""
-    header, rows, baseline = task_cells(summary)
-    if not rows:
-        return ""
-    view = pd.DataFrame(
-        [["*" if i in baseline else "", *row] for i, row in enumerate(rows)], columns=["", *header]
-    )
-    body = _fixed_width(view, left=("", "variant"))
-    return "\n".join(["scores after training:", body, TASKS_NOTE, *settings_warnings(summary)])
-
-
 # What a "precision" flag means (toolkit.analysis.table), in the text and rendered reports.
 PRECISION_NOTE = (
     "the variant's runs trained in another precision than the baseline's, or in two across "
     'seeds (train.precision, what "auto" resolved to), so its Δ and p may be the precision\'s; '
     "train both in one named precision."
 )
-
-
-def settings_warnings(summary: pd.DataFrame) -> list[str]:
-    """A line for each task whose runs were scored in different ways: its means mix them."""
-    return [
-        f"WARNING: {task} was scored in {len(ways)} ways ({'; '.join(ways)}), so its means "
-        f"mix them; score every run again with one command"
-        for task, ways in summary.attrs.get("task_settings_differ", {}).items()
-    ]
-
-
-def _score(x: float, sign: str = "") -> str:
-    """Four decimals for accuracies and bits, four significant digits for perplexities; sign
-    "+" writes it for positive numbers too."""
-    return num(x, sign + (".4f" if abs(x) < 10 else ".4g"))
-
-
-def _is_task_mean(column: Any) -> bool:
-    return isinstance(column, str) and column.startswith(TASK_PREFIX) and column.endswith("_mean")

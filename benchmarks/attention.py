@@ -4,7 +4,7 @@ Times forward + backward of F.scaled_dot_product_attention (causal) at the speed
 shape (batch 8, 8 heads, context 256, head size 32) in float32 and bfloat16, and the explicit
 maths (q k^T, mask, softmax, v) beside it. Why it exists: on CPUs the fused kernel's bfloat16
 backward is slower than its float32 one, so the toolkit's fused attentions attend in float32
-during bf16-mixed training steps (plugins/attention.py, HeadAttention.attend_fused). Rounds
+during bf16-mixed training steps (plugins/heads.py, HeadAttention.attend_fused). Rounds
 alternate between the cases and the figure is the median. Not a test.
 """
 

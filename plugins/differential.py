@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from plugins.attention import HeadRMSNorm, ProjectedAttention
+from plugins.attention import ProjectedAttention
+from plugins.heads import HeadRMSNorm
 from toolkit.api.hookspecs import hookimpl
 from toolkit.errors import ComponentError
 

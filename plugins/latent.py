@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from plugins.attention import HeadAttention, HeadRMSNorm, qkv_bias
+from plugins.heads import HeadAttention, HeadRMSNorm, qkv_bias
 from toolkit.api.hookspecs import hookimpl
 from toolkit.errors import ComponentError
 

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import plugins.attention as attention_plugin
+import plugins.heads as heads_plugin
 from toolkit.api.contracts import TrainConfig
 from toolkit.api.manager import Plugins
 from toolkit.errors import ComponentError
@@ -614,7 +615,7 @@ def test_grouped_heads_without_enable_gqa_expand_keys_and_values(pos, monkeypatc
     x = torch.randn(2, 9, CFG.emb_dim)
     with torch.no_grad():
         native = att(x)
-        monkeypatch.setattr(attention_plugin, "_SDPA_HAS_GQA", False)
+        monkeypatch.setattr(heads_plugin, "_SDPA_HAS_GQA", False)
         torch.testing.assert_close(att(x), native, atol=1e-5, rtol=1e-5)
 
 

@@ -164,7 +164,7 @@ class HeadAttention(KVCache, nn.Module):
             scores = scores.masked_fill(hidden, float("-inf"))
         if self.sinks is None:
             weights = torch.softmax(scores, dim=-1)
-        else:
+        else:  # one more column, then dropped: the weight that no key takes
             sink = self.sinks.to(scores.dtype).view(1, -1, 1, 1).expand(*scores.shape[:-1], 1)
             weights = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]
         return self.dropout(weights) @ v

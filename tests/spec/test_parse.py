@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 from tests.conftest import TINY_TOML, write_spec
 from toolkit.errors import SpecError
-from toolkit.spec.parse import load_spec, parse_override, parse_spec
+from toolkit.spec.overrides import parse_override
+from toolkit.spec.parse import load_spec, parse_spec
 
 
 def test_grid_expands_to_variants_times_seeds(tmp_path, plugins):

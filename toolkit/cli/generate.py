@@ -88,7 +88,7 @@ def _sampling(run: dict[str, Any], args: argparse.Namespace, plugins: Any) -> di
     """The run's sampling settings ({"sampler", "prompt", "max_new_tokens"}, as
     load_for_generation gives them) with --sampler, --set sampling.* and the flags applied. A
     different sampler starts from its own defaults; the run's sampler keeps the run's options."""
-    from toolkit.spec.parse import parse_override  # builds models: not at `ablate --help`
+    from toolkit.spec.overrides import parse_override  # builds models: not at `ablate --help`
 
     name, options = split_choice(run["sampler"])
     prompt, max_new = run["prompt"], run["max_new_tokens"]

@@ -1,5 +1,6 @@
-"""Reading a spec: TOML text, `--set` overrides, the top-level keys, and the variants (a grid
-and/or an explicit list) expanded x seeds into runs, each checked by validate.py.
+"""Reading a spec: TOML text, `--set` overrides (applied by overrides.py), the top-level keys,
+and the variants (a grid and/or an explicit list) expanded x seeds into runs, each checked by
+validate.py.
 
 A spec is data: nothing in it is evaluated. Every key, type, component name and option is
 checked before any training, and an error names the file, the key (and the variant) and what
@@ -24,6 +25,7 @@ from toolkit.spec import limits
 from toolkit.spec.chains import AFTER, link
 from toolkit.spec.ladder import ladder_variants, params_counter, parse_ladder, rung_variant
 from toolkit.spec.matching import match_mode, match_params
+from toolkit.spec.overrides import apply_override, flatten, flatten_grid, parse_override
 from toolkit.spec.schema import (
     SECTIONS,
     SLOTS,
@@ -32,7 +34,6 @@ from toolkit.spec.schema import (
     Spec,
     Variant,
     as_choice,
-    default,
 )
 from toolkit.spec.tune import check_tunable, parse_tune
 from toolkit.spec.validate import pairing_warnings, resolve, sampling_ablation
@@ -103,7 +104,7 @@ def parse_spec(
     notes: list[str] = []
     for item in overrides:
         key, value = parse_override(item, source)
-        notes += _set_raw(raw, key, value, source)
+        notes += apply_override(raw, key, value, source)
     for section in SECTIONS:
         if not isinstance(raw.get(section, {}), dict):
             raise SpecError(
@@ -223,21 +224,6 @@ def parse_spec(
     return spec
 
 
-def parse_override(item: str, source: str = "--set") -> tuple[str, Any]:
-    """'train.lr=1e-3' -> ('train.lr', 0.001); values are TOML values, bare words are strings:
-    'model.norm=rmsnorm' -> ('model.norm', 'rmsnorm'); 'seeds=[1,2]' -> ('seeds', [1, 2])."""
-    key, sep, text = item.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise SpecError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.lr=1e-3")
-    limits.check_text(f"{key} = {text}", f"--set {key[:40]}")
-    try:
-        value = tomllib.loads(f"v = {text.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = text.strip()
-    return key, value
-
-
 # -- helpers ------------------------------------------------------------------------------
 
 
@@ -245,114 +231,6 @@ def _top(raw: dict[str, Any], key: str, typ: Any, default: Any, source: str) -> 
     if key not in raw:
         return default
     return check_type(raw[key], typ, f"{source}: {key}", SpecError)
-
-
-def _set_raw(raw: dict[str, Any], dotted: str, value: Any, source: str) -> list[str]:
-    """Apply one --set to the raw document, before validation. The command line wins over
-    the spec: a key the grid varies becomes an axis of one value, a key variants set is
-    taken out of them, and data.path replaces a corpus (and data.corpus a path).
-    `grid.KEY=[...]` sets a grid axis. Returns notes on what changed beyond the key itself."""
-    parts = dotted.split(".")
-    if parts[0] == "grid":
-        return _set_axis(raw, dotted, value, source)
-    settable = TOP_LEVEL - {"grid", "variants", "sampling_ablation"}
-    if parts[0] not in settable:
-        if parts[0] in TOP_LEVEL:
-            raise SpecError(
-                f"--set {dotted}: {parts[0]!r} cannot be set from the command line; set a "
-                f'grid axis instead (--set \'grid."model.norm"=["layernorm","rmsnorm"]\') or '
-                f"edit {source}"
-            )
-        raise SpecError(
-            f"--set {dotted}: unknown key {parts[0]!r}{suggest(parts[0], settable)}; "
-            f"settable: {', '.join(sorted(settable))}, grid.KEY"
-        )
-    if len(parts) == 1:
-        raw[dotted] = value
-        return []
-    node = raw.setdefault(parts[0], {})
-    if not isinstance(node, dict):
-        raise SpecError(f"--set {dotted}: {parts[0]!r} in {source} is not a table")
-    notes = []
-    if dotted in ("data.path", "data.corpus"):
-        other = "corpus" if dotted == "data.path" else "path"
-        if node.pop(other, None) is not None:
-            notes.append(f"--set {dotted} replaces data.{other} of {source}")
-    slot = ".".join(parts[:2])
-    if slot in SLOTS and len(parts) > 2:
-        node[parts[1]] = as_choice(node.get(parts[1], default(slot)), slot, source)
-        node = node[parts[1]]
-        parts = parts[1:]
-    for part in parts[1:-1]:
-        node = node.setdefault(part, {})
-    node[parts[-1]] = value
-    return notes + _override_variants(raw, dotted, value, source)
-
-
-def _set_axis(raw: dict[str, Any], dotted: str, value: Any, source: str) -> list[str]:
-    """--set grid.KEY=[...] or grid."KEY"=[...]: that grid axis, replaced or added."""
-    axis = dotted.partition(".")[2].strip().strip('"').strip("'")
-    if not axis:
-        raise SpecError(f"--set {dotted}: name the axis, e.g. --set 'grid.\"model.norm\"=[...]'")
-    if not isinstance(value, list) or not value:
-        raise SpecError(
-            f"--set {dotted}: a grid axis is a non-empty list of values, e.g. "
-            f'--set \'grid."{axis}"=["layernorm","rmsnorm"]\''
-        )
-    grid = raw.get("grid", {})
-    if not isinstance(grid, dict):
-        raise SpecError(f"--set {dotted}: grid in {source} is not a table")
-    axes = _flatten_grid(grid)
-    replaced = axis in axes
-    axes[axis] = value
-    raw["grid"] = axes
-    verb = "replaces the grid axis" if replaced else "adds the grid axis"
-    return [f"--set {dotted} {verb} {axis!r} of {source}"]
-
-
-def _override_variants(raw: dict[str, Any], dotted: str, value: Any, source: str) -> list[str]:
-    """The command line wins over the spec's variants too: a grid axis of this key becomes
-    this one value, variants' settings of the key are dropped, and an option set under a
-    component choice that the grid or variants choose is set in each of their choices."""
-    notes = []
-    grid = raw.get("grid")
-    if isinstance(grid, dict):
-        axes = _flatten_grid(grid)
-        for axis, values in axes.items():
-            if axis == dotted:
-                axes[axis] = [value]
-                notes.append(
-                    f"--set {dotted} replaces the grid axis {axis!r} of {source} with one value"
-                )
-            elif axis in SLOTS and dotted.startswith(f"{axis}.") and isinstance(values, list):
-                option = dotted[len(axis) + 1 :]
-                axes[axis] = [{**as_choice(v, axis, source), option: value} for v in values]
-                notes.append(
-                    f"--set {dotted} sets {option!r} in every choice of grid axis {axis!r}"
-                )
-        raw["grid"] = axes
-    variants = raw.get("variants")
-    if isinstance(variants, list):
-        changed = []
-        for i, table in enumerate(variants):
-            if not isinstance(table, dict):
-                continue
-            flat = _flatten({k: v for k, v in table.items() if k not in ("name", AFTER)})
-            if dotted in flat:
-                del flat[dotted]
-            elif any(key in SLOTS and dotted.startswith(f"{key}.") for key in flat):
-                key = next(k for k in flat if k in SLOTS and dotted.startswith(f"{k}."))
-                flat[key] = {**as_choice(flat[key], key, source), dotted[len(key) + 1 :]: value}
-            else:
-                continue
-            after = {AFTER: table[AFTER]} if AFTER in table else {}
-            variants[i] = {"name": table.get("name"), **after, **flat}
-            changed.append(str(table.get("name")))
-        if changed:
-            notes.append(
-                f"--set {dotted} overrides what variant(s) {', '.join(changed)} of {source} set"
-            )
-    return notes
 
 
 def _normalize_section(section: str, table: dict[str, Any], source: str) -> dict[str, Any]:
@@ -368,19 +246,6 @@ def _normalize_section(section: str, table: dict[str, Any], source: str) -> dict
         dotted = f"{section}.{key}"
         out[key] = as_choice(value, dotted, source) if dotted in SLOTS else value
     return out
-
-
-def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'model': {'norm': 'rmsnorm'}} -> {'model.norm': 'rmsnorm'}. Quoted dotted keys are kept
-    whole; a component choice ({name = ..., ...}) is a leaf."""
-    flat: dict[str, Any] = {}
-    for key, value in table.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and dotted not in SLOTS:
-            flat.update(_flatten(value, f"{dotted}."))
-        else:
-            flat[dotted] = value
-    return flat
 
 
 def _check_key(dotted: str, source: str, where: str) -> None:
@@ -419,7 +284,7 @@ def _expand_variants(raw: dict[str, Any], source: str) -> list[Variant]:
             raise SpecError(f'{source}: variant #{i + 1} needs a name (name = "...")')
         if AFTER in table:
             afters[name] = table.pop(AFTER)
-        overrides = _flatten(table)
+        overrides = flatten(table)
         for key in overrides:
             _check_key(key, source, f"variant {name!r}:")
         variants.append(Variant(name, overrides))
@@ -427,7 +292,7 @@ def _expand_variants(raw: dict[str, Any], source: str) -> list[Variant]:
     grid = raw.get("grid", {})
     if not isinstance(grid, dict):
         raise SpecError(f'{source}: grid must be a table ([grid] with "section.key" = [values])')
-    axes = _flatten_grid(grid)
+    axes = flatten_grid(grid)
     for key, values in axes.items():
         if key == AFTER:
             raise SpecError(
@@ -468,17 +333,6 @@ def _expand_variants(raw: dict[str, Any], source: str) -> list[Variant]:
             )
         slugs[slug(v.name)] = v.name
     return link(variants, afters, grid_names, source)
-
-
-def _flatten_grid(grid: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in grid.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flatten_grid(value, f"{dotted}."))
-        else:
-            flat[dotted] = value
-    return flat
 
 
 def _axis_labels(keys: list[str]) -> dict[str, str]:

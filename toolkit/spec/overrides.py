@@ -1,0 +1,170 @@
+"""`--set KEY=VALUE` on the command line: parsing one, and applying it to a spec's raw document
+before validation. The command line wins over the spec: a key the grid varies becomes an axis
+of one value, a key variants set is taken out of them, an option of a component the grid or
+variants choose is set in each choice, data.path replaces a corpus (and data.corpus a path), and
+`grid.KEY=[...]` sets a grid axis. Each says what it changed beyond its own key, as notes.
+
+    key, value = parse_override("train.lr=1e-3")       # ('train.lr', 0.001)
+    notes = apply_override(raw, key, value, source)    # raw: the TOML document, changed in place
+
+Also the dotted-key views of tables that parsing and overriding share (flatten, flatten_grid).
+Not here: reading the spec and expanding its variants (parse.py).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from typing import Any
+
+from toolkit.api.registry import suggest
+from toolkit.errors import SpecError
+from toolkit.spec import limits
+from toolkit.spec.chains import AFTER
+from toolkit.spec.schema import SLOTS, TOP_LEVEL, as_choice, default
+
+
+def parse_override(item: str, source: str = "--set") -> tuple[str, Any]:
+    """'train.lr=1e-3' -> ('train.lr', 0.001); values are TOML values, bare words are strings:
+    'model.norm=rmsnorm' -> ('model.norm', 'rmsnorm'); 'seeds=[1,2]' -> ('seeds', [1, 2])."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise SpecError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.lr=1e-3")
+    limits.check_text(f"{key} = {text}", f"--set {key[:40]}")
+    try:
+        value = tomllib.loads(f"v = {text.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text.strip()
+    return key, value
+
+
+def apply_override(raw: dict[str, Any], dotted: str, value: Any, source: str) -> list[str]:
+    """Apply one --set to the raw document, before validation. The command line wins over
+    the spec: a key the grid varies becomes an axis of one value, a key variants set is
+    taken out of them, and data.path replaces a corpus (and data.corpus a path).
+    `grid.KEY=[...]` sets a grid axis. Returns notes on what changed beyond the key itself."""
+    parts = dotted.split(".")
+    if parts[0] == "grid":
+        return _set_axis(raw, dotted, value, source)
+    settable = TOP_LEVEL - {"grid", "variants", "sampling_ablation"}
+    if parts[0] not in settable:
+        if parts[0] in TOP_LEVEL:
+            raise SpecError(
+                f"--set {dotted}: {parts[0]!r} cannot be set from the command line; set a "
+                f'grid axis instead (--set \'grid."model.norm"=["layernorm","rmsnorm"]\') or '
+                f"edit {source}"
+            )
+        raise SpecError(
+            f"--set {dotted}: unknown key {parts[0]!r}{suggest(parts[0], settable)}; "
+            f"settable: {', '.join(sorted(settable))}, grid.KEY"
+        )
+    if len(parts) == 1:
+        raw[dotted] = value
+        return []
+    node = raw.setdefault(parts[0], {})
+    if not isinstance(node, dict):
+        raise SpecError(f"--set {dotted}: {parts[0]!r} in {source} is not a table")
+    notes = []
+    if dotted in ("data.path", "data.corpus"):
+        other = "corpus" if dotted == "data.path" else "path"
+        if node.pop(other, None) is not None:
+            notes.append(f"--set {dotted} replaces data.{other} of {source}")
+    slot = ".".join(parts[:2])
+    if slot in SLOTS and len(parts) > 2:
+        node[parts[1]] = as_choice(node.get(parts[1], default(slot)), slot, source)
+        node = node[parts[1]]
+        parts = parts[1:]
+    for part in parts[1:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return notes + _override_variants(raw, dotted, value, source)
+
+
+def _set_axis(raw: dict[str, Any], dotted: str, value: Any, source: str) -> list[str]:
+    """--set grid.KEY=[...] or grid."KEY"=[...]: that grid axis, replaced or added."""
+    axis = dotted.partition(".")[2].strip().strip('"').strip("'")
+    if not axis:
+        raise SpecError(f"--set {dotted}: name the axis, e.g. --set 'grid.\"model.norm\"=[...]'")
+    if not isinstance(value, list) or not value:
+        raise SpecError(
+            f"--set {dotted}: a grid axis is a non-empty list of values, e.g. "
+            f'--set \'grid."{axis}"=["layernorm","rmsnorm"]\''
+        )
+    grid = raw.get("grid", {})
+    if not isinstance(grid, dict):
+        raise SpecError(f"--set {dotted}: grid in {source} is not a table")
+    axes = flatten_grid(grid)
+    replaced = axis in axes
+    axes[axis] = value
+    raw["grid"] = axes
+    verb = "replaces the grid axis" if replaced else "adds the grid axis"
+    return [f"--set {dotted} {verb} {axis!r} of {source}"]
+
+
+def _override_variants(raw: dict[str, Any], dotted: str, value: Any, source: str) -> list[str]:
+    """The command line wins over the spec's variants too: a grid axis of this key becomes
+    this one value, variants' settings of the key are dropped, and an option set under a
+    component choice that the grid or variants choose is set in each of their choices."""
+    notes = []
+    grid = raw.get("grid")
+    if isinstance(grid, dict):
+        axes = flatten_grid(grid)
+        for axis, values in axes.items():
+            if axis == dotted:
+                axes[axis] = [value]
+                notes.append(
+                    f"--set {dotted} replaces the grid axis {axis!r} of {source} with one value"
+                )
+            elif axis in SLOTS and dotted.startswith(f"{axis}.") and isinstance(values, list):
+                option = dotted[len(axis) + 1 :]
+                axes[axis] = [{**as_choice(v, axis, source), option: value} for v in values]
+                notes.append(
+                    f"--set {dotted} sets {option!r} in every choice of grid axis {axis!r}"
+                )
+        raw["grid"] = axes
+    variants = raw.get("variants")
+    if isinstance(variants, list):
+        changed = []
+        for i, table in enumerate(variants):
+            if not isinstance(table, dict):
+                continue
+            flat = flatten({k: v for k, v in table.items() if k not in ("name", AFTER)})
+            if dotted in flat:
+                del flat[dotted]
+            elif any(key in SLOTS and dotted.startswith(f"{key}.") for key in flat):
+                key = next(k for k in flat if k in SLOTS and dotted.startswith(f"{k}."))
+                flat[key] = {**as_choice(flat[key], key, source), dotted[len(key) + 1 :]: value}
+            else:
+                continue
+            after = {AFTER: table[AFTER]} if AFTER in table else {}
+            variants[i] = {"name": table.get("name"), **after, **flat}
+            changed.append(str(table.get("name")))
+        if changed:
+            notes.append(
+                f"--set {dotted} overrides what variant(s) {', '.join(changed)} of {source} set"
+            )
+    return notes
+
+
+def flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'model': {'norm': 'rmsnorm'}} -> {'model.norm': 'rmsnorm'}. Quoted dotted keys are kept
+    whole; a component choice ({name = ..., ...}) is a leaf."""
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and dotted not in SLOTS:
+            flat.update(flatten(value, f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def flatten_grid(grid: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in grid.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_grid(value, f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat

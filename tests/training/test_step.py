@@ -86,7 +86,13 @@ BUILT_IN_CHOICES = [
     # A mixture of experts splits its tokens by expert in sizes read from the data: one
     # graph break per layer, at the routing (plugins/moe.py).
     if name != "moe"
-] + [{"norm_placement": "post"}, {"norm_placement": "parallel"}, {"logit_softcap": 30.0}]
+] + [
+    {"norm_placement": "post"},
+    {"norm_placement": "parallel"},
+    {"logit_softcap": 30.0},
+    {"attention": {"name": "sliding-window", "window": 8, "sinks": True}},
+    {"attention": {"name": "gqa", "sinks": True, "gate": True}},
+]
 
 
 @pytest.mark.slow

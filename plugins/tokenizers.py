@@ -20,27 +20,25 @@ Trainable tokenizers (`bpe`) extend the registry's tokenizer contract with:
 Until trained (or loaded), encode, decode and token_byte_lengths raise DataError.
 `toolkit.data.tokens.load_tokens` trains such tokenizers on the training split only, before encoding.
 Deliberately not here: special tokens other than end-of-text, and turning the corpus into token
-arrays (that is `toolkit.data.tokens`'s job).
+arrays (that is `toolkit.data.tokens`'s job). Learning the merges: plugins/bpe.py.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import heapq
 import importlib.util
-import itertools
 import json
 import os
 import tempfile
 import threading
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from plugins.bpe import GPT2_PATTERN, learn_merges, utf8
 from toolkit.api.hookspecs import hookimpl
 from toolkit.errors import ComponentError, DataError, one_line
 
@@ -49,11 +47,6 @@ if TYPE_CHECKING:  # tiktoken itself loads on first use: listing plugins should 
 
 ENDOFTEXT = "<|endoftext|>"
 
-# GPT-2's pre-tokenization pattern (tiktoken's r50k): contractions, letter runs, digit runs,
-# punctuation runs, and whitespace, each optionally led by one space.
-GPT2_PATTERN = (
-    r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
-)
 GPT2_FILES = {
     "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
     "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
@@ -66,14 +59,6 @@ _REPLACEMENT = "\ufffd".encode()
 def _as_ints(ids: Iterable[int]) -> list[int]:
     # Accept lists, numpy arrays and torch tensors alike; tiktoken wants plain Python ints.
     return [int(i) for i in (ids.tolist() if hasattr(ids, "tolist") else ids)]
-
-
-def _utf8(text: str) -> bytes:
-    """UTF-8 bytes of text; lone surrogates (not encodable) become U+FFFD, as tiktoken does."""
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode("utf-8")
 
 
 def _tiktoken_decode(encoding: tiktoken.Encoding, vocab_size: int, ids: Iterable[int]) -> str:
@@ -208,10 +193,10 @@ class ByteTokenizer:
     newline_splits = True  # any cut is safe for bytes
 
     def encode(self, text: str) -> list[int]:
-        return list(_utf8(text))
+        return list(utf8(text))
 
     def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
-        return [np.frombuffer(_utf8(t), dtype=np.uint8) for t in texts]
+        return [np.frombuffer(utf8(t), dtype=np.uint8) for t in texts]
 
     def decode(self, ids: Iterable[int]) -> str:
         ids = _as_ints(ids)
@@ -236,95 +221,6 @@ class ByteTokenizer:
 # so merges cached by an older version are never reused.
 BPE_VERSION = 1
 BPE_MIN_VOCAB = 257  # 256 byte tokens + end-of-text
-
-
-def learn_merges(texts: Iterable[str], n_merges: int) -> list[tuple[int, int]]:
-    """Byte-level BPE training: up to n_merges merges (a, b), merge i creating id 256 + i.
-
-    Each text is split into chunks by GPT-2's pattern and chunks are counted once; then the most
-    frequent adjacent pair within chunks is merged, repeatedly. Ties go to the smallest pair
-    (a, b), so the result depends only on the texts. Pair counts are updated incrementally (only
-    chunks holding the merged pair are revisited) and a heap with stale entries skipped finds
-    the most frequent pair. A pair whose bytes an earlier merge already produced is never
-    merged, so every id stands for distinct bytes (as tiktoken's ranks need). Fewer merges when
-    no adjacent pair is left.
-    """
-    import regex
-
-    split = regex.compile(GPT2_PATTERN).findall
-    counts: Counter[str] = Counter()
-    for text in texts:
-        counts.update(split(text))
-    words: list[list[int]] = []
-    freqs: list[int] = []
-    for chunk, n in counts.items():
-        ids = list(_utf8(chunk))
-        if len(ids) > 1:  # a single byte has no pair to merge
-            words.append(ids)
-            freqs.append(n)
-    del counts
-
-    pair_counts: dict[tuple[int, int], int] = {}
-    where: dict[tuple[int, int], set[int]] = {}  # pair -> chunks that (may) hold it
-    for w, (ids, n) in enumerate(zip(words, freqs, strict=True)):
-        for pair in itertools.pairwise(ids):
-            pair_counts[pair] = pair_counts.get(pair, 0) + n
-            where.setdefault(pair, set()).add(w)
-    heap = [(-n, a, b) for (a, b), n in pair_counts.items()]
-    heapq.heapify(heap)
-
-    token_bytes = [bytes([i]) for i in range(256)]
-    known = set(token_bytes)
-    merges: list[tuple[int, int]] = []
-    while heap and len(merges) < n_merges:
-        neg, a, b = heapq.heappop(heap)
-        pair = (a, b)
-        if pair_counts.get(pair, 0) != -neg:
-            continue  # stale: the count changed after this entry was pushed
-        new_bytes = token_bytes[a] + token_bytes[b]
-        if new_bytes in known:
-            continue  # never merged (and never pushed again: see below)
-        new_id = 256 + len(merges)
-        merges.append(pair)
-        token_bytes.append(new_bytes)
-        known.add(new_bytes)
-        changed: set[tuple[int, int]] = set()
-        for w in where.pop(pair, ()):
-            old = words[w]
-            new = _merge(old, a, b, new_id)
-            if len(new) == len(old):
-                continue  # the chunk lost this pair to an earlier merge
-            n = freqs[w]
-            for p in itertools.pairwise(old):
-                pair_counts[p] -= n
-                changed.add(p)
-            for p in itertools.pairwise(new):
-                pair_counts[p] = pair_counts.get(p, 0) + n
-                where.setdefault(p, set()).add(w)
-                changed.add(p)
-            words[w] = new
-        for p in changed:
-            n = pair_counts.get(p, 0)
-            if n > 0 and token_bytes[p[0]] + token_bytes[p[1]] not in known:
-                heapq.heappush(heap, (-n, *p))
-            elif n <= 0:
-                pair_counts.pop(p, None)
-                where.pop(p, None)
-    return merges
-
-
-def _merge(ids: list[int], a: int, b: int, new_id: int) -> list[int]:
-    """ids with every non-overlapping (a, b), left to right, replaced by new_id."""
-    out: list[int] = []
-    i, n = 0, len(ids)
-    while i < n:
-        if i + 1 < n and ids[i] == a and ids[i + 1] == b:
-            out.append(new_id)
-            i += 2
-        else:
-            out.append(ids[i])
-            i += 1
-    return out
 
 
 class BPETokenizer:

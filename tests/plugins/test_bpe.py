@@ -13,8 +13,9 @@ import regex
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from plugins.bpe import GPT2_PATTERN, learn_merges
 from plugins.corpora import PydocCorpus
-from plugins.tokenizers import GPT2_PATTERN, BPETokenizer, learn_merges
+from plugins.tokenizers import BPETokenizer
 from toolkit.api.manager import Plugins
 from toolkit.data import tokens as data
 from toolkit.errors import ComponentError, DataError

@@ -75,20 +75,21 @@ per token: toolkit.training.throughput, 6 x the weights of every matrix product,
 included, + 12 x n_layers x emb_dim x context_length); the table never recomputes them from a
 config, so it cannot disagree with results.csv.
 
-Not here: reading folders (load.py), text for the terminal (text.py), report files (render.py).
+Not here: the minimum detectable difference (resolution.py), reading folders (load.py), text for
+the terminal (text.py), report files (render.py).
 """
 
 from __future__ import annotations
 
 import math
-from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from toolkit.analysis import stats, tasks
+from toolkit.analysis.resolution import row_mde, sweep_resolution
 from toolkit.analysis.stats import HOLM
 from toolkit.analysis.steps import add_steps
 from toolkit.sweep.results import task_columns
@@ -209,7 +210,7 @@ def summarize(
 
     summary = _active_params(pd.DataFrame(rows))
     base = values.get(baseline) if baseline is not None else None
-    resolution = _resolution(values, baseline, metric, alpha, power)
+    resolution = sweep_resolution(values, baseline, metric, alpha, power)
     extra = []
     for row in rows:
         mine = values[row["variant"]]
@@ -231,7 +232,7 @@ def summarize(
             "statistic": test.statistic,
             "df": test.df,
             "p_value": test.p_value,
-            "mde": _row_mde(test, mine[metric], base, metric, resolution, alpha, power),
+            "mde": row_mde(test, mine[metric], base, metric, resolution, alpha, power),
         }
         extra.append(out)
     summary = pd.concat([summary, pd.DataFrame(extra)], axis=1)
@@ -354,82 +355,6 @@ def _by_seed(ok: pd.DataFrame, column: str) -> dict[Any, float]:
     frame = pd.DataFrame({"seed": ok["seed"].to_numpy(), "v": values.to_numpy()}).dropna()
     means = frame.groupby("seed", sort=True)["v"].mean()
     return {s: float(v) for s, v in means.items() if math.isfinite(v)}
-
-
-def _resolution(
-    values: dict[str, dict[str, dict[Any, float]]],
-    baseline: str | None,
-    metric: str,
-    alpha: float,
-    power: float,
-) -> dict[str, Any]:
-    """What the sweep could resolve: the seed-to-seed spread pooled across variants and the
-    minimum detectable difference for the typical number of seeds."""
-    base = values.get(baseline, {}).get(metric, {}) if baseline is not None else {}
-    diffs, pair_counts = [], []
-    for variant, per in values.items():
-        if variant == baseline:
-            continue
-        shared = sorted(set(per[metric]) & set(base))
-        if len(shared) >= 2:
-            diffs.append([per[metric][s] - base[s] for s in shared])
-            pair_counts.append(len(shared))
-    sd_within, df_within = stats.pooled_std(list(v[metric].values()) for v in values.values())
-    counts = [len(v[metric]) for v in values.values() if v[metric]]
-    if diffs:
-        sd, df = stats.pooled_std(diffs)
-        n = _typical(pair_counts)
-        mde = stats.min_detectable_difference(sd, n, paired=True, alpha=alpha, power=power)
-        paired = True
-    else:
-        sd, df, paired = sd_within, df_within, False
-        n = _typical(counts) if counts else 0
-        mde = stats.min_detectable_difference(sd, n, paired=False, alpha=alpha, power=power)
-    base_mean = _mean(base.values())
-    return {
-        "metric": metric,
-        "paired": paired,
-        "sd": sd,
-        "df": df,
-        "n": n,
-        "mde": mde,
-        "mde_pct": 100 * mde / base_mean if base_mean and math.isfinite(base_mean) else math.nan,
-        "sd_within": sd_within,
-        "df_within": df_within,
-        "alpha": alpha,
-        "power": power,
-    }
-
-
-def _typical(counts: Sequence[int]) -> int:
-    """The most common count (the smaller one on a tie)."""
-    tally = Counter(counts)
-    return min(tally, key=lambda c: (-tally[c], c))
-
-
-def _row_mde(
-    test: stats.TestResult,
-    mine: dict[Any, float],
-    base: dict[str, dict[Any, float]] | None,
-    metric: str,
-    resolution: dict[str, Any],
-    alpha: float,
-    power: float,
-) -> float:
-    if test.test == stats.PAIRED and resolution["paired"]:
-        return stats.min_detectable_difference(
-            resolution["sd"], test.n, paired=True, alpha=alpha, power=power
-        )
-    if test.test == stats.WELCH and base is not None:
-        return stats.min_detectable_difference(
-            resolution["sd_within"],
-            len(mine),
-            paired=False,
-            n_other=len(base[metric]),
-            alpha=alpha,
-            power=power,
-        )
-    return math.nan
 
 
 def _flags(row: dict[str, Any], base: dict[str, Any] | None) -> str:

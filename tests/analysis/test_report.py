@@ -519,6 +519,32 @@ def test_folders_without_a_shared_baseline_are_an_error(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_another_baseline_is_chosen_at_report_time(tmp_path, capsys):
+    results = {("base", 0): 2.0, ("b", 0): 1.9, ("c", 0): 1.7, ("base", 1): 2.1, ("b", 1): 2.0}
+    results[("c", 1)] = 1.9
+    folder = fake_experiment(tmp_path / "exp", "exp", results)
+    table = compare(folder, "b").set_index("variant")
+    assert table["baseline"].tolist() == [False, True, False]  # sorted: c, b, base
+    assert table.loc["c", "delta"] == pytest.approx(1.8 - 1.95)  # against b, paired by seed
+    assert table.loc["base", "delta"] == pytest.approx(2.05 - 1.95)
+    assert math.isnan(table.loc["b", "p_value"])
+    summary, text = report(folder, baseline="b")
+    pd.testing.assert_frame_equal(compare(folder, "b"), summary)
+    marked = [line.split()[1] for line in text.splitlines() if line.startswith("* ")]
+    assert marked[0] == "b" and "base" not in marked
+    assert main(["report", str(folder), "--baseline", "b", "--out", str(tmp_path / "r")]) == 0
+    assert "b (baseline)" in (tmp_path / "r" / "report.md").read_text()
+    capsys.readouterr()
+    # A name that is no variant: one line, exit 2, nothing written.
+    assert main(["report", str(folder), "--baseline", "bb", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ablate: error: baseline 'bb' is not a variant of exp")
+    assert "variants: b, base, c" in err and err.count("\n") == 1
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(ToolkitError, match="not a variant"):
+        compare(folder, "bb")
+
+
 def test_report_command_writes_into_the_folder_or_out(tmp_path, capsys):
     folder = fake_experiment(tmp_path / "exp", "exp", {("base", 0): 2.0, ("b", 0): 1.9})
     assert main(["report", str(folder), "--out", str(tmp_path / "elsewhere")]) == 0
@@ -570,9 +596,9 @@ def test_report_command_passes_the_correction(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(render, "write_report", fake_write_report)
     assert main(["report", str(tmp_path)]) == 0
-    assert seen == {"correction": "holm"}
+    assert seen == {"correction": "holm", "baseline": None}
     assert main(["report", str(tmp_path), "--correction", "none"]) == 0
-    assert seen == {"correction": "none"}
+    assert seen == {"correction": "none", "baseline": None}
     with pytest.raises(SystemExit) as exit_info:
         main(["report", str(tmp_path), "--correction", "bonferroni"])
     assert exit_info.value.code == 2

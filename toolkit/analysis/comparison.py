@@ -48,15 +48,12 @@ def compare(
     correction: str = HOLM,
 ) -> Comparison:
     """The comparison table (one row per variant, see table.py) of one or several experiment
-    folders sharing a baseline. correction: "holm" (verdicts on Holm-adjusted p-values) or
-    "none"."""
+    folders sharing a baseline; baseline: compare against this variant instead. correction:
+    "holm" (verdicts on Holm-adjusted p-values) or "none"."""
     stats.check_correction(correction)
-    experiments = load(dirs)
+    experiments = load(dirs, baseline)
     summary = summarize(
-        experiments.runs,
-        baseline or experiments.baseline,
-        asked=experiments.asked,
-        correction=correction,
+        experiments.runs, experiments.baseline, asked=experiments.asked, correction=correction
     )
     table = Comparison(summary)
     table.attrs = dict(summary.attrs)

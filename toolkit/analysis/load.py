@@ -20,13 +20,14 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from toolkit.analysis.steps import describe_keys
+from toolkit.api.registry import suggest
 from toolkit.errors import ToolkitError
 from toolkit.files import read_json
 from toolkit.names import run_folder
@@ -161,11 +162,30 @@ def _baseline_identity(part: Part) -> tuple[str | None, set[str]]:
     return None, hashes
 
 
-def load(dirs: str | Path | Iterable[str | Path]) -> Experiments:
+def load(dirs: str | Path | Iterable[str | Path], baseline: str | None = None) -> Experiments:
     """Read one or several experiment folders. Several must share a baseline (same config
     hash, or the same training config under any name); their baseline runs are pooled by seed
     (the first folder's run of a seed wins) and their other variants are named
-    '<experiment>/<variant>'."""
+    '<experiment>/<variant>'. baseline: compare against this variant instead of the spec's
+    (ToolkitError when no run has that name)."""
+    experiments = _load(dirs)
+    return experiments if baseline is None else _rebased(experiments, baseline)
+
+
+def _rebased(experiments: Experiments, baseline: str) -> Experiments:
+    """The same runs, compared against `baseline`."""
+    variants = sorted(set(experiments.runs["variant"].dropna())) if len(experiments.runs) else []
+    if baseline not in variants:
+        raise ToolkitError(
+            f"baseline {baseline!r} is not a variant of {experiments.name}"
+            f"{suggest(baseline, variants)}; variants: {', '.join(variants) or '(no runs yet)'}"
+        )
+    runs = experiments.runs.assign(baseline=experiments.runs["variant"] == baseline)
+    return replace(experiments, runs=runs, baseline=baseline)
+
+
+def _load(dirs: str | Path | Iterable[str | Path]) -> Experiments:
+    """load() with each experiment's own baseline."""
     folders = []
     for d in _as_list(dirs):
         if all(d.resolve() != f.resolve() for f in folders):

@@ -75,13 +75,15 @@ def write_report(
     *,
     figures: bool = True,
     correction: str = HOLM,
+    baseline: str | None = None,
 ) -> Report:
     """Write report.md, report.html, figures/*.png, report_runs.csv, report_summary.csv and
     report_curves.csv into out (default: the experiment folder; for several folders,
     report-<a>+<b> next to the first). correction: the p-value the verdicts read, "holm"
-    (Holm-adjusted) or "none". Everything is checked before anything is written."""
+    (Holm-adjusted) or "none"; baseline: compare against this variant instead of the spec's.
+    Everything is checked before anything is written."""
     check_correction(correction)
-    experiments = load(dirs)
+    experiments = load(dirs, baseline)
     summary = summarize(
         phases.comparable_runs(experiments), experiments.baseline, asked=experiments.asked,
         correction=correction,

@@ -306,10 +306,13 @@ def terminal_text(
     return "\n".join(filter(None, parts))
 
 
-def report(out_dir: str | Path, *, correction: str = HOLM) -> tuple[pd.DataFrame, str]:
+def report(
+    out_dir: str | Path, *, correction: str = HOLM, baseline: str | None = None
+) -> tuple[pd.DataFrame, str]:
     """Summarize an experiment folder; returns (summary table, printable text). Writes
-    nothing (write_report writes the files). correction: "holm" or "none" (see table.py)."""
-    experiments = load(out_dir)
+    nothing (write_report writes the files). correction: "holm" or "none" (see table.py);
+    baseline: compare against this variant instead of the spec's."""
+    experiments = load(out_dir, baseline)
     summary = summarize(
         phases.comparable_runs(experiments), experiments.baseline, asked=experiments.asked,
         correction=correction,

@@ -32,13 +32,19 @@ def add_parser(sub: Any) -> None:
         "holm (default), adjusted by Holm-Bonferroni over the comparisons with the baseline, "
         "or none, as they are",
     )
+    p.add_argument(
+        "--baseline",
+        metavar="VARIANT",
+        help="compare every variant against this one instead of the spec's baseline (the "
+        "report's Δ, p-values, verdicts and scores after training)",
+    )
     p.set_defaults(func=cmd_report)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from toolkit.analysis.render import write_report
 
-    result = write_report(args.dirs, args.out, correction=args.correction)
+    result = write_report(args.dirs, args.out, correction=args.correction, baseline=args.baseline)
     print(result.text)
     print(f"report: {result.markdown} and {result.html} ({len(result.figures)} figures)")
     return 0

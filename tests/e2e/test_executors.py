@@ -20,7 +20,8 @@ from toolkit.api.manager import Plugins
 from toolkit.cli import main
 from toolkit.errors import SpecError, ToolkitError
 from toolkit.spec.parse import parse_spec
-from toolkit.sweep.runner import check_distributed, run
+from toolkit.sweep.preflight import check_distributed
+from toolkit.sweep.runner import run
 
 ROOT = Path(__file__).resolve().parents[2]
 LOSSES = ["train_loss", "val_loss", "val_perplexity", "val_bpb"]

@@ -78,7 +78,7 @@ def test_fine_tune_variants_start_from_the_checkpoint(trained, tmp_path, plugins
 def test_changes_that_do_not_fit_the_weights_fail_before_training(
     trained, tmp_path, plugins, model, message
 ):
-    from toolkit.sweep.runner import prepare_data
+    from toolkit.sweep.preflight import prepare_data
 
     doc = {"data": {"tokenizer": "bytes"}, "model": {"init_from": str(trained), **model}}
     with pytest.raises(SpecError, match=message):

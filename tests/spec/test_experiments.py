@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from toolkit.spec.parse import load_spec
-from toolkit.sweep.runner import prepare_data
+from toolkit.sweep.preflight import prepare_data
 
 EXPERIMENTS = sorted((Path(__file__).resolve().parents[2] / "experiments").glob("*.toml"))
 

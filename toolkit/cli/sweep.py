@@ -167,7 +167,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from toolkit.data.resolve import data_key
     from toolkit.model.gpt import count_params
     from toolkit.spec.parse import load_spec
-    from toolkit.sweep.runner import precision_warnings, prepare_data
+    from toolkit.sweep.preflight import precision_warnings, prepare_data
 
     plugins = plugins_of(args)
     spec = load_spec(args.spec, args.overrides, plugins=plugins, max_runs=args.max_runs)

@@ -2,11 +2,11 @@
 
 `run(spec, out_dir)` prepares everything first (preflight.py: plugins, corpora tokenized once
 per distinct data config, every run's context checked against the data, the executor's own
-checks) so a mistake fails before any training; then the executor trains each run into its own folder (in
-this process, in worker processes or on Ray: toolkit/sweep/jobs.py) and `results.csv` is rebuilt
-after each, so results land as they are produced. A run already finished with the same config
-(same config hash) is skipped, so re-running a sweep continues it. A run that raises is
-recorded as `failed` (error.txt holds the traceback) and the sweep goes on. Under torchrun
+checks) so a mistake fails before any training; then the executor trains each run into its own
+folder (in this process, in worker processes or on Ray: toolkit/sweep/jobs.py) and `results.csv`
+is rebuilt after each, so results land as they are produced. A run already finished with the
+same config (same config hash) is skipped, so re-running a sweep continues it. A run that raises
+is recorded as `failed` (error.txt holds the traceback) and the sweep goes on. Under torchrun
 every rank runs the sweep and rank 0 alone writes the experiment's files.
 """
 

@@ -15,7 +15,7 @@ import pytest
 from toolkit.analysis import stats
 from toolkit.analysis.sections import format_tasks
 from toolkit.analysis.table import summarize
-from toolkit.sweep.results import TASKS_FILE, collect, record_task_scores
+from toolkit.sweep.results import TASKS_FILE, collect, record_task_scores, record_window_scores
 
 
 def fake_run(out: Path, variant: str, seed: int, checkpoint: str = "aaa") -> Path:
@@ -170,3 +170,27 @@ def test_task_comparisons_keep_the_family_wise_error_rate_at_alpha() -> None:
         any_raw += bool((summary[[f"{c}_p" for c in columns]] < 0.05).any(axis=None))
     assert any_holm / n <= 0.07  # binomial sd at 0.05 over 200: 0.015
     assert any_raw / n >= 0.10  # the family is real: unadjusted, false alarms add up
+
+
+def test_window_scores_sit_beside_task_scores_and_other_corpora_are_flagged(tmp_path: Path):
+    first, second = fake_run(tmp_path, "base", 0), fake_run(tmp_path, "base", 1)
+    record_task_scores(first, scores("a", acc=0.5), {"limit": None})
+    for folder, corpus, loss in ((first, "pydoc", 1.5), (second, "files:other.txt", 1.7)):
+        held = record_window_scores(
+            folder,
+            "val",
+            512,
+            {"loss": loss, "bpb": 2.0},
+            1000,
+            {"corpus": corpus, "tokenizer": "bytes"},
+        )
+    assert held["tasks"]["val@512"]["kind"] == "window"
+    assert held["tasks"]["val@512"]["settings"]["context"] == 512
+    assert set(json.loads((first / TASKS_FILE).read_text())["tasks"]) == {"a", "val@512"}
+    summary = summarize(collect(tmp_path))
+    assert summary.loc[0, "task:val@512/loss_mean"] == pytest.approx(1.6)
+    differ = summary.attrs["task_settings_differ"]
+    assert differ == {
+        "val@512": ["corpus=files:other.txt, tokenizer=bytes", "corpus=pydoc, tokenizer=bytes"]
+    }
+    assert "WARNING: val@512 was scored in 2 ways" in format_tasks(summary)

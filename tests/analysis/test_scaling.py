@@ -18,9 +18,9 @@ from toolkit.analysis.scaling import (
     bootstrap,
     compute_multiplier,
     crossings,
-    ladder_figure,
     ladder_summary,
 )
+from toolkit.analysis.scaling_figure import ladder_figure
 from toolkit.errors import ToolkitError
 
 # A GPT-like ladder: L = 2 + 445 C^-0.15 falls from about 4.5 to 2.9 over 1e15-1e18 FLOPs.

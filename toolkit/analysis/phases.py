@@ -32,6 +32,7 @@ import pandas as pd
 from toolkit.analysis import scaling as fits
 from toolkit.analysis.load import Experiments
 from toolkit.analysis.plotting import FigureFile, new_figure, palette, save_figure
+from toolkit.analysis.scaling_figure import ladder_figure
 
 TUNING_FILE = "tuning.csv"  # written by toolkit.sweep.tuning into the experiment folder
 
@@ -257,7 +258,7 @@ def scaling(experiments: Experiments, figures_dir: Path | None, n_boot: int = 10
     section.lines += [f"warning: {w}" for w in warnings]
     if figures_dir is not None:
         section.figures.append(
-            fits.ladder_figure(frame, summary, figures_dir / "scaling.png", baseline=baseline,
+            ladder_figure(frame, summary, figures_dir / "scaling.png", baseline=baseline,
                                   target_flops=target)
         )  # fmt: skip
     return section

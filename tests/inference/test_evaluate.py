@@ -225,13 +225,21 @@ def test_eval_a_run_folder(trained, capsys):
     assert rows["all"]["loss"] == pytest.approx(everything["loss"], abs=6e-5)
     assert rows["train"]["loss"] == pytest.approx(expected["train"]["loss"], abs=6e-5)
 
+    assert {p: p.stat().st_mtime_ns for p in folder.iterdir()} == before  # wrote nothing
+
     argv = ["eval", str(folder), "--context", "5", "--split", "train", "--batch-size", "64"]
     assert cli_main(argv) == 0
     rows = parse(capsys.readouterr().out)
     assert rows["train"]["loss"] == pytest.approx(
         evaluate_corpus(model, data.train, data.token_bytes, 5, 32)["loss"], abs=6e-5
     )
-    assert {p: p.stat().st_mtime_ns for p in folder.iterdir()} == before  # wrote nothing
+    # A length asked for: the score is recorded in the run folder, and nothing else is touched.
+    after = {p: p.stat().st_mtime_ns for p in folder.iterdir()}
+    assert set(after) - set(before) == {folder / TASKS_FILE}
+    assert {p: t for p, t in after.items() if p in before} == before
+    held = json.loads((folder / TASKS_FILE).read_text())["tasks"]
+    assert set(held) == {"train@5"}
+    assert held["train@5"]["metrics"]["loss"] == pytest.approx(rows["train"]["loss"], abs=6e-5)
 
 
 def test_eval_other_text_and_errors(trained, tmp_path, capsys):
@@ -272,6 +280,13 @@ def test_ablate_eval_scores_a_rope_run_in_windows_longer_than_it_trained_on(tmp_
         scores[context] = parse(out)["val"]
     assert scores["16"]["tokens"] == scores["64"]["tokens"]  # the same targets, longer windows
     assert scores["16"]["loss"] != scores["64"]["loss"]
+    # One run at one length is recorded as the experiment's table records it, for the report.
+    held = json.loads((folder / TASKS_FILE).read_text())["tasks"]
+    assert set(held) == {"val@16", "val@64"}
+    assert held["val@64"]["metrics"]["loss"] == pytest.approx(scores["64"]["loss"], abs=6e-5)
+    assert held["val@64"]["settings"]["context"] == 64
+    assert cli_main(["report", str(tmp_path / "out")]) == 0
+    assert "val@64/loss" in capsys.readouterr().out
 
 
 @pytest.mark.slow

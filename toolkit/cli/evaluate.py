@@ -1,9 +1,10 @@
 """`ablate eval CHECKPOINT_OR_RUN_DIR`: loss, perplexity and bits per byte of a checkpoint over
 a whole corpus split (toolkit.inference.evaluate does the scoring); `ablate eval DIR --context
 128,256,512`: every finished run of an experiment folder at each window length, as a table of
-mean ± std over seeds per variant (train short, test long), each score recorded in its run
-folder's tasks.json (toolkit.sweep.results.record_window_scores) for `ablate report`. A single
-checkpoint or run at one length is printed, not recorded."""
+mean ± std over seeds per variant (train short, test long). A score at a --context length is
+recorded in its run folder's tasks.json (toolkit.sweep.results.record_window_scores) for
+`ablate report`, whether the folder was given alone or in an experiment; a checkpoint file's
+is only printed."""
 
 from __future__ import annotations
 
@@ -33,9 +34,9 @@ def add_parser(subparsers: Any) -> None:
         "checkpoint defaults to the pydoc corpus and, for a 50,257-id vocabulary, the gpt2 "
         "tokenizer. Given an experiment folder, or several --context lengths, it prints one "
         "loss per variant and window length instead (mean ± std over seeds): scoring models in "
-        "longer windows than they trained on; each run folder then records its scores "
-        "(tasks.json, as val@512 and the like), which `ablate report` shows per variant with "
-        "Δ and p against the baseline. One checkpoint at one length is only printed.",
+        "longer windows than they trained on. A run folder scored at a --context length records "
+        "its score (tasks.json, as val@512 and the like), which `ablate report` shows per "
+        "variant with Δ and p against the baseline; a checkpoint file's is only printed.",
     )
     p.add_argument(
         "source",
@@ -117,7 +118,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"{name:<{width}}  loss {r['loss']:.4f}  perplexity {r['perplexity']:.2f}  "
             f"bits per byte {r['bpb']:.4f}  ({r['tokens']:,} tokens, {r['bytes']:,} bytes)"
         )
+    if contexts and scoring_targets([args.source])[0][1]:
+        from toolkit.sweep.results import TASKS_FILE, window_task
+
+        _record(Path(args.source).expanduser(), result)
+        print(
+            f"recorded in {TASKS_FILE} as {window_task(result.split, result.context)}; "
+            f"`ablate report` shows it per variant",
+            file=sys.stderr,
+        )
     return 0
+
+
+def _record(run_dir: Path, result: Any) -> None:
+    """Record a run folder's score in windows of result.context into its tasks.json."""
+    from toolkit.sweep.results import record_window_scores  # pandas: `ablate --help` stays quick
+
+    scored = result.results[result.split]
+    metrics = {"loss": scored["loss"], "bpb": scored["bpb"]}
+    settings = {"corpus": result.corpus, "tokenizer": result.tokenizer}
+    record_window_scores(run_dir, result.split, result.context, metrics, scored["tokens"], settings)
 
 
 def _contexts(text: str | None) -> list[int]:
@@ -155,7 +175,7 @@ def _by_length(args: argparse.Namespace, contexts: list[int]) -> int:
     reads no further than the context_length it trained at."""
     from toolkit.analysis.stats import describe
     from toolkit.inference.evaluate import WindowTooLong, evaluate_checkpoint
-    from toolkit.sweep.results import TASKS_FILE, record_window_scores
+    from toolkit.sweep.results import TASKS_FILE
 
     targets = scoring_targets([args.source])
     device, plugins = check_device(args.device), plugins_of(args)
@@ -181,11 +201,7 @@ def _by_length(args: argparse.Namespace, contexts: list[int]) -> int:
             scored = result.results[split]
             losses.setdefault(variant, {}).setdefault(context, []).append(scored["loss"])
             if record:
-                metrics = {"loss": scored["loss"], "bpb": scored["bpb"]}
-                settings = {"corpus": result.corpus, "tokenizer": result.tokenizer}
-                record_window_scores(
-                    target, split, result.context, metrics, scored["tokens"], settings
-                )
+                _record(target, result)
         recorded += record
     heads = ["trained" if c is None else str(c) for c in columns]
     width = max(len("variant"), *(len(v) for v in seeds))

@@ -73,7 +73,7 @@ TASKS_NOTE = (
     "where no run of the variant was scored. [Δ, p]: the mean minus the baseline's, and the "
     "two-sided p-value of the losses' test (paired t on shared seeds, else Welch; none with "
     "one seed), Holm-adjusted over every task comparison in the table, a family apart from "
-    "the losses'. Higher is better for accuracies, lower for perplexities and bits per byte."
+    "the losses' (bits per byte counted with its loss where it is the loss rescaled). Higher is better for accuracies, lower for perplexities and bits per byte."
 )
 
 

@@ -5,8 +5,11 @@ For each task score column, summarize() adds, per variant over its finished runs
 the score: _mean, _std, _ci_low, _ci_high (the t-interval) and _n (how many), and against the
 baseline's: _delta (difference of means), _p (the losses' own test: paired t on the shared
 seeds, else Welch) and _p_holm (Holm over every task comparison in the table: a family of its
-own, apart from the losses'). No better/worse verdict: whether higher is better depends on
-the metric (accuracy up, perplexity down), which the reader knows and the table does not.
+own, apart from the losses'). A metric that is another metric of its task times one constant
+in every run (a window score's bits per byte is its loss times tokens / bytes / ln 2, for one
+corpus and tokenizer) repeats that metric's test, so the family counts it once. No
+better/worse verdict: whether higher is better depends on the metric (accuracy up, perplexity
+down), which the reader knows and the table does not.
 
 A task whose runs were scored in different ways (few-shot examples, limit, lm-eval version)
 is named by `settings_differ`, since its means mix them. Not here: scoring (toolkit/inference/
@@ -63,10 +66,51 @@ def compared(
             deltas.append(_mean(mine) - _mean(base[column]))
             ps.append(stats.compare_to_baseline(mine, base[column]).p_value)
         columns[f"{column}_delta"], columns[f"{column}_p"] = deltas, ps
-    adjusted = iter(stats.holm(p for column in scored for p in columns[f"{column}_p"]))
+    leader = _same_tests(scored, values)
+    tested = [column for column in scored if leader[column] == column]
+    adjusted = iter(stats.holm(p for column in tested for p in columns[f"{column}_p"]))
+    holm = {column: [next(adjusted) for _ in variants] for column in tested}
     for column in scored:
-        columns[f"{column}_p_holm"] = [next(adjusted) for _ in variants]
+        columns[f"{column}_p_holm"] = holm[leader[column]]
     return pd.DataFrame(columns)
+
+
+def _same_tests(
+    scored: Sequence[str], values: Mapping[str, Mapping[str, Mapping[Any, float]]]
+) -> dict[str, str]:
+    """column -> the first column of the same task whose scores are its scores times one
+    constant in every run (itself when there is none): the test on such a column is the same
+    test (the same t statistic, the same p), so the Holm family counts it once."""
+    leader: dict[str, str] = {}
+    for i, column in enumerate(scored):
+        task = column.rsplit("/", 1)[0]
+        leader[column] = next(
+            (
+                other
+                for other in scored[:i]
+                if leader[other] == other
+                and other.rsplit("/", 1)[0] == task
+                and _proportional(values, column, other)
+            ),
+            column,
+        )
+    return leader
+
+
+def _proportional(values: Mapping[str, Mapping[str, Mapping[Any, float]]], a: str, b: str) -> bool:
+    """Whether column a is column b times one positive constant in every run that has either
+    (to 1e-9 relative), over at least two runs."""
+    ratios = []
+    for by_column in values.values():
+        xs, ys = by_column.get(a, {}), by_column.get(b, {})
+        if xs.keys() != ys.keys():
+            return False
+        for seed, x in xs.items():
+            y = ys[seed]
+            if not (math.isfinite(x) and math.isfinite(y)) or x * y <= 0:
+                return False
+            ratios.append(x / y)
+    return len(ratios) >= 2 and max(ratios) - min(ratios) <= 1e-9 * min(ratios)
 
 
 def settings_differ(table: pd.DataFrame) -> dict[str, list[str]]:

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from toolkit.api.manager import Plugins
+from toolkit.cli import main as cli_main
 from toolkit.errors import SpecError
 from toolkit.inference.generate import generate
 from toolkit.inference.sampling_ablation import distinct_n, per_prompt, prompt_seed, repetition
@@ -88,29 +89,66 @@ def test_sampling_ablation_scores_every_model_sampler_and_seed(tmp_path, tiny_do
     assert "| greedy |" in samples and "continuation of prompt 2" in samples
 
 
-def test_sampling_from_named_runs_without_retraining(tmp_path, tiny_doc, plugins):
-    run(parse_spec(tiny_doc), tmp_path / "trained", plugins=plugins, progress=False)
-    doc = {
-        "data": {"tokenizer": "bytes"},
-        "model": {"context_length": 32},
-        "train": {"max_steps": 1},
-        "sampling_ablation": {
-            "runs": [str(tmp_path / "trained")],
-            "samplers": ["greedy", "top-p"],
-            "n_prompts": 2,
-            "prompt_tokens": 4,
-            "max_new_tokens": 4,
-        },
-    }
-    spec = parse_spec(doc)
-    from toolkit.inference import sampling_ablation
-
-    runs = sampling_ablation.model_runs(spec.sampling_ablation, [])
-    assert runs == [tmp_path / "trained/base/seed-0"]
-    table = sampling_ablation.run_ablation(
-        spec.sampling_ablation, runs, tmp_path / "s", plugins, False
+def named_runs_toml(trained, **ablation) -> str:
+    """A spec that samples from runs trained elsewhere (and trains nothing)."""
+    settings = {"samplers": '["greedy", "top-p"]', "n_prompts": 2, "prompt_tokens": 4}
+    settings |= {"max_new_tokens": 4, **ablation}
+    lines = "\n".join(f"{k} = {v}" for k, v in settings.items())
+    return (
+        f'name = "samples"\n[data]\ntokenizer = "bytes"\n[sampling_ablation]\n'
+        f'runs = ["{trained}"]\n{lines}\n'
     )
+
+
+def test_sampling_from_named_runs_trains_nothing(tmp_path, tiny_doc, plugins, capsys):
+    run(parse_spec(tiny_doc), tmp_path / "trained", plugins=plugins, progress=False)
+    spec_file = tmp_path / "samples.toml"
+    spec_file.write_text(named_runs_toml(tmp_path / "trained"))
+    out = tmp_path / "out"
+
+    assert cli_main(["validate", str(spec_file)]) == 0
+    said = capsys.readouterr().out
+    assert "trains nothing; samples from 1 run named" in said and "2 samplers x 1 seed" in said
+    assert not out.exists()
+
+    assert cli_main(["run", str(spec_file), "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "sampling:" in printed and "results:" not in printed
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["sampling"]
+    table = pd.read_csv(out / "sampling/results.csv")
     assert table["sampler"].tolist() == ["greedy", "top-p"]
+    assert set(table["run"]) == {str(tmp_path / "trained/base/seed-0")}
+    # From Python the same: run() returns the sampling table.
+    again = run(spec_file, tmp_path / "api", plugins=plugins, progress=False)
+    assert again["sampler"].tolist() == ["greedy", "top-p"]
+
+
+def test_named_runs_are_checked_before_anything_is_sampled(tmp_path, tiny_doc, plugins, capsys):
+    run(parse_spec(tiny_doc), tmp_path / "trained", plugins=plugins, progress=False)
+    cases = {
+        named_runs_toml(tmp_path / "trained", max_new_tokens=40): "exceeds the context of",
+        named_runs_toml(tmp_path / "nowhere"): "holds no checkpoint.pt",
+        named_runs_toml(tmp_path / "trained") + '[grid]\n"model.norm" = ["rmsnorm"]\n': (
+            "this spec trains nothing and its [grid] would go unused"
+        ),
+    }
+    for text, message in cases.items():
+        (tmp_path / "bad.toml").write_text(text)
+        for command in ("validate", "run"):
+            argv = [command, str(tmp_path / "bad.toml")]
+            argv += ["--out", str(tmp_path / "out")] if command == "run" else []
+            assert cli_main(argv) == 2, (command, message)
+            err = capsys.readouterr().err
+            assert err.startswith("ablate: error: ") and err.count("\n") == 1, err
+            assert message in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_own_runs_too_short_for_the_prompts_are_refused_before_training(tiny_doc):
+    doc = ablation_doc(tiny_doc)
+    doc["sampling_ablation"]["max_new_tokens"] = 30  # 8 + 30 > context_length 32
+    with pytest.raises(SpecError, match=r"exceeds variant 'base''s model\.context_length"):
+        parse_spec(doc)
 
 
 @pytest.mark.parametrize(

@@ -111,14 +111,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         distributed.shutdown()  # under torchrun: leave the process group (a no-op otherwise)
     if not distributed.current().main:
         return 0  # under torchrun, rank 0 prints the comparison
-    _, text = report(out)
-    print(text)
-    print(f"results: {out}/results.csv")
+    if not spec.samples_only:
+        _, text = report(out)
+        print(text)
+        print(f"results: {out}/results.csv")
     if spec.sampling_ablation is not None:
         summary = pd.read_csv(f"{out}/sampling/summary.csv")
         print(sampling_ablation.format_sampler_summary(summary))
         print(f"sampling: {out}/sampling/results.csv, summary.csv, samples.md")
-    bad = table[table["status"] != "ok"]
+    bad = table[table["status"] != "ok"] if "status" in table else table.iloc[:0]
     if len(bad):
         for _, row in bad.iterrows():
             print(
@@ -172,6 +173,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     plugins = plugins_of(args)
     spec = load_spec(args.spec, args.overrides, plugins=plugins, max_runs=args.max_runs)
     say_notes(spec)
+    if spec.samples_only:
+        return _validate_sampling(spec)
     datasets = prepare_data(spec, plugins)
     print(
         f"{spec.path}: ok. experiment {spec.name!r}: {plural(len(spec.variants), 'variant')} x "
@@ -239,3 +242,20 @@ def cmd_verify(args: argparse.Namespace) -> int:
         f"{unfinished} not finished"
     )
     return 1 if bad else 0
+
+
+def _validate_sampling(spec: Any) -> int:
+    """`ablate validate` of a spec that samples from runs trained elsewhere: those runs exist,
+    hold checkpoints and fit the prompts; it trains nothing."""
+    from toolkit.inference import sampling_ablation
+
+    ablation = spec.sampling_ablation
+    runs = sampling_ablation.model_runs(ablation, [])
+    sampling_ablation.check_runs(ablation, runs)
+    print(
+        f"{spec.path}: ok. experiment {spec.name!r}: trains nothing; samples from "
+        f"{plural(len(runs), 'run')} named in [sampling_ablation] runs with "
+        f"{plural(len(ablation.samplers), 'sampler')} x {plural(len(ablation.seeds), 'seed')}, "
+        f"{plural(ablation.n_prompts, 'prompt')} each"
+    )
+    return 0

@@ -117,14 +117,28 @@ def model_runs(ablation: SamplingAblation, own: list[Path]) -> list[Path]:
     return found
 
 
-def run_ablation(
-    ablation: SamplingAblation, runs: list[Path], out: Path, plugins: Any, progress: bool = True
-) -> pd.DataFrame:
-    """Score every model x sampler x seed; write <out>/sampling/*; return the per-run table."""
+def check_runs(ablation: SamplingAblation, runs: list[Path]) -> None:
+    """Before sampling anything: some run to sample from, and every run's context holds a
+    prompt and what is written after it (the model scores it all)."""
     if not runs:
         raise SpecError(
             "[sampling_ablation] found no finished run with a checkpoint to sample from"
         )
+    need = ablation.prompt_tokens + ablation.max_new_tokens
+    for folder in runs:
+        context = int(open_checkpoint(folder).config["context_length"])
+        if need > context:
+            raise SpecError(
+                f"[sampling_ablation] prompt_tokens + max_new_tokens = {need} exceeds the "
+                f"context of {folder} ({context}); shorten them so the model scores all it wrote"
+            )
+
+
+def run_ablation(
+    ablation: SamplingAblation, runs: list[Path], out: Path, plugins: Any, progress: bool = True
+) -> pd.DataFrame:
+    """Score every model x sampler x seed; write <out>/sampling/*; return the per-run table."""
+    check_runs(ablation, runs)
     rows, samples = [], []
     for k, folder in enumerate(runs):
         checkpoint = open_checkpoint(folder)
@@ -135,12 +149,6 @@ def run_ablation(
             vocab_size=model.config.vocab_size,
         )  # fmt: skip
         context = model.config.context_length
-        if ablation.prompt_tokens + ablation.max_new_tokens > context:
-            raise SpecError(
-                f"[sampling_ablation] prompt_tokens + max_new_tokens = "
-                f"{ablation.prompt_tokens + ablation.max_new_tokens} exceeds the context of "
-                f"{folder} ({context}); shorten them so the model scores all it wrote"
-            )
         data = (config or {}).get("data") or {}
         corpus = plugins.registry.build("corpus", run_corpus(config))
         val = corpus_tokens(corpus, tokenizer, holdout_of(data)).val

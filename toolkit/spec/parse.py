@@ -36,7 +36,12 @@ from toolkit.spec.schema import (
     as_choice,
 )
 from toolkit.spec.tune import check_tunable, parse_tune
-from toolkit.spec.validate import pairing_warnings, resolve, sampling_ablation
+from toolkit.spec.validate import (
+    check_sampled_runs,
+    pairing_warnings,
+    resolve,
+    sampling_ablation,
+)
 
 # -- loading ------------------------------------------------------------------------------
 
@@ -207,6 +212,7 @@ def parse_spec(
     ablation = None
     if "sampling_ablation" in raw:
         ablation = sampling_ablation(raw["sampling_ablation"], source, plugins)
+        check_sampled_runs(ablation, raw, runs, source)
     tune = parse_tune(raw["tune"], seeds, source) if "tune" in raw else None
     spec = Spec(
         name, source, description, seeds, plugin_modules, baseline, variants, runs, base,

@@ -253,6 +253,12 @@ class Spec:
     tuned: dict[str, dict[str, Any]] = field(default_factory=dict)  # variant -> chosen point
     warnings: list[str] = field(default_factory=list)  # valid, but likely not what was meant
 
+    @property
+    def samples_only(self) -> bool:
+        """A sampling ablation of runs trained elsewhere ([sampling_ablation] runs): the spec
+        trains nothing."""
+        return self.sampling_ablation is not None and bool(self.sampling_ablation.runs)
+
     def run_named(self, variant: str, seed: int) -> RunSpec:
         return next(r for r in self.runs if r.variant == variant and r.seed == seed)
 

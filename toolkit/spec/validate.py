@@ -438,3 +438,29 @@ def sampling_ablation(raw: Any, source: str, plugins: Plugins) -> SamplingAblati
     if not ablation.seeds or len(set(ablation.seeds)) != len(ablation.seeds):
         raise SpecError(f"{where} seeds must be a non-empty list of distinct integers")
     return ablation
+
+
+def check_sampled_runs(
+    ablation: SamplingAblation, raw: dict[str, Any], runs: list[RunSpec], source: str
+) -> None:
+    """What a sampling ablation needs of the spec around it, checked before anything trains:
+    naming runs trained elsewhere, the spec trains nothing, so it has no variants, tuning or
+    ladder to ignore; sampling its own runs, every run's context holds a prompt and what is
+    written after it (the model scores it all)."""
+    where = f"{source}: [sampling_ablation]"
+    if ablation.runs:
+        extra = [key for key in ("grid", "variants", "tune", "ladder") if key in raw]
+        if extra:
+            raise SpecError(
+                f"{where} runs names models trained elsewhere, so this spec trains nothing "
+                f"and its [{extra[0]}] would go unused; remove one or the other"
+            )
+        return
+    need = ablation.prompt_tokens + ablation.max_new_tokens
+    for r in runs:
+        if r.model.context_length < need:
+            raise SpecError(
+                f"{where} prompt_tokens + max_new_tokens = {need} exceeds variant "
+                f"{r.variant!r}'s model.context_length ({r.model.context_length}); shorten "
+                f"them so the model scores all it wrote"
+            )

@@ -69,7 +69,10 @@ def run(
     `executor` names a registered executor ("local", "processes", "ray"), gives one with its
     options ({"name": "processes", "jobs": 4}), or is an executor object (toolkit/sweep/jobs.py).
     `rerun` names runs ("VARIANT/seed-N", or their folder) to train again even if finished.
-    Under torchrun every rank calls this and each run is trained across all of them (DDP)."""
+    Under torchrun every rank calls this and each run is trained across all of them (DDP).
+    A spec whose [sampling_ablation] names runs trained elsewhere trains nothing: it samples
+    from those into <out_dir>/sampling and returns the sampling table (one row per model run
+    x sampler x seed)."""
     # Under torchrun, what every process can check alone is checked before any joins the
     # others: a process that fails while another still connects would leave that one a gloo
     # error instead of the reason.
@@ -87,6 +90,13 @@ def run(
     out = Path(out_dir) if out_dir is not None else Path("runs") / spec.name
     if out.exists() and not out.is_dir():
         raise SpecError(f"output path {out} is a file; give a folder with --out")
+    if spec.samples_only:
+        if world.active:
+            raise SpecError(
+                f"{spec.path}: [sampling_ablation] runs names trained models, so nothing "
+                f"trains; run it without torchrun"
+            )
+        return _sample_only(spec, out, plugins, progress)
     if world.active:
         check_distributed(spec, world.size, name)
     world = distributed.setup()
@@ -180,6 +190,17 @@ def _run_phase(
         table = _sweep(spec, out, plugins, datasets, phase, again)
     distributed.barrier()  # every rank returns the finished table
     return table if world.main else collect(out)
+
+
+def _sample_only(spec: Spec, out: Path, plugins: Plugins, progress: bool) -> pd.DataFrame:
+    """The sampling ablation alone, of the runs [sampling_ablation] names, into out/sampling;
+    every named run is checked before any is sampled."""
+    ablation = spec.sampling_ablation
+    runs = sampling_ablation.model_runs(ablation, [])
+    sampling_ablation.check_runs(ablation, runs)
+    out.mkdir(parents=True, exist_ok=True)
+    with OutputLock(out):
+        return sampling_ablation.run_ablation(ablation, runs, out, plugins, progress)
 
 
 def resolve_executor(executor: str | dict[str, Any] | Any, plugins: Plugins) -> tuple[str, Any]:

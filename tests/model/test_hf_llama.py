@@ -129,8 +129,13 @@ def test_the_cli_exports_a_checkpoint_and_refuses_a_gpt2_variant(tmp_path, capsy
         )
         == 0
     )
-    assert "LlamaForCausalLM" in capsys.readouterr().out
+    assert "(LlamaForCausalLM.from_pretrained)" in capsys.readouterr().out
     assert (tmp_path / "hf/model.safetensors").is_file()
+    qwen = random_model(attention={"name": "sdpa", "qk_norm": True})
+    save_checkpoint(qwen.config, qwen.state_dict(), tmp_path / "qwen.pt")
+    argv = ["export", str(tmp_path / "qwen.pt"), "--format", "hf-llama", "--out"]
+    assert main([*argv, str(tmp_path / "hf3")]) == 0
+    assert "(Qwen3ForCausalLM.from_pretrained)" in capsys.readouterr().out  # what it wrote
     gpt2 = build_model(
         ModelConfig(vocab_size=61, context_length=8, emb_dim=16, n_heads=2, n_layers=1), PLUGINS
     )

@@ -10,6 +10,7 @@ from typing import Any
 
 from toolkit.cli.common import add_plugin_option, plugins_of
 from toolkit.errors import DataError
+from toolkit.files import read_json
 
 FORMATS = ("hf-gpt2", "book")
 EXPORT_FORMATS = (*FORMATS, "hf-llama")  # Llama: export only
@@ -107,7 +108,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"{out}: config.json and model.safetensors (GPT2LMHeadModel.from_pretrained)")
     elif args.format == "hf-llama":
         export_hf_llama(args.source, out)
-        print(f"{out}: config.json and model.safetensors (LlamaForCausalLM.from_pretrained)")
+        # Llama's layout, or Qwen3's when the attention has qk_norm: what config.json names.
+        (architecture,) = read_json(out / "config.json")["architectures"]
+        print(f"{out}: config.json and model.safetensors ({architecture}.from_pretrained)")
     else:
         book = export_book(args.source, out)
         print(f"{out}: the book's state dict; build GPTModel({json.dumps(book)})")

@@ -101,3 +101,10 @@ def test_grid_and_variants_keys_say_how_to_set_them(tmp_path, capsys):
     assert code == 2 and "unknown key 'gird'" in err and "did you mean 'gird'" not in err
     code, _, err = validate(tmp_path, capsys, TINY_TOML, 'grid."model.norm"=[]')
     assert code == 2 and "a grid axis is a non-empty list" in err
+
+
+def test_a_key_under_a_value_that_is_no_table_is_a_one_line_error(tmp_path, capsys):
+    for dotted, held in (("train.max_steps.x", "6"), ("train.lr.y", "0.003")):
+        code, _, err = validate(tmp_path, capsys, TINY_TOML, f"{dotted}=3")
+        assert code == 2 and err.startswith("ablate: error: ") and err.count("\n") == 1, err
+        assert f"is {held}, not a table" in err and "Traceback" not in err

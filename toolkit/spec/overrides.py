@@ -13,6 +13,8 @@ Not here: reading the spec and expanding its variants (parse.py).
 
 from __future__ import annotations
 
+import json
+
 import tomllib
 from typing import Any
 
@@ -74,8 +76,13 @@ def apply_override(raw: dict[str, Any], dotted: str, value: Any, source: str) ->
         node[parts[1]] = as_choice(node.get(parts[1], default(slot)), slot, source)
         node = node[parts[1]]
         parts = parts[1:]
-    for part in parts[1:-1]:
+    for depth, part in enumerate(parts[1:-1], 2):
         node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise SpecError(
+                f"--set {dotted}: {'.'.join(parts[:depth])!r} in {source} is "
+                f"{json.dumps(node)}, not a table, so it has no key {parts[depth]!r}"
+            )
     node[parts[-1]] = value
     return notes + _override_variants(raw, dotted, value, source)
 

@@ -25,6 +25,7 @@ class LayerNorm(nn.Module):
     """scale * (x - mean) / sqrt(var + eps) + shift, biased variance (the book's LayerNorm)."""
 
     def __init__(self, dim: int, *, eps: float = 1e-5, bias: bool = True) -> None:
+        _positive_eps("layernorm", eps)
         super().__init__()
         self.eps = eps
         self.scale = nn.Parameter(torch.ones(dim))
@@ -41,6 +42,7 @@ class RMSNorm(nn.Module):
     """weight * x / sqrt(mean(x^2) + eps): no centring, no bias (Zhang & Sennrich 2019)."""
 
     def __init__(self, dim: int, *, eps: float = 1e-5) -> None:
+        _positive_eps("rmsnorm", eps)
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))

@@ -75,6 +75,10 @@ def test_a_ladder_trains_and_records_its_sizes(tmp_path, ladder_doc, plugins) ->
         ({"sizes": ["nano", "nano"], "tokens": 100}, "lists size 'nano' twice"),
         ({"sizes": ["nano", "micro"], "tokens": 100, "metric": "loss"}, "metric must be one of"),
         ({"sizes": ["nano", "micro"], "tokens": 100, "steps": 3}, "has no key 'steps'"),
+        ({"sizes": ["nano", "micro"], "tokens": float("inf")}, "positive, finite number or"),
+        ({"sizes": ["nano", "micro"], "tokens_per_param": float("inf")}, "positive, finite"),
+        ({"sizes": ["nano", "micro"], "tokens": 100, "target_flops": float("inf")}, "finite"),
+        ({"sizes": ["nano", "micro"], "tokens": 0.5}, "at least 1 token per size"),
     ],
 )
 def test_bad_ladders_are_one_line_errors(tiny_doc, ladder, message) -> None:

@@ -119,8 +119,15 @@ BAD = [
     ({"model": {"norm": {"name": "rmsnorm", "epsilon": 1}}}, r"takes no option 'epsilon'"),
     ({"model": {"norm": {"eps": 1}}}, r"needs a component name"),
     ({"train": {"max_steps": 5, "epochs": 1}}, r"give one budget, not max_steps and epochs"),
-    ({"train": {"max_steps": -1}}, r"train.max_steps must be positive"),
+    ({"train": {"max_steps": -1}}, r"train.max_steps must be a positive, finite number"),
     ({"train": {"lr": 0}}, r"train.lr must be positive"),
+    ({"train": {"lr": float("inf")}}, r"train.lr must be positive and finite, got inf"),
+    ({"train": {"grad_clip": float("inf")}}, r"train.grad_clip must be a finite number"),
+    ({"model": {"norm": {"name": "rmsnorm", "eps": -1.0}}}, r"eps must be a finite number > 0"),
+    (
+        {"model": {"norm": {"name": "layernorm", "eps": float("nan")}}},
+        r"'layernorm': eps must be a finite number > 0, got nan",
+    ),
     ({"train": {"betas": [0.9]}}, r"train.betas must be two numbers"),
     ({"train": {"device": "tpu"}}, r"train.device must be"),
     (
@@ -155,6 +162,14 @@ BAD = [
     ({"name": "../escape"}, r"name '../escape' may hold only"),
     ({"model": "small"}, r"'model' must be a table"),
 ]
+
+
+@pytest.mark.parametrize("budget", ["max_flops", "epochs"])
+def test_an_infinite_budget_is_refused_before_training(tiny_doc, budget):
+    del tiny_doc["train"]["max_steps"]
+    tiny_doc["train"][budget] = float("inf")
+    with pytest.raises(SpecError, match=rf"train\.{budget} must be a positive, finite number"):
+        parse_spec(tiny_doc, source="bad.toml")
 
 
 @pytest.mark.parametrize(("patch", "message"), BAD)

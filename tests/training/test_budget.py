@@ -84,7 +84,7 @@ def test_a_run_records_when_it_reached_the_target_loss(tmp_path, tiny_doc, plugi
     ("train", "message"),
     [
         ({"max_flops": 1e9}, "give one budget, not max_steps and max_flops"),
-        ({"max_steps": None, "max_flops": -5.0}, "train.max_flops must be positive"),
+        ({"max_steps": None, "max_flops": -5.0}, "train.max_flops must be a positive, finite"),
         ({"target_loss": 0.0}, "train.target_loss must be a positive validation loss"),
         ({"target_loss": float("nan")}, "train.target_loss must be a positive validation loss"),
     ],

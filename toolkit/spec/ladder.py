@@ -21,6 +21,7 @@ against. Not here: the fits (toolkit/analysis/curves.py) and the compute multipl
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,7 +58,13 @@ def rung_variant(variant: str, size: str) -> str:
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+    """A positive, finite number (not a bool)."""
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
 
 
 def parse_ladder(raw: Any, where: str) -> Ladder:
@@ -110,19 +117,25 @@ def parse_ladder(raw: Any, where: str) -> Ladder:
         )
     if per_param is not None and not _number(per_param):
         raise SpecError(
-            f"{where}: [ladder] tokens_per_param must be a positive number, got {per_param!r}"
+            f"{where}: [ladder] tokens_per_param must be a positive, finite number, got {per_param!r}"
         )
     if tokens is not None:
         tokens = tokens if isinstance(tokens, list) else [tokens] * len(sizes)
         if len(tokens) != len(sizes) or not all(_number(t) for t in tokens):
             raise SpecError(
-                f"{where}: [ladder] tokens must be a positive number or a list of {len(sizes)} "
+                f"{where}: [ladder] tokens must be a positive, finite number or a list of {len(sizes)} "
                 f"(one per size), got {raw['tokens']!r}"
             )
         tokens = [int(t) for t in tokens]
+        if min(tokens) < 1:
+            raise SpecError(
+                f"{where}: [ladder] tokens must be at least 1 token per size, got {raw['tokens']!r}"
+            )
     target = raw.get("target_flops")
     if target is not None and not _number(target):
-        raise SpecError(f"{where}: [ladder] target_flops must be a positive number, got {target!r}")
+        raise SpecError(
+            f"{where}: [ladder] target_flops must be a positive, finite number, got {target!r}"
+        )
     metric = raw.get("metric", "val_loss")
     if metric not in METRICS:
         raise SpecError(

@@ -14,7 +14,6 @@ Not here: reading the spec and expanding its variants (parse.py).
 from __future__ import annotations
 
 import json
-
 import tomllib
 from typing import Any
 

@@ -340,7 +340,10 @@ def _check_values(s: dict[str, Any], where: str) -> None:
         t.max_steps = DEFAULT_MAX_STEPS
     for key in BUDGET_KEYS:
         value = getattr(t, key)
-        need(value is None or value > 0, f"train.{key} must be positive, got {value}")
+        need(
+            value is None or (math.isfinite(value) and value > 0),
+            f"train.{key} must be a positive, finite number, got {value}",
+        )
     need(
         t.target_loss is None or (math.isfinite(t.target_loss) and t.target_loss > 0),
         f"train.target_loss must be a positive validation loss (nats per token), got "
@@ -350,11 +353,17 @@ def _check_values(s: dict[str, Any], where: str) -> None:
         need(getattr(t, key) >= 1, f"train.{key} must be at least 1, got {getattr(t, key)}")
     need(t.stride is None or t.stride >= 1, f"train.stride must be at least 1, got {t.stride}")
     need(t.threads is None or t.threads >= 1, f"train.threads must be at least 1, got {t.threads}")
-    need(t.lr > 0, f"train.lr must be positive, got {t.lr}")
+    need(math.isfinite(t.lr) and t.lr > 0, f"train.lr must be positive and finite, got {t.lr}")
     need(0 <= t.min_lr_ratio <= 1, f"train.min_lr_ratio must be in [0, 1], got {t.min_lr_ratio}")
     need(t.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {t.warmup_steps}")
-    need(t.weight_decay >= 0, f"train.weight_decay must be >= 0, got {t.weight_decay}")
-    need(t.grad_clip >= 0, f"train.grad_clip must be >= 0 (0 is off), got {t.grad_clip}")
+    need(
+        math.isfinite(t.weight_decay) and t.weight_decay >= 0,
+        f"train.weight_decay must be a finite number >= 0, got {t.weight_decay}",
+    )
+    need(
+        math.isfinite(t.grad_clip) and t.grad_clip >= 0,
+        f"train.grad_clip must be a finite number >= 0 (0 is off), got {t.grad_clip}",
+    )
     need(
         t.weight_decay_on in DECAY_TARGETS,
         f"train.weight_decay_on must be one of {', '.join(DECAY_TARGETS)}, "

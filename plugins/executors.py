@@ -29,6 +29,7 @@ from toolkit.errors import ToolkitError, one_line
 from toolkit.sweep.jobs import (
     RunJob,
     Sweep,
+    check_devices_here,
     describe_exit,
     forwarded_env,
     plugin_modules,
@@ -67,7 +68,7 @@ class LocalExecutor:
     """Runs train in this process, in order: today's sweep, and the one `torchrun` uses."""
 
     def prepare(self, jobs: Sequence[RunJob], plugins: Any) -> None:
-        pass
+        check_devices_here(jobs, "local")
 
     def execute(self, jobs: Sequence[RunJob], sweep: Sweep) -> Iterator[tuple[RunJob, dict]]:
         for job in jobs:
@@ -88,6 +89,7 @@ class ProcessesExecutor:
         self.autoload = False
 
     def prepare(self, jobs: Sequence[RunJob], plugins: Any) -> None:
+        check_devices_here(jobs, "processes")
         self.modules, self.autoload = plugin_modules(plugins, "processes")
 
     def execute(self, jobs: Sequence[RunJob], sweep: Sweep) -> Iterator[tuple[RunJob, dict]]:

@@ -99,6 +99,28 @@ class RunJob:
         return self.run.train.device
 
 
+def check_devices_here(jobs: Sequence[RunJob], executor: str) -> None:
+    """Every run's train.device is on this machine, for the executors that train here: a
+    one-line error before anything trains (else each run would fail alone). Asked of torch
+    without starting the device, so a GPU holds no context in the sweep's own process."""
+    for device in sorted({j.device for j in jobs} - {"auto", "cpu"}):
+        kind, _, index = device.partition(":")
+        if kind == "cuda":
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            missing = count <= (int(index) if index else 0)
+            here = f"{count} CUDA GPU(s)"
+        else:  # mps: validation allows no other
+            mps = getattr(torch.backends, "mps", None)
+            missing = not (mps is not None and mps.is_available())
+            here = "no MPS device"
+        if missing:
+            raise ToolkitError(
+                f"train.device {device!r}: this machine has {here}, and the {executor} "
+                f"executor trains here; use 'cpu' or 'auto', or --executor ray for a cluster "
+                f"that has the device"
+            )
+
+
 @dataclass
 class Sweep:
     """What an executor gets besides the jobs."""

@@ -56,12 +56,17 @@ def load_spec(
     """Read and validate a spec file. `overrides` are `--set` strings like "train.lr=1e-3"."""
     path = Path(path)
     try:
-        if path.is_file() and path.stat().st_size > limits.MAX_SPEC_BYTES:
+        if path.exists() and not path.is_dir() and not path.is_file():
+            raise SpecError(f"{path}: not a regular file (a device or a pipe); give a .toml file")
+        with path.open("rb") as f:  # at most one byte past the limit, whatever stat says
+            data = f.read(limits.MAX_SPEC_BYTES + 1)
+        if len(data) > limits.MAX_SPEC_BYTES:
+            size = path.stat().st_size
             raise SpecError(
-                f"{path}: {path.stat().st_size:,} bytes; a spec is at most "
+                f"{path}: {max(size, len(data)):,} bytes; a spec is at most "
                 f"{limits.MAX_SPEC_BYTES:,} (put data in files and name them in the spec)"
             )
-        text = path.read_text(encoding="utf-8")
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise SpecError(f"{path}: spec file not found") from None
     except IsADirectoryError:

@@ -273,6 +273,24 @@ CASES = [
     ("seed-too-large", GOOD.replace("seeds = [0]", f"seeds = [{2**63}]"), [], "out of range"),
     ("seed-negative", GOOD.replace("seeds = [0]", "seeds = [-1]"), [], "seed -1 is out of range"),
     ("name-too-long", GOOD.replace('name = "cat"', f'name = "{"c" * 101}"'), [], "at most 100"),
+    # Checked before training, though the spec itself is valid.
+    ("set-under-a-value", GOOD, ["--set", "train.max_steps.x=1"], "is 2, not a table"),
+    ("lr-infinite", GOOD, ["--set", "train.lr=inf"], "train.lr must be positive and finite"),
+    (
+        "norm-eps-negative",
+        GOOD,
+        ["--set", 'model.norm={name="rmsnorm", eps=-1.0}'],
+        "'rmsnorm': eps must be a finite number > 0",
+    ),
+    ("device-not-here", GOOD, ["--set", 'train.device="cuda:99"'], "this machine has"),
+    ("device-mps-not-here", GOOD, ["--set", 'train.device="mps"'], "no MPS device"),
+    ("spec-a-device", "/dev/zero", [], "not a regular file (a device or a pipe)"),
+    (
+        "another-experiment",
+        GOOD.replace('name = "cat"', 'name = "dog"'),
+        ["--out", "runs/cat"],
+        "runs/cat holds experiment 'cat' (1 run(s)), not 'dog'",
+    ),
 ]
 
 
@@ -305,11 +323,14 @@ def test_bad_input(case, text, args, expected, tmp_path, monkeypatch, capsys):
     earlier = tmp_path / "runs/cat"  # an earlier sweep's results must survive any bad input
     earlier.mkdir(parents=True)
     (earlier / "results.csv").write_text("experiment,variant\ncat,base\n")
+    (earlier / "experiment.json").write_text('{"name": "cat", "runs": [{"variant": "base"}]}')
     spec = tmp_path / "spec.toml"
     if text == "{tmp}":
         spec = tmp_path
     elif text == "huge-spec":
         spec.write_text(GOOD + "#" * (1 << 20) + "\n")
+    elif text == "/dev/zero":
+        spec = Path(text)
     elif text == "latin1-spec":
         spec.write_bytes('name = "café"\n'.encode("latin-1"))
     elif text is not None:

@@ -59,6 +59,21 @@ def rerun_indices(spec: Spec, names: list[str] | tuple[str, ...]) -> set[int]:
     return {by_name[n.rstrip("/")] for n in names}
 
 
+def check_same_experiment(spec: Spec, out: Path) -> None:
+    """Refuse to train into a folder whose experiment.json is another experiment's (another
+    name): its table and experiment.json would be replaced by this one's, and its runs left
+    out of every report."""
+    held = read_json(out / "experiment.json")
+    name = held.get("name") if isinstance(held, dict) else None
+    if isinstance(name, str) and name != spec.name:
+        runs = held.get("runs")
+        count = f"{len(runs)} run(s)" if isinstance(runs, list) else "its runs"
+        raise SpecError(
+            f"{out} holds experiment {name!r} ({count}), not {spec.name!r}, whose table would "
+            f"replace its own; train into another --out (by default runs/<spec name>)"
+        )
+
+
 def check_unchanged(
     spec: Spec, out: Path, skip: set[int] = frozenset(), free: tuple[str, ...] = ()
 ) -> None:

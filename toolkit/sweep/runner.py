@@ -46,7 +46,13 @@ from toolkit.sweep.preflight import (
     precision_warnings,
     prepare_data,
 )
-from toolkit.sweep.reruns import check_unchanged, finished, rerun_indices, run_names
+from toolkit.sweep.reruns import (
+    check_same_experiment,
+    check_unchanged,
+    finished,
+    rerun_indices,
+    run_names,
+)
 from toolkit.sweep.results import collect, write_table
 from toolkit.sweep.tuning import TUNE_DIR, choose, write_choice
 from toolkit.training import distributed
@@ -174,6 +180,7 @@ def _run_phase(
     if world.main:
         datasets = prepare_data(spec, plugins)
         again = rerun_indices(spec, rerun)
+        check_same_experiment(spec, out)
         if not restart:
             check_unchanged(spec, out, skip=again, free=free)
         # The executor's checks (a package, a cluster, its resources) cover every run; last,

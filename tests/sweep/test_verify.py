@@ -92,3 +92,34 @@ def test_rerun_trains_one_run_again_from_scratch(sweep, capsys):
 def test_verify_needs_an_experiment_folder(tmp_path, capsys):
     assert main(["verify", str(tmp_path)]) == 2
     assert "is not an experiment folder" in capsys.readouterr().err
+
+
+def test_a_broken_config_or_a_summary_of_another_run_is_caught(sweep, capsys):
+    spec, out = sweep
+    config = out / "base/seed-0/config.json"
+    good = config.read_text()
+    config.write_text("{bad")
+    summary_path = out / "base/seed-1/summary.json"
+    summary = json.loads(summary_path.read_text())
+    summary.update(status=None, seed="x")
+    summary_path.write_text(json.dumps(summary))
+    assert main(["verify", str(out)]) == 1
+    text = capsys.readouterr().out
+    assert "! base seed=0: config.json is missing or not JSON" in text
+    assert "summary.json's seed not what experiment.json records" in text
+    assert "summary.json has no status" in text
+    assert "0 of 2 runs intact, 2 with problems" in text
+    # A rerun trains both again rather than trust them.
+    assert main(["run", str(spec), "--out", str(out), "--quiet"]) == 0
+    assert "base/seed-0: config.json is missing or not JSON; training it again" in (
+        capsys.readouterr().err
+    )
+    assert main(["verify", str(out)]) == 0
+    # A config.json of another config beside the summary is not this run's either (and a
+    # rerun stops at it, as at any run of other settings).
+    held = json.loads(good)
+    held["config_hash"] = "0" * 16
+    config.write_text(json.dumps(held))
+    assert problems(config.parent) == [
+        "config.json is not this run's (its config_hash is not summary.json's)"
+    ]

@@ -233,7 +233,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             unfinished += 1
             print(f"  {name}: not finished")
             continue
-        found = problems(folder)
+        found = problems(folder, r)
         bad += bool(found)
         print(f"{'!' if found else ' '} {name}: {'; '.join(found) or 'ok'}")
     n = len(experiment["runs"])

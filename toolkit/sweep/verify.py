@@ -3,8 +3,9 @@
 
 A run records in summary.json the sha256 of its checkpoint.pt and metrics.jsonl (`digests`),
 and its final scores, which are its last evaluation's. `problems(folder)` lists what no longer
-agrees: a file missing, a file whose bytes changed (corrupt, truncated or edited), or a summary
-whose scores are not its metrics' last line (a hand-edited summary.json). Folders written before
+agrees: a file missing, a file whose bytes changed (corrupt, truncated or edited), a summary
+whose scores are not its metrics' last line (a hand-edited summary.json), a config.json that
+is not JSON or not this run's, or a summary that is not the run experiment.json records. Folders written before
 digests were recorded are checked on their scores alone. Cheap: two hashes and a JSON line per
 run. Not here: what to do about it (the runner retrains; `ablate verify` reports).
 """
@@ -18,6 +19,8 @@ from typing import Any
 
 from toolkit.files import digest, read_json
 
+# What experiment.json records of a run, which its summary.json repeats.
+IDENTITY = ("variant", "seed", "config_hash")
 # summary.json key -> the key of the metrics.jsonl record it repeats
 SCORES = {
     "steps": "step",
@@ -28,12 +31,27 @@ SCORES = {
 }
 
 
-def problems(folder: Path) -> list[str]:
-    """What is wrong with a finished run's folder, in words; empty when it is intact."""
+def problems(folder: Path, expected: dict[str, Any] | None = None) -> list[str]:
+    """What is wrong with a finished run's folder, in words; empty when it is intact.
+    expected: what experiment.json records for the folder (variant, seed, config_hash), which
+    its summary.json must repeat."""
     summary = read_json(folder / "summary.json")
     if not isinstance(summary, dict):
         return ["summary.json is missing or not JSON"]
     found = []
+    differ = [k for k in IDENTITY if k in (expected or {}) and summary.get(k) != expected[k]]
+    if differ:
+        found.append(
+            f"summary.json's {', '.join(differ)} not what experiment.json records for this "
+            f"folder (edited, or another run's)"
+        )
+    if not isinstance(summary.get("status"), str):
+        found.append("summary.json has no status")
+    config = read_json(folder / "config.json")
+    if not isinstance(config, dict):
+        found.append("config.json is missing or not JSON")
+    elif "config_hash" in config and config["config_hash"] != summary.get("config_hash"):
+        found.append("config.json is not this run's (its config_hash is not summary.json's)")
     digests = summary.get("digests")
     if isinstance(digests, dict):
         for name, expected in digests.items():

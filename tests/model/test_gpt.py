@@ -189,3 +189,21 @@ def test_gpt2_init_scales_every_heads_output_in_the_wrapper(plugins):
     for head in heads:
         assert head.W_value.weight.std().item() == pytest.approx(0.02 / 4, rel=0.1)
         assert head.W_query.weight.std().item() == pytest.approx(0.02, rel=0.1)
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"preset": "nano", "vocab_size": 257, "drop_rate": 2.0}, r"drop_rate must be in \[0, 1\)"),
+        ({"preset": "nano", "vocab_size": 257, "drop_rate_attn": float("nan")}, "got nan"),
+        ({"preset": "nano", "vocab_size": -1}, "vocab_size must be between 1 and"),
+        ({"preset": "nano", "vocab_size": 257, "emb_dim": 0}, "emb_dim must be at least 1"),
+        ({"preset": "nano", "vocab_size": 257, "n_layers": 2.5}, "n_layers must be at least 1"),
+        ("nano", "takes a ModelConfig or a dict of its fields, got str"),
+    ],
+)
+def test_build_model_refuses_out_of_range_values_in_one_line(config, message):
+    # The spec's rule (validation says the same of a [model] table), for the Python API.
+    with pytest.raises(ComponentError, match=message) as info:
+        build_model(config)
+    assert "\n" not in str(info.value)

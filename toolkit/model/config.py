@@ -73,6 +73,31 @@ class ModelConfig:
         return preset(name, **values) if name is not None else cls(**values)
 
 
+# What this toolkit builds: the sizes' upper bounds (each at least 1) and the vocabulary's.
+LIMITS = {"context_length": 1 << 20, "emb_dim": 1 << 16, "n_heads": 1 << 10, "n_layers": 1 << 10}
+MAX_VOCAB = 1 << 24
+DROP_KEYS = ("drop_rate", "drop_rate_emb", "drop_rate_attn", "drop_rate_resid")
+
+
+def value_problem(m: Any) -> str | None:
+    """The first size, vocabulary or dropout rate of a model config (a ModelConfig, or a
+    spec's [model]) out of range, in words; None when every one is in range."""
+    for key, most in LIMITS.items():
+        value = getattr(m, key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            return f"model.{key} must be at least 1, got {value!r}"
+        if value > most:
+            return f"model.{key} = {value} is beyond what this toolkit builds (<= {most})"
+    vocab = m.vocab_size
+    if vocab is not None and not (isinstance(vocab, int) and 1 <= vocab <= MAX_VOCAB):
+        return f"model.vocab_size must be between 1 and {MAX_VOCAB}, got {vocab!r}"
+    for key in DROP_KEYS:
+        rate = getattr(m, key)
+        if rate is not None and not (isinstance(rate, int | float) and 0 <= rate < 1):
+            return f"model.{key} must be in [0, 1), got {rate}"
+    return None
+
+
 COMPONENT_SLOTS = {
     "attention": "attention",
     "norm": "normalization",

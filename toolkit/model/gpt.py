@@ -34,7 +34,7 @@ from torch import nn
 from toolkit.api.manager import Plugins, load_plugins
 from toolkit.api.registry import Choice, split_choice
 from toolkit.errors import ComponentError
-from toolkit.model.config import COMPONENT_SLOTS, ModelConfig
+from toolkit.model.config import COMPONENT_SLOTS, ModelConfig, value_problem
 
 
 class PreNormBlock(nn.Module):
@@ -278,6 +278,14 @@ def build_model(config: ModelConfig | dict[str, Any], plugins: Plugins | None = 
     `with torch.device("meta"): build_model(preset("gpt2-xl"))` counts parameters for free."""
     if isinstance(config, dict):
         config = ModelConfig.from_dict(config)
+    if not isinstance(config, ModelConfig):
+        raise ComponentError(
+            f"build_model takes a ModelConfig or a dict of its fields, got "
+            f"{type(config).__name__}; for a preset: build_model({{'preset': 'nano', ...}})"
+        )
+    problem = value_problem(config)
+    if problem is not None:
+        raise ComponentError(problem)
     plugins = plugins or load_plugins()
     if config.emb_dim % config.n_heads:
         raise ComponentError(

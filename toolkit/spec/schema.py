@@ -13,7 +13,7 @@ from typing import Any
 from toolkit.api.contracts import TrainConfig
 from toolkit.api.registry import Choice, split_choice
 from toolkit.errors import SpecError
-from toolkit.model.config import COMPONENT_SLOTS, ModelConfig
+from toolkit.model.config import COMPONENT_SLOTS, LIMITS, ModelConfig  # noqa: F401 (TEMP)
 from toolkit.names import run_folder
 
 # Training precisions: "fp32", bfloat16 autocast with float32 weights and optimizer, or "auto":
@@ -157,7 +157,6 @@ TOP_LEVEL = {
 BUDGET_KEYS = ("max_steps", "max_tokens", "epochs", "max_flops")
 # Far beyond any model trained with this toolkit, and low enough that validation (which builds
 # every variant on the meta device) never hangs on a typo such as n_layers = 1200000.
-LIMITS = {"context_length": 1 << 20, "emb_dim": 1 << 16, "n_heads": 1 << 10, "n_layers": 1 << 10}
 DEFAULT_MAX_STEPS = 200
 
 

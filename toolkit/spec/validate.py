@@ -24,7 +24,7 @@ from toolkit.data.batches import EVAL_WINDOWS
 from toolkit.data.resolve import holdout_of
 from toolkit.errors import ComponentError, DataError, SpecError, ToolkitError
 from toolkit.model.checkpoint import locate_checkpoint, read_checkpoint
-from toolkit.model.config import NORM_PLACEMENTS, PRESETS, ModelConfig
+from toolkit.model.config import NORM_PLACEMENTS, PRESETS, ModelConfig, value_problem
 from toolkit.model.gpt import build_model
 from toolkit.names import label
 from toolkit.spec.recipes import with_recipe
@@ -32,7 +32,6 @@ from toolkit.spec.schema import (
     BUDGET_KEYS,
     DEFAULT_MAX_STEPS,
     LEGACY_OPTIONS,
-    LIMITS,
     PRECISIONS,
     SCHEDULE_KEYS,
     SLOTS,
@@ -290,14 +289,8 @@ def _check_values(s: dict[str, Any], where: str) -> None:
         if not ok:
             raise SpecError(f"{where} {message}")
 
-    for key, most in LIMITS.items():
-        value = getattr(m, key)
-        need(value >= 1, f"model.{key} must be at least 1, got {value}")
-        need(value <= most, f"model.{key} = {value} is beyond what this toolkit builds (<= {most})")
-    need(
-        m.vocab_size is None or 1 <= m.vocab_size <= 1 << 24,
-        f"model.vocab_size must be between 1 and {1 << 24}, got {m.vocab_size}",
-    )
+    problem = value_problem(m)  # sizes, vocabulary and dropout rates: build_model's rule too
+    need(problem is None, str(problem))
     need(
         m.emb_dim % m.n_heads == 0,
         f"model.emb_dim ({m.emb_dim}) must be divisible by model.n_heads ({m.n_heads}); "
@@ -308,9 +301,6 @@ def _check_values(s: dict[str, Any], where: str) -> None:
         f"model.ffn_hidden must be a whole number >= 1 (the feed-forward's hidden width), got "
         f"{m.ffn_hidden}",
     )
-    for key in ("drop_rate", "drop_rate_emb", "drop_rate_attn", "drop_rate_resid"):
-        rate = getattr(m, key)
-        need(rate is None or 0 <= rate < 1, f"model.{key} must be in [0, 1), got {rate}")
     need(
         m.norm_placement in NORM_PLACEMENTS,
         f"model.norm_placement must be one of {', '.join(NORM_PLACEMENTS)}, "

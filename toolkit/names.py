@@ -36,6 +36,14 @@ def slug(name: str) -> str:
     return s
 
 
+# Folders an experiment folder holds besides its variants': no variant may be named so.
+RESERVED_FOLDERS = {
+    "figures": "the report's figures",
+    "sampling": "a sampling ablation's results",
+    "tune": "the tuning runs",
+}
+
+
 def run_folder(variant: str, seed: int) -> str:
     """A run's folder inside its experiment's: 'norm=rms/x', 3 -> 'norm=rms_x/seed-3'."""
     return f"{slug(variant)}/seed-{seed}"

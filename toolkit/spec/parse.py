@@ -20,7 +20,7 @@ from typing import Any
 from toolkit.api.manager import Plugins, load_plugins
 from toolkit.api.registry import check_type, suggest
 from toolkit.errors import SpecError
-from toolkit.names import label, slug
+from toolkit.names import RESERVED_FOLDERS, label, slug
 from toolkit.spec import limits
 from toolkit.spec.chains import AFTER, link
 from toolkit.spec.ladder import ladder_variants, params_counter, parse_ladder, rung_variant
@@ -337,6 +337,11 @@ def _expand_variants(raw: dict[str, Any], source: str) -> list[Variant]:
         seen.add(v.name)
     slugs: dict[str, str] = {}
     for v in variants:
+        if slug(v.name) in RESERVED_FOLDERS:
+            raise SpecError(
+                f"{source}: a variant named {v.name!r} would share the folder of "
+                f"{RESERVED_FOLDERS[slug(v.name)]}; rename it"
+            )
         if slug(v.name) in slugs:
             raise SpecError(
                 f"{source}: variants {slugs[slug(v.name)]!r} and {v.name!r} would share the "

@@ -34,7 +34,7 @@ from toolkit.errors import (
 )
 from toolkit.files import remove_temps, storage_problem, write_json
 from toolkit.inference import sampling_ablation
-from toolkit.names import label, slug
+from toolkit.names import label
 from toolkit.spec.parse import load_spec
 from toolkit.spec.schema import RunSpec, Spec
 from toolkit.spec.tune import point_label, tuned_spec, tuning_spec
@@ -134,10 +134,6 @@ def _run_tuned(
     assert spec.tune is not None
     world = distributed.current()
     tuning = tuning_spec(spec, phase.plugins)
-    if any(slug(v.name) == TUNE_DIR for v in spec.variants):
-        raise SpecError(
-            f"{spec.path}: a variant named {TUNE_DIR!r} would share the tuning runs' folder; rename it"
-        )
     in_tuning = {n for n in rerun if n.rstrip("/") in run_names(tuning)}
     if phase.progress:
         t = spec.tune

@@ -285,6 +285,9 @@ CASES = [
     ("device-not-here", GOOD, ["--set", 'train.device="cuda:99"'], "this machine has"),
     ("device-mps-not-here", GOOD, ["--set", 'train.device="mps"'], "no MPS device"),
     ("spec-a-device", "/dev/zero", [], "not a regular file (a device or a pipe)"),
+    ("max-runs-negative", GOOD, ["--max-runs", "-1"], "--max-runs must be at least 1"),
+    ("out-empty", GOOD, ["--out", ""], "--out is empty"),
+    ("restart-and-rerun", GOOD, ["--restart", "--rerun", "base/seed-0"], "give one of them"),
     (
         "another-experiment",
         GOOD.replace('name = "cat"', 'name = "dog"'),

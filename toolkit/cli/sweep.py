@@ -92,6 +92,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from toolkit.sweep.runner import run
     from toolkit.training import distributed
 
+    if args.out is not None and not args.out.strip():
+        raise ToolkitError("--out is empty; give a folder, or leave --out out for runs/<spec name>")
+    if args.restart and args.rerun:
+        raise ToolkitError(
+            "--restart trains every run of the spec again and --rerun names runs to train "
+            "again; give one of them"
+        )
     plugins = plugins_of(args)
     executor = executor_choice(args, plugins)
     spec = load_spec(args.spec, args.overrides, plugins=plugins, max_runs=args.max_runs)

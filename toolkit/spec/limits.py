@@ -107,6 +107,8 @@ def _leaves(table: dict[str, Any]) -> list[Any]:
 
 
 def check_runs(raw: dict[str, Any], n_seeds: int, max_runs: int, where: str) -> None:
+    if max_runs < 1:
+        raise SpecError(f"--max-runs must be at least 1 (max_runs= in Python), got {max_runs}")
     runs = count_runs(raw, n_seeds)
     if runs > max_runs:
         raise SpecError(

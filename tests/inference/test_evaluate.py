@@ -381,6 +381,8 @@ def test_ablate_eval_tabulates_a_sweep_by_window_length(tmp_path, capsys):
         assert (
             err.startswith("ablate: error: --context takes window lengths") and err.count("\n") == 1
         )
+    assert cli_main(["eval", str(tmp_path / "out"), "--context", "16,48,16"]) == 2
+    assert "--context lists 16 twice" in capsys.readouterr().err
 
     # Recorded in each run folder, so the report compares them with the baseline's.
     held = json.loads((run_dir / TASKS_FILE).read_text())["tasks"]

@@ -155,6 +155,8 @@ def _contexts(text: str | None) -> list[int]:
                 f"--context takes window lengths of at least 1, separated by commas (128,512); "
                 f"got {text!r}"
             )
+        if value in contexts:
+            raise DataError(f"--context lists {value} twice ({text!r}); give each length once")
         contexts.append(value)
     return contexts
 

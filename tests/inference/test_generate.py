@@ -200,6 +200,25 @@ def test_sampler_options_follow_the_chosen_sampler() -> None:
         (["{run}", "--set", "sampling.sampler=3"], "expected a sampler name"),
         (["{bad}"], "cannot be read"),
         (["{alone}"], "pass --tokenizer gpt2 or --tokenizer bytes"),
+        (
+            ["{run}", "--max-new-tokens", "10000000000"],
+            "--max-new-tokens must be at most 1,048,576",
+        ),
+        (["{run}", "--max-new-tokens", "9" * 20], "--max-new-tokens must be at most 1,048,576"),
+        (["{run}", "--max-new-tokens", "-1"], "--max-new-tokens must be >= 0, got -1"),
+        (
+            ["{run}", "--set", "sampling.max_new_tokens=10000000000"],
+            "max_new_tokens must be at most",
+        ),
+        (
+            ["{run}", "--seed", "9" * 23],
+            r"--seed: seed 9{23} is out of range; seeds go from 0 to 2\*\*63 - 1",
+        ),
+        (["{run}", "--seed", "-1"], r"--seed: seed -1 is out of range; seeds go from 0 to 2\*\*63"),
+        (["{run}", "--seed", str(2**63)], r"--seed: seed 9223372036854775808 is out of range"),
+        # The flags are checked before the source is even looked at.
+        (["{missing}", "--seed", "-1"], "--seed: seed -1 is out of range"),
+        (["{missing}", "--max-new-tokens", "10000000000"], "--max-new-tokens must be at most"),
     ],
 )
 def test_bad_input_is_one_line_and_status_2(capsys, tmp_path, run_dir, argv, message) -> None:
@@ -217,6 +236,41 @@ def test_bad_input_is_one_line_and_status_2(capsys, tmp_path, run_dir, argv, mes
     assert rc == 2 and out == ""
     assert err.startswith("ablate: error: ") and err.count("\n") == 1
     assert re.search(message, err), err
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_new_tokens": 2.5}, "max_new_tokens must be a whole number of tokens, got 2.5"),
+        ({"max_new_tokens": True}, "max_new_tokens must be a whole number of tokens, got True"),
+        ({"max_new_tokens": -1}, "max_new_tokens must be >= 0, got -1"),
+        ({"max_new_tokens": 10**10}, "max_new_tokens must be at most 1,048,576"),
+        ({"seed": -1}, r"seed: seed -1 is out of range; seeds go from 0 to 2\*\*63 - 1"),
+        ({"seed": 2**63}, "seed: seed 9223372036854775808 is out of range"),
+        ({"seed": 1.5}, r"seed must be an integer from 0 to 2\*\*63 - 1, got 1.5"),
+        ({"prompt": 3}, "prompt must be text"),
+    ],
+)
+def test_the_python_api_refuses_bad_arguments_in_one_line(run_dir, kwargs, message) -> None:
+    import toolkit
+
+    with pytest.raises(SpecError, match=message) as raised:
+        toolkit.generate(run_dir, **{"prompt": "def ", **kwargs})
+    assert "\n" not in str(raised.value)
+
+
+def test_the_bounds_themselves_are_accepted(capsys, run_dir) -> None:
+    import toolkit
+    from toolkit.inference.generate import MAX_NEW_TOKENS, check_max_new_tokens
+
+    assert check_max_new_tokens(MAX_NEW_TOKENS, "n") == MAX_NEW_TOKENS == 1 << 20
+    with pytest.raises(SpecError, match=r"^n must be at most 1,048,576 \(new tokens of one"):
+        check_max_new_tokens(MAX_NEW_TOKENS + 1, "n")
+
+    assert toolkit.generate(run_dir, "def ", max_new_tokens=0, seed=2**63 - 1) == ""
+    assert len(toolkit.generate(run_dir, "def ", sampler="greedy", max_new_tokens=3, seed=0)) <= 3
+    rc, out, err = ablate(capsys, run_dir, "--max-new-tokens", 0, "--seed", 2**63 - 1)
+    assert rc == 0 and out == "def \n" and err == ""
 
 
 def test_a_checkpoint_file_alone(capsys, tmp_path, run_dir) -> None:

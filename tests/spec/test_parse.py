@@ -145,6 +145,7 @@ BAD = [
     ),
     ({"data": {"corpus": "pydoc", "path": "x.txt"}}, r"either path .* or corpus, not both"),
     ({"sampling": {"sampler": {"name": "top-k", "k": 0}}}, r"k must be at least 1"),
+    ({"sampling": {"max_new_tokens": 10**10}}, r"max_new_tokens must be from 0 to 1,048,576"),
     ({"seeds": []}, r"seeds is empty"),
     ({"seeds": [1, 1]}, r"has duplicates"),
     ({"seeds": ["a"]}, r"seeds must be an integer"),

@@ -34,7 +34,7 @@ def add_parser(subparsers: Any) -> None:
         help="book: attention heads (inferred for GPT-2's widths 768, 1024, 1280, 1600)",
     )
     p.add_argument(
-        "--drop-rate", type=float, default=0.1, help="book: dropout for later training (0.1)"
+        "--drop-rate", type=float, help="book: dropout for later training, in [0, 1) (0.1)"
     )
     p.add_argument(
         "--tokenizer",
@@ -68,15 +68,15 @@ def cmd_import(args: argparse.Namespace) -> int:
     from toolkit.model.checkpoint import check_fits, save_checkpoint
     from toolkit.model.hf_gpt2 import import_hf_gpt2
 
+    _check_import_options(args)
     plugins = plugins_of(args)
     out = Path(args.out).expanduser()
     _check_output(out, args.force, folder=False)
     if args.format == "hf-gpt2":
-        if args.n_heads is not None:
-            raise DataError("--n-heads is for --format book; GPT-2's config.json names n_head")
         config, state = import_hf_gpt2(args.source)
     else:
-        config, state = import_book(args.source, n_heads=args.n_heads, drop_rate=args.drop_rate)
+        given = {} if args.drop_rate is None else {"drop_rate": args.drop_rate}
+        config, state = import_book(args.source, n_heads=args.n_heads, **given)
     check_fits(config, state, plugins)
     extra = {}
     if args.tokenizer:
@@ -115,6 +115,23 @@ def cmd_export(args: argparse.Namespace) -> int:
         book = export_book(args.source, out)
         print(f"{out}: the book's state dict; build GPTModel({json.dumps(book)})")
     return 0
+
+
+def _check_import_options(args: argparse.Namespace) -> None:
+    """The book-only options: refused with hf-gpt2 (its config.json has them), and in range;
+    --drop-rate as the spec's model.drop_rate, a finite number in [0, 1)."""
+    if args.format == "hf-gpt2":
+        if args.n_heads is not None:
+            raise DataError("--n-heads is for --format book; GPT-2's config.json names n_head")
+        if args.drop_rate is not None:
+            raise DataError(
+                "--drop-rate is for --format book; GPT-2's config.json names its dropout "
+                "(resid_pdrop, embd_pdrop, attn_pdrop)"
+            )
+    if args.n_heads is not None and args.n_heads < 1:
+        raise DataError(f"--n-heads must be at least 1, got {args.n_heads}")
+    if args.drop_rate is not None and not 0 <= args.drop_rate < 1:  # nan is not in range
+        raise DataError(f"--drop-rate must be in [0, 1), got {args.drop_rate:g}; 0 is no dropout")
 
 
 def _check_output(out: Path, force: bool, *, folder: bool) -> None:

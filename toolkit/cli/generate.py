@@ -54,8 +54,18 @@ def add_parser(subparsers: Any) -> None:
 def cmd_generate(args: argparse.Namespace) -> int:
     """`ablate generate`: stream the continuation of the prompt to stdout."""
     # torch-heavy import, on first use: `ablate --help` stays quick.
-    from toolkit.inference.generate import load_for_generation, stream_text
+    from toolkit.inference.generate import (
+        check_max_new_tokens,
+        check_seed,
+        load_for_generation,
+        stream_text,
+    )
 
+    # The flags first, before the model loads or anything is printed.
+    if args.max_new_tokens is not None:
+        check_max_new_tokens(args.max_new_tokens, "--max-new-tokens")
+    if args.seed is not None:
+        check_seed(args.seed, "--seed")
     plugins = plugins_of(args)
     device = check_device(args.device)
     model, tokenizer, recorded = load_for_generation(args.source, args.tokenizer, device, plugins)
@@ -88,10 +98,12 @@ def _sampling(run: dict[str, Any], args: argparse.Namespace, plugins: Any) -> di
     """The run's sampling settings ({"sampler", "prompt", "max_new_tokens"}, as
     load_for_generation gives them) with --sampler, --set sampling.* and the flags applied. A
     different sampler starts from its own defaults; the run's sampler keeps the run's options."""
+    from toolkit.inference.generate import check_max_new_tokens
     from toolkit.spec.overrides import parse_override  # builds models: not at `ablate --help`
 
     name, options = split_choice(run["sampler"])
     prompt, max_new = run["prompt"], run["max_new_tokens"]
+    max_where = "the run's sampling.max_new_tokens"
 
     def choose(choice: Any, where: str) -> None:
         nonlocal name, options
@@ -118,7 +130,7 @@ def _sampling(run: dict[str, Any], args: argparse.Namespace, plugins: Any) -> di
         elif rest == "prompt":
             prompt = check_type(value, str, f"--set {key}", SpecError)
         elif rest == "max_new_tokens":
-            max_new = check_type(value, int, f"--set {key}", SpecError)
+            max_new, max_where = check_type(value, int, f"--set {key}", SpecError), f"--set {key}"
         else:
             set_options[rest] = (key, value)
     if args.sampler is not None:
@@ -135,7 +147,6 @@ def _sampling(run: dict[str, Any], args: argparse.Namespace, plugins: Any) -> di
     if args.prompt is not None:
         prompt = args.prompt
     if args.max_new_tokens is not None:
-        max_new = args.max_new_tokens
-    if max_new < 0:
-        raise SpecError(f"max_new_tokens must be >= 0, got {max_new}")
+        max_new, max_where = args.max_new_tokens, "--max-new-tokens"
+    check_max_new_tokens(max_new, max_where)
     return {"sampler": {"name": name, **options}, "prompt": prompt, "max_new_tokens": max_new}

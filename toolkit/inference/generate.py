@@ -45,10 +45,35 @@ from torch import nn
 from toolkit.api.manager import Plugins, load_plugins
 from toolkit.api.registry import Choice
 from toolkit.data.resolve import check_vocab, run_tokenizer
+from toolkit.errors import SpecError
 from toolkit.model.checkpoint import open_checkpoint
+from toolkit.spec.limits import MAX_NEW_TOKENS, check_seeds
 from toolkit.spec.schema import SamplingSpec
 
 Sampler = Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
+
+
+def check_max_new_tokens(value: Any, where: str) -> int:
+    """`value` as a count of new tokens, 0 to MAX_NEW_TOKENS; a one-line SpecError naming
+    `where` (the flag or key it came from) otherwise."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise SpecError(f"{where} must be a whole number of tokens, got {value!r}")
+    if value < 0:
+        raise SpecError(f"{where} must be >= 0, got {value}")
+    if value > MAX_NEW_TOKENS:
+        raise SpecError(
+            f"{where} must be at most {MAX_NEW_TOKENS:,} (new tokens of one generation), "
+            f"got {value}"
+        )
+    return value
+
+
+def check_seed(value: Any, where: str) -> int:
+    """`value` as a seed of the draws: an integer from 0 to 2**63 - 1, as a spec's seeds."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise SpecError(f"{where} must be an integer from 0 to 2**63 - 1, got {value!r}")
+    check_seeds([value], where)
+    return value
 
 
 def stream(
@@ -194,17 +219,30 @@ def generate_text(
     the run's config ([sampling] and seed), as `ablate generate` does.
 
     >>> toolkit.generate("runs/quickstart/base/seed-0", "Every effort", sampler="greedy")
+
+    A prompt that is not a str, max_new_tokens outside 0 .. MAX_NEW_TOKENS or a seed outside
+    0 .. 2**63 - 1 raise a one-line SpecError before anything loads.
     """
+    if prompt is not None and not isinstance(prompt, str):
+        raise SpecError(f"prompt must be text (a str), got a {type(prompt).__name__}")
+    if max_new_tokens is not None:
+        check_max_new_tokens(max_new_tokens, "max_new_tokens")
+    if seed is not None:
+        check_seed(seed, "seed")
     model, tok, sampling = load_for_generation(source, tokenizer, device, plugins)
     plugins = plugins or load_plugins()
     chosen = sampler if sampler is not None else sampling["sampler"]
+    if max_new_tokens is None:
+        max_new_tokens = check_max_new_tokens(
+            sampling["max_new_tokens"], "the run's sampling.max_new_tokens"
+        )
     return "".join(
         stream_text(
             model,
             tok,
             sampling["prompt"] if prompt is None else prompt,
             plugins.registry.build("sampler", chosen),
-            sampling["max_new_tokens"] if max_new_tokens is None else max_new_tokens,
+            max_new_tokens,
             seed=sampling["seed"] if seed is None else seed,
             use_cache=use_cache,
         )

@@ -19,6 +19,7 @@ import math
 from typing import Any
 
 from toolkit.errors import SpecError
+from toolkit.model.config import LIMITS
 
 MAX_SPEC_BYTES = 1 << 20  # 1 MiB of TOML
 MAX_NESTING = 32  # [ and { inside each other
@@ -26,6 +27,9 @@ MAX_KEY_DOTS = 8  # model.attention.n_kv_heads has 2
 DEFAULT_MAX_RUNS = 1000
 MAX_SEED = 2**63 - 1
 MAX_NAME = 100  # characters of an experiment name (it names the output folder)
+# New tokens one generation may ask for: as many as the longest context this toolkit builds
+# (the ids buffer is allocated up front, so a typo of a few more digits must not reach it).
+MAX_NEW_TOKENS = LIMITS["context_length"]
 
 
 def check_text(text: str, where: str) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 from toolkit.api.contracts import TrainConfig
 from toolkit.api.registry import Choice, split_choice
 from toolkit.errors import SpecError
-from toolkit.model.config import COMPONENT_SLOTS, LIMITS, ModelConfig  # noqa: F401 (TEMP)
+from toolkit.model.config import COMPONENT_SLOTS, ModelConfig
 from toolkit.names import run_folder
 
 # Training precisions: "fp32", bfloat16 autocast with float32 weights and optimizer, or "auto":

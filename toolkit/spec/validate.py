@@ -27,6 +27,7 @@ from toolkit.model.checkpoint import locate_checkpoint, read_checkpoint
 from toolkit.model.config import NORM_PLACEMENTS, PRESETS, ModelConfig, value_problem
 from toolkit.model.gpt import build_model
 from toolkit.names import label
+from toolkit.spec import limits
 from toolkit.spec.recipes import with_recipe
 from toolkit.spec.schema import (
     BUDGET_KEYS,
@@ -379,7 +380,11 @@ def _check_values(s: dict[str, Any], where: str) -> None:
         t.peak_tflops is None or t.peak_tflops > 0,
         f"train.peak_tflops must be positive, got {t.peak_tflops}",
     )
-    need(g.max_new_tokens >= 0, f"sampling.max_new_tokens must be >= 0, got {g.max_new_tokens}")
+    need(
+        0 <= g.max_new_tokens <= limits.MAX_NEW_TOKENS,
+        f"sampling.max_new_tokens must be from 0 to {limits.MAX_NEW_TOKENS:,}, got "
+        f"{g.max_new_tokens}",
+    )
 
 
 def sampling_ablation(raw: Any, source: str, plugins: Plugins) -> SamplingAblation:

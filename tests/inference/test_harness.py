@@ -25,6 +25,7 @@ from toolkit.sweep.runner import run
 
 pytest.importorskip("lm_eval")
 harness = pytest.importorskip("toolkit.inference.harness")
+lm_tasks = pytest.importorskip("toolkit.inference.lm_tasks")
 
 DOCS = [
     {"question": f"What is {a} plus {b}?", "choices": [str(a + b), str(a + b + 1), str(a * b)],
@@ -205,8 +206,8 @@ def test_generate_until_is_greedy_generation_cut_at_the_stop(source: Path, lm) -
 @pytest.mark.slow
 def test_lm_eval_scores_equal_a_hand_computation(runs: Path, tasks_dir: Path) -> None:
     source = runs / "norm=rmsnorm" / "seed-0"
-    manager = harness.load_tasks(["tiny_mc", "tiny_roll"], tasks_dir)
-    scores = harness.evaluate_tasks(
+    manager = lm_tasks.load_tasks(["tiny_mc", "tiny_roll"], tasks_dir)
+    scores = lm_tasks.evaluate_tasks(
         source, ["tiny_mc", "tiny_roll"], manager=manager, progress=False
     )
     model, tok, _ = load_for_generation(source)
@@ -305,6 +306,17 @@ def test_lm_evals_own_command_line_finds_the_model(capsys, runs: Path, tasks_dir
         (["--tasks", "tiny_mc", "--limit", "2.5"], "--limit must be"),
         (["--tasks", "tiny_mc", "--batch-size", "0"], "--batch-size must be at least 1"),
         (["--tasks", " , "], "no tasks given"),
+        (["--tasks", "tiny_mc", "--seed", "-5"], "--seed -5 is out of range"),
+        (["--tasks", "tiny_mc", "--seed", "99999999999"], "--seed 99999999999 is out of range"),
+        (["--tasks", "tiny_mc", "--seed", str(2**32)], "--seed 4294967296 is out of range"),
+        (
+            ["--tasks", "tiny_mc", "--num-fewshot", "100000"],
+            "lm-eval task 'tiny_mc': num_fewshot 100000 exceeds the 12 examples",
+        ),
+        (
+            ["--tasks", "tiny_roll,tiny_mc", "--num-fewshot", "13"],
+            "lm-eval task 'tiny_roll': num_fewshot 13 exceeds the 12 examples",
+        ),
     ],
 )
 def test_bad_input_is_one_line_before_anything_is_scored(
@@ -320,6 +332,29 @@ def test_bad_input_is_one_line_before_anything_is_scored(
     assert {p: p.stat().st_mtime_ns for p in single.glob("*/seed-*/*")} == before
 
 
+def test_seed_and_num_fewshot_in_python(source: Path, tasks_dir: Path) -> None:
+    """evaluate_tasks refuses a seed numpy cannot take, and too many shots for a task; the
+    shots it has are fine. A manager loaded without num_fewshot meets lm-eval's own failure,
+    which becomes the same one-line error."""
+    from toolkit.errors import DataError
+
+    manager = lm_tasks.load_tasks(["tiny_mc"], tasks_dir)
+    for seed in (-5, 2**32, 1.5):
+        with pytest.raises(DataError, match=r"seed .* is out of range; .* 0 to 2\*\*32 - 1"):
+            lm_tasks.evaluate_tasks(source, ["tiny_mc"], manager=manager, seed=seed)
+    with pytest.raises(DataError, match="lm-eval task 'tiny_mc': num_fewshot 100000 exceeds"):
+        lm_tasks.load_tasks(["tiny_mc"], tasks_dir, num_fewshot=100000)
+    with pytest.raises(DataError, match=r"'tiny_mc': num_fewshot 13 exceeds the 12 .* 12 or fewer"):
+        lm_tasks.evaluate_tasks(
+            source, ["tiny_mc"], manager=manager, num_fewshot=13, limit=1, progress=False
+        )
+    scores = lm_tasks.evaluate_tasks(
+        source, ["tiny_mc"], manager=manager, num_fewshot=12, limit=1, seed=2**32 - 1,
+        progress=False,
+    )  # fmt: skip
+    assert scores["samples"] == {"tiny_mc": 1}
+
+
 def test_model_args_it_does_not_take_are_an_error(source: Path) -> None:
     """lm-eval's key=value form cuts a variant folder at its commas: say so, never ignore."""
     with pytest.raises(Exception, match=r"unknown model_args activation.*JSON"):
@@ -328,7 +363,7 @@ def test_model_args_it_does_not_take_are_an_error(source: Path) -> None:
 
 def test_a_hub_task_says_the_data_must_be_local(tasks_dir: Path) -> None:
     with pytest.raises(Exception, match="the data must be local"):
-        harness.load_tasks(["tiny_hub"], tasks_dir)
+        lm_tasks.load_tasks(["tiny_hub"], tasks_dir)
 
 
 def test_sources_that_hold_no_run(capsys, tmp_path: Path, tasks_dir: Path) -> None:
@@ -352,6 +387,7 @@ def test_without_lm_eval_installed_the_error_says_what_to_install(
         return real_import(name, *args, **kwargs)
 
     monkeypatch.delitem(sys.modules, "toolkit.inference.harness")
+    monkeypatch.delitem(sys.modules, "toolkit.inference.lm_tasks", raising=False)
     monkeypatch.setattr(builtins, "__import__", no_lm_eval)
     code, _, err = ablate(capsys, "eval-tasks", str(single), "--tasks", "tiny_mc")
     assert code == 2

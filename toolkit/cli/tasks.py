@@ -3,8 +3,8 @@ in each run folder's tasks.json, so `ablate report` and `toolkit.compare` show t
 losses (mean ± std over seeds); and `ablate lm-eval ARGS...`, lm-eval's own command line with
 the toolkit's model class registered (`--model ablate --model_args checkpoint=RUN_DIR`).
 
-Both need the `lm-eval` extra. The scoring itself is toolkit.inference.harness; the file
-toolkit.sweep.results.record_task_scores.
+Both need the `lm-eval` extra. The scoring itself is toolkit.inference.lm_tasks (the model,
+toolkit.inference.harness); tasks.json is written by toolkit.sweep.results.record_task_scores.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def add_parser(subparsers: Any) -> None:
 
 def _harness() -> Any:
     try:
-        harness = importlib.import_module("toolkit.inference.harness")
+        harness = importlib.import_module("toolkit.inference.lm_tasks")
     except ImportError as exc:
         if "lm_eval" not in str(exc):
             raise
@@ -108,8 +108,9 @@ def cmd_eval_tasks(args: argparse.Namespace) -> int:
     targets = scoring_targets(args.sources)
     device = check_device(args.device)
     harness = _harness()
-    # Every task and its data, before any model is scored.
-    manager = harness.load_tasks(tasks, args.include_path)
+    harness.check_seed(args.seed, "--seed")
+    # Every task and its data (and enough examples for --num-fewshot), before any model is scored.
+    manager = harness.load_tasks(tasks, args.include_path, num_fewshot=args.num_fewshot)
     plugins = plugins_of(args)
     settings = {"num_fewshot": args.num_fewshot, "limit": limit, "seed": args.seed}
     for i, (source, recorded) in enumerate(targets, 1):

@@ -28,17 +28,15 @@ scored without context (lm-eval's prefix token), as in training, where it separa
 
 Nothing downloads: task data is read in the datasets library's offline mode, so a task must
 read local files (a task YAML with dataset_path: json and data_files) or data already in the
-Hugging Face cache; otherwise `load_tasks` raises a one-line DataError saying so.
+Hugging Face cache; otherwise `load_tasks` (toolkit/inference/lm_tasks.py, which also scores
+a checkpoint on tasks) raises a one-line DataError saying so.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
-import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,8 +49,7 @@ from tqdm import tqdm
 
 from toolkit.api.manager import Plugins, load_plugins
 from toolkit.api.registry import split_choice
-from toolkit.data.offline import offline_datasets
-from toolkit.errors import DataError, one_line
+from toolkit.errors import DataError
 from toolkit.inference.generate import IncrementalDecoder, load_for_generation, stream
 
 MODEL_NAME = "ablate"
@@ -311,135 +308,4 @@ def _positive_int(value: Any, name: str) -> int:
     return number
 
 
-# -- tasks -----------------------------------------------------------------------------------------
-def load_tasks(
-    tasks: Sequence[str], include_path: str | os.PathLike[str] | Sequence[Any] | None = None
-) -> Any:
-    """lm-eval's TaskManager for `tasks`, once each is known and its data is on this machine: a
-    one-line DataError otherwise, before any model is scored. include_path: folders (or
-    files) of the user's task YAMLs. lm-eval's own few thousand task files take seconds to
-    index, so when every task is found under include_path they are not read."""
-    from lm_eval.tasks import TaskManager
-
-    if not tasks:
-        raise DataError("no tasks given: name at least one lm-eval task (--tasks NAME,...)")
-    paths = None
-    if include_path is not None:
-        given = [include_path] if isinstance(include_path, str | os.PathLike) else include_path
-        paths = [os.path.expanduser(os.fspath(p)) for p in given]
-        for p in paths:
-            if not os.path.exists(p):
-                raise DataError(f"--include-path {p}: no such file or folder of task YAMLs")
-    with _quiet():
-        manager = TaskManager(include_path=paths, include_defaults=False) if paths else None
-        if manager is None or not set(tasks) <= set(manager.all_tasks):
-            manager = TaskManager(include_path=paths)
-    known = set(manager.all_tasks)
-    for name in tasks:
-        if name not in known:
-            raise DataError(
-                f"unknown lm-eval task {name!r}: give a task (or group) lm-eval lists "
-                f"(lm_eval ls tasks), or the folder of your task YAMLs with --include-path"
-            )
-    offline_datasets()
-    for name in tasks:
-        with _quiet():
-            try:
-                manager.load([name])
-            except Exception as exc:
-                raise DataError(
-                    f"lm-eval task {name!r}: its data is not on this machine "
-                    f"({one_line(exc, 200)}); nothing downloads here, so the data must be "
-                    f"local: write a task YAML over local files (dataset_path: json, "
-                    f"dataset_kwargs: {{data_files: ...}}) and pass its folder with "
-                    f"--include-path, or fill the Hugging Face cache on a machine with network"
-                ) from None
-    return manager
-
-
-def evaluate_tasks(
-    source: str | os.PathLike[str],
-    tasks: Sequence[str],
-    *,
-    manager: Any = None,
-    num_fewshot: int | None = None,
-    limit: int | float | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    device: str = "cpu",
-    seed: int = 0,
-    plugins: Plugins | None = None,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Score one run folder (or checkpoint) on lm-eval tasks: {"tasks": {task: {metric: value}},
-    "stderr": {task: {metric: value}}, "samples": {task: n}, "lm_eval": version} (a metric
-    lm-eval computes through a filter other than "none" is named metric/filter)."""
-    import lm_eval
-
-    manager = manager or load_tasks(tasks)
-
-    lm = AblateLM(source, batch_size=batch_size, device=device, seed=seed, plugins=plugins)
-    offline_datasets()
-    with _quiet(), contextlib.ExitStack() as stack:
-        if not progress:  # lm-eval's bars and ours: tqdm writes them to stderr
-            stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
-        out = lm_eval.simple_evaluate(
-            model=lm,
-            tasks=list(tasks),
-            task_manager=manager,
-            num_fewshot=num_fewshot,
-            limit=limit,
-            log_samples=False,
-            bootstrap_iters=1000,
-            random_seed=seed,
-            numpy_random_seed=seed,
-            torch_random_seed=seed,
-            fewshot_random_seed=seed,
-            verbosity="ERROR",
-        )
-    scores: dict[str, dict[str, float]] = {}
-    errors: dict[str, dict[str, float]] = {}
-    for task, metrics in (out or {}).get("results", {}).items():
-        for key, value in metrics.items():
-            if "," not in key or not _is_number(value):
-                continue
-            metric, filter_name = key.split(",", 1)
-            name = metric if filter_name == "none" else f"{metric}/{filter_name}"
-            if metric.endswith("_stderr"):
-                errors.setdefault(task, {})[name.replace("_stderr", "", 1)] = float(value)
-            else:
-                scores.setdefault(task, {})[name] = float(value)
-    samples = {
-        task: int(n.get("effective", 0)) for task, n in (out or {}).get("n-samples", {}).items()
-    }
-    return {
-        "tasks": scores,
-        "stderr": errors,
-        "samples": samples,
-        "lm_eval": getattr(lm_eval, "__version__", "?"),
-    }
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """lm-eval logs every task it builds at INFO and WARNING; only errors show here."""
-    loggers = [logging.getLogger(n) for n in ("lm_eval", "lm-eval")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-__all__ = [
-    "MODEL_NAME",
-    "AblateLM",
-    "evaluate_tasks",
-    "load_tasks",
-]
+__all__ = ["DEFAULT_BATCH_SIZE", "MODEL_NAME", "AblateLM"]

@@ -66,7 +66,7 @@ def task_column(task: str, metric: str) -> str:
 def record_task_scores(
     run_dir: str | Path, scores: dict[str, Any], settings: dict[str, Any]
 ) -> dict[str, Any]:
-    """Merge lm-eval scores (toolkit.inference.harness.evaluate_tasks) into the run folder's
+    """Merge lm-eval scores (toolkit.inference.lm_tasks.evaluate_tasks) into the run folder's
     tasks.json, atomically: a task scored again replaces its entry, other tasks stay. Returns
     what the file now holds."""
     return _merge_scores(

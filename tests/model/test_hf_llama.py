@@ -145,6 +145,15 @@ def test_the_cli_exports_a_checkpoint_and_refuses_a_gpt2_variant(tmp_path, capsy
     )
     err = capsys.readouterr().err
     assert code != 0 and "Llama cannot represent" in err and "Traceback" not in err
+    assert not (tmp_path / "no").exists()  # refused: no empty folder left
+    # A run folder's config.json is the run's record: never exported over, even with --force.
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.json").write_text("{}")
+    argv = ["export", str(tmp_path / "model.pt"), "--format", "hf-llama", "--out", str(run)]
+    assert main([*argv, "--force"]) == 2
+    assert "is a run folder; export into a folder of its own" in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == ["summary.json"]
 
 
 def test_a_rope_turning_all_of_each_head_is_llamas_whatever_its_record_says():

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.cli.common import add_plugin_option, plugins_of
-from toolkit.errors import DataError
+from toolkit.errors import DataError, ToolkitError
 from toolkit.files import read_json
 
 FORMATS = ("hf-gpt2", "book")
@@ -102,18 +102,25 @@ def cmd_export(args: argparse.Namespace) -> int:
     from toolkit.model.hf_llama import export_hf_llama
 
     out = Path(args.out).expanduser()
-    _check_output(out, args.force, folder=args.format.startswith("hf-"))
-    if args.format == "hf-gpt2":
-        export_hf_gpt2(args.source, out)
-        print(f"{out}: config.json and model.safetensors (GPT2LMHeadModel.from_pretrained)")
-    elif args.format == "hf-llama":
-        export_hf_llama(args.source, out)
-        # Llama's layout, or Qwen3's when the attention has qk_norm: what config.json names.
-        (architecture,) = read_json(out / "config.json")["architectures"]
-        print(f"{out}: config.json and model.safetensors ({architecture}.from_pretrained)")
-    else:
-        book = export_book(args.source, out)
-        print(f"{out}: the book's state dict; build GPTModel({json.dumps(book)})")
+    folder = args.format.startswith("hf-")
+    made = folder and not out.exists()
+    _check_output(out, args.force, folder=folder)
+    try:
+        if args.format == "hf-gpt2":
+            export_hf_gpt2(args.source, out)
+            print(f"{out}: config.json and model.safetensors (GPT2LMHeadModel.from_pretrained)")
+        elif args.format == "hf-llama":
+            export_hf_llama(args.source, out)
+            # Llama's layout, or Qwen3's when the attention has qk_norm: what config.json names.
+            (architecture,) = read_json(out / "config.json")["architectures"]
+            print(f"{out}: config.json and model.safetensors ({architecture}.from_pretrained)")
+        else:
+            book = export_book(args.source, out)
+            print(f"{out}: the book's state dict; build GPTModel({json.dumps(book)})")
+    except ToolkitError:
+        if made and not any(out.iterdir()):  # refused: no empty folder left behind
+            out.rmdir()
+        raise
     return 0
 
 
@@ -139,6 +146,8 @@ def _check_output(out: Path, force: bool, *, folder: bool) -> None:
     if folder:
         if out.exists() and not out.is_dir():
             raise DataError(f"--out {out} is a file; give a folder for the hf- formats")
+        if (out / "summary.json").exists():  # its config.json is the run's record
+            raise DataError(f"{out} is a run folder; export into a folder of its own")
         taken = [n for n in ("config.json", "model.safetensors") if (out / n).exists()]
         if taken and not force:
             raise DataError(f"{out} already holds {', '.join(taken)}; pass --force to overwrite")

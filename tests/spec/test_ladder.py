@@ -79,6 +79,7 @@ def test_a_ladder_trains_and_records_its_sizes(tmp_path, ladder_doc, plugins) ->
         ({"sizes": ["nano", "micro"], "tokens_per_param": float("inf")}, "positive, finite"),
         ({"sizes": ["nano", "micro"], "tokens": 100, "target_flops": float("inf")}, "finite"),
         ({"sizes": ["nano", "micro"], "tokens": 0.5}, "at least 1 token per size"),
+        ({"sizes": ["nano", "micro"], "tokens_per_param": 1e-9}, "give at least one token per"),
     ],
 )
 def test_bad_ladders_are_one_line_errors(tiny_doc, ladder, message) -> None:

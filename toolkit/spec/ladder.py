@@ -174,6 +174,11 @@ def ladder_variants(
         else:
             assert ladder.tokens_per_param is not None
             tokens = round(ladder.tokens_per_param * params_at(by_name[baseline], keys))
+            if tokens < 1:
+                raise SpecError(
+                    f"{where}: [ladder] tokens_per_param {ladder.tokens_per_param} gives size "
+                    f"{size!r} {tokens} tokens to train on; give at least one token per size"
+                )
         for v in variants:
             overrides = {
                 **v.overrides,

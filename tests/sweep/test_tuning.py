@@ -97,6 +97,7 @@ def test_ranges_become_grids() -> None:
         ({"train.lr": [1e-3, 1e-3]}, "lists a value twice"),
         ({"train.lr": {"log_range": [0, 1e-2]}}, "log_range needs positive bounds"),
         ({"train.lr": {"log_range": [1e-2, 1e-3]}}, "with low < high"),
+        ({"train.lr": {"log_range": [1e-4, float("inf")]}}, "finite numbers with low < high"),
         ({"train.lr": {"range": [1e-3, 1e-2], "points": 1}}, "points must be a whole number >= 2"),
         ({"train.lr": [1e-3, 1e-2], "metric": "test_loss"}, "metric must be one of val_loss"),
         ({"train.lr": [1e-3, 1e-2], "seeds": []}, "seeds must be a non-empty list"),

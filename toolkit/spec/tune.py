@@ -126,12 +126,14 @@ def _candidates(key: str, value: Any, where: str) -> tuple[list[Any], bool]:
     extra = sorted(set(value) - {kind, "points"})
     bounds, points = value.get(kind), value.get("points", 5)
     ok = isinstance(bounds, list) and len(bounds) == 2
-    ok = ok and all(isinstance(b, int | float) and not isinstance(b, bool) for b in bounds)
+    ok = ok and all(
+        isinstance(b, int | float) and not isinstance(b, bool) and math.isfinite(b) for b in bounds
+    )
     ok = ok and not extra and bounds[0] < bounds[1]
     if not ok:
         raise SpecError(
-            f"{where}: [tune] {key} = {value!r}: give {kind} = [low, high] with low < high and "
-            f"optionally points = n"
+            f"{where}: [tune] {key} = {value!r}: give {kind} = [low, high], finite numbers with "
+            f"low < high, and optionally points = n"
         )
     if isinstance(points, bool) or not isinstance(points, int) or points < 2:
         raise SpecError(

@@ -91,7 +91,10 @@ def test_rerun_trains_one_run_again_from_scratch(sweep, capsys):
 
 def test_verify_needs_an_experiment_folder(tmp_path, capsys):
     assert main(["verify", str(tmp_path)]) == 2
-    assert "is not an experiment folder" in capsys.readouterr().err
+    assert "is not an experiment folder: it holds no experiment.json" in capsys.readouterr().err
+    (tmp_path / "experiment.json").write_text("{bad")
+    assert main(["verify", str(tmp_path)]) == 2
+    assert "has an experiment.json that is not JSON with its runs" in capsys.readouterr().err
 
 
 def test_a_broken_config_or_a_summary_of_another_run_is_caught(sweep, capsys):

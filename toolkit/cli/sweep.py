@@ -231,7 +231,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
     out = Path(args.dir)
     experiment = read_json(out / "experiment.json")
     if not isinstance(experiment, dict) or not isinstance(experiment.get("runs"), list):
-        raise ToolkitError(f"{out} is not an experiment folder (no experiment.json); give one")
+        held = (
+            "holds no experiment.json"
+            if not (out / "experiment.json").exists()
+            else ("has an experiment.json that is not JSON with its runs (corrupt?)")
+        )
+        raise ToolkitError(f"{out} is not an experiment folder: it {held}; give one")
     bad = unfinished = 0
     for r in experiment["runs"]:
         folder = out / str(r.get("folder", ""))

@@ -26,6 +26,7 @@ from toolkit.spec.chains import AFTER, link
 from toolkit.spec.ladder import ladder_variants, params_counter, parse_ladder, rung_variant
 from toolkit.spec.matching import match_mode, match_params
 from toolkit.spec.overrides import apply_override, flatten, flatten_grid, parse_override
+from toolkit.spec.sampling_table import check_sampled_runs, sampling_ablation
 from toolkit.spec.schema import (
     SECTIONS,
     SLOTS,
@@ -36,12 +37,7 @@ from toolkit.spec.schema import (
     as_choice,
 )
 from toolkit.spec.tune import check_tunable, parse_tune
-from toolkit.spec.validate import (
-    check_sampled_runs,
-    pairing_warnings,
-    resolve,
-    sampling_ablation,
-)
+from toolkit.spec.validate import pairing_warnings, resolve
 
 # -- loading ------------------------------------------------------------------------------
 

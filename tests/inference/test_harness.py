@@ -332,6 +332,30 @@ def test_bad_input_is_one_line_before_anything_is_scored(
     assert {p: p.stat().st_mtime_ns for p in single.glob("*/seed-*/*")} == before
 
 
+def test_a_checkpoint_file_alone_takes_the_tokenizer_given(
+    capfd, monkeypatch, tmp_path: Path, source: Path, tasks_dir: Path
+) -> None:
+    """A checkpoint copied out of its run folder does not say its tokenizer: eval-tasks asks
+    for --tokenizer (which it takes), then scores it as the run folder scores, and records
+    nothing (there is no run folder to record in). Run outside a git repository, nothing of
+    lm-eval's `git describe` reaches the terminal (capfd: git writes to the process's fd 2)."""
+    import shutil
+
+    alone = tmp_path / "alone.pt"
+    shutil.copy(source / "checkpoint.pt", alone)
+    monkeypatch.chdir(tmp_path)
+    argv = ["eval-tasks", "--tasks", "tiny_mc", "--include-path", str(tasks_dir), "--limit", "4"]
+    code, _, err = ablate(capfd, *argv, str(alone))
+    assert code == 2 and "pass --tokenizer gpt2 or --tokenizer bytes" in err
+    code, out_alone, err = ablate(capfd, *argv, str(alone), "--tokenizer", "bytes")
+    assert code == 0, err
+    assert "recorded" not in err and "git" not in err and list(tmp_path.iterdir()) == [alone]
+    code, out_run, err = ablate(capfd, *argv, str(source))
+    assert code == 0, err
+    score = re.compile(r"tiny_mc: acc (\S+)")
+    assert score.search(out_alone)[1] == score.search(out_run)[1]
+
+
 def test_seed_and_num_fewshot_in_python(source: Path, tasks_dir: Path) -> None:
     """evaluate_tasks refuses a seed numpy cannot take, and too many shots for a task; the
     shots it has are fine. A manager loaded without num_fewshot meets lm-eval's own failure,

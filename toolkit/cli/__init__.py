@@ -12,7 +12,7 @@
     ablate export --format hf-gpt2|hf-llama|book CHECKPOINT|RUN_DIR --out PATH [--force]
     ablate eval CHECKPOINT|RUN_DIR [--data PATH | --corpus NAME] [--tokenizer NAME] [--split all|train|val]
     ablate eval-tasks DIR|CHECKPOINT... --tasks NAME,... [--include-path DIR] [--num-fewshot K]
-                      [--limit N] [--batch-size N] [--seed S]
+                      [--limit N] [--batch-size N] [--seed S] [--tokenizer NAME]
     ablate lm-eval LM_EVAL_ARGS...
     ablate cache list [--dir DIR]
     ablate cache clear [KEY_PREFIX ...] [--dir DIR] [--older-than DAYS] [--yes]

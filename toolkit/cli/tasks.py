@@ -61,6 +61,11 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--batch-size", type=int, default=16, help="requests per forward pass (16)")
     p.add_argument("--seed", type=int, default=0, help="seed of few-shot draws and sampling (0)")
+    p.add_argument(
+        "--tokenizer",
+        metavar="NAME",
+        help="tokenizer of a checkpoint that records none (gpt2 or bytes); a run's own otherwise",
+    )
     add_device_option(p)
     add_plugin_option(p)
     p.set_defaults(func=cmd_eval_tasks)
@@ -113,6 +118,8 @@ def cmd_eval_tasks(args: argparse.Namespace) -> int:
     manager = harness.load_tasks(tasks, args.include_path, num_fewshot=args.num_fewshot)
     plugins = plugins_of(args)
     settings = {"num_fewshot": args.num_fewshot, "limit": limit, "seed": args.seed}
+    if args.tokenizer:  # scored with another tokenizer than the run's: a different score
+        settings["tokenizer"] = args.tokenizer
     for i, (source, recorded) in enumerate(targets, 1):
         print(f"eval-tasks: [{i}/{len(targets)}] {source}", file=sys.stderr, flush=True)
         scores = harness.evaluate_tasks(
@@ -126,6 +133,7 @@ def cmd_eval_tasks(args: argparse.Namespace) -> int:
             seed=args.seed,
             plugins=plugins,
             progress=sys.stderr.isatty(),
+            tokenizer=args.tokenizer,
         )
         if recorded:
             record_task_scores(source, scores, settings)

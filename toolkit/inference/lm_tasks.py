@@ -137,16 +137,25 @@ def evaluate_tasks(
     seed: int = 0,
     plugins: Plugins | None = None,
     progress: bool = True,
+    tokenizer: str | None = None,
 ) -> dict[str, Any]:
     """Score one run folder (or checkpoint) on lm-eval tasks: {"tasks": {task: {metric: value}},
     "stderr": {task: {metric: value}}, "samples": {task: n}, "lm_eval": version} (a metric
-    lm-eval computes through a filter other than "none" is named metric/filter)."""
+    lm-eval computes through a filter other than "none" is named metric/filter). `tokenizer`:
+    for a checkpoint that records none (the run's own otherwise)."""
     import lm_eval
 
     check_seed(seed)
     manager = manager or load_tasks(tasks, num_fewshot=num_fewshot)
 
-    lm = AblateLM(source, batch_size=batch_size, device=device, seed=seed, plugins=plugins)
+    lm = AblateLM(
+        source,
+        tokenizer=tokenizer,
+        batch_size=batch_size,
+        device=device,
+        seed=seed,
+        plugins=plugins,
+    )
     offline_datasets()
     with _quiet(), contextlib.ExitStack() as stack:
         if not progress:  # lm-eval's bars and ours: tqdm writes them to stderr
@@ -216,14 +225,21 @@ def _fewshot_shortfall(manager: Any, tasks: Sequence[str], num_fewshot: int | No
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """lm-eval logs every task it builds at INFO and WARNING; only errors show here."""
+    """lm-eval logs every task it builds at INFO and WARNING; only errors show here. It also
+    runs `git describe` in the working directory for its results' git_hash, which we do not
+    keep, and outside a repository git prints "fatal: not a git repository" on our stderr."""
+    import lm_eval.evaluator
+
     loggers = [logging.getLogger(n) for n in ("lm_eval", "lm-eval")]
     levels = [lg.level for lg in loggers]
+    git_hash = lm_eval.evaluator.get_git_commit_hash
+    lm_eval.evaluator.get_git_commit_hash = lambda: None
     for lg in loggers:
         lg.setLevel(logging.ERROR)
     try:
         yield
     finally:
+        lm_eval.evaluator.get_git_commit_hash = git_hash
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
 

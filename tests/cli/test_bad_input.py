@@ -185,8 +185,28 @@ CASES = [
         [],
         "longer than the",
     ),
-    ("missing-data-file", with_lines('[data] path = "{tmp}/nowhere.txt"'), [], "nowhere.txt"),
-    ("empty-corpus", with_lines('[data] path = "{tmp}/empty.txt"'), [], "empty"),
+    # The corpus's and the tokenizer's own errors name the spec they came from.
+    (
+        "missing-data-file",
+        with_lines('[data] path = "{tmp}/nowhere.txt"'),
+        [],
+        "spec.toml: corpus 'files': path '{tmp}/nowhere.txt' does not exist",
+    ),
+    ("empty-corpus", with_lines('[data] path = "{tmp}/empty.txt"'), [], "spec.toml: corpus"),
+    (
+        "grid-corpus-missing",  # the data differ by variant: the error names the variant too
+        GOOD + '[grid]\n"data.path" = ["{tmp}/nowhere.txt", "{tmp}/small.txt"]\n',
+        [],
+        "spec.toml: variant 'path={tmp}/nowhere.txt': corpus 'files'",
+    ),
+    (
+        "bpe-vocab-too-small",
+        with_lines(
+            '[data] tokenizer = {name = "bpe", vocab_size = 10}', drop='tokenizer = "bytes"'
+        ),
+        [],
+        "spec.toml: tokenizer 'bpe' option vocab_size must be at least 257",
+    ),
     ("non-utf8", with_lines('[data] path = "{tmp}/latin1.txt"'), [], "UTF-8"),
     (
         "both-path-and-corpus",
@@ -346,7 +366,7 @@ def test_bad_input(case, text, args, expected, tmp_path, monkeypatch, capsys):
     assert code == 2, err
     assert err.startswith("ablate: error: ") and err.count("\n") == 1, err
     assert "Traceback" not in err
-    assert expected in err, err
+    assert expected.replace("{tmp}", str(tmp_path)) in err, err
     assert snapshot(tmp_path) == before
 
 

@@ -74,10 +74,16 @@ def prepare_data(spec: Spec, plugins: Plugins) -> dict[str, tuple[TokenData, Any
     """Tokenize each distinct corpus/tokenizer/split once and check every run fits its data."""
     datasets: dict[str, tuple[TokenData, Any]] = {}
     probed: set[str] = set()
+    several = len({data_key(r.data) for r in spec.runs}) > 1
     for r in spec.runs:
         key = data_key(r.data)
         if key not in datasets:
-            datasets[key] = load_data(r.data, plugins)
+            try:
+                datasets[key] = load_data(r.data, plugins)
+            except (DataError, ComponentError) as exc:  # the corpus's or tokenizer's own words
+                where = f"{spec.path}: variant {r.variant!r}:" if several else f"{spec.path}:"
+                kind = DataError if isinstance(exc, DataError) else ComponentError
+                raise kind(f"{where} {exc}") from None
         data, tokenizer = datasets[key]
         check_fits(r, data, tokenizer, spec.path)
         if r.model.init_from:

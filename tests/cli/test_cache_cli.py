@@ -214,8 +214,11 @@ def test_unknown_prefix_names_some_keys(
 def test_bad_days_and_a_file_for_a_folder(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _, err = _run(capsys, "cache", "clear", "--older-than", "-1", "--dir", str(tmp_path))
-    assert code == 2 and "--older-than takes a number of days" in err
+    for days in ("-1", "inf", "nan"):
+        argv = ["cache", "clear", "--older-than", days, "--dir", str(tmp_path)]
+        code, _, err = _run(capsys, *argv)
+        assert code == 2, err
+        assert f"--older-than takes a finite number of days, 0 or more; got {days}" in err
     (tmp_path / "tokens").write_text("not a folder")
     code, _, err = _run(capsys, "cache", "list", "--dir", str(tmp_path))
     assert code == 2 and "is a file, not a token cache folder" in err

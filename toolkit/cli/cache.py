@@ -143,7 +143,7 @@ def cmd_clear(args: argparse.Namespace) -> int:
 
     days = args.older_than
     if days is not None and not (math.isfinite(days) and days >= 0):
-        raise DataError(f"--older-than takes a number of days of at least 0, got {days}")
+        raise DataError(f"--older-than takes a finite number of days, 0 or more; got {days:g}")
     contents = scan(args.dir)
     selection = select(contents, args.prefixes, None if days is None else days * 86400.0)
     if not selection:

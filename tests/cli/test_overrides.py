@@ -101,6 +101,11 @@ def test_grid_and_variants_keys_say_how_to_set_them(tmp_path, capsys):
     assert code == 2 and "unknown key 'gird'" in err and "did you mean 'gird'" not in err
     code, _, err = validate(tmp_path, capsys, TINY_TOML, 'grid."model.norm"=[]')
     assert code == 2 and "a grid axis is a non-empty list" in err
+    # The axis is read as TOML reads the key: its example is one quoted key, never half one.
+    for key in ('grid."model.norm".eps', "grid.model.norm.eps", "grid.'model.norm'.eps"):
+        code, _, err = validate(tmp_path, capsys, TINY_TOML, f"{key}=1")
+        assert code == 2, err
+        assert """e.g. --set 'grid."model.norm.eps"=[""" in err, err
 
 
 def test_a_key_under_a_value_that_is_no_table_is_a_one_line_error(tmp_path, capsys):

@@ -88,7 +88,7 @@ def apply_override(raw: dict[str, Any], dotted: str, value: Any, source: str) ->
 
 def _set_axis(raw: dict[str, Any], dotted: str, value: Any, source: str) -> list[str]:
     """--set grid.KEY=[...] or grid."KEY"=[...]: that grid axis, replaced or added."""
-    axis = dotted.partition(".")[2].strip().strip('"').strip("'")
+    axis = ".".join(_key_parts(dotted)[1:])  # grid."model.norm" and grid.model.norm alike
     if not axis:
         raise SpecError(f"--set {dotted}: name the axis, e.g. --set 'grid.\"model.norm\"=[...]'")
     if not isinstance(value, list) or not value:
@@ -105,6 +105,20 @@ def _set_axis(raw: dict[str, Any], dotted: str, value: Any, source: str) -> list
     raw["grid"] = axes
     verb = "replaces the grid axis" if replaced else "adds the grid axis"
     return [f"--set {dotted} {verb} {axis!r} of {source}"]
+
+
+def _key_parts(dotted: str) -> list[str]:
+    """A TOML dotted key's parts, quotes read as TOML reads them: 'grid."model.norm".x' ->
+    ['grid', 'model.norm', 'x']; a key TOML cannot read is split at its dots."""
+    try:
+        node: Any = tomllib.loads(f"{dotted} = 0")
+    except tomllib.TOMLDecodeError:
+        return [p.strip().strip("\"'") for p in dotted.split(".")]
+    parts = []
+    while isinstance(node, dict):
+        (key, node), *_ = node.items()
+        parts.append(key)
+    return parts
 
 
 def _override_variants(raw: dict[str, Any], dotted: str, value: Any, source: str) -> list[str]:

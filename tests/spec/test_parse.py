@@ -81,6 +81,9 @@ def test_set_overrides_are_toml_values(tmp_path, plugins):
     assert (r.train.lr, r.seed, r.sampling.prompt) == (0.01, 5, "Hi")
     assert r.model.attention == {"name": "sdpa", "qk_norm": False}  # options resolved to defaults
     assert parse_override("model.qkv_bias=true") == ("model.qkv_bias", True)
+    # One string, not a list of them: each character would read as a --set of its own.
+    with pytest.raises(SpecError, match=r"overrides must be a list .* e\.g\. \['train.lr=1e-2'\]"):
+        load_spec(path, "train.lr=1e-2", plugins=plugins)
     assert parse_override("train.betas=[0.9, 0.99]") == ("train.betas", [0.9, 0.99])
 
 

@@ -100,6 +100,11 @@ def parse_spec(
 ) -> Spec:
     """Validate an already-parsed spec document (a dict as tomllib returns it); a spec of more
     than `max_runs` runs is refused before its variants are expanded."""
+    if isinstance(overrides, str):  # each of its characters would read as one --set
+        raise SpecError(
+            f"overrides must be a list of 'KEY=VALUE' strings, e.g. [{overrides!r}]; got a "
+            f"str"
+        )
     raw = copy.deepcopy(raw)
     unknown = sorted(set(raw) - TOP_LEVEL)
     if unknown:

@@ -241,6 +241,9 @@ def test_book_n_heads_from_gpt2_widths_or_the_argument(tmp_path):
     with pytest.raises(DataError, match="not divisible"):
         import_book(tmp_path / "tiny.pth", n_heads=3)
     assert import_book(tmp_path / "tiny.pth", n_heads=4)[0].n_heads == 4
+    for rate in (float("nan"), 1.0, -0.1):  # what the CLI's --drop-rate refuses, from Python
+        with pytest.raises(DataError, match=r"model.drop_rate must be in \[0, 1\)"):
+            import_book(tmp_path / "tiny.pth", n_heads=4, drop_rate=rate)
 
 
 def test_book_training_checkpoint_and_compiled_names(tmp_path):

@@ -24,7 +24,7 @@ from toolkit.api.registry import split_choice
 from toolkit.errors import DataError
 from toolkit.files import write_atomic
 from toolkit.model.checkpoint import StateDict, load_tensors, meta_state_dict
-from toolkit.model.config import ModelConfig
+from toolkit.model.config import ModelConfig, value_problem
 from toolkit.model.interop import LAYERNORM_PARAMS, exportable, standalone
 
 # GPT-2's widths and their head counts (gpt2, -medium, -large, -xl): a book state dict does not
@@ -88,6 +88,9 @@ def import_book(
         positional="learned",
         init="default",
     )
+    problem = value_problem(config)  # drop_rate, the one size given rather than read
+    if problem:
+        raise DataError(f"{path}: {problem}")
     expected = {k: tuple(t.shape) for k, t in meta_state_dict(config).items()}
     kept = {k: t for k, t in state.items() if not k.endswith(".att.mask")}
     missing, extra = sorted(set(expected) - set(kept)), sorted(set(kept) - set(expected))

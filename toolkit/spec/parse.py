@@ -102,8 +102,7 @@ def parse_spec(
     than `max_runs` runs is refused before its variants are expanded."""
     if isinstance(overrides, str):  # each of its characters would read as one --set
         raise SpecError(
-            f"overrides must be a list of 'KEY=VALUE' strings, e.g. [{overrides!r}]; got a "
-            f"str"
+            f"overrides must be a list of 'KEY=VALUE' strings, e.g. [{overrides!r}]; got a str"
         )
     raw = copy.deepcopy(raw)
     unknown = sorted(set(raw) - TOP_LEVEL)

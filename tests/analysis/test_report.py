@@ -145,6 +145,22 @@ def test_paired_by_seed_when_seeds_are_shared():
     assert base["test"] == "" and math.isnan(base["p_value"]) and base["delta"] == 0
 
 
+def test_delta_is_over_the_seeds_the_test_pairs_when_a_side_lost_some():
+    """The baseline's seeds 3 and 4 failed; the variant is 0.03 worse on each seed both
+    finished. Δ, Δ % and the verdict describe that one paired comparison (before, Δ was the
+    variant's five-seed mean minus the baseline's three-seed mean: -0.0416 beside 'worse')."""
+    t = seeded({"base": [2.00, 2.02, 2.04, 9.0, 9.0], "v": [2.03, 2.052, 2.07, 1.90, 1.90]})
+    failed = (t["variant"] == "base") & (t["seed"] >= 3)
+    t.loc[failed, "status"] = "failed"
+    v = summarize(t).set_index("variant").loc["v"]
+    d = np.subtract([2.03, 2.052, 2.07], [2.00, 2.02, 2.04])
+    assert v["test"] == "paired t" and v["pairs"] == 3
+    assert v["delta"] == pytest.approx(d.mean()) and v["delta_val_loss"] == v["delta"]
+    assert v["delta_pct"] == pytest.approx(100 * d.mean() / 2.02)
+    assert v["verdict"] == "worse" and v["delta"] > 0 and v["statistic"] > 0
+    assert v["val_loss_mean"] == pytest.approx(np.mean([2.03, 2.052, 2.07, 1.90, 1.90]))
+
+
 def test_welch_when_seeds_are_not_shared():
     t = table(
         [

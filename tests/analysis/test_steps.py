@@ -108,6 +108,17 @@ def test_welch_without_shared_seeds_and_no_test_with_one_seed():
     assert row.split()[1:4] == ["rope", "model.x=rms", f"{2.7 - np.mean(a):+.4f}"]
 
 
+def test_a_step_whose_sides_finished_other_seeds_reports_the_paired_difference():
+    """rope lost seed 3: its step over gpt2 is the mean of the three paired differences, inside
+    its own interval, not the difference of a 3-seed and a 4-seed mean."""
+    values = {"gpt2": [3.00, 3.10, 3.05, 2.50], "rope": [2.90, 2.97, 2.96, None]}
+    rope = summarize(runs(values, {"rope": "gpt2"})).set_index("variant").loc["rope"]
+    d = np.subtract([2.90, 2.97, 2.96], [3.00, 3.10, 3.05])
+    assert rope["delta_step"] == pytest.approx(d.mean())
+    assert rope["delta_step_ci_low"] < rope["delta_step"] < rope["delta_step_ci_high"]
+    assert rope["delta_step"] == pytest.approx(rope["delta"])  # a step from the baseline
+
+
 def test_a_table_without_after_is_returned_as_it_is():
     table = runs(CHAIN, {}).drop(columns=["after", "changes"])
     s = summarize(table)

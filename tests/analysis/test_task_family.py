@@ -71,6 +71,20 @@ def test_metrics_that_are_not_one_rescaling_are_separate_tests():
 
 
 @pytest.mark.slow
+def test_a_scores_delta_is_over_the_seeds_its_test_pairs():
+    """The baseline was scored on seeds 0-3, the variant on 0-2 (seed 3's run was retrained, so
+    its scores left): _delta is the mean of the three paired differences its _p tests."""
+    acc = "task:mc/acc"
+    values = {
+        "base": {acc: {0: 0.30, 1: 0.32, 2: 0.31, 3: 0.60}},
+        "v": {acc: {0: 0.35, 1: 0.36, 2: 0.37}},
+    }
+    out = tasks.compared(["base", "v"], "base", values, [acc])
+    paired = stats.paired_t([0.35, 0.36, 0.37], [0.30, 0.32, 0.31])
+    assert out[f"{acc}_delta"][1] == pytest.approx(0.05)
+    assert out[f"{acc}_p"][1] == pytest.approx(paired.p_value)
+
+
 def test_the_scores_tables_family_wise_error_rate_is_alpha():
     # 3 variants equal to the baseline, scored at 2 lengths (loss and bits per byte each), 4
     # seeds paired: the table rejects any of its null comparisons in about alpha of the

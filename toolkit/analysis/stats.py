@@ -18,6 +18,8 @@ noncentral) come from scipy.stats; the statistics themselves are written out her
   both have (seeds fix the initialisation and the data order, so runs with the same seed are
   paired) when they share at least two; else Welch's t-test when each has at least two; else no
   test (p is NaN: one seed says nothing about seed-to-seed noise).
+- `difference(variant, baseline)`: the Δ that test estimates (the mean of the paired
+  differences, or the difference of the means) and the baseline's mean over the same seeds.
 - `holm(p)`: Holm-Bonferroni adjusted p-values of one family of tests. Sort the m finite p
   ascending, p_(1) ≤ ... ≤ p_(m); adjusted p_(i) = max_{j ≤ i} min(1, (m - j + 1) · p_(j)).
   NaN p-values (no test) are not counted in m and stay NaN. Rejecting where the adjusted p < α
@@ -205,6 +207,19 @@ def compare_to_baseline(variant: Mapping[int, float], baseline: Mapping[int, flo
         return welch_t(list(v.values()), list(b.values()))
     delta = float(np.mean(list(v.values())) - np.mean(list(b.values()))) if v and b else NAN
     return TestResult("", len(v) + len(b), delta, NAN, NAN, NAN, "one seed: no test")
+
+
+def difference(variant: Mapping[Any, float], baseline: Mapping[Any, float]) -> tuple[float, float]:
+    """(Δ, the baseline's mean) over the values compare_to_baseline tests: the mean of the
+    per-seed differences and the baseline's mean on the shared seeds when it pairs them, else
+    the difference of the two means and the baseline's mean over all its seeds. So Δ, its
+    interval and p describe one comparison even when a side lost seeds (a failed run)."""
+    test = compare_to_baseline(variant, baseline)
+    b = {s: float(x) for s, x in baseline.items() if math.isfinite(float(x))}
+    if test.test == PAIRED:
+        v = {s for s, x in variant.items() if math.isfinite(float(x))}
+        b = {s: x for s, x in b.items() if s in v}
+    return test.delta, float(np.mean(list(b.values()))) if b else NAN
 
 
 def check_correction(correction: str) -> str:

@@ -10,15 +10,17 @@ load.py reads from config.json) and `changes` (the keys it sets itself, `describ
 `add_steps` adds to the comparison table:
 
 - after, changes: as the runs carry them ('' where a variant builds on nothing);
-- delta_step: the variant's mean of the comparison metric minus that of the variant it builds
-  on, over their finished seeds (as `delta` is against the baseline), so along a chain that
-  starts at the baseline the steps add up to `delta`, the running total;
+- delta_step: the difference the step's test estimates (as `delta` is against the baseline):
+  the mean of the per-seed differences over the seeds both finished when it pairs them, else
+  the variant's mean minus that of the variant it builds on. When every variant of a chain
+  finished the same seeds, that is mean minus mean, and along a chain that starts at the
+  baseline the steps add up to `delta`, the running total;
 - test_step, p_step: `stats.compare_to_baseline` of the variant against the one it builds on:
   paired t on their shared seeds (at least 2), else Welch's t, else no test ("", NaN);
 - delta_step_ci_low, delta_step_ci_high: the 95% interval of that test's difference: paired,
   mean(d) ± t(0.975, n - 1) · s_d / √n over the shared seeds; Welch, the difference of the means
-  ± t(0.975, df) · √(s_a²/n_a + s_b²/n_b); NaN without a test. With the same finished seeds on
-  both sides, mean(d) is delta_step.
+  ± t(0.975, df) · √(s_a²/n_a + s_b²/n_b); NaN without a test. Either way it is an interval
+  around delta_step.
 
 summary.attrs["steps"] lists the variants of the chains (those built on another and those built
 on) in the runs table's order, the spec's, where every variant comes after the one it builds on.
@@ -34,7 +36,6 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from toolkit.analysis import stats
@@ -70,12 +71,12 @@ def step_test(
     variant: Mapping[Any, float], before: Mapping[Any, float], confidence: float = 0.95
 ) -> tuple[float, stats.TestResult, float, float]:
     """(delta_step, the test, CI low, CI high) of a variant against the one it builds on,
-    both seed -> final metric: the difference of their means, compare_to_baseline, and the
-    interval of the test's difference (see the module docstring)."""
+    both seed -> final metric: the difference compare_to_baseline estimates, its test, and
+    the interval of that difference (see the module docstring)."""
     v = {s: float(x) for s, x in variant.items() if math.isfinite(float(x))}
     b = {s: float(x) for s, x in before.items() if math.isfinite(float(x))}
-    delta = float(np.mean(list(v.values())) - np.mean(list(b.values()))) if v and b else math.nan
     test = stats.compare_to_baseline(v, b)
+    delta = test.delta
     low = high = math.nan
     if test.test == stats.PAIRED:
         shared = sorted(set(v) & set(b))

@@ -16,8 +16,11 @@ byte when the variants use different tokenizers; ties by name), the baseline mar
 - for m in val_loss, val_perplexity, val_bpb, gap (val_loss - train_loss at the end):
   m_mean, m_std (sample std, n - 1), m_ci_low, m_ci_high (95% t-interval of the mean);
   train_loss_mean
-- delta_val_loss, delta_val_bpb: mean minus the baseline's mean; delta, delta_pct: the same for
-  the comparison metric (delta_pct in % of the baseline's mean)
+- delta_val_loss, delta_val_bpb: the difference to the baseline the test estimates
+  (`stats.difference`): over the seeds both finished when the test pairs them, the mean of the
+  per-seed differences; else mean minus the baseline's mean. With the same finished seeds on
+  both sides, that is mean minus mean either way. delta, delta_pct: the same for the
+  comparison metric (delta_pct in % of the baseline's mean over those seeds)
 - test ("paired t" on the seeds shared with the baseline, "Welch t", or "" when a side has a
   single seed), pairs (seeds the test paired), statistic, df, p_value (two-sided; NaN without
   a test), p_holm (p_value Holm-adjusted over the family of every comparison with the baseline
@@ -216,11 +219,9 @@ def summarize(
         mine = values[row["variant"]]
         out: dict[str, Any] = {}
         for m in dict.fromkeys(("val_loss", "val_bpb", metric)):
-            out[f"delta_{m}"] = (
-                row[f"{m}_mean"] - _mean(base[m].values()) if base is not None else math.nan
-            )
+            out[f"delta_{m}"] = stats.difference(mine[m], base[m])[0] if base else math.nan
         out["delta"] = out[f"delta_{metric}"]
-        base_mean = _mean(base[metric].values()) if base is not None else math.nan
+        base_mean = stats.difference(mine[metric], base[metric])[1] if base else math.nan
         out["delta_pct"] = 100 * out["delta"] / base_mean if base_mean else math.nan
         if base is None or row["baseline"]:
             test = stats.TestResult("", 0, math.nan, math.nan, math.nan, math.nan)

@@ -3,8 +3,9 @@ run's "task:<task>/<metric>" columns of the results table hold them).
 
 For each task score column, summarize() adds, per variant over its finished runs that have
 the score: _mean, _std, _ci_low, _ci_high (the t-interval) and _n (how many), and against the
-baseline's: _delta (difference of means), _p (the losses' own test: paired t on the shared
-seeds, else Welch) and _p_holm (Holm over every task comparison in the table: a family of its
+baseline's: _delta (the difference the test estimates: of the scores on the shared seeds when
+it pairs them, else of the means), _p (the losses' own test: paired t on the shared seeds,
+else Welch) and _p_holm (Holm over every task comparison in the table: a family of its
 own, apart from the losses'). A metric that is another metric of its task times one constant
 in every run (a window score's bits per byte is its loss times tokens / bytes / ln 2, for one
 corpus and tokenizer) repeats that metric's test, so the family counts it once. No
@@ -63,8 +64,9 @@ def compared(
                 deltas.append(math.nan)
                 ps.append(math.nan)
                 continue
-            deltas.append(_mean(mine) - _mean(base[column]))
-            ps.append(stats.compare_to_baseline(mine, base[column]).p_value)
+            test = stats.compare_to_baseline(mine, base[column])
+            deltas.append(test.delta)  # over the seeds the test compares
+            ps.append(test.p_value)
         columns[f"{column}_delta"], columns[f"{column}_p"] = deltas, ps
     leader = _same_tests(scored, values)
     tested = [column for column in scored if leader[column] == column]

@@ -3,15 +3,25 @@ interrupted writes cleaned up when their folder is next opened."""
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import time
 
 import pytest
+from conftest import small_toml
 
+from toolkit.cli import main
 from toolkit.data.tokens import load_tokens
-from toolkit.files import atomic_path, remove_temps, to_json, write_atomic
+from toolkit.files import (
+    atomic_path,
+    remove_temps,
+    storage_problem,
+    storage_remedy,
+    to_json,
+    write_atomic,
+)
 from toolkit.spec.parse import parse_spec
 from toolkit.sweep.runner import run
 
@@ -32,6 +42,40 @@ def test_an_interrupted_write_leaves_the_old_file_and_a_readable_new_one(tmp_pat
     assert path.read_text() == "old" and list(tmp_path.iterdir()) == [path]
     write_atomic(path, "new")
     assert path.read_text() == "new" and oct(path.stat().st_mode & 0o777) == "0o644"
+
+
+def test_a_failed_write_names_the_file_meant_and_leaves_no_temp(tmp_path):
+    """A folder where the file goes: the error names that path (not the temp file's), which
+    is what the one-line message shows; nothing is left beside it."""
+    (tmp_path / "results.csv").mkdir()
+    with pytest.raises(OSError) as caught:
+        write_atomic(tmp_path / "results.csv", "x")
+    assert caught.value.errno == errno.EISDIR
+    assert caught.value.filename == str(tmp_path / "results.csv")
+    assert storage_problem(caught.value) == f"Is a directory ({tmp_path / 'results.csv'})"
+    assert storage_remedy(caught.value) == "move what is in the way"
+    assert [p.name for p in tmp_path.iterdir()] == ["results.csv"]
+
+
+def test_a_folder_where_a_sweep_writes_a_file_is_one_line(tmp_path, capsys):
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(small_toml("tiny"))
+    out = tmp_path / "out"
+    assert main(["run", str(spec), "--out", str(out), "--quiet"]) == 0
+    for name in ("results.csv", "experiment.json"):
+        kept = out / name
+        kept.rename(tmp_path / name)
+        kept.mkdir()
+        capsys.readouterr()
+        assert main(["run", str(spec), "--out", str(out), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert err == (
+            f"ablate: error: Is a directory ({kept}); move what is in the way, then run the "
+            f"same command to go on\n"
+        )
+        kept.rmdir()
+        (tmp_path / name).rename(kept)
+    assert main(["verify", str(out)]) == 0
 
 
 def test_remove_temps_takes_only_old_enough_temp_files(tmp_path):

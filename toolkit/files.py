@@ -27,15 +27,24 @@ MODE = 0o644  # results, caches and reports are for sharing
 STORAGE_ERRNOS = frozenset(
     {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 )
+# ... and numbers that mean something stands where a file of ours goes (a folder, a file).
+IN_THE_WAY_ERRNOS = frozenset({errno.EISDIR, errno.ENOTDIR})
 
 
 def storage_problem(exc: BaseException) -> str | None:
     """'No space left on device (runs/x/summary.json)' for an OSError that is the storage's
     doing (full, read-only, permissions), else None."""
-    if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
+    if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS | IN_THE_WAY_ERRNOS:
         where = f" ({exc.filename})" if exc.filename else ""
         return f"{exc.strerror or exc}{where}"
     return None
+
+
+def storage_remedy(exc: BaseException) -> str:
+    """What to do about a storage_problem: move what is in the way, or make room."""
+    if isinstance(exc, OSError) and exc.errno in IN_THE_WAY_ERRNOS:
+        return "move what is in the way"
+    return "free space or fix permissions"
 
 
 @contextlib.contextmanager
@@ -50,6 +59,12 @@ def atomic_path(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
         yield Path(tmp)
         os.chmod(tmp, MODE)
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.errno is not None and exc.filename in (None, tmp):
+            # Name the file meant (a full disk, a folder where it goes), not our temp file.
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -41,7 +41,7 @@ from toolkit.cli import (
     tasks,
 )
 from toolkit.errors import ToolkitError, one_line
-from toolkit.files import storage_problem
+from toolkit.files import storage_problem, storage_remedy
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -68,8 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if problem is None:
             raise
         print(
-            f"ablate: error: {problem}; free space or fix permissions, then run the same "
-            f"command to go on",
+            f"ablate: error: {problem}; {storage_remedy(exc)}, then run the same command to go on",
             file=sys.stderr,
         )
         return 2

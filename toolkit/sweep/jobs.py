@@ -44,7 +44,7 @@ import torch
 from toolkit.api.manager import Plugins
 from toolkit.data.resolve import data_key, load_data
 from toolkit.errors import StorageError, ToolkitError, one_line
-from toolkit.files import storage_problem, write_atomic, write_json
+from toolkit.files import storage_problem, storage_remedy, write_atomic, write_json
 from toolkit.training.distributed import current
 from toolkit.training.loop import train_run
 from toolkit.training.throughput import adopt_peaks, cpu_peak, resolve_device
@@ -239,8 +239,8 @@ def run_job(
             # the same command goes on once there is room.
             raise StorageError(
                 f"{job.label} failed ({one_line(exc, 160)}) and its failure cannot be recorded "
-                f"({storage_problem(unwritten) or one_line(unwritten, 160)}); free space or "
-                f"fix permissions, then run the same command to go on"
+                f"({storage_problem(unwritten) or one_line(unwritten, 160)}); "
+                f"{storage_remedy(unwritten)}, then run the same command to go on"
             ) from None
         if world.active:
             # One rank cannot go on alone to the next run: every rank stops here.

@@ -145,3 +145,9 @@ def test_a_table_mixing_evaluations_flags_them_and_says_why():
     assert mixed["flags"].tolist() == ["eval windows: grid+spread"]
     same = summarize(_runs({"base": ["grid"] * 2, "a": ["grid"] * 2}))
     assert "evaluation windows" not in format_summary(same)
+    # A failed run scored nothing: the windows a results table fills in for it flag nothing.
+    failed = _runs({"base": ["grid"] * 3, "a": ["grid"] * 2})
+    failed.loc[2, ["status", "eval_windows", "precision"]] = ["failed", "spread", "bf16-mixed"]
+    failed.loc[:, "precision"] = failed["precision"].fillna("fp32")
+    flags = summarize(failed).set_index("variant")["flags"].to_dict()
+    assert flags == {"base": "1 failed, 2/3 seeds", "a": ""}

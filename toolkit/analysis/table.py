@@ -203,8 +203,9 @@ def summarize(
             "train_s": _mean(_column(ok, "train_s")),
             "wall_s": _mean(_column(group, "wall_s")),
             "causal": bool(causal.astype(bool).all()) if len(causal) else True,
-            "eval_windows": "+".join(sorted(set(_column(group, "eval_windows").dropna()))),
-            "precision": "+".join(sorted(set(_column(group, "precision").dropna()))),
+            # Of the finished runs: a failed one scored nothing (and records neither).
+            "eval_windows": "+".join(sorted(set(_column(ok, "eval_windows").dropna()))),
+            "precision": "+".join(sorted(set(_column(ok, "precision").dropna()))),
             "diverged": int((status == "diverged").sum()),
             "failed": int((status == "failed").sum()),
             "other": int((~status.isin(["ok", "diverged", "failed"])).sum()),

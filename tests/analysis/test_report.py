@@ -161,6 +161,20 @@ def test_delta_is_over_the_seeds_the_test_pairs_when_a_side_lost_some():
     assert v["val_loss_mean"] == pytest.approx(np.mean([2.03, 2.052, 2.07, 1.90, 1.90]))
 
 
+def test_perplexity_is_exp_of_the_loss_and_its_interval():
+    """Two seeds of losses 2.00 and 2.25: a t-interval of their perplexities (7.39, 9.49) is
+    [-4.89, 21.77], below the least perplexity there is (1); exp of the loss's is not."""
+    row = summarize(seeded({"base": [2.00, 2.25]})).iloc[0]
+    lo, hi = sp.t.interval(0.95, 1, loc=2.125, scale=sp.sem([2.00, 2.25]))
+    assert row["val_perplexity_mean"] == pytest.approx(math.exp(2.125))
+    assert row["val_perplexity_ci_low"] == pytest.approx(math.exp(lo)) and math.exp(lo) > 1
+    assert row["val_perplexity_ci_high"] == pytest.approx(math.exp(hi))
+    assert row["val_perplexity_std"] == pytest.approx(np.std(np.exp([2.0, 2.25]), ddof=1))
+    one = summarize(seeded({"base": [2.0]})).iloc[0]
+    assert one["val_perplexity_mean"] == pytest.approx(math.exp(2.0))
+    assert math.isnan(one["val_perplexity_ci_low"]) and math.isnan(one["val_perplexity_std"])
+
+
 def test_welch_when_seeds_are_not_shared():
     t = table(
         [

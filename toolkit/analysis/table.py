@@ -14,7 +14,9 @@ byte when the variants use different tokenizers; ties by name), the baseline mar
 - variant, experiment, baseline (bool), seeds_asked (runs the spec lists), runs (recorded),
   ok (finished runs: the n of every statistic)
 - for m in val_loss, val_perplexity, val_bpb, gap (val_loss - train_loss at the end):
-  m_mean, m_std (sample std, n - 1), m_ci_low, m_ci_high (95% t-interval of the mean);
+  m_mean, m_std (sample std, n - 1), m_ci_low, m_ci_high (95% t-interval of the mean), except
+  that perplexity, exp(loss), has exp of the loss's mean and interval (the seeds' geometric
+  mean; an interval of perplexities that cannot fall below 1) beside its seeds' std;
   train_loss_mean
 - delta_val_loss, delta_val_bpb: the difference to the baseline the test estimates
   (`stats.difference`): over the seeds both finished when the test pairs them, the mean of the
@@ -189,6 +191,7 @@ def summarize(
                 f"{column}_ci_low": d.ci_low,
                 f"{column}_ci_high": d.ci_high,
             }
+        row |= _perplexity(per_seed["val_loss"], per_seed["val_perplexity"], confidence)
         row["train_loss_mean"] = _mean(per_seed["train_loss"].values())
         for column in scored:
             per_seed[column] = _by_seed(ok, column)
@@ -283,6 +286,23 @@ def summarize(
     summary.attrs["aa_check"] = _aa_check(base[metric] if base is not None else {}, alpha)
     summary.attrs["task_settings_differ"] = tasks.settings_differ(table)
     return summary
+
+
+def _perplexity(
+    loss: dict[Any, float], perplexity: dict[Any, float], confidence: float
+) -> dict[str, float]:
+    """Perplexity is exp(loss): its mean is exp of the mean loss (the seeds' geometric mean)
+    and its interval the loss interval's exp, never below 1 as a t-interval of the seeds'
+    perplexities can be; std is the spread of the seeds' perplexities."""
+    d = stats.describe(loss.values(), confidence)
+    if not d.n:  # no loss recorded: the runs' own perplexities, if any
+        return {}
+    return {
+        "val_perplexity_mean": math.exp(d.mean),
+        "val_perplexity_std": stats.describe(perplexity.values()).std,
+        "val_perplexity_ci_low": math.exp(d.ci_low) if finite(d.ci_low) else math.nan,
+        "val_perplexity_ci_high": math.exp(d.ci_high) if finite(d.ci_high) else math.nan,
+    }
 
 
 def _active_params(summary: pd.DataFrame) -> pd.DataFrame:

@@ -175,6 +175,16 @@ def test_perplexity_is_exp_of_the_loss_and_its_interval():
     assert math.isnan(one["val_perplexity_ci_low"]) and math.isnan(one["val_perplexity_std"])
 
 
+def test_a_finished_run_without_a_finite_score_is_flagged_not_dropped_silently():
+    """status ok but val_loss NaN or inf (the last step left NaN weights): the mean and the
+    test use the two seeds that scored, and the row says why it has 2 of its 4."""
+    t = seeded({"base": [2.0, 2.01, 2.02, 2.03], "v": [2.0, math.inf, 2.02, math.nan]})
+    v = summarize(t).set_index("variant").loc["v"]
+    assert v["ok"] == 4 and v["pairs"] == 2
+    assert v["flags"] == "2 finished without a finite score"
+    assert summarize(t).set_index("variant").loc["base", "flags"] == ""
+
+
 def test_welch_when_seeds_are_not_shared():
     t = table(
         [

@@ -37,7 +37,8 @@ byte when the variants use different tokenizers; ties by name), the baseline mar
   "spread", joined by "+" when its seeds differ), precision (what its runs trained in, "auto"
   resolved, joined the same way; "" when no run records it), diverged, failed (counts), flags
   (text: non-causal, eval windows or a precision other than the baseline's or mixed across
-  seeds, diverged or failed runs, fewer finished seeds than asked, outlier seeds;
+  seeds, diverged or failed runs, finished runs without a finite score (left out of every
+  statistic), fewer finished seeds than asked, outlier seeds;
   non-embedding parameters (active ones when the table has them) or FLOPs per token more than
   2% off the baseline's); outlier_seeds (text: the seeds
   `stats.outliers` flags in the comparison metric, "3" or "3, 7"; "" for none)
@@ -212,6 +213,10 @@ def summarize(
             "diverged": int((status == "diverged").sum()),
             "failed": int((status == "failed").sum()),
             "other": int((~status.isin(["ok", "diverged", "failed"])).sum()),
+            # Finished runs without a finite score (a last step that left NaN weights).
+            "unscored": int(
+                (~np.isfinite(pd.to_numeric(_column(ok, metric), errors="coerce"))).sum()
+            ),
         }
         rows.append(row)
 
@@ -256,7 +261,7 @@ def summarize(
     summary["flags"] = [
         _flags(r, base_rows[0] if base_rows else None) for r in summary.to_dict("records")
     ]
-    summary = summary.drop(columns="other")
+    summary = summary.drop(columns=["other", "unscored"])
     order = [
         "variant", "experiment", "baseline", "seeds_asked", "runs", "ok",
         *[f"{m}_{s}" for m in METRICS for s in ("mean", "std", "ci_low", "ci_high")],
@@ -410,6 +415,8 @@ def _flags(row: dict[str, Any], base: dict[str, Any] | None) -> str:
         flags.append(f"{row['failed']} failed")
     if row["other"]:
         flags.append(f"{row['other']} other status")
+    if row["unscored"]:
+        flags.append(f"{row['unscored']} finished without a finite score")
     if row["outlier_seeds"]:
         many = "," in row["outlier_seeds"]
         flags.append(f"outlier seed{'s' if many else ''} {row['outlier_seeds']}")

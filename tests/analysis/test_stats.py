@@ -103,6 +103,14 @@ def test_no_spread_or_one_seed_gives_no_p_value():
     assert math.isnan(stats.paired_t([1.0], [0.5]).p_value)
     assert math.isnan(stats.welch_t([1.0], [0.5, 0.7]).p_value)
     assert math.isnan(stats.welch_t([1.0, 1.0], [2.0, 2.0]).p_value)
+    # Differences of 0.03 in decimal differ in their 17th digit as floats: still no spread,
+    # where an sd of 1e-17 made t = 2e14 and p = 2e-29.
+    a, b = [2.03, 2.04, 2.05], [2.0, 2.01, 2.02]
+    assert np.std(np.subtract(a, b), ddof=1) > 0
+    assert math.isnan(stats.paired_t(a, b).p_value)
+    assert stats.paired_t(a, b).note == "no spread in the differences"
+    assert math.isnan(stats.welch_t([0.1 + 0.2, 0.3], [0.3, 0.3]).p_value)
+    assert math.isnan(stats.student_t([0.1 + 0.2, 0.3], [0.3, 0.3]).p_value)
 
 
 def test_compare_to_baseline_pairs_by_seed_else_welch_else_nothing():

@@ -52,8 +52,9 @@ noncentral) come from scipy.stats; the statistics themselves are written out her
   (t(1 - α/2, df) + t(power, df)) · sd · k gives less than the stated power with few seeds
   (about 0.73 for 2 pairs, 0.77 for 3).
 
-A test with no spread at all (every difference equal) has no p-value (NaN) rather than 0 or 1,
-and no minimum detectable difference either.
+A test with no spread at all (every difference equal, up to float rounding: a spread of at
+most 1e-12 times the largest value) has no p-value (NaN) rather than 0 or 1, and no minimum
+detectable difference either.
 
 Not here: which runs are compared with which, and by which metric (table.py).
 """
@@ -79,6 +80,8 @@ HOLM, NO_CORRECTION = "holm", "none"
 CORRECTIONS = (HOLM, NO_CORRECTION)
 # Per group: the chance that outliers() flags a seed of a clean group is at most this.
 OUTLIER_ALPHA = 0.01
+# A spread this small relative to the values is float rounding, not seed-to-seed noise.
+ROUNDING = 1e-12
 
 
 @dataclass(frozen=True)
@@ -159,7 +162,7 @@ def paired_t(a: Sequence[float], b: Sequence[float]) -> TestResult:
     if n < 2:
         return TestResult(PAIRED, n, delta, NAN, NAN, NAN, "fewer than 2 pairs")
     sd = float(d.std(ddof=1))
-    if sd == 0:
+    if _no_spread(sd, x[keep], y[keep]):
         return TestResult(PAIRED, n, delta, NAN, n - 1, NAN, "no spread in the differences")
     t = delta / (sd / math.sqrt(n))
     return TestResult(PAIRED, n, delta, t, n - 1, two_sided_p(t, n - 1))
@@ -174,7 +177,7 @@ def welch_t(a: Sequence[float], b: Sequence[float]) -> TestResult:
         return TestResult(WELCH, na + nb, delta, NAN, NAN, NAN, "a group has fewer than 2 seeds")
     va, vb = float(x.var(ddof=1)) / na, float(y.var(ddof=1)) / nb
     se2 = va + vb
-    if se2 == 0:
+    if _no_spread(math.sqrt(se2), x, y):
         return TestResult(WELCH, na + nb, delta, NAN, NAN, NAN, "no spread in either group")
     t = delta / math.sqrt(se2)
     df = se2**2 / (va**2 / (na - 1) + vb**2 / (nb - 1))
@@ -189,7 +192,7 @@ def student_t(a: Sequence[float], b: Sequence[float]) -> TestResult:
     if na < 2 or nb < 2:
         return TestResult(STUDENT, na + nb, delta, NAN, NAN, NAN, "a group has fewer than 2 seeds")
     sd, df = pooled_std([x, y])
-    if sd == 0:
+    if _no_spread(sd, x, y):
         return TestResult(STUDENT, na + nb, delta, NAN, df, NAN, "no spread in either group")
     t = delta / (sd * math.sqrt(1 / na + 1 / nb))
     return TestResult(STUDENT, na + nb, delta, t, df, two_sided_p(t, df))
@@ -313,13 +316,21 @@ def outliers(
         for seed in sorted(by_seed):
             others = [x for s, x in by_seed.items() if s != seed]
             sd = math.sqrt((rest + _squares(others)) / df)
-            if sd == 0:
+            if _no_spread(sd, list(by_seed.values())):
                 continue
             mean = float(np.mean(others))
             t = (by_seed[seed] - mean) / (sd * math.sqrt(1 + 1 / (n - 1)))
             if abs(t) > critical:
                 found.append(Outlier(g, seed, by_seed[seed], mean, t, df, two_sided_p(t, df)))
     return found
+
+
+def _no_spread(sd: float, *samples: Any) -> bool:
+    """Whether a spread is nothing but rounding: at most ROUNDING times the largest value
+    (differences of exactly 0.03 in decimal differ in the 17th digit as floats, and such an sd
+    of 1e-17 made t = 2e14)."""
+    scale = max((float(np.max(np.abs(s))) for s in samples if len(s)), default=0.0)
+    return sd <= ROUNDING * scale
 
 
 def _squares(values: Sequence[float]) -> float:

@@ -97,6 +97,27 @@ def test_verify_needs_an_experiment_folder(tmp_path, capsys):
     assert "has an experiment.json that is not JSON with its runs" in capsys.readouterr().err
 
 
+def test_report_refuses_run_folders_without_their_experiment_json(sweep, capsys):
+    """experiment.json says which run folders are the spec's: without it (or with it
+    damaged) a report would mix in runs an earlier spec left, so it refuses, as verify does;
+    the spec run again writes it back and trains nothing."""
+    spec, out = sweep
+    kept = (out / "experiment.json").read_bytes()
+    for damage, words in ((None, "but no experiment.json"), (b"{", "but a damaged experiment")):
+        if damage is None:
+            (out / "experiment.json").unlink()
+        else:
+            (out / "experiment.json").write_bytes(damage)
+        capsys.readouterr()
+        assert main(["report", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and words in err and f"ablate run SPEC --out {out}" in err
+    assert main(["run", str(spec), "--out", str(out), "--quiet"]) == 0
+    assert "training" not in capsys.readouterr().err
+    assert (out / "experiment.json").read_bytes() == kept
+    assert main(["report", str(out)]) == 0
+
+
 def test_a_broken_config_or_a_summary_of_another_run_is_caught(sweep, capsys):
     spec, out = sweep
     config = out / "base/seed-0/config.json"

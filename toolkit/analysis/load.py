@@ -90,6 +90,14 @@ def _load_part(folder: Path) -> Part:
             f"{folder} holds no experiment (no experiment.json or run folders); "
             f"give the folder `ablate run` wrote, e.g. runs/quickstart"
         )
+    if not isinstance(experiment, dict):
+        # It says which runs are the spec's: without it, runs of an earlier spec would join.
+        what = "no" if not (folder / "experiment.json").exists() else "a damaged"
+        raise ToolkitError(
+            f"{folder} holds run folders but {what} experiment.json, which says which of them "
+            f"belong to the experiment; run its spec again into it (ablate run SPEC --out "
+            f"{folder}: finished runs are kept) to write it again"
+        )
     experiment = experiment if isinstance(experiment, dict) else {}
     expected = [r for r in experiment.get("runs", []) if isinstance(r, dict)]
     folders = {(r.get("variant"), r.get("seed")): r.get("folder") for r in expected}

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from conftest import interrupting_plugins
 
+from toolkit.analysis.table import summarize
 from toolkit.errors import SpecError
 from toolkit.spec.parse import parse_spec
 from toolkit.spec.tune import parse_tune
@@ -55,6 +56,10 @@ def test_each_variant_trains_on_every_seed_at_its_own_best_point(tmp_path, tuned
     experiment = json.loads((tmp_path / "experiment.json").read_text())
     assert experiment["tune"]["values"] == {"train.lr": LRS}
     assert set(experiment["tune"]["chosen"]) == {"norm=layernorm", "norm=rmsnorm"}
+    # The table toolkit.run returns says it is tuned, so summarizing it in Python compares on
+    # the test split, as the report does (the validation split chose the settings).
+    assert table["tuned"].all()
+    assert summarize(table).attrs["metric"] == "test_loss"
 
 
 @pytest.mark.slow

@@ -108,7 +108,6 @@ def _load_part(folder: Path) -> Part:
         for v, s in zip(table["variant"], table["seed"], strict=True)
     ]
     table = _with_steps(table)
-    table["tuned"] = bool(experiment.get("tune"))  # compared on the test split (table.py)
     baseline = experiment.get("baseline")
     if baseline is None and not table.empty and table["baseline"].fillna(False).astype(bool).any():
         baseline = table.loc[table["baseline"].fillna(False).astype(bool), "variant"].iloc[0]

@@ -32,7 +32,7 @@ RESULT_COLUMNS = [
     "attention", "norm", "activation", "positional", "tokenizer", "sampler", "causal",
     "params", "params_non_embedding", "steps", "tokens",
     "train_loss", "val_loss", "val_perplexity", "val_bpb", "eval_windows",
-    "tokens_per_s", "flops_per_token", "mfu", "train_s", "wall_s", "config_hash",
+    "tokens_per_s", "flops_per_token", "mfu", "train_s", "wall_s", "config_hash", "tuned",
 ]  # fmt: skip
 # summary.json keys that are about the run's files, not results.
 NOT_IN_TABLE = ("digests",)
@@ -185,6 +185,9 @@ def collect(out_dir: str | Path) -> pd.DataFrame:
     for column in RESULT_COLUMNS:
         if column not in table:
             table[column] = None
+    # A tuned sweep's final runs: their settings were chosen on the validation split, so the
+    # comparison reads the test split (analysis.table.comparison_metric).
+    table["tuned"] = bool(experiment.get("tune"))
     # Runs recorded before train.eval_windows existed were scored on the windows it names.
     table["eval_windows"] = table["eval_windows"].fillna(LEGACY_VALUES["train.eval_windows"])
     optional = [c for c in OPTIONAL_NUMERIC if c in table] + task_columns(table)

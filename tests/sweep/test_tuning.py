@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
 from conftest import interrupting_plugins
 
 from toolkit.analysis.table import summarize
-from toolkit.errors import SpecError
+from toolkit.errors import SpecError, ToolkitError
 from toolkit.spec.parse import parse_spec
 from toolkit.spec.tune import parse_tune
+from toolkit.sweep import runner
 from toolkit.sweep.results import collect
-from toolkit.sweep.runner import run
+from toolkit.sweep.runner import OutputLock, run
 
 LRS = [1e-3, 3e-3, 1e-2]
 
@@ -124,6 +126,37 @@ def test_a_tuned_spec_needs_a_test_split_and_leaves_tuned_keys_to_tune(tuned_doc
     tuned_doc.pop("grid")
     with pytest.raises(SpecError, match=r"variant 'fast' sets train\.lr, which \[tune\] chooses"):
         parse_spec(tuned_doc)
+
+
+def test_a_tuned_sweep_holds_its_folder_from_the_first_tuning_run(tmp_path, tuned_doc):
+    """Another sweep on the folder (here: its lock held) is refused before any tuning run is
+    written; the tuning phase used to lock out/tune alone, so a second sweep trained tuning runs
+    and rewrote tuning.csv beside a final phase in progress."""
+    with OutputLock(tmp_path), pytest.raises(ToolkitError, match="in use by another ablate run"):
+        run(parse_spec(tuned_doc), tmp_path, progress=False)
+    assert not (tmp_path / "tune").exists() and not (tmp_path / "tuning.csv").exists()
+
+
+@pytest.mark.slow
+def test_tuning_csv_is_written_with_the_final_phases_experiment(tmp_path, tuned_doc, monkeypatch):
+    """Stopped after the tuning phase, before the final phase records its runs: tuning.csv
+    is not written either, so it never names a choice that experiment.json and the final
+    runs do not have (the report read a new choice beside final runs of the old one)."""
+    real = runner.write_experiment
+
+    def stop_at_the_final_phase(spec, out):
+        if Path(out) == tmp_path:
+            raise KeyboardInterrupt
+        real(spec, out)
+
+    monkeypatch.setattr(runner, "write_experiment", stop_at_the_final_phase)
+    with pytest.raises(KeyboardInterrupt):
+        run(parse_spec(tuned_doc), tmp_path, progress=False)
+    assert (tmp_path / "tune" / "experiment.json").is_file()
+    assert not (tmp_path / "tuning.csv").exists()
+    monkeypatch.undo()
+    run(parse_spec(tuned_doc), tmp_path, progress=False)
+    assert (tmp_path / "tuning.csv").is_file()
 
 
 @pytest.mark.slow

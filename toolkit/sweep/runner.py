@@ -17,6 +17,7 @@ import fcntl
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,32 +131,45 @@ def _run_tuned(
     spec: Spec, out: Path, phase: Phase, rerun: list[str] | tuple[str, ...]
 ) -> pd.DataFrame:
     """A spec with [tune]: every variant at every point on the tuning seeds (in out/tune), then
-    each at its best point on all seeds (in out), reported like any sweep."""
+    each at its best point on all seeds (in out), reported like any sweep. out stays locked
+    from the first tuning run to the last final one, and tuning.csv is written with the final
+    phase's experiment.json: a sweep stopped between the phases leaves both as they were, so
+    the report never names a choice the final runs did not train with."""
     assert spec.tune is not None
     world = distributed.current()
     tuning = tuning_spec(spec, phase.plugins)
     in_tuning = {n for n in rerun if n.rstrip("/") in run_names(tuning)}
-    if phase.progress:
-        t = spec.tune
-        print(
-            f"tuning {', '.join(t.keys())}: {len(spec.variants)} variant(s), "
-            f"{t.n_runs([v.name for v in spec.variants])} run(s) in all, in {out / TUNE_DIR}",
-            file=sys.stderr,
-        )
-    _run_phase(tuning, out / TUNE_DIR, phase, sorted(in_tuning))
-    choice = choose(spec, collect(out / TUNE_DIR))
     if world.main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_choice(out, choice)
+        check_output_dir(out)
+    with OutputLock(out) if world.main else contextlib.nullcontext():
         if phase.progress:
-            for variant, point in choice.chosen.items():
-                print(f"tuned {variant}: {point_label(point)}", file=sys.stderr)
-        for warning in choice.warnings:
-            print(f"warning: {warning}", file=sys.stderr)
-    final = tuned_spec(spec, choice.chosen, phase.plugins)
-    # A changed choice (another grid, or tuning runs retrained) trains the final runs again.
-    free = tuple(spec.tune.keys())
-    return _run_phase(final, out, phase, [n for n in rerun if n not in in_tuning], free)
+            t = spec.tune
+            print(
+                f"tuning {', '.join(t.keys())}: {len(spec.variants)} variant(s), "
+                f"{t.n_runs([v.name for v in spec.variants])} run(s) in all, in "
+                f"{out / TUNE_DIR}",
+                file=sys.stderr,
+            )
+        _run_phase(tuning, out / TUNE_DIR, phase, sorted(in_tuning))
+        choice = choose(spec, collect(out / TUNE_DIR))
+        if world.main:
+            if phase.progress:
+                for variant, point in choice.chosen.items():
+                    print(f"tuned {variant}: {point_label(point)}", file=sys.stderr)
+            for warning in choice.warnings:
+                print(f"warning: {warning}", file=sys.stderr)
+        final = tuned_spec(spec, choice.chosen, phase.plugins)
+        # A changed choice (another grid, or tuning runs retrained) trains the final runs again.
+        free = tuple(spec.tune.keys())
+        return _run_phase(
+            final,
+            out,
+            phase,
+            [n for n in rerun if n not in in_tuning],
+            free,
+            locked=True,
+            with_experiment=lambda: write_choice(out, choice),
+        )
 
 
 def _run_phase(
@@ -164,9 +178,14 @@ def _run_phase(
     phase: Phase,
     rerun: list[str] | tuple[str, ...],
     free: tuple[str, ...] = (),
+    *,
+    locked: bool = False,
+    with_experiment: Callable[[], None] | None = None,
 ) -> pd.DataFrame:
     """Train every run of a spec into out (one sweep, or one phase of a tuned one). Runs in
-    out of settings that differ only in the keys `free` are trained again, not refused."""
+    out of settings that differ only in the keys `free` are trained again, not refused.
+    locked: the caller holds out's lock already; with_experiment: written right after
+    experiment.json (a tuned sweep's tuning.csv)."""
     world = distributed.current()
     plugins, runner, restart = phase.plugins, phase.executor, phase.restart
     if world.active:
@@ -187,10 +206,10 @@ def _run_phase(
     if not world.main:
         datasets = prepare_data(spec, plugins)
         again = set()
-    with OutputLock(out) if world.main else contextlib.nullcontext():
+    with OutputLock(out) if world.main and not locked else contextlib.nullcontext():
         if world.main:  # the folder is ours now: what interrupted writes left can go
             remove_temps(out, recursive=True)
-        table = _sweep(spec, out, plugins, datasets, phase, again)
+        table = _sweep(spec, out, plugins, datasets, phase, again, with_experiment)
     distributed.barrier()  # every rank returns the finished table
     return table if world.main else collect(out)
 
@@ -227,6 +246,7 @@ def _sweep(
     datasets: dict[str, tuple[TokenData, Any]],
     phase: Phase,
     again: set[int],
+    with_experiment: Callable[[], None] | None = None,
 ) -> pd.DataFrame:
     world = distributed.current()
     progress, restart, executor = phase.progress, phase.restart, phase.executor
@@ -253,6 +273,8 @@ def _sweep(
     distributed.barrier()
     if world.main:
         write_experiment(spec, out)
+        if with_experiment is not None:
+            with_experiment()
         for warning in precision_warnings([j.run for j in jobs]):
             if warning not in phase.warned:
                 phase.warned.add(warning)

@@ -122,6 +122,19 @@ def remove_temps(folder: Path, *, older_than_s: float = 0.0, recursive: bool = F
     return removed
 
 
+# A JSON record's digest of its own content (summary.json's: its test scores and perplexities
+# have no metrics.jsonl line to check them by): the key under its "digests", and the sha256 of
+# the record, those digests left out, as to_json writes it (keys sorted). A record read back
+# from the file hashes as the record written did.
+SELF_DIGEST = "scores"
+
+
+def self_digest(record: dict[str, Any]) -> str:
+    content = {k: v for k, v in record.items() if k != "digests"}
+    text = json.dumps(_finite(content), sort_keys=True, default=str, allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def digest(path: Path) -> str:
     """sha256 of a file's bytes, read in 1 MiB blocks (a checkpoint is never in memory twice)."""
     h = hashlib.sha256()

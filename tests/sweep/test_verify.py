@@ -11,7 +11,7 @@ import pytest
 from conftest import small_toml, write_spec
 
 from toolkit.cli import main
-from toolkit.files import digest
+from toolkit.files import digest, self_digest
 from toolkit.sweep.verify import problems
 
 SPEC = small_toml(
@@ -35,6 +35,7 @@ def test_a_finished_run_records_what_it_wrote_and_verifies(sweep, capsys):
     assert summary["digests"] == {
         "checkpoint.pt": digest(run / "checkpoint.pt"),
         "metrics.jsonl": digest(run / "metrics.jsonl"),
+        "scores": self_digest(summary),  # the summary's own, its digests left out
     }
     assert problems(run) == []
     assert main(["verify", str(out)]) == 0
@@ -67,10 +68,22 @@ def test_a_hand_edited_summary_is_not_trusted(sweep, capsys):
     summary["val_loss"] -= 0.5  # a better result than the run had
     path.write_text(json.dumps(summary))
     assert problems(path.parent) == [
-        "summary.json's val_loss differ from the last evaluation in metrics.jsonl (edited?)"
+        "summary.json is not the summary the run wrote (edited?)",
+        "summary.json's val_loss differ from the last evaluation in metrics.jsonl (edited?)",
     ]
     assert main(["run", str(spec), "--out", str(out), "--quiet"]) == 0
     assert "training it again" in capsys.readouterr().err
+    assert problems(path.parent) == []
+    # A score no metrics.jsonl line repeats (perplexity; a tuned sweep's test_loss) is caught
+    # by the summary's digest of itself.
+    summary = json.loads(path.read_text())
+    summary["val_perplexity"] = 2.0
+    path.write_text(json.dumps(summary))
+    assert problems(path.parent) == ["summary.json is not the summary the run wrote (edited?)"]
+    assert main(["verify", str(out)]) == 1
+    # A summary written before it digested itself is checked as before.
+    del summary["digests"]["scores"]
+    path.write_text(json.dumps(summary))
     assert problems(path.parent) == []
 
 

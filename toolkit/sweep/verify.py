@@ -2,7 +2,8 @@
 `ablate verify` check.
 
 A run records in summary.json the sha256 of its checkpoint.pt and metrics.jsonl (`digests`),
-and its final scores, which are its last evaluation's. `problems(folder)` lists what no longer
+and of the summary's own content (`digests["scores"]`: its test scores and perplexities have
+no metrics.jsonl line), and its final scores, which are its last evaluation's. `problems(folder)` lists what no longer
 agrees: a file missing, a file whose bytes changed (corrupt, truncated or edited), a summary
 whose scores are not its metrics' last line (a hand-edited summary.json), a config.json that
 is not JSON or not this run's, or a summary that is not the run experiment.json records. Folders written before
@@ -17,7 +18,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from toolkit.files import digest, read_json
+from toolkit.files import SELF_DIGEST, digest, read_json, self_digest
 
 # What experiment.json records of a run, which its summary.json repeats.
 IDENTITY = ("variant", "seed", "config_hash")
@@ -55,6 +56,10 @@ def problems(folder: Path, expected: dict[str, Any] | None = None) -> list[str]:
     digests = summary.get("digests")
     if isinstance(digests, dict):
         for name, expected in digests.items():
+            if name == SELF_DIGEST:
+                if self_digest(summary) != expected:
+                    found.append("summary.json is not the summary the run wrote (edited?)")
+                continue
             path = folder / name
             if not path.is_file():
                 found.append(f"{name} is missing")

@@ -18,7 +18,7 @@ import torch
 
 from toolkit import __version__
 from toolkit.api.registry import split_choice
-from toolkit.files import digest, write_json
+from toolkit.files import SELF_DIGEST, digest, self_digest, write_json
 from toolkit.model.checkpoint import CHECKPOINT_FILE
 from toolkit.model.gpt import GPT
 from toolkit.spec.schema import BUDGET_KEYS
@@ -116,6 +116,8 @@ def finish(
         # What the run wrote, so a rerun (toolkit.sweep.verify) can tell it is still intact.
         names = [CHECKPOINT_FILE, "metrics.jsonl"]
         summary["digests"] = {n: digest(tr.folder / n) for n in names if (tr.folder / n).is_file()}
+        # ... and its own scores (test ones and perplexities have no metrics.jsonl line).
+        summary["digests"][SELF_DIGEST] = self_digest(summary)
         write_json(tr.folder / "summary.json", summary)
         (tr.folder / RESUME_FILE).unlink(missing_ok=True)  # finished: summary and weights remain
     # Rank 0's summary everywhere; waiting for it also keeps every process here until

@@ -226,7 +226,8 @@ def scaling(experiments: Experiments, figures_dir: Path | None, n_boot: int = 10
         f"computes). The **compute multiplier** is the factor by which the baseline's compute "
         f"must grow to reach the variant's loss: above 1 the variant is better. Intervals: "
         f"{int(100 * summary.attrs.get('confidence', 0.95))}% percentile bootstrap over seeds "
-        f"within each size (about 90% coverage with 5 seeds, measured by simulation).",
+        f"within each size (simulated coverage: about 90% with 4 or 5 seeds per size, 85% with "
+        f"3, 72% with 2; no interval with one).",
     ))  # fmt: skip
     header = ["variant", "fit", "alpha", "R²", "multiplier at largest", "at target", "crossings"]
     rows, bold = [], set()

@@ -35,7 +35,12 @@ Bootstrap (`bootstrap`, `ladder_summary`)
   resample of 5 seeds spreads √(4/5) as much as the seeds do, and a percentile interval over so
   few seeds is too narrow besides: read a "95%" interval from 5 seeds as about 90%. It is wide
   all the same: its median ratio high/low was 4.5 (e^1.5). With the baseline's own noise left
-  out of the interval, coverage fell to 73%.
+  out of the interval, coverage fell to 73%. With fewer seeds it covers less: over 400 ladders
+  each (seeds 5000-5399), 91.7% ± 1.4% with 4 seeds, 84.5% ± 1.8% with 3 and 71.8% ± 2.3%
+  with 2, the misses on both sides (test_bootstrap_coverage_with_few_seeds checks 3). So
+  `ladder_summary` warns below 4 seeds at a size with that figure, and a size with one seed
+  adds nothing to the resampled spread: one seed at every size on both sides gives no
+  interval (NaN) rather than a zero-width one that never covered the truth.
 - Each variant's resamples come from numpy's generator seeded with (seed, crc32 of the variant's
   name), so a variant's interval does not change when other variants are added or the table's
   rows are reordered.
@@ -211,6 +216,32 @@ def _interval(m: np.ndarray, confidence: float) -> tuple[float, float]:
 
 # --- the summary --------------------------------------------------------------------------------
 
+# Below this many seeds at some size, the interval covers clearly less than it says (module
+# docstring), and a warning says how much.
+MIN_SEEDS = 4
+# The 95% interval's coverage of the true multiplier by seeds per size, simulated as in the
+# module docstring (test_bootstrap_coverage_with_few_seeds).
+COVERAGE = {2: "about 72%", 3: "about 85%"}
+
+
+def _seeds_per_size(runs: pd.DataFrame, pick: Any = min) -> int:
+    """The fewest (or, with pick=max, the most) runs any size of these runs has."""
+    return int(pick(runs.groupby("size").size())) if len(runs) else 0
+
+
+def _few_seeds(seeds: int) -> str:
+    if seeds < 2:
+        return (
+            "a size with one seed adds none of its noise to the bootstrap, which resamples "
+            "seeds: the interval is too narrow (none at all with one seed everywhere); train "
+            f"{MIN_SEEDS} or more seeds per size"
+        )
+    return (
+        f"{seeds} seeds at a size: the bootstrap's 95% interval covers the true multiplier "
+        f"{COVERAGE.get(seeds, 'less than 95%')} of the time in simulated ladders (about 90% "
+        f"with {MIN_SEEDS} or 5); read it as that, or train more seeds"
+    )
+
 
 def variant_rng(seed: int, variant: str) -> np.random.Generator:
     """The generator of one variant's bootstrap resamples: seeded with (seed, crc32(name))."""
@@ -281,6 +312,9 @@ def ladder_summary(
                 f"largest compute trained ({trained:.3g}): the multiplier there is an "
                 f"extrapolation of the fitted curves"
             )
+        seeds = min(_seeds_per_size(mine), _seeds_per_size(base_runs))
+        if variant != baseline and seeds < MIN_SEEDS:
+            warnings.append(_few_seeds(seeds))
         for name, point in (("at", at), ("target", target_flops)):
             if point is None:
                 continue
@@ -290,6 +324,8 @@ def ladder_summary(
                 m = compute_multiplier(fit, base_fit, point)
                 base_boot = boots[baseline].fits
                 low, high = _interval(_multipliers(boot.fits, base_boot, point), confidence)
+                if max(_seeds_per_size(mine, max), _seeds_per_size(base_runs, max)) < 2:
+                    low = high = math.nan  # resampling one seed per size moves nothing
                 if m == math.inf:
                     warnings.append(
                         f"at {point:.3g} FLOPs the loss is at or below the baseline's fitted "

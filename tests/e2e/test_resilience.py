@@ -237,6 +237,49 @@ def test_a_corrupt_resume_state_means_the_run_starts_over(tmp_path, tiny_doc, pl
     assert f"{folder / RESUME_FILE} cannot be read" in err and "starts over from step 0" in err
 
 
+def test_data_changed_since_a_run_trained_is_refused_and_never_resumed_on(
+    tmp_path, tiny_doc, plugins, capsys
+):
+    """A data.path file edited between an interrupted run and the same command again (the
+    same length, so its batches still line up): the sweep names the runs and stops before
+    training, instead of resuming on other tokens. --restart trains on the new data; a resume
+    state saved on other tokens is never resumed from."""
+    data = tmp_path / "data.txt"
+    words = " ".join(f"word{i % 97} of {i % 13}" for i in range(3000))
+    data.write_text(words)
+    tiny_doc["data"] = {"path": str(data), "tokenizer": "bytes", "val_fraction": 0.1}
+    tiny_doc["seeds"] = [0, 1]
+    spec = parse_spec(resumable_doc(tiny_doc))
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        run(spec, out, plugins=interrupting_plugins(6), progress=False)
+    folder = out / "base/seed-0"
+    assert (folder / RESUME_FILE).exists()
+    data.write_text(words[::-1])  # other text, as many bytes
+    capsys.readouterr()
+    assert main(["run", str(write_spec(tmp_path / "s.toml", _toml(tiny_doc))), "--out",
+                 str(out), "--quiet"]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "1 run(s) of this spec trained on other data" in err
+    assert "base/seed-0" in err and "--restart" in err
+    assert (folder / RESUME_FILE).exists()  # nothing touched
+    # Under the check (a config.json lost, say): the state of other tokens is not resumed.
+    (folder / "config.json").unlink()
+    again = run(spec, out, plugins=plugins, progress=False)
+    assert "was saved on other data (the corpus changed since)" in capsys.readouterr().err
+    fresh = run(spec, tmp_path / "fresh", plugins=plugins, progress=False)
+    assert again["val_loss"].tolist() == fresh["val_loss"].tolist()
+
+
+def _toml(doc: dict) -> str:
+    """A spec document as TOML text (flat tables of plain values)."""
+    lines = [f'name = "{doc["name"]}"', f"seeds = {doc['seeds']}"]
+    for section in ("data", "model", "train", "sampling"):
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in doc.get(section, {}).items()]
+    return "\n".join(lines) + "\n"
+
+
 def test_a_cut_off_metrics_line_is_reported_when_the_run_resumes(tmp_path, capsys):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 3, "val_loss": 1.0}\n{"step": 6, "val_')

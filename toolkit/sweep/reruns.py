@@ -75,17 +75,29 @@ def check_same_experiment(spec: Spec, out: Path) -> None:
 
 
 def check_unchanged(
-    spec: Spec, out: Path, skip: set[int] = frozenset(), free: tuple[str, ...] = ()
+    spec: Spec,
+    out: Path,
+    skip: set[int] = frozenset(),
+    free: tuple[str, ...] = (),
+    data_keys: dict[int, str] | None = None,
 ) -> None:
     """Refuse to train over runs of another config: a run folder of this spec that holds a run
     (finished or interrupted) trained with other settings would be replaced. The error names
     what changed and the two ways on. Runs asked to be retrained (`skip`) are not checked, nor
-    runs that differ only in the dotted keys `free` (what tuning chose: a new choice retrains)."""
+    runs that differ only in the dotted keys `free` (what tuning chose: a new choice retrains).
+    data_keys (run index -> its token data's cache key): a run of this config trained on other
+    tokens (a data.path file edited since) is refused too, as it would join the table."""
+    stale = []
     for i, r in enumerate(spec.runs):
         if i in skip:
             continue
         recorded = read_json(out / r.folder / "config.json")
-        if not isinstance(recorded, dict) or recorded.get("config_hash") in (None, r.config_hash()):
+        if not isinstance(recorded, dict):
+            continue
+        if recorded.get("config_hash") in (None, r.config_hash()):
+            held = recorded.get("data_key")
+            if data_keys is not None and held and held != data_keys.get(i, held):
+                stale.append(f"{r.variant}/seed-{r.seed}")
             continue
         changes = config_changes(recorded, r.config())
         if changes and all(c.split(":", 1)[0] in free for c in changes):
@@ -108,6 +120,13 @@ def check_unchanged(
                 if keep and len(keep) == len(changes)
                 else ""
             )
+        )
+    if stale:
+        raise SpecError(
+            f"{out} holds {len(stale)} run(s) of this spec trained on other data than it "
+            f"reads now ({', '.join(stale[:3])}{', ...' if len(stale) > 3 else ''}: the corpus "
+            f"or its files changed since, so the token arrays differ); restore the data, train "
+            f"into another --out, or pass --restart to train this spec's runs there again"
         )
 
 

@@ -26,6 +26,7 @@ import pandas as pd
 
 from toolkit.api.manager import Plugins, load_plugins
 from toolkit.api.registry import split_choice
+from toolkit.data.resolve import data_key
 from toolkit.data.tokens import TokenData
 from toolkit.errors import (
     SpecError,
@@ -197,7 +198,8 @@ def _run_phase(
         again = rerun_indices(spec, rerun)
         check_same_experiment(spec, out)
         if not restart:
-            check_unchanged(spec, out, skip=again, free=free)
+            keys = {i: datasets[data_key(r.data)][0].key for i, r in enumerate(spec.runs)}
+            check_unchanged(spec, out, skip=again, free=free, data_keys=keys)
         # The executor's checks (a package, a cluster, its resources) cover every run; last,
         # since a Ray executor starts its cluster here.
         runner.prepare(make_jobs(spec, out, range(len(spec.runs))), plugins)

@@ -118,14 +118,19 @@ def set_up(
     info = RunInfo(run.experiment, run.variant, run.seed, run.config(), folder, params, params_ne)
 
     folder.mkdir(parents=True, exist_ok=True)
-    resume = read_resume_everywhere(folder, run.config_hash(), world)
+    resume = read_resume_everywhere(folder, run.config_hash(), world, data.key)
     if world.main:
         stale = ["summary.json", "sample.txt", CHECKPOINT_FILE, "error.txt"]
         for name in stale if resume else [*stale, "metrics.jsonl", RESUME_FILE]:
             (folder / name).unlink(missing_ok=True)
         write_json(
             folder / "config.json",
-            {**run.config(), "model_resolved": config.to_dict(), "config_hash": run.config_hash()},
+            {
+                **run.config(),
+                "model_resolved": config.to_dict(),
+                "config_hash": run.config_hash(),
+                "data_key": data.key,  # the tokens it trains on: a changed corpus is noticed
+            },
         )
         write_json(folder / "env.json", {**environment(device, run.seed), "world_size": world.size})
 
@@ -159,6 +164,7 @@ def set_up(
         schedule=torch.optim.lr_scheduler.LambdaLR(optimizer, make_schedule(run, steps, plugins)),
         clock=clock,
         precision=_precision(t.precision, device, resume),
+        data_key=data.key,
     )
     if resume:
         _restore(tr, resume)
@@ -320,6 +326,7 @@ def evaluate_and_save(tr: Training, step: int, metrics_file: TextIO | None) -> d
         if step < tr.steps:
             write_resume_state(tr.folder, {
                 "config_hash": tr.run.config_hash(),
+                "data_key": tr.data_key,
                 "step": step,
                 "model": tr.model.state_dict(),
                 "optimizer": tr.optimizer.state_dict(),

@@ -39,8 +39,11 @@ def read_resume_state(folder: Path, config_hash: str) -> dict[str, Any] | None:
     return _load(folder, config_hash)[0]
 
 
-def _load(folder: Path, config_hash: str) -> tuple[dict[str, Any] | None, str | None]:
-    """(the saved state, or None; why a resume.pt that is there cannot be used, or None)."""
+def _load(
+    folder: Path, config_hash: str, data_key: str | None = None
+) -> tuple[dict[str, Any] | None, str | None]:
+    """(the saved state, or None; why a resume.pt that is there cannot be used, or None).
+    data_key: the token data's cache key, which a state recording another was not saved on."""
     path = folder / RESUME_FILE
     if not path.exists():
         return None, None
@@ -54,6 +57,8 @@ def _load(folder: Path, config_hash: str) -> tuple[dict[str, Any] | None, str | 
         return None, f"{path} is not a resume state"
     if state.get("config_hash") != config_hash:
         return None, f"{path} belongs to another config"
+    if data_key is not None and state.get("data_key", data_key) != data_key:
+        return None, f"{path} was saved on other data (the corpus changed since)"
     return state, None
 
 
@@ -63,10 +68,13 @@ def resumable_step(folder: Path, config_hash: str) -> int | None:
     return state["step"] if state else None
 
 
-def read_resume_everywhere(folder: Path, config_hash: str, world: World) -> dict[str, Any] | None:
+def read_resume_everywhere(
+    folder: Path, config_hash: str, world: World, data_key: str | None = None
+) -> dict[str, Any] | None:
     """read_resume_state in every process, which must agree. Returning also means every
-    process has read resume.pt, so rank 0 may delete it (or other stale files) after."""
-    resume, problem = _load(folder, config_hash)
+    process has read resume.pt, so rank 0 may delete it (or other stale files) after. A state
+    saved on other token data (its data_key) is not resumed: the run starts over."""
+    resume, problem = _load(folder, config_hash, data_key)
     if problem and world.main:
         print(f"{problem}; the run starts over from step 0", file=sys.stderr)
     seen = distributed.all_gather_object(resume["step"] if resume else None)

@@ -64,6 +64,7 @@ class Training:
     # Each auxiliary loss's values since the last evaluation (GPT.gather_aux_losses), by name.
     aux: dict[str, list[float]] = field(default_factory=dict)
     precision: str = "fp32"  # train.precision, "auto" resolved (throughput.resolve_precision)
+    data_key: str = ""  # the token data's cache key: equal keys, identical token arrays
     ddp: nn.Module | None = None  # the model in DDP (the model itself in one process)
     # What a step runs (forward, loss and auxiliary losses) and what evaluation runs: compiled
     # when train.compile says, and the same module in one process.

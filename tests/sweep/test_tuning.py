@@ -12,6 +12,7 @@ import pytest
 from conftest import interrupting_plugins
 
 from toolkit.analysis.table import summarize
+from toolkit.cli import main
 from toolkit.errors import SpecError, ToolkitError
 from toolkit.spec.parse import parse_spec
 from toolkit.spec.tune import parse_tune
@@ -33,7 +34,9 @@ def tuned_doc(tiny_doc) -> dict:
 
 
 @pytest.mark.slow
-def test_each_variant_trains_on_every_seed_at_its_own_best_point(tmp_path, tuned_doc, plugins):
+def test_each_variant_trains_on_every_seed_at_its_own_best_point(
+    tmp_path, tuned_doc, plugins, capsys
+):
     table = run(parse_spec(tuned_doc), tmp_path, plugins=plugins, progress=False)
     tuning = collect(tmp_path / "tune")
     # Phase one: 2 variants x 3 learning rates x the first seed.
@@ -62,6 +65,17 @@ def test_each_variant_trains_on_every_seed_at_its_own_best_point(tmp_path, tuned
     # the test split, as the report does (the validation split chose the settings).
     assert table["tuned"].all()
     assert summarize(table).attrs["metric"] == "test_loss"
+    # ablate verify checks the tuning runs too: their scores chose the settings.
+    assert main(["verify", str(tmp_path)]) == 0
+    edited = next((tmp_path / "tune").glob("*/seed-0/summary.json"))
+    summary = json.loads(edited.read_text())
+    summary["val_loss"] -= 0.5
+    edited.write_text(json.dumps(summary))
+    capsys.readouterr()
+    assert main(["verify", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert f"{tmp_path}: 4 of 4 runs intact" in out
+    assert f"{tmp_path / 'tune'}: 5 of 6 runs intact, 1 with problems" in out
 
 
 @pytest.mark.slow

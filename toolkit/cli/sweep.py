@@ -224,11 +224,23 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    """`ablate verify DIR`: a line per run, ok or what is wrong; status 1 if any is wrong."""
+    """`ablate verify DIR`: a line per run, ok or what is wrong; status 1 if any is wrong. A
+    tuned sweep's tuning runs (DIR/tune), whose scores chose its settings, are checked too."""
+    from toolkit.sweep.tuning import TUNE_DIR
+
+    out = Path(args.dir)
+    bad = _verify_folder(out)
+    if (out / TUNE_DIR / "experiment.json").is_file():
+        bad += _verify_folder(out / TUNE_DIR)
+    return 1 if bad else 0
+
+
+def _verify_folder(out: Path) -> int:
+    """Check every run of one experiment folder, a line each and one for the folder; returns
+    how many have problems."""
     from toolkit.files import read_json
     from toolkit.sweep.verify import problems
 
-    out = Path(args.dir)
     experiment = read_json(out / "experiment.json")
     if not isinstance(experiment, dict) or not isinstance(experiment.get("runs"), list):
         held = (
@@ -253,7 +265,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         f"{out}: {n - bad - unfinished} of {plural(n, 'run')} intact, {bad} with problems, "
         f"{unfinished} not finished"
     )
-    return 1 if bad else 0
+    return bad
 
 
 def _validate_sampling(spec: Any) -> int:

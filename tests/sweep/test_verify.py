@@ -59,6 +59,12 @@ def test_a_corrupt_checkpoint_is_caught_and_retrained(sweep, capsys):
     )
     assert "base seed=0: already finished, skipped" in err
     assert main(["verify", str(out)]) == 0
+    # A summary.json that is not JSON is said too, not retrained in silence.
+    (out / "base/seed-0/summary.json").write_text("{")
+    assert main(["run", str(spec), "--out", str(out), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "seed-0: summary.json is not JSON (corrupt?); training it again" in err
+    assert main(["verify", str(out)]) == 0
 
 
 def test_a_hand_edited_summary_is_not_trusted(sweep, capsys):

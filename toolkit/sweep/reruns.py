@@ -23,6 +23,9 @@ def finished(folder: Path, config_hash: str) -> bool:
     no longer match its summary (toolkit.sweep.verify) is said so in one line and trained
     again."""
     done = read_json(folder / "summary.json")
+    if done is None and (folder / "summary.json").exists():
+        print(f"{folder}: summary.json is not JSON (corrupt?); training it again", file=sys.stderr)
+        return False
     if not (
         isinstance(done, dict)
         and done.get("status") == "ok"

@@ -593,6 +593,12 @@ def test_report_command_writes_into_the_folder_or_out(tmp_path, capsys):
     for name in ("report.md", "report.html", "report_runs.csv", "report_summary.csv"):
         assert (tmp_path / "elsewhere" / name).is_file(), name
     assert not (folder / "report.md").exists()
+    # A folder that cannot be made there (a file in the way): one line that says what to do.
+    (tmp_path / "a-file").write_text("keep")
+    assert main(["report", str(folder), "--out", str(tmp_path / "a-file" / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ablate: error: cannot write the report to ") and err.count("\n") == 1
+    assert "choose another folder with --out" in err
     assert (tmp_path / "elsewhere" / "figures" / "final.png").is_file()
 
 

@@ -95,7 +95,10 @@ def write_report(
     try:
         (folder / "figures").mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ToolkitError(f"cannot write the report to {folder} ({exc.strerror})") from None
+        raise ToolkitError(
+            f"cannot write the report to {folder} ({exc.strerror}); choose another folder "
+            f"with --out (out= in Python)"
+        ) from None
 
     made: list[FigureFile] = []
     if figures and not summary.empty:

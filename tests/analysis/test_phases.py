@@ -3,6 +3,8 @@ fits), from real tiny sweeps."""
 
 from __future__ import annotations
 
+import shutil
+
 import pandas as pd
 import pytest
 
@@ -76,6 +78,19 @@ def test_a_ladder_reports_compute_multipliers_and_compares_its_largest_size(ladd
     assert sorted(summary["variant"]) == ["activation=gelu@d48-L2-h2", "activation=relu@d48-L2-h2"]
     assert "scaling (compute multiplier against the baseline; > 1 is better):" in text
     assert "activation=gelu: x1.00" in text and "activation=relu: x" in text
+    assert "at the largest size, " in text and "so far" not in text
+    assert (
+        "2 seeds at a size: the bootstrap's 95% interval covers the true multiplier about 72%"
+        in text
+    )
+    # Before its largest size has run, the report says so rather than "no finished runs".
+    partial = tmp_path / "partial"
+    shutil.copytree(ladder, partial)
+    for summary_file in partial.glob("*@d48-L2-h2/seed-*/summary.json"):
+        summary_file.unlink()
+    _, text = report(partial)
+    assert "(no finished run at the ladder's largest size yet)" in text
+    assert "at the largest size trained so far" in text
     result = write_report(ladder, tmp_path)
     md = result.markdown.read_text()
     assert "## Scaling" in md and "multiplier at largest" in md

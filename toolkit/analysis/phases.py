@@ -246,9 +246,12 @@ def scaling(experiments: Experiments, figures_dir: Path | None, n_boot: int = 10
     if warnings:
         section.blocks.append(("ul", warnings))
     section.lines.append("scaling (compute multiplier against the baseline; > 1 is better):")
+    largest = list(ladder["sizes"])[-1]
+    trained = set(frame.loc[frame["variant"] == baseline, "size"])
+    where = "the largest size" if largest in trained else "the largest size trained so far"
     for r in summary.to_dict("records"):
         mult = _multiplier(r["multiplier"], r["multiplier_low"], r["multiplier_high"])
-        line = f"  {r['variant']}: {mult} at the largest size"
+        line = f"  {r['variant']}: {mult} at {where}"
         if target:
             at = _multiplier(
                 r.get("target_multiplier"), r.get("target_multiplier_low"),

@@ -298,9 +298,11 @@ def terminal_text(
     """The table under its title, the steps of cumulative variants, the lines of a tuned
     sweep's or a ladder's sections, then the runs still missing: what `ablate report`
     prints."""
-    parts = [
-        format_summary(summary, _title(experiments)), format_steps(summary), format_tasks(summary)
-    ]  # fmt: skip
+    if summary.empty and not experiments.runs.empty:  # a ladder compares its largest size
+        table = f"{_title(experiments)}\n(no finished run at the ladder's largest size yet)"
+    else:
+        table = format_summary(summary, _title(experiments))
+    parts = [table, format_steps(summary), format_tasks(summary)]
     parts += ["\n".join(s.lines) for s in sections]
     parts.append(_missing_text(experiments))
     return "\n".join(filter(None, parts))

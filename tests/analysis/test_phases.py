@@ -86,7 +86,7 @@ def test_a_ladder_reports_compute_multipliers_and_compares_its_largest_size(ladd
     # Before its largest size has run, the report says so rather than "no finished runs".
     partial = tmp_path / "partial"
     shutil.copytree(ladder, partial)
-    for summary_file in partial.glob("*@d48-L2-h2/seed-*/summary.json"):
+    for summary_file in partial.glob("*_d48-L2-h2/seed-*/summary.json"):
         summary_file.unlink()
     _, text = report(partial)
     assert "(no finished run at the ladder's largest size yet)" in text

@@ -78,6 +78,26 @@ def test_a_folder_where_a_sweep_writes_a_file_is_one_line(tmp_path, capsys):
     assert main(["verify", str(out)]) == 0
 
 
+def test_a_write_is_on_disk_before_it_takes_the_name(tmp_path, monkeypatch):
+    """The temp file is synced before the rename and the folder after it, so a machine that
+    loses power keeps the old file or the new one, never a name over unwritten bytes."""
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(
+        os,
+        "fsync",
+        lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))), real_fsync(fd)),
+    )
+    monkeypatch.setattr(
+        os, "replace", lambda a, b: (events.append(("replace", str(b))), real_replace(a, b))
+    )
+    write_atomic(tmp_path / "f.txt", "data")
+    assert [e[0] for e in events] == ["fsync", "replace", "fsync"]
+    assert events[0][1].startswith(str(tmp_path / ".f.txt."))  # the temp file
+    assert events[2][1] == str(tmp_path)  # the folder, after the rename
+    assert (tmp_path / "f.txt").read_text() == "data"
+
+
 def test_remove_temps_takes_only_old_enough_temp_files(tmp_path):
     (tmp_path / "sub").mkdir()
     old, young, deep = tmp_path / ".a.x1.tmp", tmp_path / ".b.x2.tmp", tmp_path / "sub/.c.tmp"

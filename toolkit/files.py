@@ -1,10 +1,11 @@
 """Files written whole or not at all, JSON every reader accepts, and JSON read back leniently.
 
 Every file the toolkit writes (run folders, caches, checkpoints, reports) goes through
-`write_atomic`: a temp file in the same folder, then os.replace, so a killed process never
-leaves half a file, and the result is readable by others (0644, not mkstemp's 0600). JSON goes
-through `to_json`, which writes a NaN or an infinity (a diverged loss) as null, since strict
-readers reject bare NaN; pandas reads null back as NaN. Not here: what goes in the files (each
+`write_atomic`: a temp file in the same folder, synced to disk, then os.replace (and the folder
+synced), so neither a killed process nor a machine that loses power leaves half a file, and
+the result is readable by others (0644, not mkstemp's 0600). JSON goes through `to_json`,
+which writes a NaN or an infinity (a diverged loss) as null, since strict readers reject bare
+NaN; pandas reads null back as NaN. Not here: what goes in the files (each
 layer knows its own).
 """
 
@@ -58,7 +59,9 @@ def atomic_path(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
     try:
         yield Path(tmp)
         os.chmod(tmp, MODE)
+        _sync(tmp)  # the bytes on disk before the name points at them (a reboot keeps both)
         os.replace(tmp, path)
+        _sync(path.parent, folder=True)  # ... and the rename itself
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
         if exc.errno is not None and exc.filename in (None, tmp):
@@ -68,6 +71,18 @@ def atomic_path(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _sync(path: str | Path, folder: bool = False) -> None:
+    """fsync a file or a folder; a file system that cannot sync a folder is let be."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not folder:
+            raise
+    finally:
+        os.close(fd)
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:

@@ -23,8 +23,12 @@ matrix product. A decoding step is one position through every layer: it reads ev
 matrix for one row of products, and for a small model its operations and Python calls cost
 about a third as much again (benchmarks/run.py's model on 2 CPU cores), so the loop writes the
 new ids into one preallocated buffer and feeds each step's ids straight to the next, runs under
-torch.inference_mode, and forward_cached leaves out dropout (the model is in eval mode).
-Batched prompts share one length (no padding here).
+torch.inference_mode, and forward_cached leaves out dropout (the model is in eval mode). On a
+CPU such a step is too little work to share between threads: cached decoding takes one thread
+per DECODE_WORK_PER_THREAD parameters x prompts (one for a small model and one prompt), which
+keeps a quiet host's speed and does not collapse beside a busy sweep (benchmarks/
+decode_threads.py: x3.24 with a core kept busy, x1.03 on a quiet 2-core host). Batched prompts share one
+length (no padding here).
 
 Text in, text out: `stream_text(model, tokenizer, prompt, ...)` yields the continuation piece
 by piece (`IncrementalDecoder` holds back a character split across tokens), and
@@ -51,6 +55,18 @@ from toolkit.spec.limits import MAX_NEW_TOKENS, check_seeds
 from toolkit.spec.schema import SamplingSpec
 
 Sampler = Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
+
+# Parameters x prompts a cached CPU decoding step gives each thread: below this much work a
+# step is one row of small products, which a second thread does not speed up on a quiet host
+# and slows 20x on a busy one (OpenMP's threads wait on each other while a sweep holds a core).
+DECODE_WORK_PER_THREAD = 20_000_000
+
+
+def decode_threads(model: nn.Module, batch: int, available: int) -> int:
+    """The CPU threads for cached decoding of `batch` prompts: one per DECODE_WORK_PER_THREAD
+    of parameters x prompts, from 1 to the `available` ones."""
+    work = batch * sum(p.numel() for p in model.parameters())
+    return max(1, min(available, work // DECODE_WORK_PER_THREAD))
 
 
 def check_max_new_tokens(value: Any, where: str) -> int:
@@ -104,6 +120,9 @@ def stream(
     done = None if eot_id is None or b == 1 else torch.zeros(b, dtype=torch.bool, device=idx.device)
     cache = model.new_cache() if cached else None
     next_ids = idx[:, -1:]  # the newest ids, which a cached step feeds: each step's own next
+    threads = torch.get_num_threads()
+    if cached and idx.device.type == "cpu":  # set for the stream, given back at its end
+        torch.set_num_threads(decode_threads(model, b, threads))
     try:
         for end in range(t, t + max_new_tokens):  # ids[:, :end] are known; ids[:, end] is next
             with torch.inference_mode():
@@ -129,6 +148,7 @@ def stream(
                 break
     finally:
         model.train(was_training)
+        torch.set_num_threads(threads)
 
 
 def generate(

@@ -155,7 +155,8 @@ def logged_runs(root: Path) -> list[LoggedRun]:
 def expected_config(folder: Path) -> dict[str, Any]:
     """The resolved config, as the run folder's config.json holds it (less what it adds)."""
     config = json.loads((folder / "config.json").read_text())
-    return {k: v for k, v in config.items() if k not in ("model_resolved", "config_hash")}
+    added = ("model_resolved", "config_hash", "data_key")
+    return {k: v for k, v in config.items() if k not in added}
 
 
 def assert_history(logged: dict[int, dict[str, Any]], expected: list[dict[str, Any]]) -> None:

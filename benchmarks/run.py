@@ -50,9 +50,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
+from benchmarks import contenders as timed  # noqa: E402  (its CONFIG: tests shrink it)
 from benchmarks.contenders import (  # noqa: E402
-    BATCH,
-    CONFIG,
     MODES,
     Contender,
     hand_written_contender,
@@ -115,7 +114,7 @@ def bench_training(
             seconds[key].append(time_steps(contender, steps))
         peaks = {p: max(peaks[p], matmul_flops("cpu", p)) for p in precisions}
     out |= {f"peak_{p}_gflops": peaks[p] / 1e9 for p in precisions}
-    tokens = BATCH * CONFIG["context_length"]
+    tokens = timed.BATCH * timed.CONFIG["context_length"]
     fpt = flops_per_token(contenders[modes[0][0], "toolkit"].model)
     out["flops_per_token"] = fpt
     others = ["hand"] + (["nanogpt"] if nanogpt is not None else [])
@@ -173,7 +172,7 @@ def bench_generation(plugins: Plugins, rounds: int = 3) -> dict[str, float]:
     from toolkit.inference.generate import generate
 
     torch.manual_seed(0)
-    cfg = ModelConfig(**{**CONFIG, "context_length": 512}, attention="sdpa")
+    cfg = ModelConfig(**{**timed.CONFIG, "context_length": 512}, attention="sdpa")
     model = build_model(cfg, plugins).eval()
     greedy = plugins.registry.get("sampler", "greedy").build()
     prompt = torch.randint(0, cfg.vocab_size, (1, 16))

@@ -134,7 +134,7 @@ class GPT(nn.Module):
 def test_nanogpt_joins_the_training_rounds_from_a_checkout(tmp_path, monkeypatch, capsys):
     (tmp_path / "model.py").write_text(FAKE_NANOGPT)
     tiny = dict(vocab_size=64, context_length=16, emb_dim=16, n_heads=2, n_layers=1, drop_rate=0.0)
-    monkeypatch.setattr(run, "CONFIG", tiny)
+    monkeypatch.setattr(run.timed, "CONFIG", tiny)  # the models read it there
     monkeypatch.setattr(run, "matmul_flops", lambda device, precision: 1e11)
     nanogpt = run.load_nanogpt(str(tmp_path))
     figures = run.bench_training(
@@ -156,7 +156,7 @@ def test_a_nanogpt_path_without_model_py_is_refused_before_anything_runs(tmp_pat
 @pytest.mark.parametrize("forced", [False, True])
 def test_bf16_modes_are_left_out_where_bf16_products_are_the_slower(forced, monkeypatch):
     tiny = dict(vocab_size=64, context_length=16, emb_dim=16, n_heads=2, n_layers=1, drop_rate=0.0)
-    monkeypatch.setattr(run, "CONFIG", tiny)
+    monkeypatch.setattr(run.timed, "CONFIG", tiny)  # the models read it there
     # An AVX2-only CPU: bfloat16 products a hundred times slower than float32's.
     peaks = {"fp32": 1e11, "bf16-mixed": 1e9}
     monkeypatch.setattr(run, "matmul_flops", lambda device, precision: peaks[precision])

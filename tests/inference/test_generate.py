@@ -19,9 +19,7 @@ from toolkit.cli import main
 from toolkit.cli.generate import _sampling
 from toolkit.errors import SpecError
 from toolkit.inference.generate import (
-    DECODE_WORK_PER_THREAD,
     IncrementalDecoder,
-    decode_threads,
     generate,
     stream,
 )
@@ -303,34 +301,3 @@ def test_a_bpe_run_uses_its_learned_tokenizer(capsys, tmp_path, tmp_path_factory
     )
     rc, out, err = ablate(capsys, folder, "--sampler", "greedy", "--max-new-tokens", 6)
     assert rc == 0 and out.startswith("def ") and err == ""
-
-
-def test_cached_decoding_takes_the_threads_its_work_needs_and_gives_them_back(plugins):
-    """A small model's one-row decoding steps run on one thread (a second one does not speed
-    them up and, beside a busy sweep, slows them 20x); the process's thread count is back
-    after the stream, and the uncached path and larger work keep every thread."""
-    model = build_model(
-        ModelConfig(vocab_size=64, context_length=16, emb_dim=16, n_heads=2, n_layers=1),
-        plugins,
-    )
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        seen = []
-
-        def greedy(logits, generator):
-            seen.append(torch.get_num_threads())
-            return logits.argmax(-1, keepdim=True)
-
-        prompt = torch.zeros(1, 3, dtype=torch.long)
-        generate(model, prompt, 3, greedy, 16)
-        assert seen == [1, 1, 1] and torch.get_num_threads() == 2
-        seen.clear()
-        generate(model, prompt, 3, greedy, 16, use_cache=False)
-        assert seen == [2, 2, 2]
-    finally:
-        torch.set_num_threads(before)
-    n = sum(p.numel() for p in model.parameters())
-    assert decode_threads(model, 1, 8) == 1
-    assert decode_threads(model, 2 * DECODE_WORK_PER_THREAD // n + 1, 8) == 2
-    assert decode_threads(model, 100 * DECODE_WORK_PER_THREAD // n, 8) == 8

@@ -24,10 +24,8 @@ matrix for one row of products, and for a small model its operations and Python 
 about a third as much again (benchmarks/run.py's model on 2 CPU cores), so the loop writes the
 new ids into one preallocated buffer and feeds each step's ids straight to the next, runs under
 torch.inference_mode, and forward_cached leaves out dropout (the model is in eval mode). On a
-CPU such a step is too little work to share between threads: cached decoding takes one thread
-per DECODE_WORK_PER_THREAD parameters x prompts (one for a small model and one prompt), which
-keeps a quiet host's speed and does not collapse beside a busy sweep (benchmarks/
-decode_threads.py: x3.24 with a core kept busy, x1.03 on a quiet 2-core host). Batched prompts share one
+CPU, how many threads such a step should take depends on the host and its load; the stream
+measures it, where the choice cannot change a token (threads.py). Batched prompts share one
 length (no padding here).
 
 Text in, text out: `stream_text(model, tokenizer, prompt, ...)` yields the continuation piece
@@ -50,23 +48,12 @@ from toolkit.api.manager import Plugins, load_plugins
 from toolkit.api.registry import Choice
 from toolkit.data.resolve import check_vocab, run_tokenizer
 from toolkit.errors import SpecError
+from toolkit.inference.threads import DecodeThreads
 from toolkit.model.checkpoint import open_checkpoint
 from toolkit.spec.limits import MAX_NEW_TOKENS, check_seeds
 from toolkit.spec.schema import SamplingSpec
 
 Sampler = Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
-
-# Parameters x prompts a cached CPU decoding step gives each thread: below this much work a
-# step is one row of small products, which a second thread does not speed up on a quiet host
-# and slows 20x on a busy one (OpenMP's threads wait on each other while a sweep holds a core).
-DECODE_WORK_PER_THREAD = 20_000_000
-
-
-def decode_threads(model: nn.Module, batch: int, available: int) -> int:
-    """The CPU threads for cached decoding of `batch` prompts: one per DECODE_WORK_PER_THREAD
-    of parameters x prompts, from 1 to the `available` ones."""
-    work = batch * sum(p.numel() for p in model.parameters())
-    return max(1, min(available, work // DECODE_WORK_PER_THREAD))
 
 
 def check_max_new_tokens(value: Any, where: str) -> int:
@@ -120,16 +107,27 @@ def stream(
     done = None if eot_id is None or b == 1 else torch.zeros(b, dtype=torch.bool, device=idx.device)
     cache = model.new_cache() if cached else None
     next_ids = idx[:, -1:]  # the newest ids, which a cached step feeds: each step's own next
-    threads = torch.get_num_threads()
-    if cached and idx.device.type == "cpu":  # set for the stream, given back at its end
-        torch.set_num_threads(decode_threads(model, b, threads))
+    # On a CPU, the threads of cached steps: measured per step where that cannot change a token.
+    threads = (
+        DecodeThreads(model, b, max_new_tokens) if cached and idx.device.type == "cpu" else None
+    )
+
+    def one_row(cache: Any) -> torch.Tensor:  # the newest token (the last step's ids), next
+        return model.forward_cached(next_ids, cache, cache.length, True)
+
     try:
+        if threads is not None:
+            threads.start()
+            if cache is not None:  # a one-row pass, each time into a cache of its own
+                with torch.inference_mode():
+                    threads.probe(lambda: model.forward_cached(idx[:, -1:], model.new_cache(), 0))
         for end in range(t, t + max_new_tokens):  # ids[:, :end] are known; ids[:, end] is next
             with torch.inference_mode():
                 if cache is not None and 0 < cache.length < context_length:
-                    # Only the newest token (the last step's ids), at the next position.
-                    logits = model.forward_cached(next_ids, cache, cache.length, True)
+                    logits = one_row(cache) if threads is None else threads.step(one_row, cache)
                 else:  # the whole window: uncached, or to (re)fill the cache from position 0
+                    if threads is not None:
+                        threads.canonical_count()
                     window = ids[:, max(0, end - context_length) : end]
                     if cache is None:
                         logits = model(window)
@@ -148,7 +146,8 @@ def stream(
                 break
     finally:
         model.train(was_training)
-        torch.set_num_threads(threads)
+        if threads is not None:
+            threads.stop()
 
 
 def generate(

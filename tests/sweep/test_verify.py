@@ -13,6 +13,7 @@ from conftest import small_toml, write_spec
 from toolkit.cli import main
 from toolkit.files import digest, self_digest
 from toolkit.sweep.verify import problems
+from toolkit.training.resume import RESUME_FILE
 
 SPEC = small_toml(
     "v", (0, 1), train="max_steps = 2\neval_interval = 1", sampling="max_new_tokens = 2"
@@ -41,6 +42,21 @@ def test_a_finished_run_records_what_it_wrote_and_verifies(sweep, capsys):
     assert main(["verify", str(out)]) == 0
     assert "out: 2 of 2 runs intact, 0 with problems, 0 not finished" in capsys.readouterr().out
     assert "digests" not in (out / "results.csv").read_text()  # files, not results
+
+
+def test_a_rerun_removes_the_resume_state_a_killed_finish_left_behind(sweep, capsys):
+    """A kill between writing summary.json and removing resume.pt left the resume state of a
+    finished run: the rerun skips the run and removes it; a run not finished keeps its own."""
+    spec, out = sweep
+    done, unfinished = out / "base/seed-0", out / "base/seed-1"
+    (done / RESUME_FILE).write_bytes(b"a resume state")
+    (unfinished / "summary.json").unlink()
+    (unfinished / RESUME_FILE).write_bytes(b"a resume state")
+    (unfinished / "checkpoint.pt").unlink()
+    assert main(["run", str(spec), "--out", str(out)]) == 0
+    assert "base seed=0: already finished, skipped" in capsys.readouterr().err
+    assert not (done / RESUME_FILE).exists() and (done / "summary.json").exists()
+    assert problems(unfinished) == []  # trained (its unreadable state said so) and finished
 
 
 @pytest.mark.slow

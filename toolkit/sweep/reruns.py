@@ -16,12 +16,14 @@ from toolkit.files import read_json
 from toolkit.names import label
 from toolkit.spec.schema import LEGACY_VALUES, SECTIONS, Spec, with_legacy_values
 from toolkit.sweep import verify
+from toolkit.training.resume import RESUME_FILE
 
 
 def finished(folder: Path, config_hash: str) -> bool:
     """Whether this folder holds a finished run of exactly this config, intact: one whose files
     no longer match its summary (toolkit.sweep.verify) is said so in one line and trained
-    again."""
+    again. An intact one loses the resume state its finish did not get to remove (a kill
+    between writing summary.json and removing resume.pt): nothing would resume from it."""
     done = read_json(folder / "summary.json")
     if done is None and (folder / "summary.json").exists():
         print(f"{folder}: summary.json is not JSON (corrupt?); training it again", file=sys.stderr)
@@ -35,7 +37,9 @@ def finished(folder: Path, config_hash: str) -> bool:
     found = verify.problems(folder)
     if found:
         print(f"{folder}: {'; '.join(found)}; training it again", file=sys.stderr)
-    return not found
+        return False
+    (folder / RESUME_FILE).unlink(missing_ok=True)
+    return True
 
 
 def run_names(spec: Spec) -> dict[str, int]:

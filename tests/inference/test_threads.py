@@ -199,6 +199,24 @@ def test_a_stream_keeps_its_canonical_count_where_the_bits_differ(two_threads, m
     assert seen == [2, 2, 2]
 
 
+def test_a_stream_keeps_its_count_when_another_changes_it_between_its_steps(
+    two_threads, model, monkeypatch
+):
+    """Streams read in turn (zip of two) each set their own count at every step: a canonical
+    stream's steps never run on a count that another stream left."""
+    monkeypatch.setattr(th.torch, "equal", lambda a, b: False)
+    seen = []
+
+    def greedy(logits, generator):
+        seen.append(torch.get_num_threads())
+        return logits.argmax(-1, keepdim=True)
+
+    steps = gen.stream(model, torch.zeros(1, 3, dtype=torch.long), 20, greedy, 32)
+    for _ in steps:
+        torch.set_num_threads(2)  # what another stream's step may leave
+    assert seen == [1] * 20 and torch.get_num_threads() == 2
+
+
 def test_the_canonical_count_is_one_thread_per_share_of_work(model):
     n = sum(p.numel() for p in model.parameters())
     assert decode_threads(model, 1, 8) == 1

@@ -179,10 +179,11 @@ class DecodeThreads:
         self.found[self.key] = self.choice
 
     def step(self, run: Step, cache: Any) -> torch.Tensor:
+        # Set at every step (0.1 us), so a stream interleaved with another keeps its own count.
+        count = self.canonical if self.choice is None else self.choice.next()
+        torch.set_num_threads(count)
         if self.choice is None:  # the canonical count throughout
             return run(cache)
-        count = self.choice.next()
-        torch.set_num_threads(count)
         tick = self.clock()
         logits = run(cache)
         self.choice.record(count, self.clock() - tick)

@@ -80,7 +80,7 @@ def test_a_ladder_reports_compute_multipliers_and_compares_its_largest_size(ladd
     assert "activation=gelu: x1.00" in text and "activation=relu: x" in text
     assert "at the largest size, " in text and "so far" not in text
     assert (
-        "2 seeds at a size: the bootstrap's 95% interval covers the true multiplier about 72%"
+        "2 seeds at a size: the bootstrap's 95% interval covers the true multiplier about 78%"
         in text
     )
     # Before its largest size has run, the report says so rather than "no finished runs".

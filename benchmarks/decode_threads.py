@@ -40,7 +40,8 @@ def fixed(count: int) -> type[th.DecodeThreads]:
     class Fixed(th.DecodeThreads):
         def __init__(self, *args, **kwargs) -> None:
             super().__init__(*args, **kwargs)
-            self.canonical = min(count, self.available)
+            # Not what an earlier stream of the chosen mode found for this model: nothing.
+            self.canonical, self.choice = min(count, self.available), None
 
         def probe(self, *args, **kwargs) -> None:  # the choice never opens
             pass

@@ -15,8 +15,9 @@ unless measuring says otherwise, and measuring may say otherwise only where it c
 token. A matrix product's rounding can depend on how many threads share its sum (on one Xeon,
 a 1024 x 256 product over 16 rows does; over one row it does not), so before the prompt's
 pass the stream runs the prompt's last token alone from position 0 into a new cache, as a
-one-row step, once on each count. When the two logits differ in any bit, the stream keeps the canonical count for all its steps, so a seed gives the
-same text whatever the load. When they are the same, ThreadChoice picks between the canonical
+one-row step, once on each count. When the two logits differ in any bit, the stream keeps the
+canonical count for all its steps, so a seed gives the same text whatever the load. When they
+are the same, ThreadChoice picks between the canonical
 count and one other (all threads, or one thread where the canonical count is all of them) by
 the steps' measured times, and keeps checking (see there).
 
@@ -131,21 +132,14 @@ class DecodeThreads:
     when a one-row step gives the same logits on both counts, `step(run, cache)` runs one
     one-row step on the count chosen (`run(cache)` returns its logits), `canonical_count()`
     is for a pass over many positions and `stop()` gives the process its own count back.
-    `steps` is how many tokens the stream may add; `clock` is for tests."""
+    `steps` is how many tokens the stream may add."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        batch: int,
-        steps: int,
-        clock: Callable[[], float] = time.perf_counter,
-    ) -> None:
+    def __init__(self, model: nn.Module, batch: int, steps: int) -> None:
         self.available = torch.get_num_threads()
         self.canonical = decode_threads(model, batch, self.available)
         # The canonical count and one other: all threads, or one where it takes them all.
         other = self.available if self.canonical < self.available else 1
         self.counts = (self.canonical, other)
-        self.clock = clock
         dtype = next(model.parameters()).dtype
         self.found = _FOUND.setdefault(model, {})
         self.key = (batch, dtype, self.available)
@@ -171,9 +165,9 @@ class DecodeThreads:
         timed, logits = {}, []
         for count in reversed(self.counts):  # the canonical count's last
             torch.set_num_threads(count)
-            tick = self.clock()
+            tick = time.perf_counter()
             logits.append(run())
-            timed[count] = self.clock() - tick
+            timed[count] = time.perf_counter() - tick
         if torch.equal(*logits):
             self.choice = ThreadChoice(self.counts, timed)
         self.found[self.key] = self.choice
@@ -184,7 +178,7 @@ class DecodeThreads:
         torch.set_num_threads(count)
         if self.choice is None:  # the canonical count throughout
             return run(cache)
-        tick = self.clock()
+        tick = time.perf_counter()
         logits = run(cache)
-        self.choice.record(count, self.clock() - tick)
+        self.choice.record(count, time.perf_counter() - tick)
         return logits

@@ -8,6 +8,7 @@ import shutil
 import pandas as pd
 import pytest
 
+from toolkit.analysis.comparison import compare
 from toolkit.analysis.render import write_report
 from toolkit.analysis.text import report
 from toolkit.spec.parse import parse_spec
@@ -54,7 +55,7 @@ def test_the_report_shows_the_tuning_table_and_figure(tuned, tmp_path) -> None:
 def ladder(tmp_path_factory, plugins):
     doc = {
         "name": "ladder", "seeds": [0, 1],
-        "data": {"corpus": "pydoc", "tokenizer": "bytes"},
+        "data": {"corpus": "pydoc", "tokenizer": "bytes", "test_fraction": 0.05},
         "model": {"context_length": 32, "emb_dim": 32, "n_heads": 2, "n_layers": 1, "drop_rate": 0.0},
         "train": {"batch_size": 4, "eval_interval": 5, "eval_batches": 2, "lr": 3e-3},
         "sampling": {"max_new_tokens": 0},
@@ -63,7 +64,7 @@ def ladder(tmp_path_factory, plugins):
             "sizes": [{"emb_dim": 16, "n_layers": 1, "n_heads": 2},
                       {"emb_dim": 32, "n_layers": 1, "n_heads": 2},
                       {"emb_dim": 48, "n_layers": 2, "n_heads": 2}],
-            "tokens": [1280, 1920, 2560], "target_flops": 1e11,
+            "tokens": [1280, 1920, 2560], "target_flops": 1e11, "metric": "test_loss",
         },
     }  # fmt: skip
     out = tmp_path_factory.mktemp("ladder")
@@ -76,6 +77,10 @@ def test_a_ladder_reports_compute_multipliers_and_compares_its_largest_size(ladd
     summary, text = report(ladder)
     # The Results table: the largest size only, each variant against the baseline there.
     assert sorted(summary["variant"]) == ["activation=gelu@d48-L2-h2", "activation=relu@d48-L2-h2"]
+    # ... on the metric the ladder fits, and toolkit.compare gives the same table.
+    assert summary.attrs["metric"] == "test_loss" and summary["test_loss_mean"].notna().all()
+    assert "test_loss: the metric the spec's [ladder] names" in text and "tuned" not in text
+    pd.testing.assert_frame_equal(pd.DataFrame(compare(ladder)), summary)
     assert "scaling (compute multiplier against the baseline; > 1 is better):" in text
     assert "activation=gelu: x1.00" in text and "activation=relu: x" in text
     assert "at the largest size, " in text and "so far" not in text

@@ -116,6 +116,48 @@ def test_mixed_tokenizers_compare_by_bits_per_byte():
     assert same.attrs["metric"] == "val_loss"
 
 
+def test_a_tuned_and_an_untuned_folder_compare_on_the_test_split_when_every_run_has_one():
+    # base (tuned on validation) is flattered there: 1.0 against 1.1; on test they are even.
+    rows = [
+        {"variant": "base", "seed": 0, "val_loss": 1.0, "test_loss": 1.2, "tuned": True,
+         "baseline": True},
+        {"variant": "plain", "seed": 0, "val_loss": 1.1, "test_loss": 1.1, "tuned": False},
+    ]  # fmt: skip
+    s = summarize(table(rows))
+    assert (s.attrs["metric"], s.attrs["tuned"]) == ("test_loss", "some")
+    assert s["variant"].tolist() == ["plain", "base"]
+    assert "some variants trained at settings chosen on the validation split" in format_summary(s)
+    # An untuned folder without a test split: validation it is, and the table says what
+    # that means for the tuned variants.
+    rows[1]["test_loss"] = math.nan
+    s = summarize(table(rows))
+    assert (s.attrs["metric"], s.attrs["tuned"]) == ("val_loss", "some")
+    assert s["variant"].tolist() == ["base", "plain"]
+    text = format_summary(s)
+    assert "where some variants' settings were chosen (tuning.csv), which flatters them" in text
+    assert "tuned: every variant" not in text
+    # Every run tuned: the test split, and the tuned note.
+    rows[1].update(test_loss=1.1, tuned=True)
+    s = summarize(table(rows))
+    assert (s.attrs["metric"], s.attrs["tuned"]) == ("test_loss", "all")
+    assert "tuned: every variant trained at its own settings" in format_summary(s)
+
+
+def test_a_metric_the_experiment_names_is_the_one_compared():
+    rows = [
+        {"variant": "base", "seed": 0, "val_loss": 1.0, "test_loss": 1.2, "baseline": True},
+        {"variant": "b", "seed": 0, "val_loss": 1.1, "test_loss": 1.1},
+    ]
+    assert summarize(table(rows)).attrs["metric"] == "val_loss"
+    s = summarize(table(rows), metric="test_loss")
+    assert (s.attrs["metric"], s["variant"].tolist()) == ("test_loss", ["b", "base"])
+    text = format_summary(s)
+    assert "test_loss: the metric the spec's [ladder] names, on the held-out test split" in text
+    assert "tuned" not in text
+    # bits per byte named by a ladder is not a tokenizer mismatch
+    assert "different tokenizers" not in format_summary(summarize(table(rows), metric="val_bpb"))
+
+
 # -- statistics in the table ---------------------------------------------------------------------
 
 

@@ -98,3 +98,12 @@ def test_a_variant_may_not_set_the_size_and_tune_waits(ladder_doc) -> None:
     ladder_doc["tune"] = {"train.lr": [1e-3, 3e-3]}
     with pytest.raises(SpecError, match="not supported yet"):
         parse_spec(ladder_doc)
+
+
+def test_a_ladder_fitting_the_test_split_needs_one(ladder_doc) -> None:
+    ladder_doc["ladder"]["metric"] = "test_loss"
+    with pytest.raises(SpecError, match=r"metric = 'test_loss' fits the test split, which") as info:
+        parse_spec(ladder_doc)
+    assert "\n" not in str(info.value) and "data.test_fraction" in str(info.value)
+    ladder_doc["data"]["test_fraction"] = 0.05
+    assert parse_spec(ladder_doc).ladder.metric == "test_loss"

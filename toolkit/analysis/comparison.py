@@ -23,11 +23,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from toolkit.analysis import stats
+from toolkit.analysis import phases, stats
 from toolkit.analysis.load import load
 from toolkit.analysis.render import comparison_html
 from toolkit.analysis.stats import HOLM
-from toolkit.analysis.table import summarize
 
 
 class Comparison(pd.DataFrame):
@@ -52,9 +51,7 @@ def compare(
     "holm" (verdicts on Holm-adjusted p-values) or "none"."""
     stats.check_correction(correction)
     experiments = load(dirs, baseline)
-    summary = summarize(
-        experiments.runs, experiments.baseline, asked=experiments.asked, correction=correction
-    )
+    summary = phases.results(experiments, correction)
     table = Comparison(summary)
     table.attrs = dict(summary.attrs)
     return table

@@ -4,6 +4,8 @@ tuned sweep ([tune]) and the scaling fits of a ladder ([ladder]).
     comparable_runs(experiments)       the runs the Results table compares: for a ladder, its
                                        largest size only (a small model against a large
                                        baseline says nothing about the idea)
+    results(experiments, correction)   the Results table itself: those runs summarized, on
+                                       the ladder's metric for a ladder
     tuning(experiments, figures_dir)   Section: tuning.csv's table (mean validation metric of
                                        every variant x point, the choice marked), its edge
                                        warnings and a figure of the metric against the first
@@ -33,6 +35,8 @@ from toolkit.analysis import scaling as fits
 from toolkit.analysis.load import Experiments
 from toolkit.analysis.plotting import FigureFile, new_figure, palette, save_figure
 from toolkit.analysis.scaling_figure import ladder_figure
+from toolkit.analysis.stats import HOLM
+from toolkit.analysis.table import summarize
 
 TUNING_FILE = "tuning.csv"  # written by toolkit.sweep.tuning into the experiment folder
 
@@ -57,6 +61,16 @@ def comparable_runs(experiments: Experiments) -> pd.DataFrame:
         return runs
     largest = list(ladder["sizes"])[-1]
     return runs[runs["variant"].astype(str).str.endswith(f"@{largest}")].reset_index(drop=True)
+
+
+def results(experiments: Experiments, correction: str = HOLM) -> pd.DataFrame:
+    """The Results table (table.summarize) of the comparable runs, every variant against the
+    baseline, on the ladder's metric when the experiment is a ladder."""
+    ladder = _ladder(experiments)
+    return summarize(
+        comparable_runs(experiments), experiments.baseline, asked=experiments.asked,
+        correction=correction, metric=ladder.get("metric") if ladder else None,
+    )  # fmt: skip
 
 
 def _number(text: Any) -> float:

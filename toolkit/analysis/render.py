@@ -36,12 +36,12 @@ from toolkit.analysis.markup import html_blocks, render_html, render_markdown, s
 from toolkit.analysis.plotting import FigureFile
 from toolkit.analysis.sections import TASKS_NOTE, settings_warnings, step_cells, task_cells
 from toolkit.analysis.stats import HOLM, OUTLIER_ALPHA, check_correction
-from toolkit.analysis.table import NAMES, UNITS, finite, summarize
+from toolkit.analysis.table import NAMES, UNITS, finite
 from toolkit.analysis.text import (
     PRECISION_NOTE,
-    TUNED_NOTE,
     aa_text,
     correction_text,
+    metric_note,
     outlier_lines,
     resolution_text,
     terminal_text,
@@ -84,10 +84,7 @@ def write_report(
     Everything is checked before anything is written."""
     check_correction(correction)
     experiments = load(dirs, baseline)
-    summary = summarize(
-        phases.comparable_runs(experiments), experiments.baseline, asked=experiments.asked,
-        correction=correction,
-    )  # fmt: skip
+    summary = phases.results(experiments, correction)
     curves = load_curves(experiments.runs)
     folder = Path(out) if out is not None else default_out([p.folder for p in experiments.parts])
     if folder.exists() and not folder.is_dir():
@@ -164,11 +161,12 @@ def _document(
         why = (
             " The variants use different tokenizers, so they are compared by bits per byte: "
             "loss and perplexity are per token and do not compare across vocabularies."
-            if metric.endswith("_bpb")
+            if metric.endswith("_bpb") and not summary.attrs.get("named_metric")
             else ""
         )
-        if metric.startswith("test_"):
-            why += " " + TUNED_NOTE[0].upper() + TUNED_NOTE[1:]
+        note = metric_note(summary)
+        if note:
+            why += " " + note[0].upper() + note[1:]
         budgets = sorted(set(experiments.runs.get("budget", pd.Series(dtype=str)).dropna()))
         if budgets:
             why += f" Budget per run: `{'`, `'.join(budgets)}`."

@@ -7,8 +7,9 @@ what the sweep could resolve.
     table = summarize(runs, correction="none")   # verdicts on unadjusted p-values
 
 `summarize(runs)` builds, from a tidy runs table (`toolkit.sweep.results.collect`), the table
-`ablate report` prints, sorted by the comparison metric (mean final validation loss; bits per
-byte when the variants use different tokenizers; ties by name), the baseline marked.
+`ablate report` prints, sorted by the comparison metric (comparison_metric(): mean final
+validation loss; bits per byte when the variants use different tokenizers; the test split's
+when runs were tuned; a ladder's own metric; ties by name), the baseline marked.
 `toolkit.compare(dirs)` (comparison.py) does it from experiment folders. Columns:
 
 - variant, experiment, baseline (bool), seeds_asked (runs the spec lists), runs (recorded),
@@ -50,11 +51,12 @@ byte when the variants use different tokenizers; ties by name), the baseline mar
 - after, changes, delta_step, delta_step_ci_low, delta_step_ci_high, test_step, p_step: only
   when some variant builds on another (a spec's `after`): toolkit.analysis.steps
 
-`summary.attrs` holds "metric" (the comparison metric), "baseline", "correction" ("holm" or
-"none"), "alpha", "resolution" (what the sweep could resolve: sd, df, n, paired, mde, mde_pct,
-alpha, power), "outliers" (one dict per flagged seed: variant, seed, value, others_mean, t, df,
-p_value) and "aa_check" (the A/A check of the baseline: first and second, the seeds of each
-half; test, delta, statistic, df, p_value, alarm (p < α); None below 4 baseline seeds).
+`summary.attrs` holds "metric" (the comparison metric), "named_metric" (the one summarize()
+was given, a ladder's; None), "tuned" (tuned_runs(): "all", "some" or "none"), "baseline", "correction" ("holm" or "none"), "alpha", "resolution" (what the sweep
+could resolve: sd, df, n, paired, mde, mde_pct, alpha, power), "outliers" (one dict per
+flagged seed: variant, seed, value, others_mean, t, df, p_value) and "aa_check" (the A/A
+check of the baseline: first and second, the seeds of each half; test, delta, statistic, df,
+p_value, alarm (p < α); None below 4 baseline seeds).
 
 Formulas (toolkit.analysis.stats has them written out):
 
@@ -126,14 +128,33 @@ ALPHA, POWER, CONFIDENCE = 0.05, 0.8, 0.95
 BETTER, WORSE, NOT_SIGNIFICANT = "better", "worse", "n.s."
 
 
-def comparison_metric(table: pd.DataFrame) -> str:
-    """'val_loss', or 'val_bpb' when the runs use different tokenizers: loss is per token and
-    only bits per byte compares across vocabularies. 'test_loss' (or 'test_bpb') when the
-    sweep was tuned ([tune]): its settings were chosen on the validation split, which would
-    flatter every variant, so the held-out test split reports."""
+def comparison_metric(table: pd.DataFrame, chosen: str | None = None) -> str:
+    """The metric the table compares: `chosen` when the experiment names one (a ladder's
+    `metric`); else 'val_loss', or 'val_bpb' when the runs use different tokenizers (loss is
+    per token and only bits per byte compares across vocabularies). When some runs were tuned
+    ([tune]), their settings were chosen on the validation split, which would flatter them, so
+    the held-out test split reports ('test_loss' or 'test_bpb') if every finished run has a
+    score there; if some do not (an untuned folder without a test split beside a tuned one),
+    validation it is, and tuned_runs() lets the report say what that means."""
+    if chosen:
+        return chosen
     kind = "bpb" if "tokenizer" in table and table["tokenizer"].dropna().nunique() > 1 else "loss"
-    tuned = "tuned" in table and len(table) and table["tuned"].fillna(False).astype(bool).all()
-    return f"{'test' if tuned else 'val'}_{kind}"
+    if tuned_runs(table) == "none":
+        return f"val_{kind}"
+    ok = table[table["status"] == "ok"] if "status" in table else table
+    test = f"test_{kind}"
+    scored = test in ok and pd.to_numeric(ok[test], errors="coerce").notna().all()
+    return test if scored else f"val_{kind}"
+
+
+def tuned_runs(table: pd.DataFrame) -> str:
+    """'all' when every run in the table was tuned ([tune]: its settings chosen on the
+    validation split), 'some' when some were (a report of a tuned and an untuned folder),
+    'none' otherwise."""
+    if "tuned" not in table or not len(table):
+        return "none"
+    tuned = table["tuned"].fillna(False).astype(bool)
+    return "all" if tuned.all() else "some" if tuned.any() else "none"
 
 
 def summarize(
@@ -145,12 +166,14 @@ def summarize(
     power: float = POWER,
     confidence: float = CONFIDENCE,
     correction: str = HOLM,
+    metric: str | None = None,
 ) -> pd.DataFrame:
     """One row per variant over its finished (status ok) runs, sorted by the comparison metric
     (mean final validation loss; bits per byte when tokenizers differ), ties by name. See the
     module docstring for the columns. baseline defaults to the variant whose runs are marked
     baseline; asked maps variant -> runs the spec lists (default: runs recorded); correction
-    picks the p-value the verdicts read: "holm" (p_holm) or "none" (p_value)."""
+    picks the p-value the verdicts read: "holm" (p_holm) or "none" (p_value); metric: the
+    comparison metric the experiment names (a ladder's), else comparison_metric() picks."""
     stats.check_correction(correction)
     if table.empty:
         return pd.DataFrame()
@@ -158,7 +181,7 @@ def summarize(
     if baseline is None and "baseline" in table:
         marked = table.loc[table["baseline"].fillna(False).astype(bool), "variant"]
         baseline = marked.iloc[0] if len(marked) else None
-    metric = comparison_metric(table)
+    chosen, metric = metric, comparison_metric(table, metric)
     asked = asked or {}
     scored = task_columns(table)
 
@@ -279,6 +302,8 @@ def summarize(
     summary = summary.drop(columns="_key").reset_index(drop=True)
     summary = add_steps(summary, table, {v: p[metric] for v, p in values.items()}, confidence)
     summary.attrs["metric"] = metric
+    summary.attrs["tuned"] = tuned_runs(table)
+    summary.attrs["named_metric"] = chosen  # the metric the experiment named, or None
     summary.attrs["baseline"] = baseline
     summary.attrs["correction"] = correction
     summary.attrs["alpha"] = alpha

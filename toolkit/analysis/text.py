@@ -29,7 +29,7 @@ from toolkit.analysis.formats import fixed_width, num, pvalue, seconds, si
 from toolkit.analysis.load import Experiments, load
 from toolkit.analysis.sections import format_steps, format_tasks
 from toolkit.analysis.stats import HOLM, OUTLIER_ALPHA
-from toolkit.analysis.table import ALPHA, UNITS, finite, summarize
+from toolkit.analysis.table import ALPHA, UNITS, finite
 
 
 def resolution_text(summary: pd.DataFrame, markdown: bool = False) -> str:
@@ -167,6 +167,34 @@ TUNED_NOTE = (
 )
 
 
+def metric_note(summary: pd.DataFrame) -> str:
+    """Why the table compares on its metric, when that is not plain validation loss or bits
+    per byte: a tuned sweep's test split, some variants tuned and others not (the report of a
+    tuned and an untuned folder), or a ladder's own metric. "" otherwise."""
+    metric = summary.attrs.get("metric", "val_loss")
+    tuned = summary.attrs.get("tuned", "none")
+    test = metric.startswith("test_")
+    if tuned == "all" and test:
+        return TUNED_NOTE
+    if tuned == "some" and test:
+        return (
+            "tuned: some variants trained at settings chosen on the validation split "
+            "(tuning.csv), the others at their spec's; the comparison is on the held-out test "
+            "split, which no choice saw."
+        )
+    if tuned != "none":
+        return (
+            f"tuned: the table compares {metric}, on the validation split, where some variants' "
+            f"settings were chosen (tuning.csv), which flatters them; it does because some runs "
+            f"hold out no test split. Give every spec data.test_fraction to compare on the test "
+            f"split."
+        )
+    if summary.attrs.get("named_metric") and metric != "val_loss":
+        split = "the held-out test split" if test else "the validation split"
+        return f"{metric}: the metric the spec's [ladder] names, on {split}."
+    return ""
+
+
 def format_summary(summary: pd.DataFrame, title: str = "") -> str:
     """A fixed-width table for the terminal; the baseline is marked with '*'."""
     if summary.empty:
@@ -223,14 +251,13 @@ def format_summary(summary: pd.DataFrame, title: str = "") -> str:
         f"6 x (matrix params, head included) + 12 x layers x emb_dim x context; wall: per run."
     ]
     notes.append(correction_text(summary))
-    if metric.startswith("test_"):
-        notes.append(TUNED_NOTE)
+    notes.append(metric_note(summary))
     resolution = resolution_text(summary)
     if resolution and summary["ok"].max() > 0:
         notes.append(resolution)
     notes.append(aa_text(summary))
     notes.extend(outlier_lines(summary))
-    if metric == "val_bpb":
+    if metric == "val_bpb" and not summary.attrs.get("named_metric"):
         notes.append(
             "The variants use different tokenizers, so they are compared by val_bpb: loss and "
             "perplexity are per token and do not compare across vocabularies."
@@ -315,10 +342,7 @@ def report(
     nothing (write_report writes the files). correction: "holm" or "none" (see table.py);
     baseline: compare against this variant instead of the spec's."""
     experiments = load(out_dir, baseline)
-    summary = summarize(
-        phases.comparable_runs(experiments), experiments.baseline, asked=experiments.asked,
-        correction=correction,
-    )  # fmt: skip
+    summary = phases.results(experiments, correction)
     sections = [
         phases.tuning(experiments, None), phases.scaling(experiments, None),
         phases.target(experiments),

@@ -37,7 +37,7 @@ from toolkit.spec.schema import (
     as_choice,
 )
 from toolkit.spec.tune import check_tunable, parse_tune
-from toolkit.spec.validate import pairing_warnings, resolve
+from toolkit.spec.validate import TEST_SPLIT_HOW, pairing_warnings, resolve, without_test_split
 
 # -- loading ------------------------------------------------------------------------------
 
@@ -214,6 +214,13 @@ def parse_spec(
         for seed in seeds
         for v in variants
     ]
+    if ladder is not None and ladder.metric.startswith("test_"):
+        missing = without_test_split(runs)
+        if missing is not None:
+            raise SpecError(
+                f"{source}: [ladder] metric = {ladder.metric!r} fits the test split, which "
+                f"variant {missing.variant} does not hold out: {TEST_SPLIT_HOW} (or fit val_loss)"
+            )
     ablation = None
     if "sampling_ablation" in raw:
         ablation = sampling_ablation(raw["sampling_ablation"], source, plugins)

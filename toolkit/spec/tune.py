@@ -29,11 +29,10 @@ from typing import Any
 
 from toolkit.api.manager import Plugins
 from toolkit.api.registry import suggest
-from toolkit.data.resolve import holdout_of
 from toolkit.errors import SpecError
 from toolkit.names import label
 from toolkit.spec.schema import RunSpec, Spec, Variant
-from toolkit.spec.validate import resolve
+from toolkit.spec.validate import TEST_SPLIT_HOW, resolve, without_test_split
 
 # Training keys a tuning grid may vary: how a run learns, never how long (a budget would always
 # tune to its largest value) or how it is measured; and the optimizer's and the schedule's own
@@ -253,15 +252,11 @@ def check_tunable(spec: Spec, plugins: Plugins) -> None:
                 f"{spec.path}: variant {v.name!r} sets {clash[0]}, which [tune] chooses for "
                 f"every variant; take it out of the variant (or out of [tune])"
             )
-    for r in spec.runs:
-        corpus = r.data.corpus
-        shards = isinstance(corpus, dict) and corpus.get("test")
-        if not (holdout_of(r.data).has_test or shards):
-            raise SpecError(
-                f"{spec.path}: [tune] chooses on the validation split, so results are reported "
-                f"on a test split: set data.test_fraction (e.g. 0.05), or data.test_documents "
-                f'with data.split = "documents"'
-            )
+    if without_test_split(spec.runs):
+        raise SpecError(
+            f"{spec.path}: [tune] chooses on the validation split, so results are reported "
+            f"on a test split: {TEST_SPLIT_HOW}"
+        )
     for v in spec.variants:
         for point in spec.tune.points(v.name):
             resolve(spec.base, Variant(v.name, {**v.overrides, **point}), spec.path, plugins)

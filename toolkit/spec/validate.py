@@ -196,6 +196,21 @@ def _schedule_runs(plugins: Plugins, t: TrainSpec, where: str) -> None:
         raise SpecError(f"{where} {problem}")
 
 
+def without_test_split(runs: list[RunSpec]) -> RunSpec | None:
+    """The first of `runs` that holds out no test split (data.test_fraction, test documents
+    or test shards), or None: a spec that reports on the test split needs one in every run."""
+    for r in runs:
+        corpus = r.data.corpus
+        if not (holdout_of(r.data).has_test or (isinstance(corpus, dict) and corpus.get("test"))):
+            return r
+    return None
+
+
+TEST_SPLIT_HOW = (
+    'set data.test_fraction (e.g. 0.05), or data.test_documents with data.split = "documents"'
+)
+
+
 def pairing_warnings(runs: list[RunSpec], plugins: Plugins) -> list[str]:
     """A warning per optimizer registered with the fact `schedules` (the schedules it is meant
     for) that some variants run with another schedule, naming them: valid, as an ablation of

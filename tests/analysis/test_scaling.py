@@ -18,6 +18,7 @@ from toolkit.analysis.scaling import (
     bootstrap,
     compute_multiplier,
     crossings,
+    expanded_tail,
     ladder_summary,
     simulated_ladder,
 )
@@ -258,6 +259,15 @@ def test_summary_of_a_ladder():
     assert better["boot_fits"] + better["boot_failed"] == 200
     assert math.isnan(better["target_multiplier"])  # no target given
     assert len(summary.attrs["bootstrap"]["better"]) == better["boot_fits"]
+    assert summary.attrs["seeds"] == {"base": 5, "better": 5}
+
+
+def test_expanded_tails_widen_as_seeds_fall():
+    # Φ(-1.96·√(n/(n-1))): 2.5% for many seeds, 1.42% for 5, 0.28% for 2; one seed, all of it.
+    assert expanded_tail(0.95, 10_000) == pytest.approx(0.025, abs=1e-5)
+    assert expanded_tail(0.95, 5) == pytest.approx(0.01422, abs=1e-4)
+    assert expanded_tail(0.95, 2) == pytest.approx(0.00283, abs=1e-4)
+    assert expanded_tail(0.95, 1) == 0.0
 
 
 @pytest.mark.slow
@@ -400,3 +410,28 @@ def test_figure_is_written(tmp_path):
     fits = {v: fit_curve(g["compute"], g["loss"]) for v, g in table.groupby("variant")}
     plain = ladder_figure(table, fits, tmp_path / "fits.png", baseline="base")
     assert plain.path.stat().st_size > 10_000
+
+
+def test_figure_bands_are_the_expanded_intervals(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    table = ladder(np.random.default_rng(12), LADDER, COMPUTES)
+    summary = ladder_summary(table, "base", n_boot=100)
+    drawn = []
+    real = Axes.fill_between
+
+    def record(self, x, low, high, **kwargs):
+        drawn.append((np.asarray(x), np.asarray(low), np.asarray(high)))
+        return real(self, x, low, high, **kwargs)
+
+    monkeypatch.setattr(Axes, "fill_between", record)
+    ladder_figure(table, summary, tmp_path / "ladder.png")
+    assert len(drawn) == 2  # base, then better
+    grid, low, high = drawn[1]
+    p = np.asarray(summary.attrs["bootstrap"]["better"])
+    curves = p[:, :1] + p[:, 1:2] * grid[None, :] ** -p[:, 2:3]
+    tail = expanded_tail(0.95, 5)  # 5 seeds a size: wider than the middle 95%
+    want = np.quantile(curves, [tail, 1 - tail], axis=0, method="inverted_cdf")
+    np.testing.assert_allclose(low, want[0], rtol=1e-9)
+    np.testing.assert_allclose(high, want[1], rtol=1e-9)
+    assert (high - low > np.diff(np.percentile(curves, [2.5, 97.5], axis=0), axis=0)[0]).any()

@@ -214,15 +214,21 @@ def _multipliers(fv: Sequence[ScalingFit], fb: Sequence[ScalingFit], at: float) 
     return curves.inverse(target, pb[:, 0], pb[:, 1], pb[:, 2]) / at
 
 
+def expanded_tail(confidence: float, seeds: int) -> float:
+    """The lower quantile level of the expanded percentile interval (module docstring):
+    Φ(-z·√(n/(n-1))), z the normal quantile of the confidence and n the fewest seeds at a
+    size; 0 (the whole range) with one seed. The upper level is 1 minus it."""
+    z = NormalDist().inv_cdf((1 + confidence) / 2)
+    return NormalDist().cdf(-z * math.sqrt(seeds / (seeds - 1))) if seeds > 1 else 0.0
+
+
 def _interval(m: np.ndarray, confidence: float, seeds: int) -> tuple[float, float]:
-    """The expanded percentile interval of the refits' multipliers m (module docstring): the
-    order statistics at Φ(∓ z·√(n/(n-1))), z the normal quantile of the confidence and n the
-    fewest seeds at a size; with one seed, the range of m."""
+    """The expanded percentile interval of the refits' multipliers m: their order statistics
+    at expanded_tail() and 1 minus it; with one seed, the range of m."""
     m = m[~np.isnan(m)]
     if not len(m):
         return math.nan, math.nan
-    z = NormalDist().inv_cdf((1 + confidence) / 2)
-    tail = NormalDist().cdf(-z * math.sqrt(seeds / (seeds - 1))) if seeds > 1 else 0.0
+    tail = expanded_tail(confidence, seeds)
     q = np.quantile(m, [tail, 1 - tail], method="inverted_cdf")
     return float(q[0]), float(q[1])
 
@@ -307,6 +313,7 @@ def ladder_summary(
     except ToolkitError as exc:
         raise ToolkitError(f"the baseline's curve cannot be fitted: {exc}") from None
     boots: dict[str, BootstrapFits] = {}
+    fewest: dict[str, int] = {}  # variant -> the fewest seeds at any of its sizes
     rows = []
     for variant in order:
         mine = runs[runs["variant"] == variant]
@@ -324,6 +331,7 @@ def ladder_summary(
             continue
         boot = bootstrap(runs, variant, n_boot, variant_rng(seed, variant), kind=fit.kind)
         boots[variant] = boot
+        fewest[variant] = _seeds_per_size(mine)
         warnings += fit.warnings
         row |= {
             "kind": fit.kind, "E": fit.E, "A": fit.A, "alpha": fit.alpha, "r2": fit.r2,
@@ -388,5 +396,6 @@ def ladder_summary(
     summary.attrs = {
         "baseline": baseline, "target_flops": target_flops, "confidence": confidence,
         "bootstrap": {v: tuple((f.E, f.A, f.alpha) for f in b.fits) for v, b in boots.items()},
+        "seeds": fewest,
     }  # fmt: skip
     return summary

@@ -18,7 +18,7 @@ import pandas as pd
 
 from toolkit.analysis.curves import ScalingFit, loss_at
 from toolkit.analysis.plotting import WIDTH, FigureFile, new_figure, palette, save_figure
-from toolkit.analysis.scaling import compute_multiplier, ladder_runs
+from toolkit.analysis.scaling import compute_multiplier, expanded_tail, ladder_runs
 
 
 def ladder_figure(
@@ -31,7 +31,8 @@ def ladder_figure(
 ) -> FigureFile:
     """Loss against compute on log-log axes: every run, each variant's curve (dashed beyond the
     computes it trained, up to target_flops) and, from a ladder_summary, the band of its
-    bootstrap refits (pointwise 2.5-97.5%) and its multiplier in the legend. From a mapping
+    bootstrap refits (pointwise, at the quantiles of the multipliers' expanded interval:
+    scaling.expanded_tail) and its multiplier in the legend. From a mapping
     variant -> ScalingFit: no bands, multipliers against `baseline` when given. Writes a PNG and
     returns its plotting.FigureFile (path, title, caption)."""
     import seaborn as sns
@@ -48,12 +49,14 @@ def ladder_figure(
         baseline = baseline or attrs.get("baseline")
         target_flops = target_flops or attrs.get("target_flops")
         bands = attrs.get("bootstrap", {})
+        seeds, confidence = attrs.get("seeds", {}), attrs.get("confidence", 0.95)
         legend_m = {
             r.variant: (r.multiplier, r.multiplier_low, r.multiplier_high)
             for r in summary.itertuples()
         }
     else:
         fits, bands, legend_m = dict(summary_or_fits), {}, {}
+        seeds, confidence = {}, 0.95
         if baseline in fits:
             at = float(runs.loc[runs["variant"] == baseline, "compute"].max())
             legend_m = {
@@ -86,7 +89,10 @@ def ladder_figure(
                 p = np.asarray(bands[v])
                 with np.errstate(over="ignore", invalid="ignore"):
                     curves = p[:, :1] + np.exp(np.log(p[:, 1:2]) - p[:, 2:3] * np.log(grid))
-                lo_band, hi_band = np.nanpercentile(curves, [2.5, 97.5], axis=0)
+                tail = expanded_tail(confidence, seeds.get(v, 2))
+                lo_band, hi_band = np.nanquantile(
+                    curves, [tail, 1 - tail], axis=0, method="inverted_cdf"
+                )
                 ax.fill_between(grid, lo_band, hi_band, color=color, alpha=0.15, lw=0)
         if target_flops:
             ax.axvline(target_flops, color="0.4", lw=1, ls=":")
@@ -116,22 +122,22 @@ def ladder_figure(
             at_text = f"{float(runs.loc[runs['variant'] == baseline, 'compute'].max()):.3g}"
             legend_title += f": compute multiplier at {at_text} FLOPs"
             if bands:
-                confidence = summary_or_fits.attrs.get("confidence", 0.95)
                 legend_title += f" [{confidence:.0%} bootstrap interval]"
         fig.legend(
             handles, labels, loc="outside lower center", ncol=min(2, len(labels)), frameon=False,
             title=legend_title,
         )  # fmt: skip
         title = "Loss against training compute"
-        band = "; bands: 95% of bootstrap refits" if bands else ""
+        band = f"; bands: {confidence:.0%} bootstrap intervals" if bands else ""
         fig.suptitle(f"{title}\n(fit L = E + A·C^−α; dashed: extrapolated{band})")
     caption = (
         "Final loss of every run against its training compute, both axes logarithmic, with each "
         "variant's fitted curve L = E + A·C^−α (a pure power law where too few sizes were "
         "trained), solid over the computes it trained and dashed beyond"
         + (
-            "; bands hold the middle 95% of the curves refitted to seeds resampled within each "
-            "size. The legend gives each variant's compute multiplier at the baseline's largest "
+            f"; bands give the loss's {confidence:.0%} interval at each compute from the "
+            "curves refitted to seeds resampled within each size, expanded for few seeds as "
+            "the multipliers' intervals are. The legend gives each variant's compute multiplier at the baseline's largest "
             "compute: how many times more compute the baseline needs to reach the same loss."
             if bands
             else "."

@@ -36,7 +36,7 @@ from toolkit.spec.schema import (
     Variant,
     as_choice,
 )
-from toolkit.spec.tune import check_tunable, parse_tune
+from toolkit.spec.tune import check_tunable, overlap_warning, parse_tune
 from toolkit.spec.validate import TEST_SPLIT_HOW, pairing_warnings, resolve, without_test_split
 
 # -- loading ------------------------------------------------------------------------------
@@ -232,6 +232,9 @@ def parse_spec(
     )  # fmt: skip
     if tune is not None:
         check_tunable(spec, plugins)
+        overlap = overlap_warning(tune, seeds)
+        if overlap:
+            spec.warnings.append(overlap)
         n_tuning = tune.n_runs([v.name for v in variants])
         if n_tuning + len(runs) > max_runs:
             raise SpecError(

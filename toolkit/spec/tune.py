@@ -4,14 +4,15 @@ it is compared.
     [tune]
     "train.lr" = { log_range = [1e-4, 3e-3], points = 5 }   # or a list: [1e-4, 3e-4, 1e-3]
     "train.warmup_steps" = [0, 50]                         # several keys: their product
-    seeds = [0]                                            # default: the spec's first seed
+    seeds = [3]                                            # default: the smallest not in seeds
     metric = "val_loss"                                    # or "val_bpb"
 
     [tune.variants.muon]                                   # a variant's own grid, in place
     "train.optimizer.muon_lr" = [0.01, 0.02, 0.04]          # of the one above
 
 A tuned sweep has two phases. Tuning (`tuning_spec`): every variant x every point of the grid
-x the tuning seeds, as variants named "VARIANT@lr=0.001", in the output folder's tune/. Then
+x the tuning seeds (by default one seed the final runs do not use, so no final run is a
+tuning run that won), as variants named "VARIANT@lr=0.001", in the output folder's tune/. Then
 each variant's best point (the lowest mean metric over the tuning seeds; the first point on a
 tie) is set on it (`tuned_spec`), and the spec trains as usual on all its seeds. Choosing on
 validation loss and reporting it is biased upward in a variant's favour, so a tuned spec must
@@ -81,6 +82,31 @@ class Tune:
     def to_dict(self) -> dict[str, Any]:
         own = {"variants": self.variants} if self.variants else {}
         return {"values": self.values, "seeds": self.seeds, "metric": self.metric, **own}
+
+
+def free_seed(seeds: list[int]) -> int:
+    """The smallest seed not in `seeds` (3 for [0, 1, 2]): [tune]'s default tuning seed."""
+    taken = set(seeds)
+    return next(s for s in itertools.count() if s not in taken)
+
+
+def overlap_warning(tune: Tune, seeds: list[int]) -> str | None:
+    """The warning for tuning seeds that are also final seeds, or None. Training is
+    deterministic, so a variant's final run on such a seed is its winning tuning run, chosen
+    for its low validation loss: its test loss is low by the same luck (by more the more points
+    its grid has), and the variants with the larger grids gain the most. The final runs train
+    anew either way, so other seeds cost nothing more."""
+    shared = [s for s in tune.seeds if s in seeds]
+    if not shared:
+        return None
+    which = ", ".join(map(str, shared))
+    free = free_seed([*seeds, *tune.seeds])
+    return (
+        f"[tune] tunes on seeds the final runs use too ({which}): a variant's final run on such "
+        f"a seed is the run that won its tuning, so its test loss is flattered by the choice; tune on seeds "
+        f"the final runs do not use (e.g. seeds = [{free}], the default when seeds is left out), "
+        f"which costs nothing more"
+    )
 
 
 def point_label(point: dict[str, Any]) -> str:
@@ -192,7 +218,9 @@ def parse_tune(raw: Any, seeds: list[int], where: str) -> Tune:
         )
     logs: set[str] = set()
     values = _grid(keys, logs, where)
-    tune_seeds = options.get("seeds", seeds[:1])
+    # By default one seed no final run uses: a final run on a tuning seed would be the very run
+    # that won its variant's tuning, its test loss flattered by the choice (overlap_warning).
+    tune_seeds = options.get("seeds", [free_seed(seeds)])
     if (
         not isinstance(tune_seeds, list)
         or not tune_seeds

@@ -11,7 +11,9 @@ import pytest
 
 from toolkit.analysis.figures import make_figures
 from toolkit.analysis.heatmap import NOT_SIGNIFICANT, grid_heatmap
+from toolkit.analysis.load import load
 from toolkit.analysis.table import summarize
+from toolkit.files import write_json
 
 # norm x act -> final val_loss per seed; seeds are shared, so each is a paired t-test.
 CELLS = {
@@ -131,6 +133,44 @@ def test_combined_folders_find_their_variants_in_the_summary():
     fig, _, _ = grid_heatmap(runs, "q", "norm", "act", ["norm", "act"], "val_loss", summary)
     hatched = {cell for cell, (h, _) in cell_marks(fig).items() if h}
     assert hatched == {("rms", "gelu"), ("rms", "relu")}
+
+
+def test_another_baseline_is_the_one_cell_marked_baseline(tmp_path):
+    # `ablate report --baseline`: the folder's spec baseline is a variant like any other.
+    folder = tmp_path / "q"
+    runs = runs_table(CELLS)
+    for variant, group in runs.groupby("variant"):
+        for _, r in group.iterrows():
+            out = folder / variant / f"seed-{r['seed']}"
+            out.mkdir(parents=True)
+            write_json(out / "summary.json", {**r.to_dict(), "config_hash": variant})
+    experiment = {"name": "q", "baseline": "norm=ln,act=gelu", "axes": ["norm", "act"]}
+    write_json(folder / "experiment.json", experiment)
+    chosen = "norm=rms,act=gelu"
+    experiments = load(folder, chosen)
+    summary = summarize(experiments.runs, experiments.baseline)
+    (part,) = experiments.parts
+    fig, _, _ = grid_heatmap(
+        part.compared(chosen), "q", "norm", "act", ["norm", "act"], "val_loss", summary
+    )
+    marks = cell_marks(fig)
+    assert [cell for cell, (_, text) in marks.items() if "baseline" in text] == [("rms", "gelu")]
+    verdict = summary.set_index("variant").loc["norm=ln,act=gelu", "verdict"]
+    assert marks[("ln", "gelu")] == (verdict == NOT_SIGNIFICANT, "2.2610\nn=3\n" + verdict)
+
+
+def test_cells_the_summary_does_not_compare_are_left_unmarked():
+    # A ladder compares its largest size only: the smaller sizes' cells were never tested.
+    cells = {(n, a, s): xs for (n, a), xs in CELLS.items() for s in ("big", "small")}
+    runs = runs_table(cells, axes=("norm", "act", "size"))
+    compared = runs[runs["size"] == "big"]
+    fig, _, _ = grid_heatmap(
+        runs, "q", "norm", "size", ["norm", "act", "size"], "val_loss", summarize(compared)
+    )
+    marks = cell_marks(fig)
+    assert marks[("rms", "small")] == (False, marks[("rms", "small")][1])
+    assert not marks[("rms", "small")][1].endswith(NOT_SIGNIFICANT)
+    assert marks[("rms", "big")][0]  # compared there, and no variant of it differs
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ import pytest
 from toolkit.analysis.comparison import compare
 from toolkit.analysis.render import write_report
 from toolkit.analysis.text import report
+from toolkit.errors import ToolkitError
 from toolkit.spec.parse import parse_spec
 from toolkit.sweep.runner import run
 
@@ -38,6 +39,8 @@ def test_a_tuned_sweep_is_compared_on_its_test_split(tuned) -> None:
     assert summary["test_loss_mean"].notna().all()
     assert "tuned: every variant trained at its own settings" in text
     assert "tuned norm=layernorm: lr=" in text
+    # The notebook view says it too.
+    assert "which no choice saw" in compare(tuned)._repr_html_()
 
 
 @pytest.mark.slow
@@ -81,6 +84,22 @@ def test_a_ladder_reports_compute_multipliers_and_compares_its_largest_size(ladd
     assert summary.attrs["metric"] == "test_loss" and summary["test_loss_mean"].notna().all()
     assert "test_loss: the metric the spec's [ladder] names" in text and "tuned" not in text
     pd.testing.assert_frame_equal(pd.DataFrame(compare(ladder)), summary)
+    # Another baseline must be one the table compares: a variant at the largest size.
+    with pytest.raises(ToolkitError, match=r"is not at the ladder's largest size, .* give "):
+        report(ladder, baseline="activation=relu@d16-L1-h2")
+    rebased, _ = report(ladder, baseline="activation=relu@d48-L2-h2")
+    assert rebased.set_index("variant").loc["activation=relu@d48-L2-h2", "baseline"]
+    # A folder from before specs refused a loss ladder across tokenizers: bits per byte.
+    mixed = tmp_path / "mixed"
+    shutil.copytree(ladder, mixed)
+    for path in mixed.glob("activation=relu*/seed-*/summary.json"):
+        path.write_text(path.read_text().replace('"tokenizer": "bytes"', '"tokenizer": "bpe"'))
+    summary, text = report(mixed)
+    assert summary.attrs["metric"] == "test_bpb"
+    assert "different tokenizers, so they are compared by test_bpb" in text
+    assert (
+        "its final test_bpb is fitted" in write_report(mixed, tmp_path / "m").markdown.read_text()
+    )
     assert "scaling (compute multiplier against the baseline; > 1 is better):" in text
     assert "activation=gelu: x1.00" in text and "activation=relu: x" in text
     assert "at the largest size, " in text and "so far" not in text

@@ -581,10 +581,36 @@ def test_several_folders_sharing_a_baseline_are_one_report(tmp_path):
     assert "experiments norms + acts: 7 of 7 runs recorded" in result.text
     md = result.markdown.read_text()
     assert "share the baseline `base`" in md and "norms/rms" in md and "acts/relu" in md
+    assert "--baseline" not in md
+    md = write_report([a, b], tmp_path / "rebased", figures=False, baseline="acts/relu")
+    md = md.markdown.read_text()
+    assert "share the baseline `base`" in md
+    assert "Every variant is compared with `acts/relu` (--baseline)." in md
 
     # The same training config under the same hash prefix is found by config, too.
     c = fake_experiment(tmp_path / "c", "other", {("base", 5): 2.0}, base_hash="elsewhere")
     assert load([a, c]).baseline == "base"
+
+
+def test_a_pooled_baseline_takes_a_finished_run_over_a_failed_one_in_either_order(tmp_path):
+    a = fake_experiment(
+        tmp_path / "a",
+        "norms",
+        {("base", 0): 2.0, ("rms", 0): 1.9, ("base", 1): 2.2, ("rms", 1): 2.0},
+    )
+    b = fake_experiment(
+        tmp_path / "b", "acts", {("gelu", 0): 2.1, ("relu", 0): 2.1, ("gelu", 1): 2.4},
+        baseline="gelu", base_hash="base-lr0.001",
+    )  # fmt: skip
+    failed = a / "base" / "seed-1" / "summary.json"
+    write_json(failed, {**read_json(failed), "status": "failed", "val_loss": None})
+    for order in ([a, b], [b, a]):
+        sweep = load(order)
+        base = sweep.runs[sweep.runs["baseline"]].set_index("seed")
+        assert base.loc[1, "status"] == "ok" and base.loc[1, "val_loss"] == 2.4
+        assert base.loc[0, "val_loss"] == (2.0 if order[0] == a else 2.1)  # the first folder's
+        row = summarize(sweep.runs, sweep.baseline).set_index("variant").loc[sweep.baseline]
+        assert (row["ok"], row["failed"]) == (2, 0)
 
 
 def test_folders_without_a_shared_baseline_are_an_error(tmp_path, capsys):

@@ -107,3 +107,12 @@ def test_a_ladder_fitting_the_test_split_needs_one(ladder_doc) -> None:
     assert "\n" not in str(info.value) and "data.test_fraction" in str(info.value)
     ladder_doc["data"]["test_fraction"] = 0.05
     assert parse_spec(ladder_doc).ladder.metric == "test_loss"
+
+
+def test_a_ladder_across_tokenizers_must_fit_bits_per_byte(ladder_doc) -> None:
+    ladder_doc["grid"] = {"data.tokenizer": ["bytes", "bpe"]}
+    with pytest.raises(SpecError, match=r"different tokenizers, .* metric = 'val_bpb'") as info:
+        parse_spec(ladder_doc)
+    assert "\n" not in str(info.value)
+    ladder_doc["ladder"]["metric"] = "val_bpb"
+    assert parse_spec(ladder_doc).ladder.metric == "val_bpb"

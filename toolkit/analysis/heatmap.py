@@ -127,10 +127,10 @@ def _significance_marks(
 ) -> list[list[str]]:
     """Per heatmap cell: "baseline" for the baseline's own cell, "n.s." when none of its
     other variants differs from the baseline (the summary's verdict), "k/m sig." when k of m
-    do, "" when all do (or with an empty summary); "\n(+ baseline)" after that when the cell
-    averages the baseline with other variants. The grid's runs are named as in the experiment
-    folder; the summary names them '<experiment>/<variant>' when several folders were
-    combined."""
+    do, "" when all do, when none of them is in the summary (a ladder's smaller sizes: never
+    tested) or with an empty summary; "\n(+ baseline)" after that when the cell averages the
+    baseline with other variants. The grid's runs are named as the summary names them
+    (load.Part.compared), their "baseline" column marking the summary's baseline."""
     marks = [[""] * mean.shape[1] for _ in range(mean.shape[0])]
     if summary.empty or "variant" not in ok:
         return marks
@@ -148,10 +148,10 @@ def _significance_marks(
     for i, row in enumerate(mean.index):
         for j, column in enumerate(mean.columns):
             names = cells.get((str(row), str(column)), set())
-            tested = [n for n in names if n != baseline]
+            tested = [n for n in names if n != baseline and n in verdicts]
             significant = sum(verdicts.get(n) in (BETTER, WORSE) for n in tested)
             if not tested:
-                marks[i][j] = "baseline" if names else ""
+                marks[i][j] = "baseline" if baseline in names else ""
                 continue
             if significant == 0:
                 marks[i][j] = NOT_SIGNIFICANT

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from toolkit.analysis.steps import describe_keys
@@ -48,10 +49,21 @@ class Part:
     table: pd.DataFrame  # collect() plus run_dir
     baseline: str | None
     expected: list[dict[str, Any]]  # experiment.json's runs (variant, seed, folder, hash)
+    # variant -> its name among several folders' runs ('<experiment>/<variant>', the shared
+    # baseline's name); empty for a folder read alone, whose names stay.
+    labels: dict[str, str] = field(default_factory=dict)
 
     @property
     def axes(self) -> list[str]:
         return [a for a in self.experiment.get("axes", []) if a in self.table]
+
+    def compared(self, baseline: str | None) -> pd.DataFrame:
+        """This folder's runs named as the combined runs name them, `baseline` marked: the
+        variant every other is compared with (the spec's, or one --baseline chose)."""
+        table = self.table.copy()
+        table["variant"] = table["variant"].map(lambda v: self.labels.get(v, v))
+        table["baseline"] = table["variant"] == baseline
+        return table
 
 
 @dataclass
@@ -172,8 +184,8 @@ def _baseline_identity(part: Part) -> tuple[str | None, set[str]]:
 def load(dirs: str | Path | Iterable[str | Path], baseline: str | None = None) -> Experiments:
     """Read one or several experiment folders. Several must share a baseline (same config
     hash, or the same training config under any name); their baseline runs are pooled by seed
-    (the first folder's run of a seed wins) and their other variants are named
-    '<experiment>/<variant>'. baseline: compare against this variant instead of the spec's
+    (a finished run of a seed wins over one that failed, then the first folder's) and their
+    other variants are named '<experiment>/<variant>'. baseline: compare against this variant instead of the spec's
     (ToolkitError when no run has that name)."""
     experiments = _load(dirs)
     return experiments if baseline is None else _rebased(experiments, baseline)
@@ -217,7 +229,7 @@ def _load(dirs: str | Path | Iterable[str | Path]) -> Experiments:
     for part, name in zip(parts, names, strict=True):
         part.name = name
     baseline = parts[0].baseline
-    frames, seen, asked = [], set(), {}
+    frames, bases, asked = [], [], {}
     base_seeds: set[Any] = set()
     relabel: dict[tuple[str, str], str] = {}
     for part in parts:
@@ -228,12 +240,12 @@ def _load(dirs: str | Path | Iterable[str | Path]) -> Experiments:
             for v in [*part.experiment.get("variants", []), *table["variant"].unique()]
         }
         relabel |= {(part.name, v): label for v, label in labels.items()}
+        part.labels = labels
         table["variant"] = table["variant"].map(labels)
         if "after" in table:
             table["after"] = [labels.get(a, a) if a else a for a in table["after"]]
-        base = table[is_base & ~table["seed"].isin(seen)]
-        seen |= set(base["seed"])
-        frames += [base, table[~is_base]]
+        bases.append(table[is_base])
+        frames.append(table[~is_base])
         for r in part.expected:
             label = labels.get(r.get("variant"), f"{part.name}/{r.get('variant')}")
             if label == baseline:
@@ -242,6 +254,13 @@ def _load(dirs: str | Path | Iterable[str | Path]) -> Experiments:
                 asked[label] = asked.get(label, 0) + 1
     if base_seeds:
         asked[baseline] = len(base_seeds)
+    # One baseline run per seed: a finished one over one that failed, then the first folder's.
+    pooled = [b for b in bases if not b.empty]
+    if pooled:
+        base = pd.concat(pooled, ignore_index=True)
+        unfinished = (base["status"] != "ok").to_numpy()
+        base = base.iloc[np.argsort(unfinished, kind="stable")].drop_duplicates("seed")
+        frames.insert(0, base)
     runs = pd.concat([f for f in frames if not f.empty] or [parts[0].table], ignore_index=True)
     runs["baseline"] = runs["variant"] == baseline
     missing = []

@@ -37,6 +37,7 @@ from toolkit.analysis.plotting import FigureFile, new_figure, palette, save_figu
 from toolkit.analysis.scaling_figure import ladder_figure
 from toolkit.analysis.stats import HOLM
 from toolkit.analysis.table import summarize
+from toolkit.errors import ToolkitError
 
 TUNING_FILE = "tuning.csv"  # written by toolkit.sweep.tuning into the experiment folder
 
@@ -49,8 +50,17 @@ class Section:
 
 
 def _ladder(experiments: Experiments) -> dict[str, Any] | None:
+    """The experiment's [ladder] table, its metric as the report uses it: bits per byte in
+    place of a loss when the runs use different tokenizers, whose losses per token do not
+    compare (a spec refuses that now; a folder trained before may still hold one)."""
     found = [p.experiment["ladder"] for p in experiments.parts if p.experiment.get("ladder")]
-    return found[0] if found else None
+    if not found:
+        return None
+    ladder = dict(found[0])
+    metric, runs = ladder.get("metric", "val_loss"), experiments.runs
+    if metric.endswith("_loss") and "tokenizer" in runs and runs["tokenizer"].nunique() > 1:
+        ladder["metric"] = metric.removesuffix("_loss") + "_bpb"
+    return ladder
 
 
 def comparable_runs(experiments: Experiments) -> pd.DataFrame:
@@ -60,6 +70,13 @@ def comparable_runs(experiments: Experiments) -> pd.DataFrame:
     if ladder is None or runs.empty:
         return runs
     largest = list(ladder["sizes"])[-1]
+    baseline = str(experiments.baseline or "")
+    if baseline and not baseline.endswith(f"@{largest}"):
+        name = baseline.rsplit("@", 1)[0]
+        raise ToolkitError(
+            f"baseline {baseline!r} is not at the ladder's largest size, which the Results "
+            f"table compares; give {name}@{largest}"
+        )
     return runs[runs["variant"].astype(str).str.endswith(f"@{largest}")].reset_index(drop=True)
 
 

@@ -41,7 +41,7 @@ from toolkit.analysis.text import (
     PRECISION_NOTE,
     aa_text,
     correction_text,
-    metric_note,
+    metric_notes,
     outlier_lines,
     resolution_text,
     terminal_text,
@@ -103,7 +103,7 @@ def write_report(
             experiments.runs,
             summary,
             curves,
-            [(p.name, p.axes, p.table) for p in experiments.parts],
+            [(p.name, p.axes, p.compared(experiments.baseline)) for p in experiments.parts],
             folder / "figures",
         )
     where = folder / "figures" if figures else None
@@ -147,26 +147,24 @@ def _document(
               f"{sources}. Generated {when}.")
     )  # fmt: skip
     if len(experiments.parts) > 1:
+        shared = experiments.parts[0].baseline
+        against = (
+            ""
+            if experiments.baseline == shared
+            else f" Every variant is compared with `{experiments.baseline}` (--baseline)."
+        )
         doc.append(
             (
                 "p",
-                f"The experiments share the baseline `{experiments.baseline}` (the same training "
-                f"config): its runs are pooled by seed and every other variant is named "
-                f"`experiment/variant`.",
+                f"The experiments share the baseline `{shared}` (the same training config): its "
+                f"runs are pooled by seed and every other variant is named "
+                f"`experiment/variant`.{against}",
             )
         )
     if summary.empty:
         doc.append(("p", "No finished runs yet."))
     else:
-        why = (
-            " The variants use different tokenizers, so they are compared by bits per byte: "
-            "loss and perplexity are per token and do not compare across vocabularies."
-            if metric.endswith("_bpb") and not summary.attrs.get("named_metric")
-            else ""
-        )
-        note = metric_note(summary)
-        if note:
-            why += " " + note[0].upper() + note[1:]
+        why = ""
         budgets = sorted(set(experiments.runs.get("budget", pd.Series(dtype=str)).dropna()))
         if budgets:
             why += f" Budget per run: `{'`, `'.join(budgets)}`."
@@ -295,7 +293,9 @@ def _table_notes(summary: pd.DataFrame) -> list[str]:
         "Each statistic is over the finished seeds of a variant: mean ± sample std (n - 1), "
         "and below it the 95% confidence interval of the mean (t-interval, "
         "`mean ± t(0.975, n-1) · s / √n`). **seeds** is finished / asked.",
-        f"**Δ vs baseline**: mean {metric} minus the baseline's, and in % of the baseline's. "
+        f"**Δ vs baseline**: mean {metric} minus the baseline's, over the seeds the test "
+        "compares (the mean of the per-seed differences when it pairs them), and in % of the "
+        "baseline's mean there. "
         "**p**: two-sided t-test against the baseline: `paired t` on the seeds both have "
         "(a seed fixes the initialisation and the data order), `Welch t` when they share "
         "fewer than two seeds, `-` when either side has one seed (no estimate of the noise).",
@@ -308,6 +308,7 @@ def _table_notes(summary: pd.DataFrame) -> list[str]:
         "emb_dim · context_length`. **tokens/s**: training throughput (evaluation and the "
         "first step left out), mean over seeds. **wall time**: per run, mean.",
     ]
+    notes += [note[0].upper() + note[1:] for note in metric_notes(summary)]
     if not summary["causal"].all():
         notes.append(
             "**non-causal**: the attention sees the tokens it predicts; its loss is not a "

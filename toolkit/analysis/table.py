@@ -52,7 +52,7 @@ when runs were tuned; a ladder's own metric; ties by name), the baseline marked.
   when some variant builds on another (a spec's `after`): toolkit.analysis.steps
 
 `summary.attrs` holds "metric" (the comparison metric), "named_metric" (the one summarize()
-was given, a ladder's; None), "tuned" (tuned_runs(): "all", "some" or "none"), "baseline", "correction" ("holm" or "none"), "alpha", "resolution" (what the sweep
+was given, a ladder's; None), "tokenizers_differ" (bool), "tuned" (tuned_runs(): "all", "some" or "none"), "baseline", "correction" ("holm" or "none"), "alpha", "resolution" (what the sweep
 could resolve: sd, df, n, paired, mde, mde_pct, alpha, power), "outliers" (one dict per
 flagged seed: variant, seed, value, others_mean, t, df, p_value) and "aa_check" (the A/A
 check of the baseline: first and second, the seeds of each half; test, delta, statistic, df,
@@ -138,13 +138,18 @@ def comparison_metric(table: pd.DataFrame, chosen: str | None = None) -> str:
     validation it is, and tuned_runs() lets the report say what that means."""
     if chosen:
         return chosen
-    kind = "bpb" if "tokenizer" in table and table["tokenizer"].dropna().nunique() > 1 else "loss"
+    kind = "bpb" if tokenizers_differ(table) else "loss"
     if tuned_runs(table) == "none":
         return f"val_{kind}"
     ok = table[table["status"] == "ok"] if "status" in table else table
     test = f"test_{kind}"
     scored = test in ok and pd.to_numeric(ok[test], errors="coerce").notna().all()
     return test if scored else f"val_{kind}"
+
+
+def tokenizers_differ(table: pd.DataFrame) -> bool:
+    """Whether the runs use more than one tokenizer: their losses per token do not compare."""
+    return "tokenizer" in table and table["tokenizer"].dropna().nunique() > 1
 
 
 def tuned_runs(table: pd.DataFrame) -> str:
@@ -304,6 +309,7 @@ def summarize(
     summary.attrs["metric"] = metric
     summary.attrs["tuned"] = tuned_runs(table)
     summary.attrs["named_metric"] = chosen  # the metric the experiment named, or None
+    summary.attrs["tokenizers_differ"] = tokenizers_differ(table)
     summary.attrs["baseline"] = baseline
     summary.attrs["correction"] = correction
     summary.attrs["alpha"] = alpha

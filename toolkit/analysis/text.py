@@ -189,10 +189,30 @@ def metric_note(summary: pd.DataFrame) -> str:
             f"hold out no test split. Give every spec data.test_fraction to compare on the test "
             f"split."
         )
-    if summary.attrs.get("named_metric") and metric != "val_loss":
+    if summary.attrs.get("named_metric") and metric != "val_loss" and not _by_bytes(summary):
         split = "the held-out test split" if test else "the validation split"
         return f"{metric}: the metric the spec's [ladder] names, on {split}."
     return ""
+
+
+def _by_bytes(summary: pd.DataFrame) -> bool:
+    return summary.attrs.get("metric", "").endswith("_bpb") and bool(
+        summary.attrs.get("tokenizers_differ")
+    )
+
+
+def metric_notes(summary: pd.DataFrame) -> list[str]:
+    """What the terminal table, the report and the notebook view all say about the metric the
+    table compares: metric_note(), and that different tokenizers are compared by bits per
+    byte. Plain text; empty for a plain validation-loss comparison."""
+    notes = [metric_note(summary)]
+    if _by_bytes(summary):
+        metric = summary.attrs["metric"]
+        notes.append(
+            f"The variants use different tokenizers, so they are compared by {metric}: loss and "
+            f"perplexity are per token and do not compare across vocabularies."
+        )
+    return [n for n in notes if n]
 
 
 def format_summary(summary: pd.DataFrame, title: str = "") -> str:
@@ -245,23 +265,19 @@ def format_summary(summary: pd.DataFrame, title: str = "") -> str:
     body = fixed_width(pd.DataFrame(columns), left=("", "variant", "verdict", "test", "flags"))
     notes = [
         f"* baseline. mean ± sample std over seeds; 95% CI: t-interval of the mean. Δ: mean minus "
-        f"the baseline's; p: two-sided t-test of {metric} against the baseline (paired by seed "
+        f"the baseline's, over the seeds the test compares (the mean of the per-seed differences "
+        f"when it pairs them); p: two-sided t-test of {metric} against the baseline (paired by seed "
         f"when they share seeds, else Welch), '-' with one seed. val_loss: nats/token; "
         f"ppl = exp(loss); val_bpb: bits per UTF-8 byte; FLOP/token: training FLOPs, "
         f"6 x (matrix params, head included) + 12 x layers x emb_dim x context; wall: per run."
     ]
     notes.append(correction_text(summary))
-    notes.append(metric_note(summary))
+    notes.extend(metric_notes(summary))
     resolution = resolution_text(summary)
     if resolution and summary["ok"].max() > 0:
         notes.append(resolution)
     notes.append(aa_text(summary))
     notes.extend(outlier_lines(summary))
-    if metric == "val_bpb" and not summary.attrs.get("named_metric"):
-        notes.append(
-            "The variants use different tokenizers, so they are compared by val_bpb: loss and "
-            "perplexity are per token and do not compare across vocabularies."
-        )
     if not summary["causal"].all():
         notes.append(
             "[non-causal]: the attention sees the tokens it predicts; its loss is not a language "

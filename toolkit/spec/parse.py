@@ -11,6 +11,7 @@ sweep's preparation step, still before any training.
 from __future__ import annotations
 
 import copy
+import json
 import re
 import tomllib
 from dataclasses import fields
@@ -214,6 +215,13 @@ def parse_spec(
         for seed in seeds
         for v in variants
     ]
+    tokenizers = {json.dumps(r.data.tokenizer, sort_keys=True) for r in runs}
+    if ladder is not None and ladder.metric.endswith("_loss") and len(tokenizers) > 1:
+        bpb = ladder.metric.replace("_loss", "_bpb")
+        raise SpecError(
+            f"{source}: the ladder's variants use different tokenizers, whose losses per token "
+            f"do not compare; set [ladder] metric = {bpb!r} (bits per byte)"
+        )
     if ladder is not None and ladder.metric.startswith("test_"):
         missing = without_test_split(runs)
         if missing is not None:

@@ -40,14 +40,14 @@ def test_each_variant_trains_on_every_seed_at_its_own_best_point(
     table = run(parse_spec(tuned_doc), tmp_path, plugins=plugins, progress=False)
     tuning = collect(tmp_path / "tune")
     # Phase one: 2 variants x 3 learning rates x one seed the final runs do not use.
-    assert len(tuning) == 6 and set(tuning["seed"]) == {2}
+    assert len(tuning) == 6 and set(tuning["seed"]) == {1000}
     chosen = pd.read_csv(tmp_path / "tuning.csv")
     assert len(chosen) == 6 and chosen["chosen"].sum() == 2
     for norm in ("layernorm", "rmsnorm"):
         variant = f"norm={norm}"
         mine = tuning[tuning["variant"].str.startswith(f"{variant}@")]
         best = mine.loc[mine["val_loss"].idxmin()]
-        folder = tmp_path / "tune" / best["variant"].replace("@", "_") / "seed-2"
+        folder = tmp_path / "tune" / best["variant"].replace("@", "_") / "seed-1000"
         best_lr = json.loads((folder / "config.json").read_text())["train"]["lr"]
         # Phase two: every seed, at that variant's best learning rate, with a test loss.
         finals = table[table["variant"] == variant]
@@ -67,7 +67,7 @@ def test_each_variant_trains_on_every_seed_at_its_own_best_point(
     assert summarize(table).attrs["metric"] == "test_loss"
     # ablate verify checks the tuning runs too: their scores chose the settings.
     assert main(["verify", str(tmp_path)]) == 0
-    edited = next((tmp_path / "tune").glob("*/seed-2/summary.json"))
+    edited = next((tmp_path / "tune").glob("*/seed-1000/summary.json"))
     summary = json.loads(edited.read_text())
     summary["val_loss"] -= 0.5
     edited.write_text(json.dumps(summary))
@@ -99,22 +99,25 @@ def test_a_choice_at_the_edge_of_the_range_is_flagged(tmp_path, tuned_doc, plugi
 
 
 def test_tuning_seeds_are_apart_from_the_final_ones_or_warned_about(tuned_doc) -> None:
-    # The default: the smallest seed no final run uses, so no final run is a tuning winner.
+    # The default: seed 1000 (or the next free one), apart from the final seeds, and the same
+    # when final seeds are added later, so the tuning runs are kept.
     spec = parse_spec(tuned_doc)
-    assert spec.tune.seeds == [2] and not spec.warnings
-    assert parse_tune({"train.lr": LRS}, [0, 2, 5], "s").seeds == [1]
+    assert spec.tune.seeds == [1000] and not spec.warnings
+    tuned_doc["seeds"] = [0, 1, 2, 3]
+    assert parse_spec(tuned_doc).tune.seeds == [1000]
+    assert parse_tune({"train.lr": LRS}, [0, 1000, 1001], "s").seeds == [1002]
     # Tuning seeds that are final seeds train, with a warning that says what it costs.
     tuned_doc["tune"]["seeds"] = [1, 7]
     spec = parse_spec(tuned_doc)
     assert spec.tune.seeds == [1, 7]
     (warning,) = spec.warnings
     assert warning.startswith("[tune] tunes on seeds the final runs use too (1): a variant's")
-    assert "e.g. seeds = [2]" in warning
+    assert "e.g. seeds = [1000]" in warning
 
 
 def test_ranges_become_grids() -> None:
     tune = parse_tune({"train": {"lr": {"log_range": [1e-4, 1e-2], "points": 3}}}, [4, 5], "s")
-    assert tune.values == {"train.lr": [1e-4, 1e-3, 1e-2]} and tune.seeds == [0]
+    assert tune.values == {"train.lr": [1e-4, 1e-3, 1e-2]} and tune.seeds == [1000]
     tune = parse_tune(
         {"train.warmup_steps": {"range": [0, 100], "points": 3}, "seeds": [1, 2]}, [0], "s"
     )

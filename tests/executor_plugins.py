@@ -1,5 +1,6 @@
 """Components the executor tests train in worker processes (loaded there by module name): one
-that raises in training, one that kills the process training it. Both behave on a batch of one
+that raises in training, one that kills the process training it, and an optimizer that fails
+above a learning rate (a tuning grid whose top points crash). Both behave on a batch of one
 row, which is all the forward pass the sweep probes every architecture with before training
 (toolkit.model.probe) sends them, so they fail in the run itself."""
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 
+import torch
 from torch import nn
 
 from toolkit import hookimpl
@@ -35,7 +37,15 @@ class Dying(Raising):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def fragile(model: nn.Module, config) -> torch.optim.Optimizer:
+    """AdamW, but building it above lr 0.005 raises: those runs fail."""
+    if config.lr > 0.005:
+        raise RuntimeError("deliberate failure above lr 0.005")
+    return torch.optim.AdamW(model.parameters(), lr=config.lr)
+
+
 @hookimpl
 def register_components(register) -> None:
     register("activation", "raising", Raising, description="raises in forward (tests)")
     register("activation", "dying", Dying, description="SIGKILLs its process (tests)")
+    register("optimizer", "fragile", fragile, description="fails above lr 0.005 (tests)")

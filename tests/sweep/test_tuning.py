@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -88,6 +89,56 @@ def test_a_rerun_trains_nothing_and_gives_the_same_table(tmp_path, tuned_doc, pl
     assert [p.stat().st_mtime_ns for p in summaries] == written  # nothing trained again
     columns = ["variant", "seed", "val_loss", "test_loss", "config_hash"]
     pd.testing.assert_frame_equal(first[columns], again[columns])
+
+
+@pytest.mark.slow
+def test_a_folder_of_an_untuned_sweep_is_refused_before_tuning_trains(tmp_path, tuned_doc, plugins):
+    plain = json.loads(json.dumps(tuned_doc))
+    plain.pop("tune")
+    plain["train"]["lr"] = 1e-3
+    run(parse_spec(plain), tmp_path, plugins=plugins, progress=False)
+    written = {p: p.read_bytes() for p in tmp_path.glob("*/seed-*/summary.json")}
+    assert len(written) == 4
+    with pytest.raises(SpecError, match=r"holds 4 run\(s\) of this experiment trained without"):
+        run(parse_spec(tuned_doc), tmp_path, plugins=plugins, progress=False)
+    assert not (tmp_path / "tune").exists()  # refused before tuning trained anything
+    assert {p: p.read_bytes() for p in written} == written
+    # A --rerun name no final run has is refused before tuning, too.
+    fresh = tmp_path / "fresh"
+    with pytest.raises(SpecError, match=r"--rerun 'norm=layernrom/seed-0': no such run"):
+        run(parse_spec(tuned_doc), fresh, plugins=plugins, progress=False,
+            rerun=["norm=layernrom/seed-0"])  # fmt: skip
+    assert not (fresh / "tune").exists()
+
+
+@pytest.mark.slow
+def test_failed_tuning_runs_fail_the_command_and_a_new_choice_is_said(tmp_path, capsys):
+    spec = tmp_path / "spec.toml"
+    spec.write_text(
+        'name = "fragile"\nseeds = [0]\nplugins = ["tests.executor_plugins"]\n'
+        '[data]\ncorpus = "pydoc"\ntokenizer = "bytes"\ntest_fraction = 0.05\n'
+        "[model]\ncontext_length = 32\nemb_dim = 32\nn_heads = 2\nn_layers = 1\n"
+        '[train]\noptimizer = "fragile"\nbatch_size = 4\nmax_steps = 6\neval_interval = 3\n'
+        "eval_batches = 2\n[sampling]\nmax_new_tokens = 0\n"
+        '[tune]\n"train.lr" = [1e-3, 3e-3, 1e-2]\n'
+    )
+    out = tmp_path / "out"
+    # The 1e-2 point fails: the choice is made without it, and the command says so and fails.
+    assert main(["run", str(spec), "--out", str(out), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "ablate: tune/base@lr=0.01 seed=1000: failed" in err
+    assert "deliberate failure above lr 0.005" in err
+    # Another grid changes the choice: the final runs train again, and the note says why.
+    before = json.loads((out / "experiment.json").read_text())["tune"]["chosen"]["base"]
+    assert before == {"train.lr": 0.003}
+    grid = ["--set", "tune.train.lr=[1e-3,2e-3]"]
+    assert main(["run", str(spec), "--out", str(out), "--quiet", *grid]) == 0
+    err = capsys.readouterr().err
+    assert re.search(
+        r"note: tuning now chooses lr=0\.00[12] for base, whose final runs trained at "
+        r"lr=0\.003: they train again",
+        err,
+    ), err
 
 
 @pytest.mark.slow

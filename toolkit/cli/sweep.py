@@ -89,7 +89,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from toolkit.analysis.text import report
     from toolkit.inference import sampling_ablation
     from toolkit.spec.parse import load_spec
+    from toolkit.sweep.results import collect
     from toolkit.sweep.runner import run
+    from toolkit.sweep.tuning import TUNE_DIR
     from toolkit.training import distributed
 
     if args.out is not None and not args.out.strip():
@@ -126,16 +128,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         summary = pd.read_csv(f"{out}/sampling/summary.csv")
         print(sampling_ablation.format_sampler_summary(summary))
         print(f"sampling: {out}/sampling/results.csv, summary.csv, samples.md")
-    bad = table[table["status"] != "ok"] if "status" in table else table.iloc[:0]
-    if len(bad):
+    # A tuned sweep's tuning runs that failed count too: their points were never in the choice.
+    # (A point that diverged is an answer tuning expects: it scores +inf.)
+    tables = [("", table, ("ok",))]
+    if spec.tune is not None:
+        tables.insert(0, (f"{TUNE_DIR}/", collect(Path(out) / TUNE_DIR), ("ok", "diverged")))
+    failed = 0
+    for where, phase, fine in tables:
+        bad = phase[~phase["status"].isin(fine)] if "status" in phase else phase.iloc[:0]
+        failed += len(bad)
         for _, row in bad.iterrows():
             print(
-                f"ablate: {row['variant']} seed={row['seed']}: {row['status']}"
+                f"ablate: {where}{row['variant']} seed={row['seed']}: {row['status']}"
                 + (f" ({row['error']})" if isinstance(row.get("error"), str) else ""),
                 file=sys.stderr,
             )
-        return 1
-    return 0
+    return 1 if failed else 0
 
 
 def executor_choice(args: argparse.Namespace, plugins: Any) -> dict[str, Any]:

@@ -81,6 +81,24 @@ def check_same_experiment(spec: Spec, out: Path) -> None:
         )
 
 
+def check_tunable_folder(spec: Spec, out: Path) -> None:
+    """Before a tuned sweep trains anything: refuse a folder that holds this experiment's runs
+    from a sweep without [tune]. Tuning would choose other settings and train those runs again
+    over them, losing them (a tuned folder's final runs may change with a new choice: that is
+    what tuning is for)."""
+    held = read_json(out / "experiment.json")
+    if not isinstance(held, dict) or held.get("tune"):
+        return
+    trained = [r for r in spec.runs if (out / r.folder / "config.json").is_file()]
+    if trained:
+        first = trained[0]
+        raise SpecError(
+            f"{out} holds {len(trained)} run(s) of this experiment trained without [tune] (e.g. "
+            f"{first.variant}/seed-{first.seed}), which tuned settings would replace; train into "
+            f"another --out, or pass --restart to discard this spec's runs there"
+        )
+
+
 def check_unchanged(
     spec: Spec,
     out: Path,

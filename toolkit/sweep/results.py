@@ -188,6 +188,11 @@ def collect(out_dir: str | Path) -> pd.DataFrame:
     # A tuned sweep's final runs: their settings were chosen on the validation split, so the
     # comparison reads the test split (analysis.table.comparison_metric).
     table["tuned"] = bool(experiment.get("tune"))
+    # Which variant is the baseline is the experiment's to say, as it is now: a run's own
+    # summary keeps what it was when that run trained (a ladder that grew a size since, a
+    # spec whose baseline changed).
+    if isinstance(experiment.get("baseline"), str):
+        table["baseline"] = table["variant"] == experiment["baseline"]
     # Runs recorded before train.eval_windows existed were scored on the windows it names.
     table["eval_windows"] = table["eval_windows"].fillna(LEGACY_VALUES["train.eval_windows"])
     optional = [c for c in OPTIONAL_NUMERIC if c in table] + task_columns(table)

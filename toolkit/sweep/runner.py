@@ -34,7 +34,7 @@ from toolkit.errors import (
     ToolkitError,
     one_line,
 )
-from toolkit.files import remove_temps, storage_problem, write_json
+from toolkit.files import read_json, remove_temps, storage_problem, write_json
 from toolkit.inference import sampling_ablation
 from toolkit.names import label
 from toolkit.spec.parse import load_spec
@@ -50,13 +50,14 @@ from toolkit.sweep.preflight import (
 )
 from toolkit.sweep.reruns import (
     check_same_experiment,
+    check_tunable_folder,
     check_unchanged,
     finished,
     rerun_indices,
     run_names,
 )
 from toolkit.sweep.results import collect, write_table
-from toolkit.sweep.tuning import TUNE_DIR, choose, write_choice
+from toolkit.sweep.tuning import TUNE_DIR, changed_choices, choose, write_choice
 from toolkit.training import distributed
 
 
@@ -140,8 +141,15 @@ def _run_tuned(
     world = distributed.current()
     tuning = tuning_spec(spec, phase.plugins)
     in_tuning = {n for n in rerun if n.rstrip("/") in run_names(tuning)}
+    final_rerun = [n for n in rerun if n not in in_tuning]
     if world.main:
+        # What can be checked of the final phase is checked before tuning trains anything.
         check_output_dir(out)
+        check_same_experiment(spec, out)
+        rerun_indices(spec, final_rerun)  # the final runs have the spec's names
+        if not phase.restart:
+            check_tunable_folder(spec, out)
+        before = (read_json(out / "experiment.json") or {}).get("tune") or {}
     with OutputLock(out) if world.main else contextlib.nullcontext():
         if phase.progress:
             t = spec.tune
@@ -161,12 +169,15 @@ def _run_tuned(
                 print(f"warning: {warning}", file=sys.stderr)
         final = tuned_spec(spec, choice.chosen, phase.plugins)
         # A changed choice (another grid, or tuning runs retrained) trains the final runs again.
+        if world.main and not phase.restart:
+            for line in changed_choices(before.get("chosen") or {}, choice.chosen):
+                print(f"note: {line}", file=sys.stderr)
         free = tuple(spec.tune.keys())
         return _run_phase(
             final,
             out,
             phase,
-            [n for n in rerun if n not in in_tuning],
+            final_rerun,
             free,
             locked=True,
             with_experiment=lambda: write_choice(out, choice),

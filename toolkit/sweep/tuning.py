@@ -12,6 +12,7 @@ choice is the same on every rerun. Not here: the grid (spec/tune.py) or running 
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +95,20 @@ def _edges(variant: str, point: dict[str, Any], values: dict[str, list[Any]]) ->
                 f"widen the [tune] range past it, or the true best may lie outside"
             )
     return out
+
+
+def changed_choices(before: dict[str, Any], now: dict[str, dict[str, Any]]) -> list[str]:
+    """A line per variant whose chosen point differs from the one experiment.json recorded
+    (`before`: variant -> point, as JSON holds it), whose final runs therefore train again."""
+    lines = []
+    for variant, point in now.items():
+        old = before.get(variant)
+        if isinstance(old, dict) and old != json.loads(json.dumps(point)):
+            lines.append(
+                f"tuning now chooses {point_label(point)} for {variant}, whose final runs "
+                f"trained at {point_label(old)}: they train again"
+            )
+    return lines
 
 
 def write_choice(out: Path, choice: Choice) -> None:

@@ -166,6 +166,13 @@ def test_tuning_seeds_are_apart_from_the_final_ones_or_warned_about(tuned_doc) -
     assert "e.g. seeds = [1000]" in warning
 
 
+def test_a_set_of_a_key_tuning_chooses_is_refused(tuned_doc) -> None:
+    with pytest.raises(SpecError, match=r"--set train\.lr: \[tune\] chooses train\.lr for each"):
+        parse_spec(tuned_doc, overrides=["train.lr=0.5"])
+    spec = parse_spec(tuned_doc, overrides=["tune.train.lr=[0.1, 0.2]"])
+    assert spec.tune.values == {"train.lr": [0.1, 0.2]}
+
+
 def test_ranges_become_grids() -> None:
     tune = parse_tune({"train": {"lr": {"log_range": [1e-4, 1e-2], "points": 3}}}, [4, 5], "s")
     assert tune.values == {"train.lr": [1e-4, 1e-3, 1e-2]} and tune.seeds == [1000]

@@ -234,6 +234,14 @@ def parse_spec(
         ablation = sampling_ablation(raw["sampling_ablation"], source, plugins)
         check_sampled_runs(ablation, raw, runs, source)
     tune = parse_tune(raw["tune"], seeds, source) if "tune" in raw else None
+    tuned_keys = tune.keys() if tune is not None else []
+    for item in overrides:
+        key = parse_override(item, source)[0]
+        if key in tuned_keys:  # [tune] sets it on every variant: the value would go unused
+            raise SpecError(
+                f"--set {key}: [tune] chooses {key} for each variant, so this value would not "
+                f"be used; set its candidates instead, e.g. --set 'tune.{key}=[...]'"
+            )
     spec = Spec(
         name, source, description, seeds, plugin_modules, baseline, variants, runs, base,
         ablation, notes, tune, ladder=ladder, warnings=pairing_warnings(runs, plugins),

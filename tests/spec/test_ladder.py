@@ -116,3 +116,18 @@ def test_a_ladder_across_tokenizers_must_fit_bits_per_byte(ladder_doc) -> None:
     assert "\n" not in str(info.value)
     ladder_doc["ladder"]["metric"] = "val_bpb"
     assert parse_spec(ladder_doc).ladder.metric == "val_bpb"
+
+
+def test_tokens_per_param_counts_the_baselines_own_vocabulary(ladder_doc) -> None:
+    # [data] says bytes (257 ids); the baseline variant trains gpt2's 50,257, and an untied
+    # head counts as non-embedding, so the budget must be counted with gpt2's vocabulary.
+    ladder_doc["grid"] = {"data.tokenizer": ["gpt2", "bytes"]}
+    ladder_doc["model"]["tie_embeddings"] = False
+    ladder_doc["ladder"] = {"sizes": SIZES[::2], "tokens_per_param": 1, "metric": "val_bpb"}
+    spec = parse_spec(ladder_doc)
+    for r in spec.runs:
+        config = ModelConfig.from_dict(
+            {"vocab_size": 50257, "context_length": 32, "n_heads": 2, "emb_dim": r.model.emb_dim,
+             "n_layers": r.model.n_layers, "tie_embeddings": False}
+        )  # fmt: skip
+        assert r.train.max_tokens == round(count_params(config)[1])

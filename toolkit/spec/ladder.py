@@ -21,6 +21,7 @@ against. Not here: the fits (toolkit/analysis/curves.py) and the compute multipl
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -190,17 +191,21 @@ def ladder_variants(
     return out
 
 
-def params_counter(
-    base: dict[str, Any], where: str, plugins: Plugins, vocab_size: int, active: bool = False
-) -> Any:
+def params_counter(base: dict[str, Any], where: str, plugins: Plugins, active: bool = False) -> Any:
     """params_at(variant, size_keys) for ladder_variants and match_params: a variant's
     non-embedding parameters at a size (active: those one token uses, for a mixture of
-    experts), counted on the meta device (no memory)."""
+    experts), counted on the meta device (no memory), with the vocabulary of the variant's
+    own tokenizer (an untied head counts as non-embedding)."""
+    vocabs: dict[str, int] = {}
 
     def params_at(variant: Variant, keys: dict[str, int]) -> int:
         sized = {**variant.overrides, **{f"model.{k}": n for k, n in keys.items()}}
         resolved = resolve(base, Variant(variant.name, sized), where, plugins)
-        config = to_model_config(resolved["model"], vocab_size)
+        tokenizer = resolved["data"].tokenizer
+        name = json.dumps(tokenizer, sort_keys=True, default=str)
+        if name not in vocabs:
+            vocabs[name] = plugins.registry.build("tokenizer", tokenizer).vocab_size
+        config = to_model_config(resolved["model"], vocabs[name])
         return count_params(config, plugins, active=active)[1]
 
     return params_at

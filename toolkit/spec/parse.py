@@ -165,11 +165,7 @@ def parse_spec(
     counter = None
     match = match_mode(raw.get("match_params", False), source)
     if "ladder" in raw or match:
-        vocab = (
-            base["model"].get("vocab_size")
-            or plugins.registry.build("tokenizer", base["data"].get("tokenizer", "gpt2")).vocab_size
-        )
-        counter = params_counter(base, source, plugins, vocab)
+        counter = params_counter(base, source, plugins)
     first_baseline = baseline
     if "ladder" in raw:
         if "tune" in raw:
@@ -197,7 +193,7 @@ def parse_spec(
 
         active = match == "active"
         if active:
-            counter = params_counter(base, source, plugins, vocab, active=True)
+            counter = params_counter(base, source, plugins, active=True)
         variants, matched = match_params(variants, reference_of, counter, source, active)
         notes += matched
 

@@ -171,6 +171,9 @@ def test_a_set_of_a_key_tuning_chooses_is_refused(tuned_doc) -> None:
         parse_spec(tuned_doc, overrides=["train.lr=0.5"])
     spec = parse_spec(tuned_doc, overrides=["tune.train.lr=[0.1, 0.2]"])
     assert spec.tune.values == {"train.lr": [0.1, 0.2]}
+    # The quoted key, as grid axes are written, replaces the spec's candidates the same way.
+    spec = parse_spec(tuned_doc, overrides=['tune."train.lr"=[0.1, 0.3]'])
+    assert spec.tune.values == {"train.lr": [0.1, 0.3]}
 
 
 def test_ranges_become_grids() -> None:

@@ -47,6 +47,8 @@ def apply_override(raw: dict[str, Any], dotted: str, value: Any, source: str) ->
     parts = dotted.split(".")
     if parts[0] == "grid":
         return _set_axis(raw, dotted, value, source)
+    if parts[0] == "tune":  # tune."train.lr" as tune.train.lr: [tune] reads both as one key
+        parts = [p for part in _key_parts(dotted) for p in part.split(".")]
     settable = TOP_LEVEL - {"grid", "variants", "sampling_ablation"}
     if parts[0] not in settable:
         if parts[0] in TOP_LEVEL:

@@ -149,7 +149,9 @@ def _run_tuned(
         rerun_indices(spec, final_rerun)  # the final runs have the spec's names
         if not phase.restart:
             check_tunable_folder(spec, out)
-        before = (read_json(out / "experiment.json") or {}).get("tune") or {}
+        held = read_json(out / "experiment.json")
+        before = held.get("tune") if isinstance(held, dict) else None
+        before = before if isinstance(before, dict) else {}
     with OutputLock(out) if world.main else contextlib.nullcontext():
         if phase.progress:
             t = spec.tune

@@ -11,7 +11,7 @@ import pytest
 from conftest import small_toml, write_spec
 
 from toolkit.cli import main
-from toolkit.files import digest, self_digest
+from toolkit.files import digest, self_digest, write_json
 from toolkit.sweep.verify import problems
 from toolkit.training.resume import RESUME_FILE
 
@@ -182,3 +182,14 @@ def test_a_broken_config_or_a_summary_of_another_run_is_caught(sweep, capsys):
     assert problems(config.parent) == [
         "config.json is not this run's (its config_hash is not summary.json's)"
     ]
+
+
+def test_a_sweep_stopped_in_its_tuning_phase_is_said_to_be_one(tmp_path, capsys):
+    write_json(tmp_path / "tune" / "experiment.json", {"name": "t", "runs": []})
+    assert main(["verify", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "a tuned sweep stopped in its tuning phase; its final runs have not started" in out
+    assert f"{tmp_path / 'tune'}: 0 of 0 runs intact" in out
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "holds a tuned sweep stopped in its tuning phase" in err and "\n" not in err.strip()

@@ -34,6 +34,7 @@ from toolkit.files import read_json
 from toolkit.names import run_folder
 from toolkit.spec.schema import with_legacy_values
 from toolkit.sweep.results import collect
+from toolkit.sweep.tuning import TUNE_DIR
 
 # Config keys that do not change what a run computes (where and how fast it ran, what it saved).
 _NOT_TRAINING = ("device", "threads", "checkpoint")
@@ -97,6 +98,12 @@ def _load_part(folder: Path) -> Part:
         raise ToolkitError(f"{folder} is not a folder; give the output folder of `ablate run`")
     experiment = read_json(folder / "experiment.json")
     table = collect(folder)
+    if experiment is None and table.empty and (folder / TUNE_DIR / "experiment.json").is_file():
+        raise ToolkitError(
+            f"{folder} holds a tuned sweep stopped in its tuning phase: its final runs have not "
+            f"started. Run the same `ablate run` again to finish it; `ablate report "
+            f"{folder / TUNE_DIR}` reports the tuning runs"
+        )
     if experiment is None and table.empty:
         raise ToolkitError(
             f"{folder} holds no experiment (no experiment.json or run folders); "

@@ -237,8 +237,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from toolkit.sweep.tuning import TUNE_DIR
 
     out = Path(args.dir)
-    bad = _verify_folder(out)
-    if (out / TUNE_DIR / "experiment.json").is_file():
+    tuning = (out / TUNE_DIR / "experiment.json").is_file()
+    if tuning and not (out / "experiment.json").exists():  # stopped before its final phase
+        print(f"{out}: a tuned sweep stopped in its tuning phase; its final runs have not started")
+        bad = 0
+    else:
+        bad = _verify_folder(out)
+    if tuning:
         bad += _verify_folder(out / TUNE_DIR)
     return 1 if bad else 0
 

@@ -21,3 +21,17 @@ def test_the_baseline_is_the_experiments_now_not_what_a_run_recorded(tmp_path, t
     for t in (table, collect(tmp_path)):
         marked = t.loc[t["baseline"].astype(bool), "variant"].tolist()
         assert marked == ["activation=relu"]
+
+
+@pytest.mark.slow
+def test_a_diverged_run_is_kept_by_a_rerun(tmp_path, tiny_doc, plugins, capsys):
+    tiny_doc["train"]["lr"] = 1e4  # diverges within its few steps, the same way every time
+    first = run(parse_spec(tiny_doc), tmp_path, plugins=plugins, progress=False)
+    assert first["status"].tolist() == ["diverged"]
+    summary = next(tmp_path.glob("*/seed-0/summary.json"))
+    written = summary.stat().st_mtime_ns
+    capsys.readouterr()
+    again = run(parse_spec(tiny_doc), tmp_path, plugins=plugins, progress=False)
+    assert summary.stat().st_mtime_ns == written  # not trained again
+    assert again["status"].tolist() == ["diverged"]
+    assert "training it again" not in capsys.readouterr().err

@@ -20,17 +20,19 @@ from toolkit.training.resume import RESUME_FILE
 
 
 def finished(folder: Path, config_hash: str) -> bool:
-    """Whether this folder holds a finished run of exactly this config, intact: one whose files
-    no longer match its summary (toolkit.sweep.verify) is said so in one line and trained
-    again. An intact one loses the resume state its finish did not get to remove (a kill
-    between writing summary.json and removing resume.pt): nothing would resume from it."""
+    """Whether this folder holds a finished (or diverged) run of exactly this config, intact:
+    one whose files no longer match its summary (toolkit.sweep.verify) is said so in one line
+    and trained again. An intact one loses the resume state its finish did not get to remove
+    (a kill between writing summary.json and removing resume.pt): nothing would resume from
+    it."""
     done = read_json(folder / "summary.json")
     if done is None and (folder / "summary.json").exists():
         print(f"{folder}: summary.json is not JSON (corrupt?); training it again", file=sys.stderr)
         return False
     if not (
         isinstance(done, dict)
-        and done.get("status") == "ok"
+        # A diverged run is a result too: training is deterministic, so it would diverge again.
+        and done.get("status") in ("ok", "diverged")
         and done.get("config_hash") == config_hash
     ):
         return False

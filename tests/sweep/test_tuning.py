@@ -15,11 +15,13 @@ from conftest import interrupting_plugins
 from toolkit.analysis.table import summarize
 from toolkit.cli import main
 from toolkit.errors import SpecError, ToolkitError
+from toolkit.names import label
 from toolkit.spec.parse import parse_spec
 from toolkit.spec.tune import parse_tune
 from toolkit.sweep import runner
 from toolkit.sweep.results import collect
 from toolkit.sweep.runner import OutputLock, run
+from toolkit.sweep.tuning import choose
 
 LRS = [1e-3, 3e-3, 1e-2]
 
@@ -174,6 +176,40 @@ def test_a_set_of_a_key_tuning_chooses_is_refused(tuned_doc) -> None:
     # The quoted key, as grid axes are written, replaces the spec's candidates the same way.
     spec = parse_spec(tuned_doc, overrides=['tune."train.lr"=[0.1, 0.3]'])
     assert spec.tune.values == {"train.lr": [0.1, 0.3]}
+
+
+def tuning_table(spec, values: dict[str, dict[float, list[float]]]) -> pd.DataFrame:
+    """A tuning phase's results table: variant -> lr -> val_loss per tuning seed (in order)."""
+    rows = [
+        {"variant": f"{v}@lr={label(lr)}", "seed": seed, "status": "ok", "val_loss": x}
+        for v, points in values.items()
+        for lr, xs in points.items()
+        for seed, x in zip(spec.tune.seeds, xs, strict=True)
+    ]
+    return pd.DataFrame(rows)
+
+
+def test_a_choice_within_the_tuning_seeds_noise_is_warned_about(tuned_doc) -> None:
+    tuned_doc["tune"]["seeds"] = [1000, 1001]
+    tuned_doc["grid"] = {"model.norm": ["layernorm"]}
+    spec = parse_spec(tuned_doc)
+    # 1e-3 wins by 0.01 on the mean, but the difference is +0.06 on one seed, -0.04 on the other.
+    near = {"norm=layernorm": {1e-3: [2.00, 2.10], 3e-3: [2.06, 2.06], 1e-2: [2.50, 2.50]}}
+    choice = choose(spec, tuning_table(spec, near))
+    assert choice.chosen == {"norm=layernorm": {"train.lr": 1e-3}}
+    (warning,) = [w for w in choice.warnings if "luck" in w]
+    assert warning.startswith(
+        "variant 'norm=layernorm': lr=0.001 won by 0.0100 in mean val_loss over lr=0.003, less "
+        "than that difference varies across the 2 tuning seeds (sd 0.0707)"
+    )
+    # The same gap on both seeds is no tie.
+    clear = {"norm=layernorm": {1e-3: [2.00, 2.01], 3e-3: [2.05, 2.06], 1e-2: [2.50, 2.50]}}
+    assert not [w for w in choose(spec, tuning_table(spec, clear)).warnings if "luck" in w]
+    # One tuning seed has no spread to judge by.
+    tuned_doc["tune"]["seeds"] = [1000]
+    one = parse_spec(tuned_doc)
+    single = {"norm=layernorm": {1e-3: [2.00], 3e-3: [2.0001], 1e-2: [2.5]}}
+    assert not [w for w in choose(one, tuning_table(one, single)).warnings if "luck" in w]
 
 
 def test_ranges_become_grids() -> None:

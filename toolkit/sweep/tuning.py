@@ -47,19 +47,18 @@ def choose(spec: Spec, table: pd.DataFrame) -> Choice:
     chosen: dict[str, dict[str, Any]] = {}
     warnings: list[str] = []
     for v in spec.variants:
-        scores = []
+        scores, per_seed = [], []
         for point in tune.points(v.name):
             runs = table[table["variant"] == tune_variant(v.name, point)]
-            values = [
-                float(row[metric])
-                if row["status"] == "ok" and math.isfinite(float(row[metric]))
-                else math.inf
-                for _, row in runs.iterrows()
-            ]
             # A seed with no run at all (the phase did not finish) counts as failed too.
-            values += [math.inf] * (len(tune.seeds) - len(values))
+            by_seed = {seed: math.inf for seed in tune.seeds}
+            for _, row in runs[runs["seed"].isin(tune.seeds)].iterrows():
+                ok = row["status"] == "ok" and math.isfinite(float(row[metric]))
+                by_seed[row["seed"]] = float(row[metric]) if ok else math.inf
+            values = list(by_seed.values())
             score = float(np.mean(values))
             scores.append(score)
+            per_seed.append(by_seed)
             rows.append({
                 "variant": v.name, "point": point_label(point),
                 **{key: label(value) for key, value in point.items()},
@@ -77,7 +76,41 @@ def choose(spec: Spec, table: pd.DataFrame) -> Choice:
         chosen[v.name] = point
         rows[len(rows) - len(scores) + best]["chosen"] = True
         warnings += _edges(v.name, point, tune.values_for(v.name))
+        warnings += _near_tie(v.name, tune.points(v.name), scores, per_seed, metric)
     return Choice(chosen, pd.DataFrame(rows), warnings)
+
+
+def _near_tie(
+    variant: str,
+    points: list[dict[str, Any]],
+    scores: list[float],
+    per_seed: list[dict[Any, float]],
+    metric: str,
+) -> list[str]:
+    """A warning when the runner-up's mean metric is closer to the best's than the two points'
+    difference spreads across the tuning seeds (its sample sd; two seeds or more, both
+    finite on each): the choice between them may be the seeds' luck. With one tuning seed
+    there is no spread to judge by, and no warning."""
+    order = [i for i in np.argsort(scores, kind="stable") if math.isfinite(scores[i])]
+    if len(order) < 2:
+        return []
+    best, second = order[0], order[1]
+    diffs = [
+        per_seed[second][seed] - per_seed[best][seed]
+        for seed in per_seed[best]
+        if math.isfinite(per_seed[best][seed]) and math.isfinite(per_seed[second][seed])
+    ]
+    if len(diffs) < 2:
+        return []
+    gap, spread = float(np.mean(diffs)), float(np.std(diffs, ddof=1))
+    if gap >= spread:
+        return []
+    return [
+        f"variant {variant!r}: {point_label(points[best])} won by {gap:.4f} in mean {metric} "
+        f"over {point_label(points[second])}, less than that difference varies across the "
+        f"{len(diffs)} tuning seeds (sd {spread:.4f}): the choice may be the seeds' luck; more "
+        f"tuning seeds ([tune] seeds) would settle it"
+    ]
 
 
 def _edges(variant: str, point: dict[str, Any], values: dict[str, list[Any]]) -> list[str]:

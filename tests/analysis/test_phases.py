@@ -4,6 +4,7 @@ fits), from real tiny sweeps."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -167,3 +168,31 @@ def test_variants_tuning_other_keys_get_their_own_panel_and_table_cells(tmp_path
     # Each variant's edges are judged on its own grid: both chose their largest value.
     warnings = edge_warnings(table, tune)
     assert len(warnings) == 2 and "muon: the chosen train.optimizer.muon_lr (0.04)" in warnings[1]
+
+
+def test_the_tuning_section_warns_of_a_near_tie_from_the_seeds_own_values(monkeypatch):
+    from toolkit.analysis import phases
+
+    # tuning.csv holds the means; the tuning runs hold each seed's value.
+    table = pd.DataFrame([
+        {"variant": "adamw", "point": "lr=0.003", "val_loss": 2.4842, "chosen": False},
+        {"variant": "adamw", "point": "lr=0.009487", "val_loss": 2.4732, "chosen": True},
+        {"variant": "lion", "point": "lr=0.001", "val_loss": 2.5053, "chosen": True},
+        {"variant": "lion", "point": "lr=0.003", "val_loss": 2.5378, "chosen": False},
+    ])  # fmt: skip
+    values = {
+        "adamw@lr=0.003": (2.4872, 2.4811), "adamw@lr=0.009487": (2.4885, 2.4578),
+        "lion@lr=0.001": (2.5074, 2.5033), "lion@lr=0.003": (2.5473, 2.5282),
+    }  # fmt: skip
+    runs = pd.DataFrame([
+        {"variant": v, "seed": seed, "status": "ok", "val_loss": x}
+        for v, xs in values.items() for seed, x in zip((1000, 1001), xs, strict=True)
+    ])  # fmt: skip
+    monkeypatch.setattr(phases, "collect", lambda folder: runs)
+    tune = {"seeds": [1000, 1001], "metric": "val_loss"}
+    (warning,) = phases.tie_warnings(table, tune, Path("unused"))
+    assert warning.startswith(
+        "variant 'adamw': lr=0.009487 won by 0.0110 in mean val_loss over lr=0.003, less than "
+        "that difference varies across the 2 tuning seeds (sd 0.0174)"
+    )
+    assert phases.tie_warnings(table, {**tune, "seeds": [1000]}, Path("unused")) == []  # one seed

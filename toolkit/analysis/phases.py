@@ -38,6 +38,8 @@ from toolkit.analysis.scaling_figure import ladder_figure
 from toolkit.analysis.stats import HOLM
 from toolkit.analysis.table import summarize
 from toolkit.errors import ToolkitError
+from toolkit.sweep.results import collect
+from toolkit.sweep.tuning import TUNE_DIR, near_tie
 
 TUNING_FILE = "tuning.csv"  # written by toolkit.sweep.tuning into the experiment folder
 
@@ -127,7 +129,7 @@ def tuning(experiments: Experiments, figures_dir: Path | None) -> Section:
         section.blocks.append(
             ("table", header, rows, ["l"] * (len(keys) + 1) + ["r", "r", "l"], bold)
         )
-        warnings = edge_warnings(table, tune)
+        warnings = edge_warnings(table, tune) + tie_warnings(table, tune, part.folder)
         if warnings:
             section.blocks.append(("ul", warnings))
         section.lines += [
@@ -174,6 +176,30 @@ def edge_warnings(table: pd.DataFrame, tune: dict[str, Any]) -> list[str]:
                     f"{r['variant']}: the chosen {key} ({r[key]}) is the {end} tried; widen the "
                     f"[tune] range past it, or the best may lie outside"
                 )
+    return out
+
+
+def tie_warnings(table: pd.DataFrame, tune: dict[str, Any], folder: Path) -> list[str]:
+    """toolkit.sweep.tuning.near_tie for each variant of tuning.csv, from the tuning runs in
+    folder/tune (their seeds' own values, which tuning.csv averages)."""
+    metric, seeds = tune.get("metric", "val_loss"), tune.get("seeds", [])
+    if len(seeds) < 2 or "point" not in table:
+        return []
+    runs = collect(folder / TUNE_DIR)
+    if runs.empty or metric not in runs:
+        return []
+    runs = runs[(runs["status"] == "ok") & runs["seed"].isin(seeds)]
+    out = []
+    for variant, group in table.groupby("variant", sort=False):
+        labels = [str(p) for p in group["point"]]
+        scores = [x if math.isfinite(x) else math.inf for x in group[metric].map(_number)]
+        per_seed = []
+        for point in labels:
+            mine = runs[runs["variant"] == f"{variant}@{point}"]
+            by_seed = {seed: math.inf for seed in seeds}
+            by_seed |= {s: _number(x) for s, x in zip(mine["seed"], mine[metric], strict=True)}
+            per_seed.append({s: x if math.isfinite(x) else math.inf for s, x in by_seed.items()})
+        out += near_tie(str(variant), labels, scores, per_seed, metric)
     return out
 
 

@@ -76,13 +76,14 @@ def choose(spec: Spec, table: pd.DataFrame) -> Choice:
         chosen[v.name] = point
         rows[len(rows) - len(scores) + best]["chosen"] = True
         warnings += _edges(v.name, point, tune.values_for(v.name))
-        warnings += _near_tie(v.name, tune.points(v.name), scores, per_seed, metric)
+        labels = [point_label(p) for p in tune.points(v.name)]
+        warnings += near_tie(v.name, labels, scores, per_seed, metric)
     return Choice(chosen, pd.DataFrame(rows), warnings)
 
 
-def _near_tie(
+def near_tie(
     variant: str,
-    points: list[dict[str, Any]],
+    labels: list[str],
     scores: list[float],
     per_seed: list[dict[Any, float]],
     metric: str,
@@ -90,7 +91,8 @@ def _near_tie(
     """A warning when the runner-up's mean metric is closer to the best's than the two points'
     difference spreads across the tuning seeds (its sample sd; two seeds or more, both
     finite on each): the choice between them may be the seeds' luck. With one tuning seed
-    there is no spread to judge by, and no warning."""
+    there is no spread to judge by, and no warning. labels: the points' point_label(), scores
+    their mean metric (inf for a failed point), per_seed their seed -> metric."""
     order = [i for i in np.argsort(scores, kind="stable") if math.isfinite(scores[i])]
     if len(order) < 2:
         return []
@@ -106,8 +108,8 @@ def _near_tie(
     if gap >= spread:
         return []
     return [
-        f"variant {variant!r}: {point_label(points[best])} won by {gap:.4f} in mean {metric} "
-        f"over {point_label(points[second])}, less than that difference varies across the "
+        f"variant {variant!r}: {labels[best]} won by {gap:.4f} in mean {metric} "
+        f"over {labels[second]}, less than that difference varies across the "
         f"{len(diffs)} tuning seeds (sd {spread:.4f}): the choice may be the seeds' luck; more "
         f"tuning seeds ([tune] seeds) would settle it"
     ]

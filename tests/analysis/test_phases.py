@@ -167,7 +167,10 @@ def test_variants_tuning_other_keys_get_their_own_panel_and_table_cells(tmp_path
     assert "train.lr and train.optimizer.muon_lr" in figure.title
     # Each variant's edges are judged on its own grid: both chose their largest value.
     warnings = edge_warnings(table, tune)
-    assert len(warnings) == 2 and "muon: the chosen train.optimizer.muon_lr (0.04)" in warnings[1]
+    assert (
+        len(warnings) == 2
+        and "variant 'muon': the chosen train.optimizer.muon_lr (0.04)" in warnings[1]
+    )
 
 
 def test_the_tuning_section_warns_of_a_near_tie_from_the_seeds_own_values(monkeypatch):

@@ -148,7 +148,7 @@ def test_a_choice_at_the_edge_of_the_range_is_flagged(tmp_path, tuned_doc, plugi
     tuned_doc["tune"] = {"train.lr": [1e-5, 2e-5]}  # far too small: the largest is best
     run(parse_spec(tuned_doc), tmp_path, plugins=plugins, progress=False)
     err = capsys.readouterr().err
-    assert "the best train.lr (2e-05) is the largest tried; widen the [tune] range" in err
+    assert "the chosen train.lr (2e-05) is the largest tried; widen the [tune] range" in err
 
 
 def test_tuning_seeds_are_apart_from_the_final_ones_or_warned_about(tuned_doc) -> None:

@@ -39,7 +39,7 @@ from toolkit.analysis.stats import HOLM
 from toolkit.analysis.table import summarize
 from toolkit.errors import ToolkitError
 from toolkit.sweep.results import collect
-from toolkit.sweep.tuning import TUNE_DIR, near_tie
+from toolkit.sweep.tuning import TUNE_DIR, edge_text, near_tie
 
 TUNING_FILE = "tuning.csv"  # written by toolkit.sweep.tuning into the experiment folder
 
@@ -172,10 +172,7 @@ def edge_warnings(table: pd.DataFrame, tune: dict[str, Any]) -> list[str]:
                 "smallest" if value == min(numbers) else "largest" if value == max(numbers) else ""
             )
             if end:
-                out.append(
-                    f"{r['variant']}: the chosen {key} ({r[key]}) is the {end} tried; widen the "
-                    f"[tune] range past it, or the best may lie outside"
-                )
+                out.append(edge_text(str(r["variant"]), key, str(r[key]), end))
     return out
 
 

@@ -125,11 +125,17 @@ def _edges(variant: str, point: dict[str, Any], values: dict[str, list[Any]]) ->
         value = point[key]
         end = "smallest" if value == min(numbers) else "largest" if value == max(numbers) else ""
         if end:
-            out.append(
-                f"variant {variant!r}: the best {key} ({label(value)}) is the {end} tried; "
-                f"widen the [tune] range past it, or the true best may lie outside"
-            )
+            out.append(edge_text(variant, key, label(value), end))
     return out
+
+
+def edge_text(variant: str, key: str, shown: str, end: str) -> str:
+    """The warning for a choice at an end ("smallest" or "largest") of the values tried: the
+    same words at the choice and in the report's Tuning section."""
+    return (
+        f"variant {variant!r}: the chosen {key} ({shown}) is the {end} tried; widen the [tune] "
+        f"range past it, or the best may lie outside"
+    )
 
 
 def changed_choices(before: dict[str, Any], now: dict[str, dict[str, Any]]) -> list[str]:

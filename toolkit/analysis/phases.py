@@ -33,6 +33,7 @@ import pandas as pd
 
 from toolkit.analysis import scaling as fits
 from toolkit.analysis.load import Experiments
+from toolkit.analysis.metric import tokenizers_differ
 from toolkit.analysis.plotting import FigureFile, new_figure, palette, save_figure
 from toolkit.analysis.scaling_figure import ladder_figure
 from toolkit.analysis.stats import HOLM
@@ -60,7 +61,7 @@ def _ladder(experiments: Experiments) -> dict[str, Any] | None:
         return None
     ladder = dict(found[0])
     metric, runs = ladder.get("metric", "val_loss"), experiments.runs
-    if metric.endswith("_loss") and "tokenizer" in runs and runs["tokenizer"].nunique() > 1:
+    if metric.endswith("_loss") and tokenizers_differ(runs):
         ladder["metric"] = metric.removesuffix("_loss") + "_bpb"
     return ladder
 

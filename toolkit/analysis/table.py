@@ -7,7 +7,7 @@ what the sweep could resolve.
     table = summarize(runs, correction="none")   # verdicts on unadjusted p-values
 
 `summarize(runs)` builds, from a tidy runs table (`toolkit.sweep.results.collect`), the table
-`ablate report` prints, sorted by the comparison metric (comparison_metric(): mean final
+`ablate report` prints, sorted by the comparison metric (metric.comparison_metric(): mean final
 validation loss; bits per byte when the variants use different tokenizers; the test split's
 when runs were tuned; a ladder's own metric; ties by name), the baseline marked.
 `toolkit.compare(dirs)` (comparison.py) does it from experiment folders. Columns:
@@ -97,6 +97,7 @@ import numpy as np
 import pandas as pd
 
 from toolkit.analysis import stats, tasks
+from toolkit.analysis.metric import comparison_metric, tokenizers_differ, tuned_runs
 from toolkit.analysis.resolution import row_mde, sweep_resolution
 from toolkit.analysis.stats import HOLM
 from toolkit.analysis.steps import add_steps
@@ -126,40 +127,6 @@ MISMATCH = 0.02
 ALPHA, POWER, CONFIDENCE = 0.05, 0.8, 0.95
 # The verdict of a comparison (every comparison metric here is lower-is-better).
 BETTER, WORSE, NOT_SIGNIFICANT = "better", "worse", "n.s."
-
-
-def comparison_metric(table: pd.DataFrame, chosen: str | None = None) -> str:
-    """The metric the table compares: `chosen` when the experiment names one (a ladder's
-    `metric`); else 'val_loss', or 'val_bpb' when the runs use different tokenizers (loss is
-    per token and only bits per byte compares across vocabularies). When some runs were tuned
-    ([tune]), their settings were chosen on the validation split, which would flatter them, so
-    the held-out test split reports ('test_loss' or 'test_bpb') if every finished run has a
-    score there; if some do not (an untuned folder without a test split beside a tuned one),
-    validation it is, and tuned_runs() lets the report say what that means."""
-    if chosen:
-        return chosen
-    kind = "bpb" if tokenizers_differ(table) else "loss"
-    if tuned_runs(table) == "none":
-        return f"val_{kind}"
-    ok = table[table["status"] == "ok"] if "status" in table else table
-    test = f"test_{kind}"
-    scored = test in ok and pd.to_numeric(ok[test], errors="coerce").notna().all()
-    return test if scored else f"val_{kind}"
-
-
-def tokenizers_differ(table: pd.DataFrame) -> bool:
-    """Whether the runs use more than one tokenizer: their losses per token do not compare."""
-    return "tokenizer" in table and table["tokenizer"].dropna().nunique() > 1
-
-
-def tuned_runs(table: pd.DataFrame) -> str:
-    """'all' when every run in the table was tuned ([tune]: its settings chosen on the
-    validation split), 'some' when some were (a report of a tuned and an untuned folder),
-    'none' otherwise."""
-    if "tuned" not in table or not len(table):
-        return "none"
-    tuned = table["tuned"].fillna(False).astype(bool)
-    return "all" if tuned.all() else "some" if tuned.any() else "none"
 
 
 def summarize(

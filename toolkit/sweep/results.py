@@ -186,7 +186,7 @@ def collect(out_dir: str | Path) -> pd.DataFrame:
         if column not in table:
             table[column] = None
     # A tuned sweep's final runs: their settings were chosen on the validation split, so the
-    # comparison reads the test split (analysis.table.comparison_metric).
+    # comparison reads the test split (analysis.metric.comparison_metric).
     table["tuned"] = bool(experiment.get("tune"))
     # Which variant is the baseline is the experiment's to say, as it is now: a run's own
     # summary keeps what it was when that run trained (a ladder that grew a size since, a

@@ -249,7 +249,7 @@ def test_eval_other_text_and_errors(trained, tmp_path, capsys):
     assert parse(capsys.readouterr().out)["all"]["tokens"] == len(other.read_bytes()) - 2
     cases = {
         ("--context", "17"): "longer than the model's context_length (16)",
-        ("--tokenizer", "gpt2"): "50,257 ids but the model only 257",
+        ("--tokenizer", "gpt2"): "trained with tokenizer 'bytes', not 'gpt2', whose ids it never",
         ("--data", str(tmp_path / "missing.txt")): "missing.txt",
         ("--corpus", "nope"): "nope",
         ("--batch-size", "0"): "--batch-size must be at least 1",
@@ -355,9 +355,24 @@ def test_a_learned_tokenizer_is_the_runs_even_on_other_text(tmp_path, capsys):
     n_tokens = len(tok.encode(content[:cut])) + len(tok.encode(content[cut:]))
     assert rows["all"]["tokens"] == n_tokens - 2
 
-    torch.save(torch.load(folder / "checkpoint.pt", weights_only=True), tmp_path / "bare.pt")
+    # The checkpoint keeps the merges: alone, or with the text they came from edited, it
+    # scores as before; the run's own corpus, edited, is refused (its splits are not the run's).
+    raw = torch.load(folder / "checkpoint.pt", weights_only=True)
+    torch.save(raw, tmp_path / "bare.pt")
+    bare = ["eval", str(tmp_path / "bare.pt"), *argv[2:]]
+    assert cli_main(bare) == 0 and parse(capsys.readouterr().out)["all"] == rows["all"]
+    text.write_text(text.read_text().upper())
+    assert cli_main(argv) == 0 and parse(capsys.readouterr().out)["all"] == rows["all"]
+    assert cli_main(["eval", str(folder)]) == 2
+    assert "is not the text" in capsys.readouterr().err
     assert cli_main(["eval", str(tmp_path / "bare.pt"), "--tokenizer", "bpe"]) == 2
-    assert "give the run folder" in capsys.readouterr().err
+    assert "trained with tokenizer 'bpe (vocab_size=280)', not 'bpe'" in capsys.readouterr().err
+    # A checkpoint from before checkpoints kept the merges learns them again from the run's
+    # text, and refuses when that text has changed.
+    del raw["tokenizer_state"]
+    torch.save(raw, folder / "checkpoint.pt")
+    assert cli_main(argv) == 2
+    assert "has changed since the run trained" in capsys.readouterr().err
 
 
 def test_ablate_eval_tabulates_a_sweep_by_window_length(tmp_path, capsys):

@@ -335,25 +335,31 @@ def test_bad_input_is_one_line_before_anything_is_scored(
 def test_a_checkpoint_file_alone_takes_the_tokenizer_given(
     capfd, monkeypatch, tmp_path: Path, source: Path, tasks_dir: Path
 ) -> None:
-    """A checkpoint copied out of its run folder does not say its tokenizer: eval-tasks asks
-    for --tokenizer (which it takes), then scores it as the run folder scores, and records
-    nothing (there is no run folder to record in). Run outside a git repository, nothing of
-    lm-eval's `git describe` reaches the terminal (capfd: git writes to the process's fd 2)."""
+    """A checkpoint copied out of its run folder says its tokenizer and scores as the run
+    folder scores; one from before checkpoints recorded it makes eval-tasks ask for
+    --tokenizer (which it takes). Neither records anything (there is no run folder to record
+    in). Run outside a git repository, nothing of lm-eval's `git describe` reaches the
+    terminal (capfd: git writes to the process's fd 2)."""
     import shutil
 
-    alone = tmp_path / "alone.pt"
+    alone, legacy = tmp_path / "alone.pt", tmp_path / "legacy.pt"
     shutil.copy(source / "checkpoint.pt", alone)
+    raw = torch.load(alone, weights_only=True)
+    torch.save({"model": raw["model"], "config": raw["config"]}, legacy)
     monkeypatch.chdir(tmp_path)
     argv = ["eval-tasks", "--tasks", "tiny_mc", "--include-path", str(tasks_dir), "--limit", "4"]
-    code, _, err = ablate(capfd, *argv, str(alone))
+    code, _, err = ablate(capfd, *argv, str(legacy))
     assert code == 2 and "pass --tokenizer gpt2 or --tokenizer bytes" in err
-    code, out_alone, err = ablate(capfd, *argv, str(alone), "--tokenizer", "bytes")
+    code, out_legacy, err = ablate(capfd, *argv, str(legacy), "--tokenizer", "bytes")
     assert code == 0, err
-    assert "recorded" not in err and "git" not in err and list(tmp_path.iterdir()) == [alone]
+    code, out_alone, err = ablate(capfd, *argv, str(alone))
+    assert code == 0, err
+    assert "recorded" not in err and "git" not in err
+    assert sorted(tmp_path.iterdir()) == [alone, legacy]
     code, out_run, err = ablate(capfd, *argv, str(source))
     assert code == 0, err
     score = re.compile(r"tiny_mc: acc (\S+)")
-    assert score.search(out_alone)[1] == score.search(out_run)[1]
+    assert score.search(out_alone)[1] == score.search(out_legacy)[1] == score.search(out_run)[1]
 
 
 def test_seed_and_num_fewshot_in_python(source: Path, tasks_dir: Path) -> None:

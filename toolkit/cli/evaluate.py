@@ -121,7 +121,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if contexts and scoring_targets([args.source])[0][1]:
         from toolkit.sweep.results import TASKS_FILE, window_task
 
-        _record(Path(args.source).expanduser(), result)
+        _record(Path(args.source).expanduser(), result, args.val_fraction)
         print(
             f"recorded in {TASKS_FILE} as {window_task(result.split, result.context)}; "
             f"`ablate report` shows it per variant",
@@ -130,13 +130,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _record(run_dir: Path, result: Any) -> None:
-    """Record a run folder's score in windows of result.context into its tasks.json."""
+def _record(run_dir: Path, result: Any, val_fraction: float | None) -> None:
+    """Record a run folder's score in windows of result.context into its tasks.json, with what
+    was scored: the corpus, the tokenizer and a --val-fraction other than the run's own, so a
+    report can tell scores of other text apart."""
     from toolkit.sweep.results import record_window_scores  # pandas: `ablate --help` stays quick
 
     scored = result.results[result.split]
     metrics = {"loss": scored["loss"], "bpb": scored["bpb"]}
     settings = {"corpus": result.corpus, "tokenizer": result.tokenizer}
+    if val_fraction is not None:
+        settings["val_fraction"] = val_fraction
     record_window_scores(run_dir, result.split, result.context, metrics, scored["tokens"], settings)
 
 
@@ -203,7 +207,7 @@ def _by_length(args: argparse.Namespace, contexts: list[int]) -> int:
             scored = result.results[split]
             losses.setdefault(variant, {}).setdefault(context, []).append(scored["loss"])
             if record:
-                _record(target, result)
+                _record(target, result, args.val_fraction)
         recorded += record
     heads = ["trained" if c is None else str(c) for c in columns]
     width = max(len("variant"), *(len(v) for v in seeds))

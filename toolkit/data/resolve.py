@@ -6,12 +6,17 @@ config.json: the one place that turns data choices into objects.
     corpus_tokens(corpus, tokenizer, h) a corpus's token arrays (text or token shards)
     data_key(data)                     runs with equal keys train on the same tokens
     run_corpus(run)                    the corpus choice a run's config.json records
+    tokenizer_record(choice, tok)      what a checkpoint records of its tokenizer: the choice
+                                       and, for a learned one (bpe), what it learned
     run_tokenizer(run, plugins, ...)   the tokenizer a checkpoint goes with, its learned
-                                       vocabulary restored (bpe) from the run's own training text
+                                       vocabulary restored from the checkpoint (or, for a
+                                       checkpoint from before it held one, relearned from the
+                                       run's training text, if that is unchanged)
     check_vocab(tokenizer, vocab_size) the model has an embedding row for every id
 
-A learned tokenizer is only ever the one its run learned: restored through the token cache
-(or learned again, identically, from the run's corpus and split). Not here: tokenizing and
+A learned tokenizer is only ever the one its run learned: restored from the checkpoint, which
+keeps it, so that an edited or deleted corpus changes nothing (older checkpoints: learned again,
+identically, from the run's corpus and split, refused when that text has changed). Not here: tokenizing and
 caching (tokens.py), batching (batches.py).
 """
 
@@ -93,20 +98,40 @@ def label(choice: Choice) -> str:
     return name if not options else f"{name} ({', '.join(f'{k}={v}' for k, v in options.items())})"
 
 
+def tokenizer_record(choice: Choice, tokenizer: Any) -> dict[str, Any]:
+    """What a run's checkpoint records of its tokenizer (save_checkpoint's extra entries): the
+    choice, and a learned tokenizer's state(), so that the checkpoint decodes and scores with
+    exactly that tokenizer whatever happens to the text it was learned from."""
+    record: dict[str, Any] = {"tokenizer": choice}
+    if getattr(tokenizer, "needs_training", False):
+        record["tokenizer_state"] = tokenizer.state()
+    return record
+
+
 def run_tokenizer(
     run: dict[str, Any] | None,
     plugins: Plugins,
     *,
     recorded: Choice | None = None,
+    state: dict[str, Any] | None = None,
     choice: Choice | None = None,
     where: str | Path = "the checkpoint",
     vocab_size: int | None = None,
 ) -> Any:
     """The tokenizer a checkpoint goes with: `choice` (--tokenizer), else the one `recorded` in
     the checkpoint, else the run's (config.json), else gpt2 for GPT-2's 50,257 ids. A learned
-    one (bpe) gets the state its run learned, which needs the run's config.json."""
+    one (bpe) gets the `state` the checkpoint recorded; a checkpoint from before checkpoints
+    held it needs the run's config.json, and its training text as it was. A `choice` that is
+    not the tokenizer the run trained with is refused: the model never learned its ids."""
     data = (run or {}).get("data") or {}
-    choice = choice or recorded or data.get("tokenizer")
+    trained_with = recorded or data.get("tokenizer")
+    other = choice is not None and trained_with is not None
+    if other and split_choice(choice) != split_choice(trained_with):
+        raise DataError(
+            f"{where} was trained with tokenizer {label(trained_with)!r}, not "
+            f"{label(choice)!r}, whose ids it never learned; leave --tokenizer out"
+        )
+    choice = choice or trained_with
     if choice is None:
         if vocab_size != GPT2_VOCAB:
             ids = f", a vocabulary of {vocab_size:,} ids" if vocab_size else ""
@@ -118,15 +143,31 @@ def run_tokenizer(
     component = plugins.registry.get("tokenizer", split_choice(choice)[0])
     tokenizer = plugins.registry.build("tokenizer", choice)
     if getattr(tokenizer, "needs_training", False) or component.facts.get("needs_training"):
+        if state is not None:
+            tokenizer.load_state(state)
+            return Frozen(tokenizer)
         if not data.get("corpus"):
             raise DataError(
                 f"tokenizer {label(choice)!r} is learned from the training text, which only a "
                 f"run's config.json names; give the run folder"
             )
         corpus = plugins.registry.build("corpus", run_corpus(run))
-        load_tokens(corpus, tokenizer, holdout_of(data))  # restores what it learned
+        learned = load_tokens(corpus, tokenizer, holdout_of(data))  # restores what it learned
+        if data_changed(run, learned):
+            raise DataError(
+                f"tokenizer {label(choice)!r} of {where} was learned from its run's training "
+                f"text, which has changed since the run trained (config.json's data_key no "
+                f"longer matches); restore that text to use this checkpoint"
+            )
         tokenizer = Frozen(tokenizer)
     return tokenizer
+
+
+def data_changed(run: dict[str, Any] | None, data: TokenData) -> bool:
+    """Whether `data`, built from a run's own [data] settings, is not what the run trained on:
+    its config.json records the tokens' cache key (data_key) and this one differs."""
+    recorded = (run or {}).get("data_key")
+    return bool(recorded) and recorded != data.key
 
 
 class Frozen:

@@ -37,6 +37,7 @@ from toolkit.api.registry import Choice, split_choice
 from toolkit.data.resolve import (
     check_vocab,
     corpus_tokens,
+    data_changed,
     holdout_of,
     run_corpus,
     run_tokenizer,
@@ -151,6 +152,27 @@ class WindowTooLong(DataError):
     read (learned positions: one trained row per position)."""
 
 
+def _same_files(corpus: Choice, own: Choice, plugins: Plugins) -> bool:
+    """Whether `corpus` (--data, --corpus) reads the same files as a run's `own` corpus, with
+    the same options: another spelling of its path (`./data` for `data`) would name its
+    documents differently and so split them differently (they split by a hash of the name)."""
+    (name, options), (own_name, own_options) = split_choice(corpus), split_choice(own)
+    options, own_options = dict(options), dict(own_options)
+    if (
+        name != own_name
+        or options.pop("path", None) is None
+        or own_options.pop("path", None) is None
+    ):
+        return False
+    if options != own_options:
+        return False
+    try:
+        files = [plugins.registry.build("corpus", c).files for c in (corpus, own)]
+    except (DataError, AttributeError):
+        return False  # the run's own path finds nothing from here, or no files to compare
+    return [Path(f).resolve() for f in files[0]] == [Path(f).resolve() for f in files[1]]
+
+
 @dataclass
 class Evaluation:
     """What evaluate_checkpoint scored and the results, one per split (and "all")."""
@@ -194,6 +216,7 @@ def evaluate_checkpoint(
     plugins = plugins or load_plugins()
     checkpoint = open_checkpoint(source)
     path, run, recorded = checkpoint.path, checkpoint.run, checkpoint.tokenizer
+    learned = checkpoint.tokenizer_state
     model = checkpoint.model(plugins).to(device)
     del checkpoint  # the model holds the weights now
     config = model.config
@@ -212,20 +235,29 @@ def evaluate_checkpoint(
     if val_fraction is not None:
         holdout = replace(holdout, val_fraction=val_fraction)
     split = split or ("val" if run else "all")
+    if corpus is not None and run and _same_files(corpus, run_corpus(run), plugins):
+        corpus = None  # the run's own text however spelled: its documents keep their names
     text = plugins.registry.build("corpus", corpus or run_corpus(run))
     tok = run_tokenizer(
-        run, plugins, recorded=recorded, choice=tokenizer, where=path,
+        run, plugins, recorded=recorded, state=learned, choice=tokenizer, where=path,
         vocab_size=config.vocab_size,
     )  # fmt: skip
     check_vocab(
         tok, config.vocab_size, "give the tokenizer the model was trained with (--tokenizer)"
     )
     data = corpus_tokens(text, tok, holdout)
-    arrays = {"train": data.train, "val": data.val, "test": data.test}
-    if split == "test" and not holdout.has_test:
+    if corpus is None and val_fraction is None and data_changed(run, data):
         raise DataError(
-            "no test split: the run held out none (data.test_fraction = 0); evaluate split "
-            "val, or train with data.test_fraction set"
+            f"the run's corpus ({getattr(text, 'description', 'its corpus')}) is not the text "
+            f"{path} trained on: it changed since, or a relative path now finds another file "
+            f"(config.json's data_key differs), so its splits are not the run's; restore it, "
+            f"or name the text to score with --data or --corpus"
+        )
+    arrays = {"train": data.train, "val": data.val, "test": data.test}
+    if split == "test" and not len(data.test):
+        raise DataError(
+            "no test split: the run held out none (data.test_fraction = 0, and no test "
+            "shards); evaluate split val, or train with data.test_fraction set"
         )
     names = [n for n in arrays if n == split or (split == "all" and len(arrays[n]))]
     out = Evaluation(

@@ -283,6 +283,7 @@ def load_for_generation(
         checkpoint.run,
         plugins,
         recorded=checkpoint.tokenizer,
+        state=checkpoint.tokenizer_state,
         choice=tokenizer,
         where=checkpoint.path,
         vocab_size=model.config.vocab_size,

@@ -150,8 +150,9 @@ class Checkpoint:
     path: Path
     config: dict[str, Any]  # ModelConfig fields
     state: StateDict
-    tokenizer: Any  # the tokenizer choice recorded in the file (ablate import --tokenizer)
+    tokenizer: Any  # the tokenizer choice recorded in the file (training, ablate import)
     run: dict[str, Any] | None  # the run's config.json
+    tokenizer_state: dict[str, Any] | None = None  # what a learned tokenizer (bpe) learned
 
     def model(self, plugins: Plugins | None = None) -> GPT:
         return model_from_state(self.config, self.state, plugins, where=f"checkpoint {self.path}")
@@ -160,7 +161,9 @@ class Checkpoint:
 def open_checkpoint(source: str | os.PathLike[str]) -> Checkpoint:
     path, run = locate_checkpoint(source)
     raw = read_checkpoint(path)
-    return Checkpoint(path, raw["config"], raw["model"], raw.get("tokenizer"), run)
+    return Checkpoint(
+        path, raw["config"], raw["model"], raw.get("tokenizer"), run, raw.get("tokenizer_state")
+    )
 
 
 def load_model(source: str | os.PathLike[str], plugins: Plugins | None = None) -> GPT:

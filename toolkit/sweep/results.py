@@ -145,6 +145,8 @@ def task_scores(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
             columns[task_column(task, metric)] = value
         settings = entry.get("settings") if isinstance(entry.get("settings"), dict) else {}
         shown = WINDOW_SETTINGS_SHOWN if entry.get("kind") == WINDOW_KIND else SETTINGS_SHOWN
+        # A window score of another split than the run's own says so; the run's own, nothing.
+        shown += ("val_fraction",) if "val_fraction" in settings else ()
         how[task] = ", ".join(f"{k}={settings.get(k)}" for k in shown)
     if how:
         columns[TASK_SETTINGS] = json.dumps(how, sort_keys=True)

@@ -33,7 +33,7 @@ from torch import nn
 from toolkit.api.contracts import RunInfo
 from toolkit.api.manager import Plugins
 from toolkit.data.batches import TrainBatches, eval_batches
-from toolkit.data.resolve import check_vocab
+from toolkit.data.resolve import check_vocab, tokenizer_record
 from toolkit.data.tokens import TokenData
 from toolkit.errors import ComponentError, one_line
 from toolkit.files import to_json, write_atomic, write_json
@@ -79,10 +79,16 @@ def train_run(
     torchrun every process calls it with the same arguments and gets rank 0's summary."""
     tr = set_up(run, data, tokenizer, folder, plugins)
     status, diverged_at = train_steps(tr, progress)
+    # The checkpoint first: a sampler that fails must not cost the trained weights.
+    if tr.world.main and status == "ok" and run.train.checkpoint:
+        save_checkpoint(
+            tr.config,
+            tr.model.state_dict(),
+            folder / CHECKPOINT_FILE,
+            **tokenizer_record(run.data.tokenizer, tokenizer),
+        )
     if tr.world.main and status == "ok" and run.sampling.max_new_tokens > 0:
         write_atomic(folder / "sample.txt", _sample(tr, tokenizer))
-    if tr.world.main and status == "ok" and run.train.checkpoint:
-        save_checkpoint(tr.config, tr.model.state_dict(), folder / CHECKPOINT_FILE)
     columns = dict(columns or {})
     if status == "ok" and tr.test_eval is not None:
         columns.update(score_test(tr))

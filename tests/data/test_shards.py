@@ -102,7 +102,7 @@ def test_malformed_shards_are_one_line_naming_the_file(tmp_path: Path, make, mes
     make(tmp_path)
     (path,) = [p for p in tmp_path.glob("*.bin") if p.name != "x.bin"]
     with pytest.raises(DataError) as info:
-        load(path, path, cache=tmp_path / "cache")
+        load(path, cache=tmp_path / "cache")
     text = str(info.value)
     assert "\n" not in text and str(path) in text and message in text
 
@@ -112,7 +112,21 @@ def test_a_missing_shard_and_a_llmc_format_asked_of_a_raw_file(tmp_path: Path) -
         load(tmp_path / "nope_*.bin")
     raw = nanogpt(tmp_path / "raw.bin", ids(100))
     with pytest.raises(DataError, match=r"not llm\.c's magic number"):
-        load(raw, raw, layout="llmc")
+        load(raw, layout="llmc")
+    truncated = tmp_path / "short.bin"  # the magic number, then nothing of the header
+    truncated.write_bytes(np.array([LLMC_MAGIC, 1], dtype="<i4").tobytes())
+    with pytest.raises(DataError, match=r"8 bytes, shorter than llm\.c's 1,024-byte header"):
+        load(truncated)
+
+
+def test_no_shard_in_two_splits(tmp_path: Path) -> None:
+    # nanoGPT's layout under a glob that also matches val.bin: validation would be trained on.
+    nanogpt(tmp_path / "train.bin", ids(1000))
+    val = nanogpt(tmp_path / "val.bin", ids(200))
+    for train in (tmp_path / "*.bin", val):
+        with pytest.raises(DataError, match=r"'.*val\.bin' is both a train and a val shard"):
+            load(train, val)
+    assert len(load(tmp_path / "train.bin", val).val) == 200
 
 
 def test_a_test_split_from_shards_or_from_the_end_of_the_training_tokens(tmp_path: Path) -> None:

@@ -65,6 +65,11 @@ def read_shard(path: Path, layout: str = "auto") -> np.ndarray:
     # An llm.c header whose token count fits the file exactly, whatever its magic says.
     sized = len(head) >= 3 and size == LLMC_HEADER_BYTES + 2 * int(head[2]) and head[2] > 0
     if layout == "llmc" or (layout == "auto" and len(head) and head[0] == LLMC_MAGIC):
+        if len(head) and head[0] == LLMC_MAGIC and size < LLMC_HEADER_BYTES:
+            raise DataError(
+                f"{path}: {size:,} bytes, shorter than llm.c's {LLMC_HEADER_BYTES:,}-byte header; "
+                f"the shard is truncated"
+            )
         if len(head) < 3 or head[0] != LLMC_MAGIC:
             found = int(head[0]) if len(head) else "nothing"
             raise DataError(
@@ -135,6 +140,7 @@ def load_shards(
         )
     named = {"train": corpus.train, "val": corpus.val, "test": getattr(corpus, "test", None)}
     splits = {name: shard_files(p, name) for name, p in named.items() if p is not None}
+    _check_apart(splits)
     folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     arrays = {
         name: _joined(files, tokenizer, folder / "tokens", corpus.layout)
@@ -171,6 +177,21 @@ def load_shards(
         key=f"shards-{key}-{carved or 'val'}",
         **{f"{n}_bytes": _text_bytes(arrays[n], token_bytes) for n in ("train", "val", "test")},
     )
+
+
+def _check_apart(splits: dict[str, list[Path]]) -> None:
+    """No shard in two splits: a glob such as 'data/*.bin' for train also matches val.bin,
+    and validation would score tokens the model trained on."""
+    seen: dict[Path, str] = {}
+    for name, files in splits.items():
+        for file in files:
+            first = seen.setdefault(file.resolve(), name)
+            if first != name:
+                raise DataError(
+                    f"corpus 'tokens': {str(file)!r} is both a {first} and a {name} shard, so "
+                    f"the two splits would share its tokens; narrow the {first} pattern (e.g. "
+                    f"'data/*train*.bin') so that each shard is in one split"
+                )
 
 
 def _identity(path: Path) -> list[Any]:

@@ -92,6 +92,11 @@ def _resolve(
 ) -> list[Path]:
     """The files a `path` option names, in a stable (sorted) order: the file itself, a folder's
     files with one of `suffixes` (recursively), or a glob's matches (folders as folders)."""
+    if not path.strip():  # Path("") is the current folder: every text file under it
+        raise DataError(
+            f"corpus {corpus!r}: path is empty; give a file, a folder or a glob pattern (an "
+            f"unset shell variable in --set data.path=$X gives an empty one)"
+        )
     expanded = os.path.expanduser(path)
     # A name that exists is taken literally even if it contains glob characters.
     if any(c in expanded for c in "*?[") and not Path(expanded).exists():

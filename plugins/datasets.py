@@ -58,7 +58,7 @@ class JsonlCorpus:
                     record = json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise DataError(
-                        f"corpus 'jsonl': {where} is not JSON ({exc.msg} at column {exc.colno}); "
+                        f"corpus 'jsonl': {where} is not JSON ({exc.msg.removesuffix(' at')} at column {exc.colno}); "
                         f"fix or delete the line"
                     ) from None
                 if not isinstance(record, dict):

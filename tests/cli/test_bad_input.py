@@ -183,8 +183,15 @@ CASES = [
             drop="context_length = 16\n",
         ),
         [],
-        "longer than the",
+        "fewer than one window of model.context_length + 1 = 5001",
     ),
+    (
+        "test-split-smaller-than-a-window",
+        with_lines("[data] test_fraction = 0.00001"),
+        [],
+        "the test split holds",
+    ),
+    ("empty-data-path", GOOD, ["--set", "data.path="], "path is empty"),
     # The corpus's and the tokenizer's own errors name the spec they came from.
     (
         "missing-data-file",

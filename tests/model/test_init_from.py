@@ -140,3 +140,32 @@ max_new_tokens = 4
         == 0
     )
     assert "perplexity" in capsys.readouterr().out
+
+
+def test_a_checkpoint_of_another_tokenizer_fails_before_training(trained, tmp_path, plugins):
+    """Fine-tuning feeds the checkpoint's embeddings this run's ids: they must be the ids it
+    learned. Its run's tokenizer is compared by name and options, a learned one (bpe) also by
+    what it learned, and a vocabulary that does not fit says which tokenizer to use."""
+    from toolkit.sweep.preflight import prepare_data
+
+    def fine_tune(tokenizer, source, path):
+        doc = {"data": {"tokenizer": tokenizer, "path": str(path)}, "model": {"init_from": source}}
+        prepare_data(parse_spec(doc), plugins)
+
+    words = "the quick brown fox jumps over the lazy dog while a cat sleeps in the sun\n"
+    text_a, text_b = tmp_path / "a.txt", tmp_path / "b.txt"
+    text_a.write_text(words * 40)
+    text_b.write_text(words.upper() * 40)
+    with pytest.raises(SpecError, match="train with the tokenizer model.init_from's checkpoint"):
+        fine_tune("gpt2", str(trained), text_a)  # 50,257 ids into 257 rows
+    bpe = {"name": "bpe", "vocab_size": 270}
+    doc = copy.deepcopy(TINY) | {"data": {"tokenizer": bpe, "path": str(text_a)}}
+    doc["model"] = doc["model"] | {"context_length": 8}
+    doc["train"] = doc["train"] | {"max_steps": 1, "batch_size": 2}
+    run(parse_spec(doc), tmp_path / "bpe", plugins=plugins, progress=False)
+    source = str(tmp_path / "bpe/base/seed-0")
+    fine_tune(bpe, source, text_a)  # its own tokenizer, learned from its own text: fine
+    with pytest.raises(SpecError, match=r"learned from other text than this run's training"):
+        fine_tune(bpe, source, text_b)
+    with pytest.raises(SpecError, match=r"trained with tokenizer 'bpe \(vocab_size=270\)', but "):
+        fine_tune("bytes", source, text_a)

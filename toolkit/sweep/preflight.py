@@ -20,11 +20,12 @@ from typing import Any
 import torch
 
 from toolkit.api.manager import Plugins
+from toolkit.api.registry import split_choice
 from toolkit.data.batches import count_windows
-from toolkit.data.resolve import check_vocab, data_key, load_data
+from toolkit.data.resolve import check_vocab, data_key, holdout_of, label, load_data
 from toolkit.data.tokens import TokenData
 from toolkit.errors import ComponentError, DataError, SpecError, ToolkitError
-from toolkit.model.checkpoint import initial_weights
+from toolkit.model.checkpoint import initial_weights, open_checkpoint
 from toolkit.model.gpt import build_model
 from toolkit.model.probe import check_architecture
 from toolkit.spec.schema import RunSpec, Spec
@@ -87,7 +88,7 @@ def prepare_data(spec: Spec, plugins: Plugins) -> dict[str, tuple[TokenData, Any
         data, tokenizer = datasets[key]
         check_fits(r, data, tokenizer, spec.path)
         if r.model.init_from:
-            check_init_from(r, data, spec.path, plugins)
+            check_init_from(r, data, tokenizer, spec.path, plugins)
         config = r.model_config(data.vocab_size)
         architecture = json.dumps(config.to_dict(), sort_keys=True, default=str)
         if architecture not in probed:  # one forward pass per distinct architecture
@@ -100,20 +101,29 @@ def prepare_data(spec: Spec, plugins: Plugins) -> dict[str, tuple[TokenData, Any
 
 
 def check_fits(r: RunSpec, data: TokenData, tokenizer: Any, source: str) -> None:
-    """A run's model and batches fit its data: every id has an embedding row, and both splits
-    hold enough windows."""
+    """A run's model and batches fit its data: every id has an embedding row, and every split
+    it scores (validation, and test when it holds one out) holds a window."""
     where = f"{source}: variant {r.variant!r}:"
     ctx, batch = r.model.context_length, r.train.batch_size
     if r.model.vocab_size is not None:
+        fix = (
+            "train with the tokenizer model.init_from's checkpoint was trained with"
+            if r.model.init_from
+            else "leave model.vocab_size unset to use it"
+        )
         try:
-            check_vocab(tokenizer, r.model.vocab_size, "leave model.vocab_size unset to use it")
+            check_vocab(tokenizer, r.model.vocab_size, fix)
         except DataError as exc:
             raise SpecError(f"{where} {exc}") from None
-    for split, tokens in (("validation", data.val), ("training", data.train)):
+    splits = [("validation", data.val), ("training", data.train)]
+    if len(data.test) or holdout_of(r.data).has_test:
+        splits.append(("test", data.test))
+    for split, tokens in splits:
         if len(tokens) < ctx + 1:
             raise DataError(
-                f"{where} model.context_length ({ctx}) is longer than the {split} split "
-                f"({len(tokens)} tokens); lower context_length or use more data"
+                f"{where} the {split} split holds {len(tokens):,} tokens, fewer than one window "
+                f"of model.context_length + 1 = {ctx + 1}; lower context_length or hold out "
+                f"more text"
             )
     windows = count_windows(len(data.train), ctx, r.train.stride or ctx)
     if windows < batch:
@@ -123,11 +133,40 @@ def check_fits(r: RunSpec, data: TokenData, tokenizer: Any, source: str) -> None
         )
 
 
-def check_init_from(r: RunSpec, data: TokenData, source: str, plugins: Plugins) -> None:
-    """The checkpoint's weights fit this variant's model (checked on the meta device)."""
+def check_init_from(
+    r: RunSpec, data: TokenData, tokenizer: Any, source: str, plugins: Plugins
+) -> None:
+    """The checkpoint's weights fit this variant's model (checked on the meta device), and it
+    was trained with this run's tokenizer (when it records one): else its embeddings would
+    read ids they never learned."""
+    where = f"{source}: variant {r.variant!r}:"
     with torch.device("meta"):
         model = build_model(r.model_config(data.vocab_size), plugins)
     try:
+        checkpoint = open_checkpoint(r.model.init_from)
         initial_weights(model, r.model.init_from)
     except ToolkitError as exc:
-        raise SpecError(f"{source}: variant {r.variant!r}: {exc}") from None
+        raise SpecError(f"{where} {exc}") from None
+    trained_with = checkpoint.tokenizer or ((checkpoint.run or {}).get("data") or {}).get(
+        "tokenizer"
+    )
+    if trained_with is None:
+        return
+    if split_choice(trained_with) != split_choice(r.data.tokenizer):
+        raise SpecError(
+            f"{where} model.init_from {r.model.init_from} was trained with tokenizer "
+            f"{label(trained_with)!r}, but data.tokenizer is {label(r.data.tokenizer)!r}; set "
+            f"data.tokenizer to the checkpoint's so its embeddings read the ids they learned"
+        )
+    learned = checkpoint.tokenizer_state
+    if (
+        learned is not None
+        and getattr(tokenizer, "needs_training", False)
+        and learned != tokenizer.state()
+    ):
+        raise SpecError(
+            f"{where} model.init_from {r.model.init_from} was trained with a "
+            f"{label(trained_with)!r} tokenizer learned from other text than this run's "
+            f"training split, so the same ids stand for other pieces of text; fine-tune on "
+            f"the text it was learned from, or train from scratch"
+        )

@@ -18,7 +18,7 @@
     ablate cache clear [KEY_PREFIX ...] [--dir DIR] [--older-than DAYS] [--yes]
 
 Bad input (a ToolkitError) prints one line, `ablate: error: ...`, and exits with status 2;
-no traceback. A sweep in which some run failed or diverged exits with status 1. A reader that
+no traceback. A warning prints one line, `warning: ...`. A sweep in which some run failed or diverged exits with status 1. A reader that
 stops early (`ablate list | head`) ends the command quietly with status 141, as SIGPIPE ends
 other Unix tools.
 """
@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 from toolkit.cli import (
@@ -51,6 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = argparse.Namespace(command=tasks.LM_EVAL, func=tasks.cmd_lm_eval, rest=argv[1:])
     else:
         args = parser.parse_args(argv)
+    shown = warnings.showwarning
+    warnings.showwarning = _one_line
     try:
         code = args.func(args)
         sys.stdout.flush()  # a reader gone away (`| head`) shows here, not at interpreter exit
@@ -76,6 +79,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         note = "; finished runs are kept, run the same command to continue"
         print(f"ablate: interrupted{note if args.command == 'run' else ''}", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = shown
+
+
+def _one_line(message: Warning | str, *_: object, **__: object) -> None:
+    """How the command line shows a warning: `warning: ...` on one line, as its own warnings
+    read, without the source file and line Python adds for a programmer."""
+    print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -284,3 +284,195 @@ def test_the_ablate_command_finds_plugins_in_the_current_folder(tmp_path):
     assert "plugin module 'no_such_norm' (--plugin) not found in the current folder" in (
         missing.stderr
     )
+
+
+def _module(folder: Path, name: str, text: str) -> None:
+    """Write `name`.py (or a package's module, for a dotted name) into folder."""
+    path = folder.joinpath(*name.split(".")).with_suffix(".py")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+
+
+@pytest.mark.parametrize(
+    "name, text, message",
+    [
+        (
+            "misspelt_hook_xyz",
+            """
+            from toolkit import hookimpl
+
+            @hookimpl
+            def register_component(register):
+                register("activation", "never", lambda config: None)
+            """,
+            "implements 'register_component', which is no hook (did you mean "
+            "'register_components'?); the hooks: on_eval, on_run_end, on_run_start, "
+            "register_components",
+        ),
+        (
+            "unmarked_hook_xyz",
+            """
+            def register_components(register):
+                register("activation", "never", lambda config: None)
+            """,
+            "defines register_components() without @hookimpl, so it implements no hook; mark it",
+        ),
+        ("empty_plugin_xyz", "", "implements no hook; a plugin defines at least one of"),
+    ],
+)
+def test_a_plugin_module_implementing_no_hook_is_an_error(
+    tmp_path, monkeypatch, name, text, message
+):
+    _module(tmp_path, name, text)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(PluginError) as info:
+        Plugins([name], autoload=False, source="--plugin")
+    assert str(info.value).startswith(f"plugin {name!r} (--plugin) {message}")
+    sys.modules.pop(name, None)
+
+
+def test_an_installed_plugin_implementing_no_hook_says_how_to_skip_it(tmp_path, monkeypatch):
+    _installed(tmp_path, "hookless_pkg_xyz", "def register_components(register):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(PluginError) as info:
+        Plugins(autoload=True)
+    assert str(info.value).startswith(
+        "plugin 'hookless_pkg_xyz' (entry point of hookless_pkg_xyz) defines "
+        "register_components() without @hookimpl"
+    )
+    assert str(info.value).endswith(
+        "; fix or uninstall it, or set ABLATE_DISABLE_PLUGIN_AUTOLOAD=1 to skip installed plugins"
+    )
+    sys.modules.pop("hookless_pkg_xyz", None)
+
+
+def test_a_plugin_implementing_an_unknown_hook_beside_a_known_one_is_an_error():
+    class HalfRight:
+        @hookimpl
+        def on_eval(self, run, step, metrics):
+            pass
+
+        @hookimpl
+        def on_run_ends(self, run, summary):
+            pass
+
+    plugins = Plugins(autoload=False)
+    with pytest.raises(PluginError, match=r"'on_run_ends', which is no hook \(did you mean 'on_"):
+        plugins.add(HalfRight(), name="half")
+    assert "half" not in plugins.info and plugins.pm.get_plugin("half") is None
+
+
+def test_a_plugin_implementing_only_an_observer_hook_loads(tmp_path, monkeypatch):
+    _module(
+        tmp_path,
+        "observer_only_xyz",
+        """
+        from toolkit import hookimpl
+
+        @hookimpl
+        def on_eval(run, step, metrics):
+            pass
+        """,
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    plugins = Plugins(["observer_only_xyz"], autoload=False)
+    assert plugins.info["observer_only_xyz"].hooks == ["on_eval"]
+    sys.modules.pop("observer_only_xyz", None)
+
+
+def test_the_current_folder_comes_before_installed_modules(tmp_path, monkeypatch):
+    # An installed copy of my_components and the user's edited one in the current folder: the
+    # one they are editing is the one that loads, as the README promises.
+    site, here = tmp_path / "site", tmp_path / "here"
+    _module(site, "cwd_first_xyz", NORM_PLUGIN.replace("door-norm", "installed-norm"))
+    _module(here, "cwd_first_xyz", NORM_PLUGIN.replace("door-norm", "local-norm"))
+    monkeypatch.syspath_prepend(str(site))  # also restores sys.path afterwards
+    monkeypatch.chdir(here)
+    plugins = Plugins(["cwd_first_xyz"], autoload=False)
+    assert ("normalization", "local-norm") in plugins.registry
+    assert ("normalization", "installed-norm") not in plugins.registry
+    # Only while the plugin imports: spawned sweep workers inherit sys.path, and a ./plugins
+    # folder first there would shadow the toolkit's built-ins.
+    assert sys.path[-1] == str(here) and sys.path[0] != str(here)
+    sys.modules.pop("cwd_first_xyz", None)
+
+
+def test_a_local_file_named_as_an_imported_module_is_refused(tmp_path, monkeypatch):
+    # json is imported already, so import returns it whatever sys.path says: the user's
+    # json.py would silently not load.
+    _module(tmp_path, "json", NORM_PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PluginError) as info:
+        Plugins(["json"], autoload=False, source="--plugin")
+    assert str(info.value).startswith(
+        "plugin 'json' (--plugin): the current folder's json.py cannot load under that name, "
+        "which is already imported from "
+    )
+    assert str(info.value).endswith("; rename your file (and the plugin)")
+
+
+def test_a_local_plugins_folder_is_named_as_the_toolkits_own_package(tmp_path, monkeypatch):
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "__init__.py").write_text("")
+    _module(tmp_path, "plugins.mine_xyz", NORM_PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PluginError) as info:
+        Plugins(["plugins.mine_xyz"], autoload=False, source="--plugin")
+    assert str(info.value) == (
+        "plugin module 'plugins.mine_xyz' (--plugin) not found: 'plugins' is the toolkit's own "
+        "package (its built-in plugins), so a folder of that name cannot be imported; rename "
+        "your folder (e.g. to my_plugins) and name the module my_plugins.mine_xyz, or run from "
+        "inside it and name the module mine_xyz"
+    )
+
+
+def test_a_missing_dependency_is_not_a_missing_plugin(tmp_path, monkeypatch):
+    # The plugin's name starts with its dependency's, as flash_attn_plugin's with flash_attn.
+    _module(tmp_path, "absent_dep_xyz_plugin", "import absent_dep_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(PluginError) as info:
+        Plugins(["absent_dep_xyz_plugin"], autoload=False, source="--plugin")
+    assert str(info.value) == (
+        "plugin 'absent_dep_xyz_plugin' (--plugin) failed to import: it needs module "
+        "'absent_dep_xyz', which is not installed; install the package that provides it "
+        "(e.g. `pip install absent_dep_xyz`) and run again"
+    )
+    # A package above the plugin that is missing is the plugin missing.
+    with pytest.raises(PluginError, match=r"plugin module 'absent_pkg_xyz\.sub' .* not found"):
+        Plugins(["absent_pkg_xyz.sub"], autoload=False)
+
+
+@pytest.mark.parametrize(
+    "given, fix",
+    [
+        (
+            "./my_components.py",
+            "give 'my_components' instead, and run from the folder that holds it",
+        ),
+        ("my_components.py", "give 'my_components' instead, and run from the folder that holds it"),
+        (os.path.join("sub", "my_components.py"), "give 'my_components' instead, and run from sub"),
+    ],
+)
+def test_a_file_path_is_refused_with_the_module_name_to_give(given, fix):
+    with pytest.raises(PluginError) as info:
+        Plugins([given], autoload=False, source="--plugin")
+    assert str(info.value) == (
+        f"plugin {given!r} (--plugin) is a file path, but a plugin is named as a module: {fix}"
+    )
+
+
+def test_one_plugin_registering_a_name_twice_is_named_once():
+    class Twice:
+        @hookimpl
+        def register_components(self, register):
+            register("normalization", "twice", Identity)
+            register("normalization", "twice", Identity)
+
+    with pytest.raises(ComponentError) as info:
+        Plugins(autoload=False).add(Twice(), name="p_twice")
+    assert str(info.value) == (
+        "plugin 'p_twice' (object) registers normalization 'twice' twice; give each its own "
+        "name, or register it once"
+    )

@@ -7,7 +7,7 @@ import pytest
 
 from toolkit import hookimpl
 from toolkit.api.manager import Plugins
-from toolkit.api.registry import KINDS, Registry, check_type, options_of
+from toolkit.api.registry import FACTS, KINDS, Registry, check_type, options_of
 from toolkit.errors import ComponentError
 
 
@@ -43,6 +43,55 @@ def test_duplicate_name_names_both_plugins():
     reg.register("normalization", "mine", make_norm, plugin="first")
     with pytest.raises(ComponentError, match="'first' and by plugin 'second'"):
         reg.register("normalization", "mine", make_norm, plugin="second")
+
+
+def test_one_plugin_registering_a_name_twice_is_named_once():
+    reg = Registry()
+    reg.register("normalization", "mine", make_norm, plugin="p")
+    with pytest.raises(ComponentError) as info:
+        reg.register("normalization", "mine", make_norm, plugin="p")
+    assert str(info.value) == (
+        "plugin 'p' registers normalization 'mine' twice; give each its own name, or register "
+        "it once"
+    )
+
+
+@pytest.mark.parametrize(
+    "kind, fact, value",
+    [
+        ("attention", "causal", "no"),  # truthy: the run would be recorded as causal
+        ("attention", "kv_cache", 1),
+        ("positional", "any_length", "yes"),
+        ("tokenizer", "needs_training", None),
+        ("optimizer", "schedules", "constant"),  # a string, not a tuple of names
+    ],
+)
+def test_a_fact_the_engine_reads_must_have_its_type(kind, fact, value):
+    facts = {"causal": True} if kind == "attention" else {}
+    with pytest.raises(ComponentError) as info:
+        Registry().register(kind, "x", make_norm, plugin="p", **{**facts, fact: value})
+    assert str(info.value).startswith(f"plugin 'p' registers {kind} 'x' with {fact}={value!r}; ")
+    assert "must be" in str(info.value)
+
+
+def test_facts_of_the_right_type_register_as_given():
+    reg = Registry()
+    c = reg.register("attention", "x", make_norm, plugin="p", causal=False, kv_cache=True)
+    assert c.facts == {"causal": False, "kv_cache": True}
+    o = reg.register("optimizer", "o", lambda model, config: None, plugin="p", schedules=["a"])
+    assert o.facts == {"schedules": ("a",)}
+    assert all(f in FACTS[k.name] for k in KINDS.values() for f in k.required_facts)
+
+
+def test_a_fact_nothing_reads_warns_with_the_one_it_may_mean():
+    with pytest.warns(UserWarning) as caught:
+        c = Registry().register("attention", "x", make_norm, plugin="p", causal=True, kv_cahce=True)
+    assert str(caught[0].message) == (
+        "plugin 'p' registers attention 'x' with fact 'kv_cahce' (did you mean 'kv_cache'?), "
+        "which nothing reads; the attention facts the engine reads: causal, "
+        "positional_inside, kv_cache"
+    )
+    assert c.facts["kv_cahce"] is True  # still listed by `ablate list`
 
 
 def test_unknown_kind_and_missing_required_fact():

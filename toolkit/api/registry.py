@@ -34,6 +34,17 @@ from toolkit.errors import ComponentError, ToolkitError, one_line
 # {name = "...", option = value, ...}.
 Choice = str | dict[str, Any]
 
+# The facts the engine reads, per kind, and the type each must have (KINDS says in words what
+# each means). A fact of the wrong type is an error: causal="no" is truthy, and the model it
+# names would be recorded and treated as causal. Any other fact is kept for `ablate list`, but
+# warns, because nothing reads it: kv_cahce=True is a misspelling, not a KV cache.
+FACTS: dict[str, dict[str, Any]] = {
+    "attention": {"causal": bool, "positional_inside": bool, "kv_cache": bool},
+    "positional": {"inside_attention": bool, "any_length": bool},
+    "tokenizer": {"needs_training": bool},
+    "optimizer": {"schedules": tuple[str, ...]},
+}
+
 
 def split_choice(choice: Choice) -> tuple[str, dict[str, Any]]:
     """'rmsnorm' -> ('rmsnorm', {});  {'name': 'rmsnorm', 'eps': 1e-6} -> ('rmsnorm', {'eps': 1e-6})."""
@@ -209,6 +220,34 @@ def _warn_from_plugin(message: str) -> None:
     warnings.warn(message, UserWarning, stacklevel=level)
 
 
+def _checked_facts(kind: str, name: str, plugin: str, facts: dict[str, Any]) -> dict[str, Any]:
+    """The facts with those the engine reads checked against FACTS (a list of schedules becomes
+    a tuple); ComponentError on a wrong type, a warning for a fact nothing reads.
+    `causal=True` passes; `causal="no"` raises; `kv_cahce=True` warns (did you mean 'kv_cache'?)."""
+    known = FACTS.get(kind, {})
+    checked = {}
+    for fact, value in facts.items():
+        if fact not in known:
+            listed = ", ".join(known) or "none"
+            _warn_from_plugin(
+                f"plugin {plugin!r} registers {kind} {name!r} with fact {fact!r}"
+                f"{suggest(fact, known)}, which nothing reads; the {kind} facts the engine "
+                f"reads: {listed}"
+            )
+            checked[fact] = value
+            continue
+        expected = known[fact]
+        try:
+            checked[fact] = check_type(value, expected, fact)
+        except ComponentError:
+            wanted = "True or False" if expected is bool else "a tuple of names"
+            raise ComponentError(
+                f"plugin {plugin!r} registers {kind} {name!r} with {fact}={value!r}; {fact} "
+                f"must be {wanted}"
+            ) from None
+    return checked
+
+
 class Registry:
     """kind -> name -> Component. Filled once when plugins load; read when models are built."""
 
@@ -239,6 +278,11 @@ class Registry:
                 f"plugin {plugin!r} registers {kind} {name!r} with a factory that is not callable"
             )
         existing = self._components[kind].get(name)
+        if existing is not None and existing.plugin == plugin:
+            raise ComponentError(
+                f"plugin {plugin!r} registers {kind} {name!r} twice; give each its own name, "
+                f"or register it once"
+            )
         if existing is not None:
             raise ComponentError(
                 f"{kind} {name!r} is registered twice: by plugin {existing.plugin!r} and by plugin "
@@ -250,6 +294,7 @@ class Registry:
                 f"plugin {plugin!r} registers {kind} {name!r} without {missing[0]!r}; "
                 f"pass it to register(), e.g. register({kind!r}, {name!r}, factory, {missing[0]}=True)"
             )
+        facts = _checked_facts(kind, name, plugin, facts)
         options = options_of(factory)
         extra = extra_positional(factory, KINDS[kind])
         if extra:

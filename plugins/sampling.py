@@ -45,12 +45,19 @@ def top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def temperature(logits: torch.Tensor, t: float) -> torch.Tensor:
-    """Divide by t; t = 0 keeps only each row's argmax (greedy)."""
+    """Divide by t; t = 0 keeps only each row's argmax (greedy).
+
+    Each row's largest logit is subtracted before dividing (the softmax is the same): the
+    tempered logits are then <= 0, with the largest at 0, so a small t can only send the others
+    to -inf (probability 0, the t -> 0 limit) and never to +inf, whose inf - inf in the softmax
+    is NaN. t itself is refused outside TEMPERATURE_RANGE (see `_check`)."""
     if t == 0:
         keep = torch.zeros_like(logits, dtype=torch.bool)
         keep.scatter_(-1, logits.argmax(dim=-1, keepdim=True), True)
         return logits.masked_fill(~keep, NEG_INF)
-    return logits if t == 1 else logits / t
+    if t == 1:
+        return logits
+    return (logits - logits.max(dim=-1, keepdim=True).values) / t
 
 
 def _keep_sorted(logits: torch.Tensor, order: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -96,16 +103,27 @@ FILTERS: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
     "typical_p": typical_p,
 }
 DEFAULT_ORDER = ["top_k", "temperature", "top_p", "min_p", "typical_p"]
+# Temperatures other than 0 (greedy): float32's normal numbers, as the logits are divided in
+# float32 (`Chain.filter`). Below the smallest, t loses precision and under about 1.4e-45
+# rounds to 0, so the division gives 0 / 0 = NaN; above the largest, t rounds to inf and
+# -inf / inf (a filtered token) is NaN. Within it, `temperature` keeps every division finite
+# or -inf.
+TEMPERATURE_RANGE = (torch.finfo(torch.float32).tiny, torch.finfo(torch.float32).max)
 
 
 def _check(name: str, value: float | None, where: str) -> None:
-    """One-line errors for out-of-range filter values; `where` names the sampler's option."""
+    """One-line errors for out-of-range filter values; `where` names the sampler's option.
+    NaN fails every range test, so it is refused too."""
     if value is None:
         return
     if name == "top_k" and value < 1:
         raise ComponentError(f"{where} must be at least 1, got {value}")
-    if name == "temperature" and not value >= 0:
-        raise ComponentError(f"{where} must be >= 0 (0 is greedy), got {value}")
+    low, high = TEMPERATURE_RANGE
+    if name == "temperature" and not (value == 0 or low <= value <= high):
+        raise ComponentError(
+            f"{where} must be 0 (greedy) or a number from {low:.2g} to {high:.2g} (float32's "
+            f"range, where the logits are divided), got {value}"
+        )
     if name in ("top_p", "min_p", "typical_p") and not 0 < value <= 1:
         raise ComponentError(f"{where} must be in (0, 1], got {value}")
 

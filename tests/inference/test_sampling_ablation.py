@@ -13,6 +13,7 @@ from toolkit.inference.generate import generate
 from toolkit.inference.sampling_ablation import distinct_n, per_prompt, prompt_seed, repetition
 from toolkit.model.config import ModelConfig
 from toolkit.model.gpt import build_model
+from toolkit.spec.limits import MAX_PROMPTS
 from toolkit.spec.parse import parse_spec
 from toolkit.sweep.runner import run
 
@@ -85,18 +86,22 @@ def test_sampling_ablation_scores_every_model_sampler_and_seed(tmp_path, tiny_do
     ).abs().max() < 1e-9
     summary = pd.read_csv(tmp_path / "sampling/summary.csv")
     assert set(summary["n"]) == {4} and "distinct_1_std" in summary
+    # One experiment: the models are named by variant alone, as ever.
+    assert list(table.columns[:3]) == ["variant", "model_seed", "run"]
+    assert list(summary.columns[:3]) == ["variant", "sampler", "n"]
     samples = (tmp_path / "sampling/samples.md").read_text()
     assert "| greedy |" in samples and "continuation of prompt 2" in samples
 
 
-def named_runs_toml(trained, **ablation) -> str:
+def named_runs_toml(*trained, **ablation) -> str:
     """A spec that samples from runs trained elsewhere (and trains nothing)."""
     settings = {"samplers": '["greedy", "top-p"]', "n_prompts": 2, "prompt_tokens": 4}
     settings |= {"max_new_tokens": 4, **ablation}
     lines = "\n".join(f"{k} = {v}" for k, v in settings.items())
+    runs = ", ".join(f'"{t}"' for t in trained)
     return (
         f'name = "samples"\n[data]\ntokenizer = "bytes"\n[sampling_ablation]\n'
-        f'runs = ["{trained}"]\n{lines}\n'
+        f"runs = [{runs}]\n{lines}\n"
     )
 
 
@@ -160,9 +165,58 @@ def test_own_runs_too_short_for_the_prompts_are_refused_before_training(tiny_doc
         ({"samplers": ["greedy"], "n_prompt": 3}, "did you mean 'n_prompts'"),
         ({"samplers": ["greedy", "greedy"]}, "same sampler twice"),
         ({"samplers": ["greedy"], "seeds": []}, "non-empty list of distinct"),
+        (
+            {"samplers": ["greedy"], "seeds": [0, -1]},
+            r"\[sampling_ablation\] seeds: seed -1 is out of range; seeds go from 0 to 2\*\*63 - 1",
+        ),
+        ({"samplers": ["greedy"], "seeds": [2**63]}, "seed 9223372036854775808 is out of range"),
+        (
+            {"samplers": ["greedy"], "n_prompts": MAX_PROMPTS + 1},
+            f"n_prompts must be at most {MAX_PROMPTS:,} \\(they are continued in one batch\\), "
+            f"got {MAX_PROMPTS + 1:,}",
+        ),
+        ({"samplers": ["greedy"], "n_prompts": 10**12}, "n_prompts must be at most"),
     ],
 )
 def test_bad_sampling_ablations(tiny_doc, section, message):
     tiny_doc["sampling_ablation"] = section
-    with pytest.raises(SpecError, match=message):
+    with pytest.raises(SpecError, match=message) as info:
         parse_spec(tiny_doc)
+    assert "\n" not in str(info.value)
+
+
+def test_the_bounds_themselves_are_accepted(tiny_doc):
+    tiny_doc["sampling_ablation"] = {
+        "samplers": ["greedy"],
+        "seeds": [0, 2**63 - 1],
+        "n_prompts": MAX_PROMPTS,
+        "prompt_tokens": 4,
+        "max_new_tokens": 4,
+    }
+    ablation = parse_spec(tiny_doc).sampling_ablation
+    assert ablation.seeds == [0, 2**63 - 1] and ablation.n_prompts == MAX_PROMPTS
+
+
+def test_runs_of_two_experiments_never_pool(tmp_path, tiny_doc, plugins, capsys):
+    """Two experiment folders with the same experiment and variant names (two settings of one
+    spec): each experiment's base is its own model, one row each in summary.csv, labelled by
+    its folder; a single experiment's tables keep their columns (checked above)."""
+    for folder, norm in (("s7", "layernorm"), ("sf", "rmsnorm")):
+        tiny_doc["model"]["norm"] = norm
+        run(parse_spec(tiny_doc), tmp_path / folder, plugins=plugins, progress=False)
+    spec_file = tmp_path / "samples.toml"
+    spec_file.write_text(named_runs_toml(tmp_path / "s7", tmp_path / "sf", samplers='["greedy"]'))
+    out = tmp_path / "out"
+    assert cli_main(["run", str(spec_file), "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    summary = pd.read_csv(out / "sampling/summary.csv")
+    experiments = [str(tmp_path / "s7"), str(tmp_path / "sf")]
+    assert list(summary.columns[:4]) == ["experiment", "variant", "sampler", "n"]
+    assert summary[["experiment", "variant", "sampler", "n"]].values.tolist() == [
+        [experiments[0], "base", "greedy", 1],
+        [experiments[1], "base", "greedy", 1],
+    ]
+    table = pd.read_csv(out / "sampling/results.csv")
+    assert table["experiment"].tolist() == experiments
+    assert f"{experiments[0]}: base | greedy (n=1)" in printed
+    assert f"{experiments[1]}: base | greedy (n=1)" in printed

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from plugins.sampling import TEMPERATURE_RANGE
 from toolkit.api.manager import Plugins
 from toolkit.errors import ComponentError
 from toolkit.inference.generate import generate
@@ -184,12 +186,12 @@ def test_chain_applies_its_filters_in_the_order_given():
     ("name", "options", "message"),
     [
         ("top-k", {"k": 0}, "option k must be at least 1"),
-        ("top-k", {"temperature": -1.0}, ">= 0"),
+        ("top-k", {"temperature": -1.0}, r"temperature must be 0 \(greedy\) or a number from"),
         ("top-p", {"p": 0.0}, r"'top-p' option p must be in \(0, 1\]"),
         ("top-p", {"p": 1.5}, r"must be in \(0, 1\]"),
         ("min-p", {"p": -0.1}, r"must be in \(0, 1\]"),
         ("typical", {"p": 2.0}, r"must be in \(0, 1\]"),
-        ("typical", {"temperature": -0.5}, ">= 0"),
+        ("typical", {"temperature": -0.5}, r"must be 0 \(greedy\) or a number from"),
         ("chain", {"top_k": 0}, "option top_k must be at least 1"),
         ("chain", {"top_p": 1.01}, "option top_p must be in"),
         ("chain", {"order": ["top_k", "top_q"]}, "unknown filter 'top_q'"),
@@ -203,6 +205,37 @@ def test_bad_sampler_options(name, options, message):
     with pytest.raises(ComponentError, match=message) as info:
         build(name, **options)
     assert "\n" not in str(info.value)
+
+
+BAD_TEMPERATURES = [math.inf, -math.inf, math.nan, 1e-40, 5e-324, 1e39, 1e300]
+
+
+@pytest.mark.parametrize("t", BAD_TEMPERATURES, ids=str)
+@pytest.mark.parametrize("name", ["temperature", "top-k", "top-p", "min-p", "typical", "chain"])
+def test_temperatures_the_float32_division_cannot_take_are_refused(name, t):
+    """Infinite, NaN and out-of-float32 temperatures made NaN probabilities at the first draw
+    (`RuntimeError: probability tensor contains either inf, nan or element < 0`), after
+    training; now the sampler is not built."""
+    with pytest.raises(ComponentError, match=r"must be 0 \(greedy\) or a number from") as info:
+        build(name, temperature=t)
+    assert "\n" not in str(info.value) and f"got {t}" in str(info.value)
+
+
+@pytest.mark.parametrize("t", [*TEMPERATURE_RANGE, 1e-30, 1e30])
+@pytest.mark.parametrize("name", ["temperature", "top-k", "top-p", "min-p", "typical", "chain"])
+def test_temperatures_at_the_ends_of_the_range_draw_from_a_distribution(name, t):
+    """Logits of a large model's size, some filtered to -inf: at the smallest temperature the
+    draw is the argmax, at the largest uniform over what the filters kept; never NaN."""
+    logits = torch.tensor([[30.0, -45.0, 12.5, -3.0, 0.0, 7.0], [-80.0, 80.0, 79.0, 0.0, 1.0, 2.0]])
+    options = {"top_k": 3} if name == "chain" else {"k": 3} if name == "top-k" else {}
+    sampler = build(name, temperature=t, **options)
+    probs = sampler.probs(logits)
+    assert torch.isfinite(probs).all() and (probs >= 0).all()
+    torch.testing.assert_close(probs.sum(-1), torch.ones(2))
+    ids = sampler(logits, torch.Generator().manual_seed(0))
+    assert (probs.gather(1, ids) > 0).all()
+    if t < 1:
+        assert ids.flatten().tolist() == [0, 1]
 
 
 def test_generate_crops_context_and_stops_at_eot():

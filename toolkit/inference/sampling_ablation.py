@@ -25,7 +25,9 @@ matrix product may round a row's logits differently in the last bit from the sam
 (the tests' tiny models give identical ids), which could only turn a near-tie.
 
 Results land in `<out>/sampling/`: results.csv (one row per model run x sampler x seed),
-summary.csv (mean +- std per variant x sampler) and samples.md (texts side by side).
+summary.csv (mean +- std per variant x sampler) and samples.md (texts side by side). Runs of
+several experiment folders never pool: both tables then lead with an `experiment` column (the
+folder), and summary.csv has a row per experiment x variant x sampler.
 Not here: sampling itself (plugins/sampling.py) and generation (generate.py).
 """
 
@@ -117,6 +119,14 @@ def model_runs(ablation: SamplingAblation, own: list[Path]) -> list[Path]:
     return found
 
 
+def experiment_of(run: Path) -> str:
+    """The experiment folder a run folder belongs to: the one two levels up, where the runner
+    writes <experiment>/<variant>/seed-N and experiment.json; a run folder found elsewhere is
+    an experiment of its own. runs/s7/base/seed-0 -> 'runs/s7'."""
+    folder = run.parent.parent
+    return str(folder if (folder / "experiment.json").is_file() else run)
+
+
 def check_runs(ablation: SamplingAblation, runs: list[Path]) -> None:
     """Before sampling anything: some run to sample from, and every run's context holds a
     prompt and what is written after it (the model scores it all)."""
@@ -145,7 +155,8 @@ def run_ablation(
         config = checkpoint.run
         model = checkpoint.model(plugins).eval()
         tokenizer = run_tokenizer(
-            config, plugins, recorded=checkpoint.tokenizer, where=checkpoint.path,
+            config, plugins, recorded=checkpoint.tokenizer, state=checkpoint.tokenizer_state,
+            where=checkpoint.path,
             vocab_size=model.config.vocab_size,
         )  # fmt: skip
         context = model.config.context_length
@@ -166,6 +177,7 @@ def run_ablation(
                 scores = _score(model, out_ids, ablation.prompt_tokens)
                 rows.append(
                     {
+                        "experiment": experiment_of(folder),
                         "variant": variant,
                         "model_seed": model_seed,
                         "run": str(folder),
@@ -181,6 +193,8 @@ def run_ablation(
                     shown = [tokenizer.decode(p.tolist()) for p in prompts[:2]]
                     samples.append((label(choice), shown, texts))
     table = pd.DataFrame(rows)
+    if table["experiment"].nunique() == 1:  # one experiment: its variants name the models
+        table = table.drop(columns="experiment")
     folder = out / "sampling"
     write_atomic(folder / "results.csv", table.to_csv(index=False))
     summary = sampler_summary(table)
@@ -222,18 +236,24 @@ METRICS = ["distinct_1", "distinct_2", "distinct_3", "repetition", "mean_logprob
 
 
 def sampler_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean and sample std per variant x sampler, over model seeds x sampling seeds."""
-    grouped = table.groupby(["variant", "sampler"], sort=False)[METRICS]
+    """Mean and sample std per variant x sampler, over model seeds x sampling seeds; per
+    experiment x variant x sampler when the table has an experiment column (runs of several
+    experiments), as a variant of one experiment is not the same model as its namesake in
+    another, and their seeds must not pool."""
+    keys = ["experiment", "variant", "sampler"] if "experiment" in table else ["variant", "sampler"]
+    grouped = table.groupby(keys, sort=False)[METRICS]
     mean, std = grouped.mean().add_suffix("_mean"), grouped.std(ddof=1).add_suffix("_std")
     n = grouped.size().rename("n")
     return pd.concat([n, mean, std], axis=1).reset_index()
 
 
 def format_sampler_summary(summary: pd.DataFrame) -> str:
-    """A terminal table: mean ± std per variant x sampler."""
+    """A terminal table: mean ± std per variant x sampler (led by the experiment when the
+    summary has several)."""
     lines = []
     for _, row in summary.iterrows():
-        cells = [f"{row['variant']} | {row['sampler']} (n={row['n']})"]
+        model = f"{row['experiment']}: {row['variant']}" if "experiment" in row else row["variant"]
+        cells = [f"{model} | {row['sampler']} (n={row['n']})"]
         for m in METRICS:
             std = row[f"{m}_std"]
             cells.append(f"{m} {row[f'{m}_mean']:.3f}" + ("" if pd.isna(std) else f"±{std:.3f}"))

@@ -30,6 +30,11 @@ MAX_NAME = 100  # characters of an experiment name (it names the output folder)
 # New tokens one generation may ask for: as many as the longest context this toolkit builds
 # (the ids buffer is allocated up front, so a typo of a few more digits must not reach it).
 MAX_NEW_TOKENS = LIMITS["context_length"]
+# Prompts one sampling ablation continues: far beyond the 8 to a few hundred an ablation uses.
+# They are continued in one batch and scored from (prompts, prompt + new tokens, vocabulary)
+# log-probabilities held at once, so a typo of a few more digits must fail at validation, not
+# exhaust memory after training.
+MAX_PROMPTS = 1024
 
 
 def check_text(text: str, where: str) -> None:

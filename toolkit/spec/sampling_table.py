@@ -1,18 +1,22 @@
 """The [sampling_ablation] table, checked before anything trains: its keys, every sampler built
-once with its options, the counts and seeds, and what it needs of the spec around it (a spec
-naming runs trained elsewhere trains nothing; its own runs' context holds the prompts and what
-is written after them). Sampling itself: toolkit/inference/sampling_ablation.py.
+with its options and called once on dummy logits, the counts and seeds, and what it needs of
+the spec around it (a spec naming runs trained elsewhere trains nothing; its own runs' context
+holds the prompts and what is written after them). Sampling itself:
+toolkit/inference/sampling_ablation.py.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from toolkit.api.manager import Plugins
 from toolkit.api.registry import check_type, split_choice, suggest
 from toolkit.errors import SpecError
 from toolkit.names import label
+from toolkit.spec import limits
 from toolkit.spec.schema import RunSpec, SamplingAblation
+from toolkit.spec.validate import sampler_problem
 
 SAMPLING_ABLATION_KEYS = (
     "runs",
@@ -25,7 +29,8 @@ SAMPLING_ABLATION_KEYS = (
 
 
 def sampling_ablation(raw: Any, source: str, plugins: Plugins) -> SamplingAblation:
-    """Validate a [sampling_ablation] table; every sampler is built once to check its options."""
+    """Validate a [sampling_ablation] table; every sampler is built and called once
+    (validate.sampler_problem) to check its options and what it returns."""
     where = f"{source}: [sampling_ablation]"
     if not isinstance(raw, dict):
         raise SpecError(f"{where} must be a table")
@@ -54,10 +59,13 @@ def sampling_ablation(raw: Any, source: str, plugins: Plugins) -> SamplingAblati
         name, options = split_choice(choice)
         try:
             component = plugins.registry.get("sampler", name)
-            component.build(**options)
+            checked = {"name": name, **component.check_options(options)} if options else name
+            problem = sampler_problem(plugins, json.dumps(checked))
         except Exception as exc:
             raise SpecError(f"{where} {exc}") from None
-        resolved.append({"name": name, **component.check_options(options)} if options else name)
+        if problem:
+            raise SpecError(f"{where} samplers: {problem}")
+        resolved.append(checked)
     labels = [label(s) for s in resolved]
     if len(set(labels)) != len(labels):
         raise SpecError(f"{where} samplers lists the same sampler twice")
@@ -76,8 +84,14 @@ def sampling_ablation(raw: Any, source: str, plugins: Plugins) -> SamplingAblati
     for key in ("n_prompts", "prompt_tokens", "max_new_tokens"):
         if getattr(ablation, key) < 1:
             raise SpecError(f"{where} {key} must be at least 1, got {getattr(ablation, key)}")
+    if ablation.n_prompts > limits.MAX_PROMPTS:
+        raise SpecError(
+            f"{where} n_prompts must be at most {limits.MAX_PROMPTS:,} (they are continued in one "
+            f"batch), got {ablation.n_prompts:,}"
+        )
     if not ablation.seeds or len(set(ablation.seeds)) != len(ablation.seeds):
         raise SpecError(f"{where} seeds must be a non-empty list of distinct integers")
+    limits.check_seeds(ablation.seeds, f"{where} seeds")
     return ablation
 
 

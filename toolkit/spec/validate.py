@@ -21,7 +21,7 @@ from toolkit.api.manager import Plugins
 from toolkit.api.registry import Component, check_type, split_choice, suggest
 from toolkit.data.batches import EVAL_WINDOWS
 from toolkit.data.resolve import holdout_of
-from toolkit.errors import ComponentError, DataError, SpecError, ToolkitError
+from toolkit.errors import ComponentError, DataError, SpecError, ToolkitError, one_line
 from toolkit.model.checkpoint import locate_checkpoint, read_checkpoint
 from toolkit.model.config import NORM_PLACEMENTS, PRESETS, ModelConfig, value_problem
 from toolkit.model.gpt import build_model
@@ -126,11 +126,12 @@ def _validate(doc: dict[str, Any], where: str, plugins: Plugins) -> dict[str, An
             resolved = _schedule_keys(component, options, resolved, doc["train"], sections, where)
         setattr(sections[section], key, {"name": name, **resolved} if resolved else name)
     _check_values(sections, where)
-    # Build the sampler, the optimizer and the schedule, and count the model's parameters on
-    # the meta device: a factory that rejects its options fails now, not after an hour of
-    # training.
-    name, options = split_choice(sections["sampling"].sampler)
-    plugins.registry.get("sampler", name).build(**options)
+    # Build and call the sampler, build the optimizer and the schedule, and count the model's
+    # parameters on the meta device: a factory that rejects its options fails now, not after
+    # an hour of training.
+    problem = sampler_problem(plugins, json.dumps(sections["sampling"].sampler))
+    if problem:
+        raise SpecError(f"{where} sampling.sampler: {problem}")
     t = sections["train"]
     model = json.dumps(asdict(to_model_config(sections["model"], 256)), default=str)
     _builds(plugins, model, json.dumps(t.optimizer), t.weight_decay_on)
@@ -183,6 +184,47 @@ def _builds(plugins: Plugins, config: str, optimizer: str, weight_decay_on: str)
             f"optimizer {name!r} (plugin {component.plugin!r}) returned "
             f"{type(optimizer).__name__}, not a torch.optim.Optimizer"
         )
+
+
+# The logits a sampler is called on once at validation: a few rows over a small vocabulary.
+SAMPLER_PROBE = (2, 16)  # (B, V)
+
+
+@functools.lru_cache(maxsize=1024)
+def sampler_problem(plugins: Plugins, choice: str) -> str | None:
+    """What is wrong with a sampler choice (JSON) when called once as generation calls it, on
+    seeded logits SAMPLER_PROBE with a seeded torch.Generator, or None; once per distinct
+    choice. The contract (toolkit.api.kinds): next token ids (B, 1), torch.int64, in [0, V),
+    the logits left unchanged. A factory that rejects its options raises a ComponentError.
+    Also for [sampling_ablation]'s samplers (sampling_table.py)."""
+    name, options = split_choice(json.loads(choice))
+    component = plugins.registry.get("sampler", name)
+    sampler = component.build(**options)
+    who = f"sampler {name!r} (plugin {component.plugin!r})"
+    if not callable(sampler):
+        return (
+            f"{who} built {type(sampler).__name__}, which is not callable; its factory must "
+            f"return the sampler"
+        )
+    b, v = SAMPLER_PROBE
+    logits = torch.randn(b, v, generator=torch.Generator().manual_seed(0))
+    given = logits.clone()
+    called = f"called on logits ({b}, {v})"
+    try:
+        with torch.random.fork_rng(devices=[]):  # one drawing from the global RNG: left as it was
+            ids = sampler(given, torch.Generator().manual_seed(0))
+    except Exception as exc:
+        return f"{who} raised when {called}: {one_line(exc, 200)}"
+    want = f"a sampler returns the next token ids, ({b}, 1) torch.int64 in [0, {v})"
+    if not isinstance(ids, torch.Tensor):
+        return f"{who} returned {type(ids).__name__}, not a tensor, when {called}; {want}"
+    if tuple(ids.shape) != (b, 1) or ids.dtype != torch.int64:
+        return f"{who} returned {tuple(ids.shape)} {ids.dtype} when {called}; {want}"
+    if ((ids < 0) | (ids >= v)).any():
+        return f"{who} returned ids {ids.flatten().tolist()} when {called}; {want}"
+    if not torch.equal(given, logits):
+        return f"{who} changed the logits it was given in place; it must leave them as they are"
+    return None
 
 
 def _schedule_runs(plugins: Plugins, t: TrainSpec, where: str) -> None:

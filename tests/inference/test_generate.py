@@ -17,7 +17,7 @@ from tests.conftest import TINY
 from toolkit.api.manager import Plugins
 from toolkit.cli import main
 from toolkit.cli.generate import _sampling
-from toolkit.errors import SpecError
+from toolkit.errors import SpecError, ToolkitError
 from toolkit.inference.generate import (
     IncrementalDecoder,
     generate,
@@ -254,12 +254,17 @@ def test_bad_input_is_one_line_and_status_2(capsys, tmp_path, run_dir, argv, mes
         ({"seed": 2**63}, "seed: seed 9223372036854775808 is out of range"),
         ({"seed": 1.5}, r"seed must be an integer from 0 to 2\*\*63 - 1, got 1.5"),
         ({"prompt": 3}, "prompt must be text"),
+        ({"sampler": 5}, r"sampler: expected a sampler name or a \{name = \.\.\., options\}"),
+        ({"sampler": {"k": 3}}, "sampler: expected a sampler name"),
+        ({"sampler": "no-such"}, "unknown sampler 'no-such'"),
+        ({"device": "meta"}, "device meta: not a device models run on"),
+        ({"device": "cuda:7"}, "device cuda:7: "),
     ],
 )
 def test_the_python_api_refuses_bad_arguments_in_one_line(run_dir, kwargs, message) -> None:
     import toolkit
 
-    with pytest.raises(SpecError, match=message) as raised:
+    with pytest.raises(ToolkitError, match=message) as raised:
         toolkit.generate(run_dir, **{"prompt": "def ", **kwargs})
     assert "\n" not in str(raised.value)
 
@@ -274,6 +279,12 @@ def test_the_bounds_themselves_are_accepted(capsys, run_dir) -> None:
 
     assert toolkit.generate(run_dir, "def ", max_new_tokens=0, seed=2**63 - 1) == ""
     assert len(toolkit.generate(run_dir, "def ", sampler="greedy", max_new_tokens=3, seed=0)) <= 3
+    # The run's own sampler, named, keeps the run's options (k=3), as `ablate generate` does.
+    named = [toolkit.generate(run_dir, sampler="top-k", seed=s) for s in range(6)]
+    assert named == [toolkit.generate(run_dir, seed=s) for s in range(6)]
+    assert named == [
+        toolkit.generate(run_dir, sampler={"name": "top-k", "k": 3}, seed=s) for s in range(6)
+    ]
     rc, out, err = ablate(capsys, run_dir, "--max-new-tokens", 0, "--seed", 2**63 - 1)
     assert rc == 0 and out == "def \n" and err == ""
 

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from toolkit.api.manager import Plugins, load_plugins
-from toolkit.errors import DataError, ToolkitError, one_line
+from toolkit.errors import DataError
 from toolkit.files import read_json
 
 
@@ -33,16 +33,10 @@ def add_device_option(p: argparse.ArgumentParser) -> None:
 
 
 def check_device(device: str) -> str:
-    """The device, once torch has shown it can place a tensor there; else a one-line error."""
-    import torch  # torch-heavy: only the commands that compute need it
+    """--device, checked as the Python API checks it (toolkit.inference.device)."""
+    from toolkit.inference import device as devices  # torch-heavy: not at `ablate --help`
 
-    try:
-        torch.empty(0, device=device)
-    except (RuntimeError, AssertionError, ValueError) as exc:
-        raise ToolkitError(
-            f"--device {device}: {one_line(exc, 200)}; use cpu or an available accelerator"
-        ) from None
-    return device
+    return devices.check_device(device, "--device")
 
 
 def plural(n: int, word: str) -> str:

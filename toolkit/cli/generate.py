@@ -98,7 +98,7 @@ def _sampling(run: dict[str, Any], args: argparse.Namespace, plugins: Any) -> di
     """The run's sampling settings ({"sampler", "prompt", "max_new_tokens"}, as
     load_for_generation gives them) with --sampler, --set sampling.* and the flags applied. A
     different sampler starts from its own defaults; the run's sampler keeps the run's options."""
-    from toolkit.inference.generate import check_max_new_tokens
+    from toolkit.inference.generate import check_max_new_tokens, sampler_choice
     from toolkit.spec.overrides import parse_override  # builds models: not at `ablate --help`
 
     name, options = split_choice(run["sampler"])
@@ -107,14 +107,9 @@ def _sampling(run: dict[str, Any], args: argparse.Namespace, plugins: Any) -> di
 
     def choose(choice: Any, where: str) -> None:
         nonlocal name, options
-        if isinstance(choice, dict) and isinstance(choice.get("name"), str):
-            name, options = split_choice(choice)
-        elif isinstance(choice, str) and choice:
-            if choice != name:
-                name, options = choice, {}
-        else:
-            raise SpecError(f"{where}: expected a sampler name, got {choice!r}")
-        plugins.registry.get("sampler", name)  # unknown: a one-line ComponentError
+        current = {"name": name, **options}
+        name, options = split_choice(sampler_choice(current, choice, where, plugins))
+        options = dict(options)
 
     set_options: dict[str, Any] = {}
     for item in args.overrides:

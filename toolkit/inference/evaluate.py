@@ -43,6 +43,7 @@ from toolkit.data.resolve import (
     run_tokenizer,
 )
 from toolkit.errors import DataError
+from toolkit.inference.device import check_device
 from toolkit.model.checkpoint import open_checkpoint
 
 # progress(targets scored so far, targets in all)
@@ -214,6 +215,7 @@ def evaluate_checkpoint(
     if split is not None and split not in SPLITS:
         raise DataError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     plugins = plugins or load_plugins()
+    check_device(device)
     checkpoint = open_checkpoint(source)
     path, run, recorded = checkpoint.path, checkpoint.run, checkpoint.tokenizer
     learned = checkpoint.tokenizer_state

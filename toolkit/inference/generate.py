@@ -45,9 +45,10 @@ import torch
 from torch import nn
 
 from toolkit.api.manager import Plugins, load_plugins
-from toolkit.api.registry import Choice
+from toolkit.api.registry import Choice, split_choice
 from toolkit.data.resolve import check_vocab, run_tokenizer
 from toolkit.errors import SpecError
+from toolkit.inference.device import check_device
 from toolkit.inference.threads import DecodeThreads
 from toolkit.model.checkpoint import open_checkpoint
 from toolkit.spec.limits import MAX_NEW_TOKENS, check_seeds
@@ -248,9 +249,9 @@ def generate_text(
         check_max_new_tokens(max_new_tokens, "max_new_tokens")
     if seed is not None:
         check_seed(seed, "seed")
-    model, tok, sampling = load_for_generation(source, tokenizer, device, plugins)
     plugins = plugins or load_plugins()
-    chosen = sampler if sampler is not None else sampling["sampler"]
+    model, tok, sampling = load_for_generation(source, tokenizer, device, plugins)
+    chosen = sampler_choice(sampling["sampler"], sampler, "sampler", plugins)
     if max_new_tokens is None:
         max_new_tokens = check_max_new_tokens(
             sampling["max_new_tokens"], "the run's sampling.max_new_tokens"
@@ -268,6 +269,27 @@ def generate_text(
     )
 
 
+def sampler_choice(run: Choice, given: Any, where: str, plugins: Plugins) -> Choice:
+    """The sampler to use when `given` (a name or a {name, options} table; None: the run's)
+    is asked of a run that sampled with `run`: the run's own name keeps the run's options,
+    another name starts from that sampler's defaults. An unknown name or a value of another
+    kind is a one-line error naming `where` it came from."""
+    if given is None:
+        return run
+    if isinstance(given, dict) and isinstance(given.get("name"), str):
+        name = given["name"]
+    elif isinstance(given, str) and given:
+        name = given
+        if name == split_choice(run)[0]:
+            given = run
+    else:
+        raise SpecError(
+            f"{where}: expected a sampler name or a {{name = ..., options}} table, got {given!r}"
+        )
+    plugins.registry.get("sampler", name)  # unknown: a one-line ComponentError
+    return given
+
+
 def load_for_generation(
     source: str | os.PathLike[str],
     tokenizer: Choice | None = None,
@@ -277,6 +299,7 @@ def load_for_generation(
     """(model on `device` in eval mode, its tokenizer, the run's sampling settings: sampler,
     prompt, max_new_tokens and seed, with the spec's defaults where the run has none)."""
     plugins = plugins or load_plugins()
+    check_device(device)
     checkpoint = open_checkpoint(source)  # weights only, memory-mapped on the CPU
     model = checkpoint.model(plugins).to(device).eval()
     tok = run_tokenizer(

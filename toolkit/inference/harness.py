@@ -50,6 +50,7 @@ from tqdm import tqdm
 from toolkit.api.manager import Plugins, load_plugins
 from toolkit.api.registry import split_choice
 from toolkit.errors import DataError
+from toolkit.inference.device import check_device
 from toolkit.inference.generate import IncrementalDecoder, load_for_generation, stream
 
 MODEL_NAME = "ablate"
@@ -91,7 +92,7 @@ class AblateLM(TemplateLM):
                 "(a run folder or a checkpoint file)"
             )
         self.plugins = plugins or load_plugins()
-        self._device = _usable(device or "cpu")
+        self._device = check_device(_usable(device or "cpu"), "device")
         self.model, self.tok, _ = load_for_generation(
             checkpoint, tokenizer, self._device, self.plugins
         )

@@ -156,7 +156,7 @@ def test_a_checkpoint_of_another_tokenizer_fails_before_training(trained, tmp_pa
     text_a, text_b = tmp_path / "a.txt", tmp_path / "b.txt"
     text_a.write_text(words * 40)
     text_b.write_text(words.upper() * 40)
-    with pytest.raises(SpecError, match="train with the tokenizer model.init_from's checkpoint"):
+    with pytest.raises(SpecError, match=r"train with the tokenizer model\.init_from's checkpoint"):
         fine_tune("gpt2", str(trained), text_a)  # 50,257 ids into 257 rows
     bpe = {"name": "bpe", "vocab_size": 270}
     doc = copy.deepcopy(TINY) | {"data": {"tokenizer": bpe, "path": str(text_a)}}

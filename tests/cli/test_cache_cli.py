@@ -17,6 +17,7 @@ import pytest
 from plugins.tokenizers import BPETokenizer, ByteTokenizer
 from toolkit.cli import main
 from toolkit.data.cache import scan
+from toolkit.data.splits import Holdout
 from toolkit.data.tokens import TokenData, clear_memo, load_tokens
 
 DAY = 86400.0
@@ -209,6 +210,19 @@ def test_unknown_prefix_names_some_keys(
     assert f"no cache entry has a key starting with '{prefix}'" in err
     assert new.key[:12] in err and old.key[:12] in err
     assert len(scan(cache).entries) == 2  # the good prefix removed nothing either
+    code, out, err = _run(capsys, "cache", "clear", "", "--dir", str(cache), "-y")
+    assert code == 2 and err.count("\n") == 1 and "an empty key prefix names no entry" in err
+    assert len(scan(cache).entries) == 2
+
+
+def test_list_shows_a_test_split(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cache = tmp_path / "cache"
+    clear_memo()
+    corpus = ListCorpus("split three ways", [("a", "hello cache world\n" * 200)])
+    data = load_tokens(corpus, ByteTokenizer(), Holdout(val_fraction=0.2, test_fraction=0.1), cache)
+    code, out, _ = _run(capsys, "cache", "list", "--dir", str(cache))
+    assert code == 0 and "TOKENS (TRAIN/VAL[/TEST])" in out
+    assert f"{len(data.train):,}/{len(data.val):,}/{len(data.test):,}" in out
 
 
 def test_bad_days_and_a_file_for_a_folder(

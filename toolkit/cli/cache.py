@@ -84,7 +84,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     print(f"token cache: {contents.folder}")
     if contents.entries:
         rows = [_row(e) for e in contents.entries]
-        header = ("KEY", "CORPUS", "TOKENIZER", "TOKENS (TRAIN/VAL)", "SIZE", "MODIFIED")
+        header = ("KEY", "CORPUS", "TOKENIZER", "TOKENS (TRAIN/VAL[/TEST])", "SIZE", "MODIFIED")
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
         right = {3, 4}  # numbers line up on the right
         for r in [header, *rows]:
@@ -105,10 +105,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def _row(e: CacheEntry) -> tuple[str, ...]:
-    n_train, n_val, n = e.fact("n_train"), e.fact("n_val"), e.fact("n")
+    n_train, n_val, n_test, n = e.fact("n_train"), e.fact("n_val"), e.fact("n_test"), e.fact("n")
     tokens = "?"
     if _ints(n_train, n_val):
-        tokens = f"{n_train:,}/{n_val:,}"
+        tokens = f"{n_train:,}/{n_val:,}" + (f"/{n_test:,}" if _ints(n_test) and n_test else "")
     elif _ints(n):  # not split (joined token shards)
         tokens = f"{n:,}"
     return (

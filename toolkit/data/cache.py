@@ -224,7 +224,12 @@ def select(
     if prefixes:
         wanted = [p.lower() for p in prefixes]
         for prefix, original in zip(wanted, prefixes, strict=True):
-            if not prefix or not any(e.key.startswith(prefix) for e in contents.entries):
+            if not prefix.strip():
+                raise DataError(
+                    "an empty key prefix names no entry; give the first characters of a key "
+                    "(`ablate cache list`), or no prefix to clear the whole cache"
+                )
+            if not any(e.key.startswith(prefix) for e in contents.entries):
                 raise DataError(
                     f"no cache entry has a key starting with {original!r}{_some(contents)}"
                 )

@@ -417,3 +417,23 @@ def test_ablate_eval_tabulates_a_sweep_by_window_length(tmp_path, capsys):
     assert cli_main(["report", str(tmp_path / "out")]) == 0
     report = capsys.readouterr().out
     assert "scores after training:" in report and "val@48/loss" in report
+
+
+def test_window_scores_across_tokenizers_compare_by_bits_per_byte(tmp_path, capsys):
+    """A grid over tokenizers, each run scored in longer windows with its own tokenizer: one
+    way of scoring (no warning that the means mix two), and only bits per byte is tested
+    against the baseline, as a loss per token of other tokens does not compare."""
+    text = write_text(tmp_path / "corpus.txt", n_words=3000)
+    doc = {**run_doc(text), "seeds": [0, 1]}
+    doc["grid"] = {"data.tokenizer": ["bytes", {"name": "bpe", "vocab_size": 280}]}
+    run(parse_spec(doc), tmp_path / "out", progress=False)
+    assert cli_main(["eval", str(tmp_path / "out"), "--context", "16"]) == 0
+    capsys.readouterr()
+    summary = toolkit.compare(tmp_path / "out")
+    assert summary.attrs["task_settings_differ"] == {}
+    other = summary.set_index("variant").drop(index=summary.attrs["baseline"]).iloc[0]
+    assert not math.isnan(other["task:val@16/bpb_p"])
+    assert math.isnan(other["task:val@16/loss_p"]) and math.isnan(other["task:val@16/loss_delta"])
+    assert not math.isnan(other["task:val@16/loss_mean"])
+    assert cli_main(["report", str(tmp_path / "out")]) == 0
+    assert "scored in 2 ways" not in capsys.readouterr().out

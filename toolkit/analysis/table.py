@@ -101,7 +101,7 @@ from toolkit.analysis.metric import comparison_metric, tokenizers_differ, tuned_
 from toolkit.analysis.resolution import row_mde, sweep_resolution
 from toolkit.analysis.stats import HOLM
 from toolkit.analysis.steps import add_steps
-from toolkit.sweep.results import task_columns
+from toolkit.sweep.results import is_window_loss, task_columns
 
 METRICS = ("val_loss", "val_perplexity", "val_bpb", "test_loss", "test_bpb")
 # How each metric is named and measured, in the table, the report and the figures alike.
@@ -241,7 +241,13 @@ def summarize(
         }
         extra.append(out)
     summary = pd.concat([summary, pd.DataFrame(extra)], axis=1)
-    versus = tasks.compared(list(summary["variant"]), baseline, values, scored)
+    # Across tokenizers a window score's loss is per token of different tokens: its bits per
+    # byte compare (as the losses' own comparison does), its loss is described but not tested.
+    tested = [c for c in scored if not (tokenizers_differ(table) and is_window_loss(c))]
+    versus = tasks.compared(list(summary["variant"]), baseline, values, tested)
+    for column in set(scored) - set(tested):
+        for stat in ("delta", "p", "p_holm"):
+            versus[f"{column}_{stat}"] = math.nan
     summary = pd.concat([summary, versus.set_axis(summary.index)], axis=1)
     summary["p_holm"] = stats.holm(summary["p_value"])
     verdict_p = stats.adjust(summary["p_value"], correction)

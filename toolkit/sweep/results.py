@@ -136,6 +136,7 @@ def task_scores(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
     current = digests.get("checkpoint.pt") if isinstance(digests, dict) else None
     columns: dict[str, Any] = {}
     how: dict[str, str] = {}
+    own = _own_tokenizer(run_dir)
     for task, entry in held["tasks"].items():
         if not isinstance(entry, dict) or not isinstance(entry.get("metrics"), dict):
             continue
@@ -144,6 +145,9 @@ def task_scores(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
         for metric, value in entry["metrics"].items():
             columns[task_column(task, metric)] = value
         settings = entry.get("settings") if isinstance(entry.get("settings"), dict) else {}
+        if entry.get("kind") == WINDOW_KIND and own and settings.get("tokenizer") == own:
+            # Each run scored with its own tokenizer is one way, in a grid over tokenizers too.
+            settings = {**settings, "tokenizer": "the run's own"}
         shown = WINDOW_SETTINGS_SHOWN if entry.get("kind") == WINDOW_KIND else SETTINGS_SHOWN
         # A window score of another split than the run's own says so; the run's own, nothing.
         shown += ("val_fraction",) if "val_fraction" in settings else ()
@@ -151,6 +155,22 @@ def task_scores(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
     if how:
         columns[TASK_SETTINGS] = json.dumps(how, sort_keys=True)
     return columns
+
+
+def _own_tokenizer(run_dir: Path) -> str | None:
+    """The name of the tokenizer a run trained with (its config.json), or None."""
+    config = read_json(run_dir / "config.json")
+    data = config.get("data") if isinstance(config, dict) else None
+    choice = data.get("tokenizer") if isinstance(data, dict) else None
+    name = choice.get("name") if isinstance(choice, dict) else choice
+    return name if isinstance(name, str) else None
+
+
+def is_window_loss(column: str) -> bool:
+    """Whether a task column is a window score's loss (`ablate eval --context`): per token
+    of the run's own tokenizer, so it compares only between runs of one tokenizer."""
+    task, _, metric = column.removeprefix(TASK_PREFIX).rpartition("/")
+    return column.startswith(TASK_PREFIX) and "@" in task and metric == "loss"
 
 
 def task_columns(table: pd.DataFrame) -> list[str]:

@@ -349,7 +349,7 @@ def test_a_checkpoint_file_alone_takes_the_tokenizer_given(
     monkeypatch.chdir(tmp_path)
     argv = ["eval-tasks", "--tasks", "tiny_mc", "--include-path", str(tasks_dir), "--limit", "4"]
     code, _, err = ablate(capfd, *argv, str(legacy))
-    assert code == 2 and "pass --tokenizer gpt2 or --tokenizer bytes" in err
+    assert code == 2 and "e.g. --tokenizer bytes (257 ids)" in err
     code, out_legacy, err = ablate(capfd, *argv, str(legacy), "--tokenizer", "bytes")
     assert code == 0, err
     code, out_alone, err = ablate(capfd, *argv, str(alone))

@@ -135,9 +135,11 @@ def run_tokenizer(
     if choice is None:
         if vocab_size != GPT2_VOCAB:
             ids = f", a vocabulary of {vocab_size:,} ids" if vocab_size else ""
+            # gpt2's 50,257 ids fit no smaller vocabulary: suggest it only where it could.
+            fits = "gpt2 or --tokenizer bytes" if vocab_size is None else "bytes (257 ids)"
             raise DataError(
                 f"cannot tell which tokenizer {where} goes with (no run config.json beside "
-                f"it{ids}); pass --tokenizer gpt2 or --tokenizer bytes"
+                f"it{ids}); pass the one it was trained with, e.g. --tokenizer {fits}"
             )
         choice = "gpt2"
     component = plugins.registry.get("tokenizer", split_choice(choice)[0])

@@ -360,16 +360,16 @@ def plugins_with(name: str, factory) -> Plugins:
     return plugins
 
 
-def test_an_optimizer_that_leaves_a_parameter_out_fails_its_run_naming_it(tmp_path, tiny_doc):
+def test_an_optimizer_that_leaves_a_parameter_out_fails_validation_naming_it(tiny_doc):
     def forgetful(model, config):
         """AdamW over every parameter but the token embedding"""
         return torch.optim.AdamW([p for n, p in model.named_parameters() if n != "tok_emb.weight"])
 
     plugins = plugins_with("forgetful", forgetful)
     tiny_doc["train"]["optimizer"] = "forgetful"
-    table = run(parse_spec(tiny_doc, plugins=plugins), tmp_path, plugins=plugins, progress=False)
-    assert table["status"].tolist() == ["failed"]
-    assert table["error"].iloc[0] == (
+    with pytest.raises(SpecError) as raised:
+        parse_spec(tiny_doc, plugins=plugins)
+    assert str(raised.value).endswith(
         "optimizer 'forgetful' (plugin 'throwaway') puts parameter "
         "'tok_emb.weight' in none of its parameter groups; every trainable parameter must be in "
         "exactly one"

@@ -4,16 +4,23 @@
 Protocols here are the objects some of those factories return, for plugin authors' type
 checkers and the engine's signatures. `RunInfo` is what the observer hooks receive
 (`toolkit.api.hookspecs`); `TrainConfig` is what an optimizer factory receives. Modules,
-attention and feed-forward blocks are plain torch modules and need no Protocol. Not here:
-checking that a component honours its contract (`toolkit.testing`).
+attention and feed-forward blocks are plain torch modules and need no Protocol.
+
+`check_contract(obj, Tokenizer, who, "a tokenizer")` checks a built object has every attribute
+and method a Protocol names (the engine does so where it first uses one, so a plugin missing
+`fingerprint` is a one-line error rather than an AttributeError deep in the pipeline). Not here:
+checking that a component behaves as its contract says (`toolkit.testing`).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+
+from toolkit.errors import ComponentError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -71,6 +78,37 @@ class TrainConfig:
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": self.weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
+
+
+def check_optimizer(optimizer: Any, model: nn.Module, who: str) -> None:
+    """What an optimizer factory returns, checked as the loop will use it: a
+    torch.optim.Optimizer whose parameter groups each have an "lr" (the schedule multiplies
+    it) and hold every trainable parameter of `model` exactly once (one left out would never
+    learn; one in two would step twice). Else a ComponentError naming `who` ("optimizer
+    'muon' (plugin 'plugins.optimizers')"). Run when a spec is validated (on the meta device)
+    and when a run builds its optimizer, so both refuse the same optimizers."""
+    import torch  # only for the isinstance: this module is imported before torch is needed
+
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise ComponentError(
+            f"{who} returned {type(optimizer).__name__}, not a torch.optim.Optimizer"
+        )
+    seen: dict[int, int] = {}
+    for i, group in enumerate(optimizer.param_groups):
+        if "lr" not in group:
+            raise ComponentError(
+                f"{who} gives parameter group {i} no 'lr'; every group needs one, which the "
+                f"schedule multiplies"
+            )
+        for p in group["params"]:
+            seen[id(p)] = seen.get(id(p), 0) + 1
+    for param_name, p in model.named_parameters():
+        if p.requires_grad and seen.get(id(p), 0) != 1:
+            count = "none" if id(p) not in seen else f"{seen[id(p)]}"
+            raise ComponentError(
+                f"{who} puts parameter {param_name!r} in {count} of its parameter groups; "
+                f"every trainable parameter must be in exactly one"
+            )
 
 
 class EvaluationWeights(Protocol):
@@ -146,3 +184,72 @@ class Display(Protocol):
 class Executor(Protocol):
     def prepare(self, jobs: Sequence[RunJob], plugins: Plugins) -> None: ...
     def execute(self, jobs: Sequence[RunJob], sweep: Sweep) -> Iterator[tuple[RunJob, dict]]: ...
+
+
+# -- checking a built object against a Protocol ------------------------------------------------
+# The annotations check_contract also checks the type of (written as strings: this module
+# postpones its annotations); others are only checked to be there.
+_TYPES: dict[str, tuple[type, str]] = {
+    "str": (str, "a str"),
+    "int": (int, "an int"),
+    "bool": (bool, "a bool"),
+}
+
+
+def members(contract: type) -> list[str]:
+    """The attributes and methods a Protocol names, its bases' first, each method with its
+    parentheses: `members(Corpus)` -> ['description', 'documents()']."""
+    names: list[str] = []
+    for cls in reversed(contract.__mro__):
+        if cls is Protocol or not getattr(cls, "_is_protocol", False):
+            continue
+        names += list(inspect.get_annotations(cls))
+        names += [f"{k}()" for k, v in cls.__dict__.items() if callable(v) and k[0] != "_"]
+    return names
+
+
+def contract_problems(obj: Any, contract: type) -> tuple[list[str], list[str]]:
+    """(the members of `contract` that `obj` lacks, its attributes of another type than the
+    Protocol's str, int or bool): `contract_problems(NoFingerprint(), Tokenizer)` ->
+    (['fingerprint'], []); with vocab_size = "257" -> ([], ["vocab_size '257', not an int"]).
+    A method that is not callable counts as lacking; an attribute whose reading raises
+    anything but AttributeError is there (a learned tokenizer's property may refuse to answer
+    until it is trained)."""
+    types = {
+        k: v for cls in contract.__mro__[::-1] for k, v in inspect.get_annotations(cls).items()
+    }
+    lacking: list[str] = []
+    mistyped: list[str] = []
+    for member in members(contract):
+        name = member.removesuffix("()")
+        try:
+            value = getattr(obj, name)
+        except AttributeError:
+            lacking.append(member)
+            continue
+        except Exception:
+            continue
+        want, what = _TYPES.get(types.get(name, ""), (None, ""))
+        if member.endswith("()") and not callable(value):
+            lacking.append(member)
+        elif want is not None and not (
+            isinstance(value, want) and (want is bool or not isinstance(value, bool))
+        ):
+            mistyped.append(f"{name} {value!r:.40}, not {what}")
+    return lacking, mistyped
+
+
+def check_contract(obj: Any, contract: type, who: str, role: str) -> None:
+    """Raise a ComponentError when `obj` lacks a member of `contract` or has one of the wrong
+    type (contract_problems): `who` is what the message calls it ("tokenizer 'nofp' (plugin
+    'my_tok')"), `role` what it is meant to be ("a tokenizer")."""
+    lacking, mistyped = contract_problems(obj, contract)
+    if not (lacking or mistyped):
+        return
+    problems = [f"lacks {', '.join(lacking)}"] if lacking else []
+    problems += [f"has {m}" for m in mistyped]
+    wanted = members(contract)
+    raise ComponentError(
+        f"{who}: {type(obj).__name__} {'; '.join(problems)}; {role} must have "
+        f'{", ".join(wanted[:-1])} and {wanted[-1]} (see "The kinds" in the README)'
+    )

@@ -26,7 +26,7 @@ from typing import TypeVar
 import numpy as np
 
 from toolkit.api.contracts import Tokenizer
-from toolkit.errors import DataError
+from toolkit.errors import ComponentError, DataError, ToolkitError, one_line
 
 # Long documents are cut into parts of about this many characters (where a cut changes no id),
 # so that one batch holds many parts for the tokenizer's threads to share.
@@ -107,14 +107,39 @@ class Progress:
 
 def encode_all(tokenizer: Tokenizer, texts: list[str]) -> Sequence[Sequence[int]]:
     """Each text's ids: lists, or arrays from tokenizers that give them (encode_batch is optional
-    in the contract; the built-in ones return arrays)."""
+    in the contract; the built-in ones return arrays). A tokenizer that raises, or returns
+    another number of id lists than it was given texts, is a ComponentError naming it."""
     batch = getattr(tokenizer, "encode_batch", None)
-    return batch(texts) if batch is not None else [tokenizer.encode(t) for t in texts]
+    method = "encode_batch" if batch is not None else "encode"
+    try:
+        ids = list(batch(texts)) if batch is not None else [tokenizer.encode(t) for t in texts]
+    except ToolkitError:
+        raise
+    except Exception as exc:
+        raise ComponentError(
+            f"tokenizer {tokenizer.name!r} raised in {method}(): {one_line(exc, 300)}"
+        ) from exc
+    if batch is not None and len(ids) != len(texts):
+        raise ComponentError(
+            f"tokenizer {tokenizer.name!r} encode_batch() returned {len(ids)} id lists for "
+            f"{len(texts)} texts; it must return one per text, in order"
+        )
+    return ids
 
 
 def to_array(ids: Sequence[int], dtype: np.dtype, tokenizer: Tokenizer) -> np.ndarray:
-    """Ids in the cache's dtype, each checked to have a row in the vocabulary."""
-    arr = ids if isinstance(ids, np.ndarray) else np.asarray(ids, dtype=np.int64)
+    """Ids in the cache's dtype, each checked to be an integer with a row in the vocabulary."""
+    arr = ids if isinstance(ids, np.ndarray) else np.asarray(ids)
+    if arr.size == 0:
+        arr = arr.astype(np.int64)  # [] reads as float64
+    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+        what = type(ids).__name__
+        if isinstance(ids, np.ndarray | list | tuple):
+            what += f" of {arr.dtype}" if arr.ndim == 1 else f" of shape {arr.shape}"
+        raise ComponentError(
+            f"tokenizer {tokenizer.name!r} encoded a text as {what}, not a list of integer "
+            f"ids; fix its encode()"
+        )
     if arr.size:
         low, high = int(arr.min()), int(arr.max())
         if low < 0 or high >= tokenizer.vocab_size:

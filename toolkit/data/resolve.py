@@ -42,7 +42,12 @@ def load_data(data: Any, plugins: Plugins) -> tuple[TokenData, Any]:
     tokenizer (trained, when it learns)."""
     corpus = plugins.registry.build("corpus", data.corpus)
     tokenizer = plugins.registry.build("tokenizer", data.tokenizer)
-    return corpus_tokens(corpus, tokenizer, holdout_of(data)), tokenizer
+    labels = {
+        f"{kind}_label": f"{kind} {c.name!r} (plugin {c.plugin!r})"
+        for kind, choice in (("corpus", data.corpus), ("tokenizer", data.tokenizer))
+        for c in [plugins.registry.get(kind, split_choice(choice)[0])]
+    }
+    return corpus_tokens(corpus, tokenizer, holdout_of(data), **labels), tokenizer
 
 
 # The [data] keys that say how a corpus is split, and the Holdout field each fills.
@@ -62,9 +67,12 @@ def holdout_of(data: Any) -> Holdout:
     return Holdout(**{h: fields[k] for k, h in _HOLDOUT_KEYS.items() if k in fields})
 
 
-def corpus_tokens(corpus: Any, tokenizer: Any, holdout: Holdout | float) -> TokenData:
+def corpus_tokens(
+    corpus: Any, tokenizer: Any, holdout: Holdout | float, **labels: str | None
+) -> TokenData:
     """A corpus's token arrays: its documents tokenized through the cache, or, for a corpus of
-    token shards (`pretokenized = True`: train, val, test, layout), the shards as they are."""
+    token shards (`pretokenized = True`: train, val, test, layout), the shards as they are.
+    `labels` (corpus_label, tokenizer_label) name the components in load_tokens' errors."""
     if not isinstance(holdout, Holdout):
         holdout = Holdout(val_fraction=holdout)
     if getattr(corpus, "pretokenized", False):
@@ -74,7 +82,7 @@ def corpus_tokens(corpus: Any, tokenizer: Any, holdout: Holdout | float) -> Toke
                 f"token ids; name the tokenizer that made the shards"
             )
         return load_shards(corpus, tokenizer, holdout)
-    return load_tokens(corpus, tokenizer, holdout)
+    return load_tokens(corpus, tokenizer, holdout, **labels)
 
 
 def data_key(data: Any) -> str:

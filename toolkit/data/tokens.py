@@ -24,7 +24,7 @@ import json
 import os
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
 from itertools import takewhile
@@ -33,11 +33,11 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.api.contracts import Corpus, Tokenizer, TrainableTokenizer
+from toolkit.api.contracts import Corpus, Tokenizer, TrainableTokenizer, check_contract
 from toolkit.data import encode
 from toolkit.data.cachefile import cache_file, cache_paths
 from toolkit.data.splits import SPLITS, Holdout, Plan, doc_hash, pieces, plan
-from toolkit.errors import DataError
+from toolkit.errors import ComponentError, DataError, ToolkitError, one_line
 from toolkit.files import remove_temps, write_atomic
 
 CACHE_ENV = "ABLATE_CACHE_DIR"
@@ -103,6 +103,9 @@ def load_tokens(
     tokenizer: Tokenizer,
     holdout: Holdout | float,
     cache_dir: str | os.PathLike[str] | None = None,
+    *,
+    corpus_label: str | None = None,
+    tokenizer_label: str | None = None,
 ) -> TokenData:
     """Tokenize a corpus into train/validation(/test) id arrays, through the on-disk cache.
 
@@ -115,17 +118,29 @@ def load_tokens(
     A tokenizer with `needs_training = True` is first trained on the training split (or given
     its cached learned state), and is left trained for encode/decode after this returns; that
     reads the documents twice more (three times when it must train).
+    Both are first checked against their contracts (Corpus, Tokenizer, and TrainableTokenizer
+    when it learns): a missing member is a ComponentError naming the component as
+    `corpus_label` / `tokenizer_label` say ("corpus 'mine' (plugin 'my_corpus')", as the caller
+    that looked it up in the registry knows it), else by its description or name.
     """
     if not isinstance(holdout, Holdout):
         holdout = Holdout(val_fraction=holdout)
+    corpus_label = corpus_label or f"corpus {_describe(corpus)}"
+    tokenizer_label = tokenizer_label or f"tokenizer {_name(tokenizer)!r}"
+    check_contract(corpus, Corpus, corpus_label, "a corpus")
+    check_contract(tokenizer, Tokenizer, tokenizer_label, "a tokenizer")
+    if getattr(tokenizer, "needs_training", False):
+        role = "a tokenizer with needs_training = True"
+        check_contract(tokenizer, TrainableTokenizer, tokenizer_label, role)
     folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     folder = folder / "tokens"
     # Temp files of writes killed long ago; a live write (another sweep sharing the cache) is
     # younger than this.
     remove_temps(folder, older_than_s=STALE_TEMP_S)
     if getattr(tokenizer, "needs_training", False):
-        _train_tokenizer(corpus, tokenizer, holdout, folder)
-    key, cut, n_chars = _cache_key(corpus, tokenizer, holdout)
+        _train_tokenizer(corpus, tokenizer, holdout, folder, corpus_label)
+    token_bytes = _token_bytes(tokenizer, tokenizer_label)
+    key, cut, n_chars = _cache_key(corpus, tokenizer, holdout, corpus_label)
     memo_key = (str(folder.absolute()), key)
     if memo_key in _MEMO:
         return _MEMO[memo_key]
@@ -142,7 +157,7 @@ def load_tokens(
         test=tokens[n_train + n_val :],
         vocab_size=tokenizer.vocab_size,
         eot_id=tokenizer.eot_id,
-        token_bytes=np.asarray(tokenizer.token_byte_lengths()),
+        token_bytes=token_bytes,
         key=key,
         train_bytes=meta["train_bytes"],
         val_bytes=meta["val_bytes"],
@@ -152,12 +167,32 @@ def load_tokens(
     return data
 
 
-def _survey(corpus: Corpus, holdout: Holdout, content: Any = None) -> tuple[Plan, int]:
+def _token_bytes(tokenizer: Tokenizer, label: str) -> np.ndarray:
+    """tokenizer.token_byte_lengths(), checked to hold an integer per id, and its eot_id
+    checked to be one of its ids: else bits per byte, or the model's embedding, would index
+    past the vocabulary after training started."""
+    v, eot = tokenizer.vocab_size, tokenizer.eot_id
+    if not 0 <= eot < v:
+        raise ComponentError(
+            f"{label} has eot_id {eot}, outside its vocabulary [0, vocab_size={v}); fix its "
+            f"eot_id or vocab_size"
+        )
+    lengths = np.asarray(tokenizer.token_byte_lengths())
+    if lengths.shape != (v,) or not np.issubdtype(lengths.dtype, np.integer):
+        raise ComponentError(
+            f"{label} token_byte_lengths() gave {lengths.shape} {lengths.dtype}, not ({v},) "
+            f"integers; it must give the UTF-8 bytes each of its vocab_size ids stands for"
+        )
+    return lengths
+
+
+def _survey(corpus: Corpus, holdout: Holdout, label: str, content: Any = None) -> tuple[Plan, int]:
     """One checked pass over the documents: the corpus's cut and its length in characters;
-    `content` (a hash) is fed every name and text on the way."""
+    `content` (a hash) is fed every name and text on the way, `label` names the corpus in
+    errors."""
     n_chars = 0
     hashes: list[int] = []
-    for name, text in _checked_documents(corpus):
+    for name, text in _checked_documents(corpus, label):
         if content is not None:
             # Length prefixes keep ("ab", "c") and ("a", "bc") from hashing alike.
             for part in (name, text):
@@ -168,14 +203,16 @@ def _survey(corpus: Corpus, holdout: Holdout, content: Any = None) -> tuple[Plan
     return plan(holdout, n_chars, hashes), n_chars
 
 
-def _cache_key(corpus: Corpus, tokenizer: Tokenizer, holdout: Holdout) -> tuple[str, Plan, int]:
+def _cache_key(
+    corpus: Corpus, tokenizer: Tokenizer, holdout: Holdout, label: str
+) -> tuple[str, Plan, int]:
     """(sha256 of everything the token arrays depend on, the corpus's cut, its characters);
     checks the corpus is not empty."""
     h = hashlib.sha256()
     tok = tokenizer
     header = [CACHE_FORMAT, tok.name, tok.fingerprint, tok.vocab_size, tok.eot_id, *holdout.key()]
     h.update(json.dumps(header).encode())
-    cut, n_chars = _survey(corpus, holdout, h)
+    cut, n_chars = _survey(corpus, holdout, label, h)
     return h.hexdigest(), cut, n_chars
 
 
@@ -184,31 +221,52 @@ def _hash_part(h: Any, text: str) -> None:
     h.update(len(data).to_bytes(8, "little") + data)
 
 
-def _checked_documents(corpus: Corpus) -> Iterator[tuple[str, str]]:
-    """corpus.documents(), checking each is a pair of strings and, at the end, that some text
-    is not blank."""
+def _checked_documents(corpus: Corpus, label: str) -> Iterator[tuple[str, str]]:
+    """corpus.documents(), checking it is iterable, each document is a pair of strings and, at
+    the end, that some text is not blank; `label` names the corpus in errors."""
     n_docs = 0
     has_text = False
-    for name, text in corpus.documents():
+    for doc in _documents(corpus, label):
+        pair = isinstance(doc, tuple | list) and len(doc) == 2
+        name, text = doc if pair else (None, None)
         if not isinstance(name, str) or not isinstance(text, str):
+            got = f"{type(name).__name__}/{type(text).__name__}" if pair else type(doc).__name__
             raise DataError(
-                f"corpus {_describe(corpus)} yielded {type(name).__name__}/{type(text).__name__}"
-                f" instead of a (name, text) pair of strings; fix its documents()"
+                f"{label} yielded {got} instead of a (name, text) pair of strings; fix its "
+                f"documents()"
             )
         n_docs += 1
         has_text = has_text or bool(text.strip())
         yield name, text
     if not has_text:
         what = "no documents" if n_docs == 0 else f"{n_docs} document(s), all blank"
-        raise DataError(f"corpus {_describe(corpus)} is empty ({what}); point it at some text")
+        raise DataError(f"{label} is empty ({what}); point it at some text")
+
+
+def _documents(corpus: Corpus, label: str) -> Iterator[Any]:
+    """What corpus.documents() yields, a corpus that raises (other than a ToolkitError, its
+    own words) or returns something not iterable being a ComponentError naming it."""
+    try:
+        docs = corpus.documents()
+        if not isinstance(docs, Iterable):
+            raise ComponentError(
+                f"{label} documents() returned {type(docs).__name__}, not an iterator of "
+                f"(name, text) pairs; make it yield them"
+            )
+        yield from docs
+    except ToolkitError:
+        raise
+    except Exception as exc:
+        raise ComponentError(f"{label} failed reading its documents: {one_line(exc, 300)}") from exc
 
 
 def _train_tokenizer(
-    corpus: Corpus, tokenizer: TrainableTokenizer, holdout: Holdout, folder: Path
+    corpus: Corpus, tokenizer: TrainableTokenizer, holdout: Holdout, folder: Path, label: str
 ) -> None:
     """Give a trainable tokenizer the state learned from this corpus's training split: from this
-    process's memo, else the cache file, else by training it (and caching what it learned)."""
-    cut, _ = _survey(corpus, holdout)
+    process's memo, else the cache file, else by training it (and caching what it learned);
+    `label` names the corpus in errors."""
+    cut, _ = _survey(corpus, holdout, label)
 
     def train_texts() -> Iterator[str]:
         # The training pieces come first; stop reading at the first held-out piece.
@@ -264,6 +322,11 @@ def _read_trained(path: Path) -> dict[str, Any] | None:
 
 def _describe(corpus: Corpus) -> str:
     return repr(getattr(corpus, "description", None) or type(corpus).__name__)
+
+
+def _name(tokenizer: Tokenizer) -> str:
+    name = getattr(tokenizer, "name", None)
+    return name if isinstance(name, str) and name else type(tokenizer).__name__
 
 
 def _build(

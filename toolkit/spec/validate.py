@@ -16,12 +16,12 @@ from typing import Any
 
 import torch
 
-from toolkit.api.contracts import DECAY_TARGETS
+from toolkit.api.contracts import DECAY_TARGETS, check_optimizer
 from toolkit.api.manager import Plugins
 from toolkit.api.registry import Component, check_type, split_choice, suggest
 from toolkit.data.batches import EVAL_WINDOWS
 from toolkit.data.resolve import holdout_of
-from toolkit.errors import ComponentError, DataError, SpecError, ToolkitError, one_line
+from toolkit.errors import DataError, SpecError, ToolkitError, one_line
 from toolkit.model.checkpoint import locate_checkpoint, read_checkpoint
 from toolkit.model.config import NORM_PLACEMENTS, PRESETS, ModelConfig, value_problem
 from toolkit.model.gpt import build_model
@@ -172,18 +172,15 @@ def _builds(plugins: Plugins, config: str, optimizer: str, weight_decay_on: str)
     """Build a model config's model on the meta device, and the chosen optimizer over its
     parameters, once per architecture, optimizer choice and weight_decay_on: a grid over 10,000
     learning rates builds one model. The optimizer is given [train]'s default lr, betas and
-    weight decay (a spec's own are checked by _check_values), and never stepped."""
+    weight decay (a spec's own are checked by _check_values), never stepped, and checked as a
+    run checks it (check_optimizer: its type, its groups' lr, every parameter in one group)."""
     with torch.device("meta"):
         model = build_model(ModelConfig.from_dict(json.loads(config)), plugins)
     train = TrainSpec(weight_decay_on=weight_decay_on)
     name, options = split_choice(json.loads(optimizer))
     component = plugins.registry.get("optimizer", name)
     optimizer = component.build(model, train.optimizer_config("meta"), **options)
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        raise ComponentError(
-            f"optimizer {name!r} (plugin {component.plugin!r}) returned "
-            f"{type(optimizer).__name__}, not a torch.optim.Optimizer"
-        )
+    check_optimizer(optimizer, model, f"optimizer {name!r} (plugin {component.plugin!r})")
 
 
 # The logits a sampler is called on once at validation: a few rows over a small vocabulary.

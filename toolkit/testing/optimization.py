@@ -31,7 +31,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
+from toolkit.api import contracts
 from toolkit.api.contracts import DECAY_TARGETS, TrainConfig
+from toolkit.errors import ComponentError
 from toolkit.model.gpt import build_model
 from toolkit.testing.core import Case, Draw, draws, hypothesis_settings, raised
 
@@ -96,19 +98,12 @@ def _build(case: Case, model: nn.Module, config: TrainConfig) -> torch.optim.Opt
 
 
 def _groups(case: Case, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """Every trainable parameter in exactly one group, and every group with its own lr."""
-    seen: dict[int, int] = {}
-    for i, group in enumerate(optimizer.param_groups):
-        if "lr" not in group:
-            case.fail("parameter groups", f"parameter group {i} has no 'lr' for the schedule")
-        for p in group["params"]:
-            seen[id(p)] = seen.get(id(p), 0) + 1
-    for name, p in model.named_parameters():
-        if p.requires_grad and seen.get(id(p), 0) != 1:
-            case.fail(
-                "parameter groups",
-                f"parameter {name!r} is in {seen.get(id(p), 0)} parameter groups, not exactly one",
-            )
+    """Every trainable parameter in exactly one group, and every group with its own lr: the
+    check validation and every run make (toolkit.api.contracts.check_optimizer)."""
+    try:
+        contracts.check_optimizer(optimizer, model, "the optimizer")
+    except ComponentError as exc:
+        case.fail("parameter groups", str(exc))
 
 
 def _steps(

@@ -17,6 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from toolkit.api.contracts import check_optimizer
 from toolkit.api.manager import Plugins, load_plugins
 from toolkit.api.registry import split_choice
 from toolkit.errors import ComponentError, one_line
@@ -28,28 +29,14 @@ def make_optimizer(
 ) -> torch.optim.Optimizer:
     """The run's optimizer over the model's trainable parameters (the default: AdamW with
     weight decay on matrices and embeddings). Raises ComponentError naming the optimizer when
-    it returns something else than a torch.optim.Optimizer, or leaves a trainable parameter out
-    of its groups, or puts one in two."""
+    it returns something else than a torch.optim.Optimizer, gives a group no lr, or leaves a
+    trainable parameter out of its groups, or puts one in two (contracts.check_optimizer,
+    which validation runs too)."""
     plugins = plugins or load_plugins()
     name, options = split_choice(run.train.optimizer)
     component = plugins.registry.get("optimizer", name)
     optimizer = component.build(model, run.train.optimizer_config(device), **options)
-    where = f"optimizer {name!r} (plugin {component.plugin!r})"
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        raise ComponentError(
-            f"{where} returned {type(optimizer).__name__}, not a torch.optim.Optimizer"
-        )
-    seen: dict[int, int] = {}
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            seen[id(p)] = seen.get(id(p), 0) + 1
-    for param_name, p in model.named_parameters():
-        if p.requires_grad and seen.get(id(p), 0) != 1:
-            count = "none" if id(p) not in seen else f"{seen[id(p)]}"
-            raise ComponentError(
-                f"{where} puts parameter {param_name!r} in {count} of its parameter groups; "
-                f"every trainable parameter must be in exactly one"
-            )
+    check_optimizer(optimizer, model, f"optimizer {name!r} (plugin {component.plugin!r})")
     return optimizer
 
 

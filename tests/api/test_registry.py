@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Literal
 
 import pytest
+from torch import nn
 
 from toolkit import hookimpl
 from toolkit.api.manager import Plugins
@@ -141,6 +143,66 @@ def test_check_type(value, annotation, ok):
             check_type(value, annotation, "x")
 
 
+# -- Literal and dict options -------------------------------------------------------------------
+def make_mixer(dim, *, mode: Literal["fast", "exact"] = "fast", table: dict | None = None):
+    """A test component with a Literal and a dict option."""
+
+
+def make_gate(dim, *, kind: Literal["sigmoid", "tanh"] | None = None, levels: Literal[1, 2] = 1):
+    """A test component with an optional Literal and one of ints."""
+
+
+def test_a_literal_option_takes_only_its_values_and_suggests_the_close_one():
+    c = Registry().register("normalization", "mixer", make_mixer, plugin="p")
+    assert c.check_options({"mode": "exact"})["mode"] == "exact"
+    with pytest.raises(ComponentError) as info:
+        c.check_options({"mode": "exakt"})
+    assert str(info.value) == (
+        "normalization 'mixer' option 'mode' must be one of 'fast', 'exact', got 'exakt' "
+        "(did you mean 'exact'?)"
+    )
+    with pytest.raises(ComponentError, match=r"must be one of 'fast', 'exact', got 'c'$"):
+        c.check_options({"mode": "c"})
+
+
+def test_an_optional_literal_and_one_of_ints():
+    c = Registry().register("normalization", "gate", make_gate, plugin="p")
+    assert c.check_options({"kind": None, "levels": 2}) == {"kind": None, "levels": 2}
+    with pytest.raises(ComponentError) as info:
+        c.check_options({"kind": "sigmod"})
+    assert str(info.value) == (
+        "normalization 'gate' option 'kind' must be one of 'sigmoid', 'tanh' or none, got "
+        "'sigmod' (did you mean 'sigmoid'?)"
+    )
+    for wrong in (3, True, "1"):  # true == 1 in Python, but a TOML true is no 1
+        with pytest.raises(ComponentError, match="must be one of 1, 2, got"):
+            c.check_options({"levels": wrong})
+
+
+def test_a_dict_option_takes_a_table_only():
+    c = Registry().register("normalization", "mixer", make_mixer, plugin="p")
+    assert c.check_options({"table": {"a": 1}})["table"] == {"a": 1}
+    with pytest.raises(ComponentError, match=r"option 'table' must be a table or none, got 5$"):
+        c.check_options({"table": 5})
+    assert check_type({"a": 1}, dict[str, float], "x") == {"a": 1.0}
+    with pytest.raises(ComponentError, match=r"x key 'a' must be a number, got 'big'"):
+        check_type({"a": "big"}, dict[str, float], "x")
+    with pytest.raises(ComponentError, match=r"x must be a list or none, got 3"):
+        check_type(3, list[int] | None, "x")
+
+
+def test_the_listing_shows_a_literal_option_s_values():
+    c = Registry().register("normalization", "mixer", make_mixer, plugin="p")
+    assert [o.describe() for o in c.options.values()] == [
+        "mode: 'fast' | 'exact' = 'fast'",
+        "table: dict | None = None",
+    ]
+    g = Registry().register("normalization", "gate", make_gate, plugin="p")
+    assert g.options["kind"].describe() == "kind: 'sigmoid' | 'tanh' | None = None"
+    assert g.options["levels"].describe() == "levels: 1 | 2 = 1"
+    assert options_of(make_norm)["eps"].describe() == "eps: float = 1e-05"
+
+
 # -- factory parameters before `*` beyond what the kind's contract passes -----------------------
 def feed_forward_without_star(config, alpha_init: float = 1.0):
     """A feed-forward whose option was meant to be keyword-only."""
@@ -212,3 +274,19 @@ def test_setting_a_positional_parameter_as_an_option_says_to_use_star():
         option = Registry().register("activation", "star", feed_forward_with_star, plugin="p")
     with pytest.raises(ComponentError, match=r"'width' is a positional parameter of its factory"):
         option.check_options({"width": 3})
+
+
+def test_a_class_without_a_docstring_is_not_described_by_its_base_class() -> None:
+    class Bare(nn.Module):
+        pass
+
+    class Documented(nn.Module):
+        """Scales nothing.
+
+        More words."""
+
+    registry = Registry()
+    bare = registry.register("normalization", "bare", Bare, plugin="p")
+    documented = registry.register("normalization", "documented", Documented, plugin="p")
+    assert bare.description == "(no description)"
+    assert documented.description == "Scales nothing"

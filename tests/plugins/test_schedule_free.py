@@ -163,7 +163,8 @@ def pairing_doc(tiny_doc, base_schedule: str) -> dict:
 
 def test_a_decaying_schedule_with_schedule_free_is_a_warning_naming_the_variants(tiny_doc):
     assert PLUGINS.registry.get("optimizer", "schedule-free").facts["schedules"] == ("constant",)
-    assert parse_spec(pairing_doc(tiny_doc, "constant"), plugins=PLUGINS).warnings == []
+    warnings = parse_spec(pairing_doc(tiny_doc, "constant"), plugins=PLUGINS).warnings
+    assert not [w for w in warnings if "is meant to run with" in w]  # (the twins warn apart)
     (warning,) = parse_spec(pairing_doc(tiny_doc, "wsd"), plugins=PLUGINS).warnings
     assert warning.startswith("train.optimizer 'schedule-free' is meant to run with")
     assert "variant sf-base runs it with 'wsd'" in warning and "adamw" not in warning

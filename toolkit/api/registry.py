@@ -67,8 +67,22 @@ class Option:
         return self.default is inspect.Parameter.empty
 
     def describe(self) -> str:
-        type_name = getattr(self.type, "__name__", None) or str(self.type).replace("typing.", "")
-        return f"{self.name}: {type_name}" + ("" if self.required else f" = {self.default!r}")
+        """'eps: float = 1e-05'; a Literal shows its values: "mode: 'a' | 'b' = 'a'"."""
+        default = "" if self.required else f" = {self.default!r}"
+        return f"{self.name}: {annotation_text(self.type)}{default}"
+
+
+def annotation_text(t: Any) -> str:
+    """An option's annotation as a listing shows it: float -> 'float', Literal['a', 'b'] ->
+    "'a' | 'b'", dict | None -> 'dict | None', list[int] -> 'list[int]'."""
+    args = typing.get_args(t)
+    if typing.get_origin(t) is typing.Literal:
+        return " | ".join(map(repr, args))
+    if typing.get_origin(t) in (typing.Union, types.UnionType):
+        return " | ".join("None" if a is type(None) else annotation_text(a) for a in args)
+    if args or not hasattr(t, "__name__"):  # list[int], or a construct without a name
+        return str(t).replace("typing.", "")
+    return t.__name__
 
 
 @dataclass(frozen=True)
@@ -135,9 +149,10 @@ def suggest(name: str, choices: typing.Iterable[str]) -> str:
 def check_type(
     value: Any, expected: Any, where: str, error: type[Exception] = ComponentError
 ) -> Any:
-    """Check a TOML value against a simple annotation (bool, int, float, str, list[...], X | None,
-    Any). Ints are accepted where floats are expected and converted. Returns the value.
-    `check_type(3, float, "lr") -> 3.0`; `check_type("3", int, "n")` raises `error`."""
+    """Check a TOML value against a simple annotation (bool, int, float, str, list[...],
+    dict[...], Literal[...], X | None, Any). Ints are accepted where floats are expected and
+    converted. Returns the value. `check_type(3, float, "lr") -> 3.0`; `check_type("3", int,
+    "n")` and `check_type("c", Literal["a", "b"], "mode")` raise `error`."""
     _Err = error
     if expected is Any or expected is inspect.Parameter.empty:
         return value
@@ -152,13 +167,29 @@ def check_type(
                 return check_type(value, arm, where, error)
             except _Err:
                 continue
-        raise _Err(f"{where} must be {_type_name(expected)}, got {value!r}")
+        words = [a for arm in typing.get_args(expected) for a in _literal_words(arm)]
+        hint = suggest(value, words) if isinstance(value, str) else ""
+        raise _Err(f"{where} must be {_type_name(expected)}, got {value!r}{hint}")
+    if origin is typing.Literal:
+        allowed = typing.get_args(expected)
+        # By type too: True == 1, but a TOML true is no 1.
+        if not any(type(value) is type(a) and value == a for a in allowed):
+            hint = suggest(value, _literal_words(expected)) if isinstance(value, str) else ""
+            raise _Err(f"{where} must be {_type_name(expected)}, got {value!r}{hint}")
+        return value
+    if expected in (list, tuple):  # bare: items of any type
+        origin = expected
     if origin in (list, tuple):
         if not isinstance(value, list | tuple):
             raise _Err(f"{where} must be a list, got {value!r}")
         (arm, *_) = typing.get_args(expected) or (Any,)
         items = [check_type(v, arm, where, error) for v in value]
         return tuple(items) if origin is tuple else items
+    if expected is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise _Err(f"{where} must be a table ({{key = value, ...}}), got {value!r}")
+        _, arm = typing.get_args(expected) or (str, Any)
+        return {k: check_type(v, arm, f"{where} key {k!r}", error) for k, v in value.items()}
     if expected is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise _Err(f"{where} must be a number, got {value!r}")
@@ -173,13 +204,27 @@ def check_type(
 
 
 def _type_name(t: Any) -> str:
+    """An annotation in words, for errors: int | None -> 'an integer or none'."""
     names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
     if t in names:
         return names[t]
-    args = typing.get_args(t)
-    if args:
+    origin, args = typing.get_origin(t), typing.get_args(t)
+    if origin is typing.Literal:
+        return f"one of {', '.join(map(repr, args))}"
+    if origin in (typing.Union, types.UnionType):
         return " or ".join("none" if a is type(None) else _type_name(a) for a in args)
+    if t in (list, tuple) or origin in (list, tuple):
+        return "a list"
+    if t is dict or origin is dict:
+        return "a table"
     return getattr(t, "__name__", str(t))
+
+
+def _literal_words(t: Any) -> list[str]:
+    """The strings a Literal annotation allows (for a did-you-mean); [] for any other."""
+    if typing.get_origin(t) is not typing.Literal:
+        return []
+    return [a for a in typing.get_args(t) if isinstance(a, str)]
 
 
 def options_of(factory: Callable[..., Any]) -> dict[str, Option]:
@@ -306,7 +351,10 @@ class Registry:
                 f"did you mean to make them keyword-only with `*`, as in "
                 f"factory({', '.join([*KINDS[kind].arg_names, '*', extra[0]])}=...)?"
             )
-        doc = description or (inspect.getdoc(factory) or "").split("\n", 1)[0] or "(no description)"
+        # The factory's own docstring: inspect.getdoc would give a class without one its base
+        # class's ("Base class for all neural network modules").
+        own = inspect.cleandoc(factory.__doc__) if isinstance(factory.__doc__, str) else ""
+        doc = description or own.split("\n", 1)[0] or "(no description)"
         doc = doc.rstrip(".")  # listings read as one consistent column
         component = Component(kind, name, factory, doc, plugin, options, dict(facts))
         self._components[kind][name] = component

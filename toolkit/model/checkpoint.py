@@ -6,7 +6,9 @@ torch.save file, written by training, `ablate import` and save_checkpoint, read 
     locate_checkpoint(source)      -> (checkpoint file, the run's config.json or None)
     open_checkpoint(source)        -> Checkpoint: the file's contents and the run beside it
     load_model(source, plugins)    -> the GPT the checkpoint describes, with its weights
-    model_from_state(config, state, plugins, where)  the same from a config and a state dict
+    model_from_state(config, state, plugins, where, run_plugins)  the same from a config and
+                                      a state dict (a component no plugin registers: an error
+                                      naming the plugins the run recorded, to pass --plugin)
     check_fits(config, state, plugins, where)        names and shapes, on the meta device
     initial_weights(model, source) -> a checkpoint's weights arranged for another model
                                       (model.init_from: tying and untying allowed)
@@ -30,10 +32,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from toolkit.api.manager import Plugins
-from toolkit.errors import DataError, one_line
+from toolkit.api.manager import Plugins, load_plugins
+from toolkit.errors import ComponentError, DataError, one_line
 from toolkit.files import write_atomic
-from toolkit.model.config import ModelConfig
+from toolkit.model.config import COMPONENT_SLOTS, ModelConfig
 from toolkit.model.gpt import GPT, build_model
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -155,7 +157,11 @@ class Checkpoint:
     tokenizer_state: dict[str, Any] | None = None  # what a learned tokenizer (bpe) learned
 
     def model(self, plugins: Plugins | None = None) -> GPT:
-        return model_from_state(self.config, self.state, plugins, where=f"checkpoint {self.path}")
+        recorded = (self.run or {}).get("plugins")
+        modules = [m for m in recorded if isinstance(m, str)] if isinstance(recorded, list) else []
+        return model_from_state(
+            self.config, self.state, plugins, where=f"checkpoint {self.path}", run_plugins=modules
+        )
 
 
 def open_checkpoint(source: str | os.PathLike[str]) -> Checkpoint:
@@ -177,12 +183,62 @@ def model_from_state(
     plugins: Plugins | None = None,
     *,
     where: str = "the checkpoint",
+    run_plugins: list[str] | tuple[str, ...] = (),
 ) -> GPT:
-    """The GPT a config builds, with these weights: every name and shape must match."""
-    model = build_model(config, plugins)
+    """The GPT a config builds, with these weights: every name and shape must match.
+    run_plugins: the plugin modules the run recorded (config.json), named in the error when
+    one of its components is not registered."""
+    plugins = plugins or load_plugins()
+    try:
+        model = build_model(config, plugins)
+    except ComponentError:
+        unknown = _unregistered(config, plugins)
+        if unknown is None:
+            raise
+        raise ComponentError(_unregistered_message(*unknown, plugins, where, run_plugins)) from None
     _raise_unless_fits(model.state_dict(), state, where)
     model.load_state_dict(state)
     return model
+
+
+def _unregistered(config: ModelConfig | dict[str, Any], plugins: Plugins) -> tuple[str, str] | None:
+    """(kind, name) of the first component the config chooses that no loaded plugin
+    registers, or None."""
+    try:
+        config = config if isinstance(config, ModelConfig) else ModelConfig.from_dict(config)
+    except (ComponentError, TypeError):
+        return None
+    for slot, kind in COMPONENT_SLOTS.items():
+        choice = getattr(config, slot)
+        name = choice.get("name") if isinstance(choice, dict) else choice
+        if isinstance(name, str) and (kind, name) not in plugins.registry:
+            return kind, name
+    return None
+
+
+def _unregistered_message(
+    kind: str, name: str, plugins: Plugins, where: str, run_plugins: list[str] | tuple[str, ...]
+) -> str:
+    """Why a checkpoint's component is not registered, and what to pass: the plugins its run
+    recorded, or, for a run that recorded none (older runs did not), any plugin it came from."""
+    known = ", ".join(plugins.registry.names(kind)) or "none registered"
+    said = f"{where}: its {kind} {name!r} is not registered (registered: {known}); "
+    absent = [m for m in run_plugins if m not in plugins.info]
+    if absent:
+        flags = " ".join(f"--plugin {m}" for m in absent)
+        return (
+            f"{said}its run trained with plugin {', '.join(absent)}: pass {flags} as when it "
+            f"trained (from the folder that holds it)"
+        )
+    if run_plugins:
+        return (
+            f"{said}its run's plugin {', '.join(run_plugins)} is loaded but registers no "
+            f"{kind} {name!r} now; load the version the run trained with"
+        )
+    return (
+        f"{said}if it came from a plugin, pass --plugin MODULE as when it trained (from the "
+        f"folder that holds it)"
+    )
 
 
 def check_fits(

@@ -26,7 +26,7 @@ from toolkit.spec import limits
 from toolkit.spec.chains import AFTER, link
 from toolkit.spec.ladder import ladder_variants, params_counter, parse_ladder, rung_variant
 from toolkit.spec.matching import match_mode, match_params
-from toolkit.spec.overrides import apply_override, flatten, flatten_grid, parse_override
+from toolkit.spec.overrides import apply_overrides, flatten, flatten_grid, parse_override
 from toolkit.spec.sampling_table import check_sampled_runs, sampling_ablation
 from toolkit.spec.schema import (
     SECTIONS,
@@ -36,6 +36,7 @@ from toolkit.spec.schema import (
     Spec,
     Variant,
     as_choice,
+    plugins_used,
 )
 from toolkit.spec.tune import check_tunable, overlap_warning, parse_tune
 from toolkit.spec.validate import TEST_SPLIT_HOW, pairing_warnings, resolve, without_test_split
@@ -112,10 +113,7 @@ def parse_spec(
             f"{source}: unknown top-level key {unknown[0]!r}{suggest(unknown[0], TOP_LEVEL)}; "
             f"allowed: {', '.join(sorted(TOP_LEVEL))}"
         )
-    notes: list[str] = []
-    for item in overrides:
-        key, value = parse_override(item, source)
-        notes += apply_override(raw, key, value, source)
+    notes = apply_overrides(raw, overrides, source)
     for section in SECTIONS:
         if not isinstance(raw.get(section, {}), dict):
             raise SpecError(
@@ -211,6 +209,8 @@ def parse_spec(
         for seed in seeds
         for v in variants
     ]
+    for r in runs:
+        r.plugins = plugins_used(r, plugins)
     tokenizers = {json.dumps(r.data.tokenizer, sort_keys=True) for r in runs}
     if ladder is not None and ladder.metric.endswith("_loss") and len(tokenizers) > 1:
         bpb = ladder.metric.replace("_loss", "_bpb")
@@ -240,7 +240,8 @@ def parse_spec(
             )
     spec = Spec(
         name, source, description, seeds, plugin_modules, baseline, variants, runs, base,
-        ablation, notes, tune, ladder=ladder, warnings=pairing_warnings(runs, plugins),
+        ablation, notes, tune, ladder=ladder,
+        warnings=[*pairing_warnings(runs, plugins), *same_config_warnings(runs)],
     )  # fmt: skip
     if tune is not None:
         check_tunable(spec, plugins)
@@ -258,6 +259,29 @@ def parse_spec(
 
 
 # -- helpers ------------------------------------------------------------------------------
+
+
+def same_config_warnings(runs: list[RunSpec]) -> list[str]:
+    """A warning per group of variants whose runs resolve to the same config (config_hash):
+    a variant that sets a key to the base's value, or a component's option to its default
+    ('layernorm' and {name = "layernorm", eps = 1e-5}), trains the same runs again. A warning,
+    not an error: a baseline rerun under another name (a control), or variants that a --set
+    made alike for a quick check, are done on purpose and their runs are valid; but a
+    comparison between such variants measures nothing, which the warning says before any
+    training."""
+    twins: dict[str, dict[str, None]] = {}
+    for r in runs:
+        twins.setdefault(r.config_hash(), {})[r.variant] = None
+    groups = dict.fromkeys(tuple(names) for names in twins.values() if len(names) > 1)
+    warnings = []
+    for names in groups:
+        listed = ", ".join(map(repr, names[:-1])) + f" and {names[-1]!r}"
+        warnings.append(
+            f"variants {listed} resolve to the same config, so their runs are identical "
+            f"(seed for seed); make them differ (a key set to the base's value, or an option "
+            f"to its default, changes nothing) or drop all but one"
+        )
+    return warnings
 
 
 def _top(raw: dict[str, Any], key: str, typ: Any, default: Any, source: str) -> Any:

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from toolkit.api.contracts import TrainConfig
+from toolkit.api.manager import Plugins
 from toolkit.api.registry import Choice, split_choice
 from toolkit.errors import SpecError
 from toolkit.model.config import COMPONENT_SLOTS, ModelConfig
@@ -176,6 +177,10 @@ class RunSpec:
     # sets itself on top of that one's. Recorded in config.json for reports; not in the hash.
     after: str | None = None
     own_overrides: dict[str, Any] | None = None
+    # The plugin modules, loaded by name (a spec's plugins, --plugin), that registered the
+    # components it chooses (plugins_used): its checkpoint opens later (ablate generate, eval)
+    # only with them loaded again. Recorded in config.json when there are any; not in the hash.
+    plugins: list[str] = field(default_factory=list)
 
     @property
     def folder(self) -> str:
@@ -190,6 +195,7 @@ class RunSpec:
             "seed": self.seed,
             "overrides": self.overrides,
             **({"after": self.after, "own_overrides": self.own_overrides} if self.after else {}),
+            **({"plugins": list(self.plugins)} if self.plugins else {}),
             **{name: asdict(getattr(self, name)) for name in SECTIONS},
         }
 
@@ -277,6 +283,23 @@ class SamplingAblation:
     n_prompts: int = 8
     prompt_tokens: int = 32
     max_new_tokens: int = 64
+
+
+def plugins_used(run: RunSpec, plugins: Plugins) -> list[str]:
+    """The modules loaded by name (a spec's plugins, --plugin) that registered a component the
+    run chooses, in slot order: ['my_norms'] for model.norm = "my-rms" from `--plugin
+    my_norms`. Not named: built-ins and installed (entry-point) plugins, which load by
+    themselves, and a plugin added as a Python object, which has no module name to give."""
+    used: dict[str, None] = {}
+    for dotted, kind in SLOTS.items():
+        name = split_choice(run.get(dotted))[0]
+        if (kind, name) not in plugins.registry:
+            continue
+        plugin = plugins.registry.get(kind, name).plugin
+        door = plugins.info[plugin].source if plugin in plugins.info else "object"
+        if door not in ("builtin", "object") and not door.startswith("entry point"):
+            used[plugin] = None
+    return list(used)
 
 
 def with_legacy_values(config: dict[str, Any]) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from toolkit.api.manager import Plugins
 from toolkit.api.registry import suggest
 from toolkit.errors import SpecError
 from toolkit.names import label
-from toolkit.spec.schema import RunSpec, Spec, Variant
+from toolkit.spec.schema import RunSpec, Spec, Variant, plugins_used
 from toolkit.spec.validate import TEST_SPLIT_HOW, resolve, without_test_split
 
 # Training keys a tuning grid may vary: how a run learns, never how long (a budget would always
@@ -335,6 +335,8 @@ def _spec_of(
         for seed in seeds
         for v in variants
     ]
+    for r in runs:
+        r.plugins = plugins_used(r, plugins)
     return Spec(
         spec.name, spec.path, spec.description, seeds, spec.plugins, baseline, variants, runs,
         spec.base, None, spec.notes, spec.tune,

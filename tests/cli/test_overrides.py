@@ -97,6 +97,8 @@ def test_grid_and_variants_keys_say_how_to_set_them(tmp_path, capsys):
     code, _, err = validate(tmp_path, capsys, TINY_TOML, "variants=[]")
     assert code == 2 and err.count("\n") == 1
     assert "'variants' cannot be set from the command line" in err and "grid." in err
+    code, _, err = validate(tmp_path, capsys, TINY_TOML, "sampling_ablation.n_prompts=3")
+    assert code == 2 and "'sampling_ablation' cannot be set" in err and "grid axis" not in err
     code, _, err = validate(tmp_path, capsys, TINY_TOML, "gird.model.norm=[1]")
     assert code == 2 and "unknown key 'gird'" in err and "did you mean 'gird'" not in err
     code, _, err = validate(tmp_path, capsys, TINY_TOML, 'grid."model.norm"=[]')

@@ -60,3 +60,14 @@ def test_validate_says_it_on_stderr_and_passes(tmp_path, capsys):
     assert line.startswith(
         f"warning: variants 'norm=layernorm' and 'norm=layernorm(eps=1e-05)' {SAME}"
     )
+
+
+def test_the_python_api_says_it_too(tmp_path, capsys):
+    """toolkit.run of a spec file says its warnings as `ablate run` does (and notes, as ever)."""
+    from toolkit.sweep.runner import run
+
+    twins = '["layernorm", {name = "layernorm", eps = 1e-5}]'
+    text = small_toml("twins") + f'[grid]\n"model.norm" = {twins}\n'
+    run(write_spec(tmp_path / "spec.toml", text), tmp_path / "out")
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if SAME in line]
+    assert line.startswith("warning: variants 'norm=layernorm' and ")

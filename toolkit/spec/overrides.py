@@ -99,10 +99,15 @@ def apply_override(
     settable = TOP_LEVEL - {"grid", "variants", "sampling_ablation"}
     if parts[0] not in settable:
         if parts[0] in TOP_LEVEL:
+            instead = (
+                ""
+                if parts[0] == "sampling_ablation"
+                else f'set a grid axis instead (--set \'grid."model.norm"=["layernorm",'
+                f'"rmsnorm"]\') or '
+            )
             raise SpecError(
-                f"--set {dotted}: {parts[0]!r} cannot be set from the command line; set a "
-                f'grid axis instead (--set \'grid."model.norm"=["layernorm","rmsnorm"]\') or '
-                f"edit {source}"
+                f"--set {dotted}: {parts[0]!r} cannot be set from the command line; "
+                f"{instead}edit {source}"
             )
         raise SpecError(
             f"--set {dotted}: unknown key {parts[0]!r}{suggest(parts[0], settable)}; "

@@ -88,8 +88,10 @@ def run(
     world = distributed.planned()
     if not isinstance(spec, Spec):
         spec = load_spec(spec, overrides, plugins=plugins)
-        for note in spec.notes if progress and world.main else []:
-            print(f"note: {note}", file=sys.stderr)
+        said = progress and world.main  # as `ablate run` says them
+        for line in [f"note: {n}" for n in spec.notes] + [f"warning: {w}" for w in spec.warnings]:
+            if said:
+                print(line, file=sys.stderr)
     elif overrides:
         raise SpecError("pass overrides to load_spec() when giving run() a loaded Spec")
     plugins = plugins or load_plugins()

@@ -102,8 +102,8 @@ def apply_override(
             instead = (
                 ""
                 if parts[0] == "sampling_ablation"
-                else f'set a grid axis instead (--set \'grid."model.norm"=["layernorm",'
-                f'"rmsnorm"]\') or '
+                else 'set a grid axis instead (--set \'grid."model.norm"=["layernorm",'
+                '"rmsnorm"]\') or '
             )
             raise SpecError(
                 f"--set {dotted}: {parts[0]!r} cannot be set from the command line; "

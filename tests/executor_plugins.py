@@ -23,7 +23,7 @@ class Raising(nn.Module):
         self.proj = nn.Linear(config.emb_dim, config.emb_dim)
 
     def forward(self, x):
-        if x.shape[0] == 1:  # the probe's batch
+        if x.device.type == "meta":  # validation's probe: shapes only
             return self.proj(x)
         raise RuntimeError("deliberate failure in forward")
 
@@ -32,7 +32,7 @@ class Dying(Raising):
     """A feed-forward block whose forward kills its own process, as the OOM killer would."""
 
     def forward(self, x):
-        if x.shape[0] == 1:  # the probe's batch
+        if x.device.type == "meta":  # validation's probe: shapes only
             return self.proj(x)
         os.kill(os.getpid(), signal.SIGKILL)
 

@@ -305,7 +305,7 @@ def test_eval_an_imported_hf_checkpoint(tmp_path, capsys):
     capsys.readouterr()
 
     assert cli_main(["eval", str(checkpoint), "--data", str(text)]) == 2  # vocab 257
-    assert "pass --tokenizer" in capsys.readouterr().err
+    assert "e.g. --tokenizer bytes (257 ids)" in capsys.readouterr().err
     argv = ["eval", str(checkpoint), "--data", str(text), "--tokenizer", "bytes"]
     assert cli_main([*argv, "--context", "20", "--batch-size", "64"]) == 0
     rows = parse(capsys.readouterr().out)

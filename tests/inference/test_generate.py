@@ -7,6 +7,7 @@ import argparse
 import copy
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -300,6 +301,14 @@ def test_a_checkpoint_file_alone(capsys, tmp_path, run_dir) -> None:
     torch.save({**checkpoint, "tokenizer": "bytes"}, tmp_path / "named.pt")
     rc, named, _ = ablate(capsys, tmp_path / "named.pt", "--prompt", "def ", "--sampler", "greedy", "--max-new-tokens", 4)  # fmt: skip
     assert rc == 0 and named == beside
+    # A config.json beside it that cannot be read is said, in one line, not passed over.
+    (tmp_path / "config.json").write_text("{ not json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        rc, again, err = ablate(capsys, tmp_path / "named.pt", "--prompt", "def ", "--sampler", "greedy", "--max-new-tokens", 4)  # fmt: skip
+    assert rc == 0 and again == beside
+    assert err.startswith("warning: ") and err.count("\n") == 1
+    assert "config.json cannot be read (JSONDecodeError:" in err
 
 
 def test_a_bpe_run_uses_its_learned_tokenizer(capsys, tmp_path, tmp_path_factory) -> None:

@@ -137,7 +137,13 @@ def locate_checkpoint(source: str | os.PathLike[str]) -> tuple[Path, dict[str, A
     if config_path.is_file():
         try:
             run_config = json.loads(config_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError) as exc:
+            # Not silently: what the run recorded (its corpus, tokenizer, sampling) is lost.
+            warnings.warn(
+                f"{config_path} cannot be read ({one_line(exc, 120)}), so the run's settings "
+                f"beside {checkpoint.name} are not used; restore it from a copy if you can",
+                stacklevel=3,
+            )
             run_config = None
         # A config.json beside a checkpoint is the run's only when it describes a run.
         if not (isinstance(run_config, dict) and "model_resolved" in run_config):

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from plugins.corpora import PydocCorpus
 from plugins.tokenizers import BPETokenizer, ByteTokenizer, GPT2Tokenizer
+from toolkit.data import learned
 from toolkit.data import tokens as data
 from toolkit.data.batches import TrainBatches, count_windows, eval_batches, eval_starts
 from toolkit.data.splits import Holdout, pieces, plan
@@ -277,7 +278,7 @@ def test_learned_state_kept_in_memory_when_the_cache_is_read_only(
     def refuse(*args, **kwargs):
         raise OSError(30, "Read-only file system")
 
-    monkeypatch.setattr(data, "write_atomic", refuse)
+    monkeypatch.setattr(learned, "write_atomic", refuse)
     monkeypatch.setattr(data, "cache_file", refuse)
     tok = CountingBPE()
     with pytest.warns(UserWarning, match="not written"):
